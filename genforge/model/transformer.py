@@ -1,0 +1,194 @@
+"""The decoder-only transformer behind every model genforge runs.
+
+Design choices:
+- One module covers the llama (SmolLM2, Llama), qwen2/qwen3 (Qwen2.5, Qwen3) and gemma3 families; they
+  differ only in flags of `ModelConfig` (qkv bias, q/k norms, sandwich norms, (1 + w) norms, scaled
+  embeddings, GELU vs SiLU, sliding-window layers), never in subclasses.
+- Pure and single-device: no file I/O, no logging, no distributed code. Weights are loaded from
+  outside (`genforge.weights`) by name maps onto the parameter names used here.
+- RoPE in the "rotate half" layout of Hugging Face checkpoints; GGUF llama files are un-permuted into
+  it at load time, so there is one rotary code path.
+- Attention is `F.scaled_dot_product_attention` with native grouped-query support; sliding-window
+  layers get an explicit mask. Keys/values go through a `KVCache` when one is given.
+- Norms compute in float32 and cast back, as the reference implementations do, so that bf16 runs stay
+  close to fp32 ones.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genforge.model.config import ModelConfig
+from genforge.model.kv_cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, unit_offset: bool):
+        super().__init__()
+        self.eps, self.unit_offset = eps, unit_offset
+        self.weight = nn.Parameter(torch.zeros(dim) if unit_offset else torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.unit_offset:  # gemma: scale by (1 + w) in float32, then cast
+            return (h * (1.0 + self.weight.float())).type_as(x)
+        return self.weight * h.type_as(x)  # llama/qwen: cast, then scale
+
+
+def rope_frequencies(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
+    """Inverse frequencies (head_dim // 2,), with the linear and llama3 scaling variants."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if kind == "linear":
+        inv_freq = inv_freq / scaling["factor"]
+    elif kind == "llama3":
+        factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_ctx = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        scaled = torch.where(wavelen > old_ctx / low, inv_freq / factor, inv_freq)
+        mid = (wavelen <= old_ctx / low) & (wavelen >= old_ctx / high)
+        inv_freq = torch.where(mid, (1 - smooth) * inv_freq / factor + smooth * inv_freq, scaled)
+    elif kind != "default":
+        raise ValueError(f"unsupported rope scaling {kind!r}")
+    return inv_freq.float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: (B, H, T, D); cos/sin: (T, D)
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return (x * cos + rotated * sin).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.scale = cfg.query_scale
+        q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, q_dim, bias=cfg.qkv_bias)
+        self.wk = nn.Linear(cfg.dim, kv_dim, bias=cfg.qkv_bias)
+        self.wv = nn.Linear(cfg.dim, kv_dim, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(q_dim, cfg.dim, bias=False)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, cfg.norm_unit_offset)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, cfg.norm_unit_offset)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int, start_pos: int):
+        B, T, _ = x.shape  # (B, T, C)
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, start_pos, k, v)  # (B, Hkv, start_pos + T, D)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, scale=self.scale,
+            enable_gqa=self.n_heads != self.n_kv_heads,
+        )  # fmt: skip
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class GatedMLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.w_gate = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.w_up = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.w_down = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+        self.act = F.silu if cfg.activation == "silu" else lambda t: F.gelu(t, approximate="tanh")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_down(self.act(self.w_gate(x)) * self.w_up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.layer, self.sliding = layer, cfg.layer_types[layer] == "sliding"
+        norm = lambda: RMSNorm(cfg.dim, cfg.norm_eps, cfg.norm_unit_offset)  # noqa: E731
+        self.attn_norm, self.attn = norm(), Attention(cfg)
+        self.mlp_norm, self.mlp = norm(), GatedMLP(cfg)
+        self.post_attn_norm = norm() if cfg.sandwich_norm else nn.Identity()
+        self.post_mlp_norm = norm() if cfg.sandwich_norm else nn.Identity()
+
+    def forward(self, x, rope, masks, cache, start_pos):
+        cos, sin = rope["sliding" if self.sliding else "full"]
+        mask = masks["sliding" if self.sliding else "full"]
+        h = self.attn(self.attn_norm(x), cos, sin, mask, cache, self.layer, start_pos)
+        x = x + self.post_attn_norm(h)
+        return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.norm_unit_offset)
+        self.output = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.init_rope()
+
+    def init_rope(self) -> None:
+        """(Re)compute the RoPE inverse frequencies, e.g. after building the model on `meta`."""
+        cfg = self.cfg
+        freqs = {"full": rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)}
+        if "sliding" in cfg.layer_types:
+            freqs["sliding"] = rope_frequencies(cfg.head_dim, cfg.rope_local_theta, None)
+        for kind, inv_freq in freqs.items():
+            self.register_buffer(f"inv_freq_{kind}", inv_freq, persistent=False)
+
+    def _rope(self, positions: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        out = {}
+        for kind in ("full", "sliding"):
+            inv_freq = getattr(self, f"inv_freq_{kind}", None)
+            if inv_freq is None:
+                continue
+            angles = positions[:, None].float() * inv_freq[None, :]  # (T, D/2)
+            angles = torch.cat((angles, angles), dim=-1)  # (T, D)
+            out[kind] = (angles.cos(), angles.sin())
+        out.setdefault("sliding", out["full"])
+        return out
+
+    def _masks(self, T: int, start_pos: int, device) -> dict[str, torch.Tensor | None]:
+        """Boolean masks (T, start_pos + T), True = may attend; None lets SDPA use its fast paths."""
+        q = torch.arange(start_pos, start_pos + T, device=device)[:, None]
+        k = torch.arange(start_pos + T, device=device)[None, :]
+        full = None if start_pos == 0 or T == 1 else k <= q
+        window = self.cfg.sliding_window
+        if window and start_pos + T > window:
+            return {"full": full, "sliding": (k <= q) & (q - k < window)}
+        return {"full": full, "sliding": full}
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        cache: KVCache | None = None,
+        start_pos: int = 0,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab) for tokens (B, T) at positions start_pos.. (or (B, 1, vocab))."""
+        B, T = tokens.shape
+        x = self.tok_emb(tokens)  # (B, T, C)
+        if self.cfg.embed_scale:
+            x = x * torch.tensor(self.cfg.dim**0.5, dtype=x.dtype)
+        positions = torch.arange(start_pos, start_pos + T, device=tokens.device)
+        rope, masks = self._rope(positions), self._masks(T, start_pos, tokens.device)
+        for block in self.layers:
+            x = block(x, rope, masks, cache, start_pos)
+        if last_only:
+            x = x[:, -1:, :]
+        x = self.norm(x)
+        weight = self.tok_emb.weight if self.output is None else self.output.weight
+        return F.linear(x, weight).float()

@@ -1,0 +1,132 @@
+"""Load a checkpoint (GGUF file or Hugging Face directory) into a genforge `Transformer`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from genforge.errors import GenforgeError
+from genforge.model.config import ModelConfig
+from genforge.model.transformer import Transformer
+from genforge.weights.configs import config_from_gguf, config_from_hf, unsupported_architecture
+from genforge.weights.gguf import read_gguf
+from genforge.weights.names import GGUF_NAMES, GGUF_TRANSFORMS, HF_NAMES, expand, pattern_of
+
+
+@dataclass
+class Checkpoint:
+    config: ModelConfig
+    state: dict[str, torch.Tensor]  # genforge parameter names
+    path: Path
+    format: str  # "gguf" or "hf"
+    quantization: str  # e.g. "Q4_1", "F32", "BF16"
+    metadata: dict[str, Any] = field(default_factory=dict)  # GGUF key/values ({} for HF)
+
+
+def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's Q/K row permutation, back to the rotate-half layout (rows = heads * dim)."""
+    rows = w.shape[0]
+    return w.reshape(n_heads, 2, rows // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _transforms(cfg: ModelConfig) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    return {
+        "unpermute_q": lambda w: _unpermute(w, cfg.n_heads),
+        "unpermute_k": lambda w: _unpermute(w, cfg.n_kv_heads),
+        "minus_one": lambda w: w - 1.0,
+    }
+
+
+def _dominant_quant(types: list[str]) -> str:
+    counts: dict[str, int] = {}
+    for t in types:
+        if t not in ("F32", "F16"):
+            counts[t] = counts.get(t, 0) + 1
+    return max(counts, key=counts.get) if counts else (types[0] if types else "?")
+
+
+def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> Checkpoint:
+    g = read_gguf(path)
+    cfg = config_from_gguf(g.metadata, set(g.tensors))
+    names = expand(GGUF_NAMES[cfg.arch], cfg.n_layers)
+    transforms = GGUF_TRANSFORMS.get(cfg.arch, {})
+    fns = _transforms(cfg)
+    state = {}
+    for src, info in g.tensors.items():
+        if src not in names:
+            raise GenforgeError(
+                f"{g.path} has a tensor {src!r} that a {cfg.arch} model does not use; "
+                "the file may be a variant genforge does not support."
+            )
+        dst = names[src]
+        w = g.tensor(src)
+        if (t := transforms.get(pattern_of(dst))) is not None:
+            w = fns[t](w)
+        state[dst] = torch.from_numpy(np.ascontiguousarray(w)).to(dtype)
+    quant = _dominant_quant([g.type_name(n) for n in g.tensors])
+    return Checkpoint(cfg, state, g.path, "gguf", quant, g.metadata)
+
+
+def load_hf_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> Checkpoint:
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        hf_cfg = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise GenforgeError(f"cannot read {path / 'config.json'} ({e}); is this a model folder?")
+    cfg = config_from_hf(hf_cfg)
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise GenforgeError(f"{path} has no *.safetensors files; only safetensors weights load.")
+    names = expand(HF_NAMES[cfg.arch], cfg.n_layers)
+    state, dtypes = {}, []
+    for file in files:
+        try:
+            with safe_open(file, framework="pt") as f:
+                for src in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                    key = src.removeprefix("language_model.")
+                    if key not in names:
+                        continue  # e.g. vision tower of a multimodal checkpoint
+                    t = f.get_tensor(src)
+                    dtypes.append(str(t.dtype).removeprefix("torch.").upper())
+                    state[names[key]] = t.to(dtype)
+        except SafetensorError as e:
+            raise GenforgeError(f"{file} is not a valid safetensors file ({e}).") from None
+    quant = {"FLOAT32": "F32", "BFLOAT16": "BF16", "FLOAT16": "F16"}.get(dtypes[0], dtypes[0])
+    return Checkpoint(cfg, state, path, "hf", quant)
+
+
+def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> Checkpoint:
+    path = Path(path)
+    if path.is_dir():
+        return load_hf_dir(path, dtype)
+    if path.is_file():
+        return load_gguf(path, dtype)
+    raise GenforgeError(f"{path} does not exist; give a model name, a .gguf file or a model folder.")
+
+
+def build_model(ckpt: Checkpoint) -> Transformer:
+    """Instantiate the transformer without allocating, then adopt the checkpoint's tensors."""
+    with torch.device("meta"):
+        model = Transformer(ckpt.config)
+    expected = set(model.state_dict())
+    missing = sorted(expected - set(ckpt.state) - ({"output.weight"} if model.output is None else set()))
+    if missing:
+        raise GenforgeError(
+            f"{ckpt.path} lacks {len(missing)} tensors a {ckpt.config.arch} model needs "
+            f"(first: {missing[0]}); the file is incomplete or of another variant."
+        )
+    state = {k: v for k, v in ckpt.state.items() if k in expected}
+    model.load_state_dict(state, assign=True, strict=True)
+    model.init_rope()  # non-persistent buffers were made on the meta device
+    return model.eval()
+
+
+__all__ = ["Checkpoint", "build_model", "load_checkpoint", "unsupported_architecture"]
