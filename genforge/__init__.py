@@ -1,3 +1,25 @@
-"""genforge: local-first generative AI — load, train, adapt and serve open-weight models."""
+"""genforge: local-first generative AI — load, train, adapt and serve open-weight models.
+
+import genforge
+m = genforge.load("smollm2-135m-instruct")
+print(m.chat("What is the capital of France?"))
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from genforge.generate.llm import LLM
+
+
+def load(model: str = "smollm2-135m-instruct", **kwargs) -> LLM:
+    """Load a named model (pulled on first use), a .gguf file or a Hugging Face model folder."""
+    from genforge.generate.llm import load as _load  # torch is imported only when needed
+
+    return _load(model, **kwargs)
+
+
+__all__ = ["load", "__version__"]

@@ -21,7 +21,19 @@ GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 
 # GGUF value types -> struct format (scalars only; 8 = string, 9 = array).
-_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_SCALARS = {
+    0: "B",
+    1: "b",
+    2: "H",
+    3: "h",
+    4: "I",
+    5: "i",
+    6: "f",
+    7: "?",
+    10: "Q",
+    11: "q",
+    12: "d",
+}
 _NUMPY = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32,
           6: np.float32, 7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}  # fmt: skip
 
@@ -47,7 +59,9 @@ class GGUFFile:
         from gguf.quants import dequantize
 
         info = self.tensors[name]
-        raw = np.memmap(self.path, dtype=np.uint8, mode="r", offset=info.offset, shape=(info.nbytes,))
+        raw = np.memmap(
+            self.path, dtype=np.uint8, mode="r", offset=info.offset, shape=(info.nbytes,)
+        )
         qtype = GGMLQuantizationType(info.ggml_type)
         if qtype == GGMLQuantizationType.F32:
             data = raw.view(np.float32)

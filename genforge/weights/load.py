@@ -32,7 +32,7 @@ class Checkpoint:
 def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
     """Undo llama.cpp's Q/K row permutation, back to the rotate-half layout (rows = heads * dim)."""
     rows = w.shape[0]
-    return w.reshape(n_heads, 2, rows // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def _transforms(cfg: ModelConfig) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
@@ -43,12 +43,14 @@ def _transforms(cfg: ModelConfig) -> dict[str, Callable[[np.ndarray], np.ndarray
     }
 
 
-def _dominant_quant(types: list[str]) -> str:
-    counts: dict[str, int] = {}
-    for t in types:
-        if t not in ("F32", "F16"):
-            counts[t] = counts.get(t, 0) + 1
-    return max(counts, key=counts.get) if counts else (types[0] if types else "?")
+def _gguf_quantization(meta: dict) -> str:
+    """The file's quantization label (e.g. Q4_K_M), from `general.file_type`."""
+    from gguf import LlamaFileType
+
+    try:
+        return LlamaFileType(int(meta["general.file_type"])).name.removeprefix("MOSTLY_")
+    except (KeyError, ValueError):
+        return "unknown"
 
 
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> Checkpoint:
@@ -58,7 +60,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> Checkpoin
     transforms = GGUF_TRANSFORMS.get(cfg.arch, {})
     fns = _transforms(cfg)
     state = {}
-    for src, info in g.tensors.items():
+    for src in g.tensors:
         if src not in names:
             raise GenforgeError(
                 f"{g.path} has a tensor {src!r} that a {cfg.arch} model does not use; "
@@ -68,9 +70,8 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> Checkpoin
         w = g.tensor(src)
         if (t := transforms.get(pattern_of(dst))) is not None:
             w = fns[t](w)
-        state[dst] = torch.from_numpy(np.ascontiguousarray(w)).to(dtype)
-    quant = _dominant_quant([g.type_name(n) for n in g.tensors])
-    return Checkpoint(cfg, state, g.path, "gguf", quant, g.metadata)
+        state[dst] = torch.from_numpy(np.array(w, copy=True)).to(dtype)
+    return Checkpoint(cfg, state, g.path, "gguf", _gguf_quantization(g.metadata), g.metadata)
 
 
 def load_hf_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> Checkpoint:
@@ -80,7 +81,9 @@ def load_hf_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> Checkpo
     try:
         hf_cfg = json.loads((path / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise GenforgeError(f"cannot read {path / 'config.json'} ({e}); is this a model folder?")
+        raise GenforgeError(
+            f"cannot read {path / 'config.json'} ({e}); is this a model folder?"
+        ) from None
     cfg = config_from_hf(hf_cfg)
     files = sorted(path.glob("*.safetensors"))
     if not files:
@@ -109,7 +112,9 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> Che
         return load_hf_dir(path, dtype)
     if path.is_file():
         return load_gguf(path, dtype)
-    raise GenforgeError(f"{path} does not exist; give a model name, a .gguf file or a model folder.")
+    raise GenforgeError(
+        f"{path} does not exist; give a model name, a .gguf file or a model folder."
+    )
 
 
 def build_model(ckpt: Checkpoint) -> Transformer:
@@ -117,7 +122,9 @@ def build_model(ckpt: Checkpoint) -> Transformer:
     with torch.device("meta"):
         model = Transformer(ckpt.config)
     expected = set(model.state_dict())
-    missing = sorted(expected - set(ckpt.state) - ({"output.weight"} if model.output is None else set()))
+    missing = sorted(
+        expected - set(ckpt.state) - ({"output.weight"} if model.output is None else set())
+    )
     if missing:
         raise GenforgeError(
             f"{ckpt.path} lacks {len(missing)} tensors a {ckpt.config.arch} model needs "

