@@ -1,0 +1,53 @@
+# Two commands do all the set-up: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+GENFORGE := $(VENV)/bin/genforge
+DEFAULT_MODEL := smollm2-135m-instruct
+# Set-up output goes to stderr so that `echo "question" | make run` prints only the answer.
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+
+.PHONY: run test test-slow lint format setup setup-dev model clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "genforge needs Python >= 3.11 (set PYTHON=...)" >&2; exit 1; }
+	@$(PYTHON) -m venv $(VENV) >&2
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	@$(PIP) -e . 1>&2
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
+	@$(PIP) -e '.[dev]' 1>&2
+	@touch $@ $(VENV)/.installed
+
+setup: $(VENV)/.installed  ## create .venv and install genforge
+
+setup-dev: $(VENV)/.installed-dev  ## create .venv and install genforge with the dev extras
+
+model: $(VENV)/.installed  ## pull the default model into the cache
+	@$(GENFORGE) pull $(DEFAULT_MODEL) 1>&2
+
+run: model  ## set up, then chat with the default model (stdin lines are user turns when piped)
+	@$(GENFORGE) chat -m $(DEFAULT_MODEL)
+
+lint: $(VENV)/.installed-dev  ## ruff check + ruff format --check
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed-dev  ## apply ruff fixes and formatting
+	@$(VENV)/bin/ruff check --fix .
+	@$(VENV)/bin/ruff format .
+
+test: lint model  ## set up with dev extras, lint, then the test suite (slow tests excluded)
+	$(PY) -m pytest -m "not slow"
+
+test-slow: lint model  ## the tests on the larger real models (Qwen2.5-Coder-0.5B, Gemma 3 270M)
+	$(PY) -m pytest -m slow
+
+clean:  ## remove the virtual environment (the model cache is kept)
+	rm -rf $(VENV)

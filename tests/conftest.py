@@ -1,0 +1,84 @@
+"""Shared fixtures: the real embedded models, pulled into the genforge cache on first use."""
+
+from __future__ import annotations
+
+import pytest
+
+from genforge import hub
+
+
+def _model_file(name: str):
+    return hub.resolve(name)  # pulls (and verifies) the model if the cache lacks it
+
+
+@pytest.fixture(scope="session")
+def smollm2_path():
+    return _model_file("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def qwen_path():
+    return _model_file("qwen2.5-coder-0.5b-instruct")
+
+
+@pytest.fixture(scope="session")
+def gemma_path():
+    return _model_file("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_path):
+    import genforge
+
+    return genforge.load(str(smollm2_path))
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2(smollm2_path):
+    """transformers' own GGUF loader on the same file (dequantized to fp32)."""
+    import torch
+
+    transformers = pytest.importorskip("transformers")
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        smollm2_path.parent, gguf_file=smollm2_path.name, dtype=torch.float32
+    )
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A Hugging Face-style folder: random 2-layer llama, a tokenizer trained here, no chat template."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from genforge.model.config import ModelConfig
+    from genforge.model.transformer import Transformer
+    from genforge.weights.names import HF_NAMES, expand
+
+    path = tmp_path_factory.mktemp("tiny-model")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    tok.train_from_iterator(
+        ["hello world, this is a tiny corpus for a tiny tokenizer"] * 20, trainer
+    )
+    tok.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+    cfg = ModelConfig(vocab_size=tok.get_vocab_size(), dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                      hidden_dim=64, max_seq_len=64)  # fmt: skip
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    ours_to_hf = {v: k for k, v in expand(HF_NAMES["llama"], cfg.n_layers).items()}
+    save_file({ours_to_hf[k]: v.contiguous() for k, v in model.state_dict().items()},
+              str(path / "model.safetensors"))  # fmt: skip
+    (path / "config.json").write_text(json.dumps({
+        "model_type": "llama", "vocab_size": cfg.vocab_size, "hidden_size": 32,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "intermediate_size": 64, "max_position_embeddings": 64, "tie_word_embeddings": True,
+    }))  # fmt: skip
+    return path

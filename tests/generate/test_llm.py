@@ -1,0 +1,56 @@
+"""The Python API on the real default model (SmolLM2-135M-Instruct)."""
+
+import pytest
+
+from genforge.errors import GenforgeError
+
+
+def test_chat_answers_a_factual_question(smollm2):
+    answer = smollm2.chat("What is the capital of France?", temperature=0, max_tokens=40)
+    assert "Paris" in answer
+
+
+def test_streamed_equals_non_streamed(smollm2):
+    for kw in ({"temperature": 0}, {"temperature": 1.0, "seed": 3}):
+        whole = smollm2.generate("Once upon a time", max_tokens=30, **kw)
+        pieces = list(smollm2.generate("Once upon a time", max_tokens=30, stream=True, **kw))
+        assert "".join(pieces) == whole and len(pieces) > 1
+
+
+def test_seed_reproduces_and_different_seeds_differ(smollm2):
+    kw = {"temperature": 1.2, "top_k": 0, "top_p": 1.0, "min_p": 0, "max_tokens": 24}
+    a = smollm2.generate("My favourite animal is", seed=11, **kw)
+    b = smollm2.generate("My favourite animal is", seed=11, **kw)
+    others = {smollm2.generate("My favourite animal is", seed=s, **kw) for s in (12, 13, 14)}
+    assert a == b
+    assert others - {a}
+
+
+def test_stop_string_ends_output_and_is_not_included(smollm2):
+    prompt = "1, 2, 3, 4, 5,"
+    full = smollm2.generate(prompt, temperature=0, max_tokens=20)
+    assert " 8" in full
+    cut = smollm2.generate(prompt, temperature=0, max_tokens=20, stop=[" 8"])
+    assert cut == full[: full.index(" 8")]
+
+
+def test_max_tokens_and_finish_reason(smollm2):
+    ids = smollm2.tokenizer.encode("The history of Rome")
+    c = smollm2.complete(ids, temperature=0, max_tokens=5)
+    assert (c.completion_tokens, c.finish_reason, c.prompt_tokens) == (5, "length", len(ids))
+    chat = smollm2.tokenizer.encode_chat([{"role": "user", "content": "Say hi."}])
+    c = smollm2.complete(chat, temperature=0, max_tokens=200)
+    assert c.finish_reason == "stop" and c.completion_tokens < 200
+
+
+def test_prompt_longer_than_context_is_refused_with_numbers(smollm2):
+    long_prompt = "word " * 9000
+    with pytest.raises(GenforgeError, match=r"prompt is \d+ tokens but the context holds 8192"):
+        smollm2.generate(long_prompt)
+    with pytest.raises(GenforgeError, match="lower max_tokens to at most"):
+        smollm2.generate("word " * 8000, max_tokens=500)
+
+
+def test_invalid_sampling_value_is_refused(smollm2):
+    with pytest.raises(GenforgeError, match="top_p"):
+        smollm2.generate("hi", top_p=0)

@@ -1,0 +1,115 @@
+import pytest
+import torch
+
+from genforge.errors import GenforgeError
+from genforge.generate.sampling import SamplingParams, filter_logits, make_generator, sample
+
+LOGITS = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+
+
+def draws(params, n=400, logits=LOGITS, **kw):
+    g = make_generator(0)
+    return [sample(logits, params, g, **kw) for _ in range(n)]
+
+
+def test_greedy_is_argmax():
+    assert sample(torch.tensor([0.1, 3.0, -1.0]), SamplingParams(temperature=0), None) == 1
+
+
+def test_top_k_one_is_greedy():
+    assert set(draws(SamplingParams(temperature=1.5, top_k=1, top_p=1, min_p=0))) == {0}
+
+
+def test_top_p_keeps_smallest_set_reaching_p():
+    # 0.5 alone is below 0.6, so the 0.3 token joins; 0.15 and 0.05 never appear.
+    assert set(draws(SamplingParams(temperature=1, top_k=0, top_p=0.6, min_p=0))) == {0, 1}
+
+
+def test_min_p_drops_tokens_below_fraction_of_top():
+    # 0.2 x 0.5 = 0.1: the 0.05 token goes, 0.15 stays.
+    assert set(draws(SamplingParams(temperature=1, top_k=0, top_p=1, min_p=0.2))) == {0, 1, 2}
+
+
+def test_temperature_sharpens():
+    kept = filter_logits(LOGITS, SamplingParams(temperature=0.5, top_k=0, top_p=1, min_p=0))
+    probs = kept.softmax(-1)
+    assert probs[0] > 0.5 and torch.isclose(probs.sum(), torch.tensor(1.0))
+
+
+def test_unfiltered_sampling_follows_the_distribution():
+    got = draws(SamplingParams(temperature=1, top_k=0, top_p=1, min_p=0), n=4000)
+    freq = torch.bincount(torch.tensor(got), minlength=4).float() / len(got)
+    torch.testing.assert_close(freq, LOGITS.exp(), atol=0.03, rtol=0)
+
+
+def test_same_seed_same_tokens_different_seed_differs():
+    p = SamplingParams(temperature=1, top_k=0, top_p=1, min_p=0)
+    g1, g2, g3 = make_generator(7), make_generator(7), make_generator(8)
+    a = [sample(LOGITS, p, g1) for _ in range(50)]
+    b = [sample(LOGITS, p, g2) for _ in range(50)]
+    c = [sample(LOGITS, p, g3) for _ in range(50)]
+    assert a == b and a != c
+
+
+def test_repetition_penalty_demotes_seen_tokens():
+    logits = torch.tensor([2.0, 1.9, -1.0])
+    p = SamplingParams(temperature=0, repetition_penalty=1.5)
+    assert sample(logits, p, None, context_ids=torch.tensor([0])) == 1
+    # negative logits are multiplied, so a seen negative token gets less likely too
+    assert sample(torch.tensor([-1.0, -1.2]), p, None, context_ids=torch.tensor([0])) == 1
+
+
+def test_presence_and_frequency_penalties():
+    logits = torch.tensor([2.0, 1.5, 0.0])
+    counts = torch.tensor([3, 0, 0])
+    assert (
+        sample(
+            logits,
+            SamplingParams(temperature=0, frequency_penalty=0.2),
+            None,
+            generated_counts=counts,
+        )
+        == 1
+    )
+    assert (
+        sample(
+            logits,
+            SamplingParams(temperature=0, presence_penalty=0.4),
+            None,
+            generated_counts=counts,
+        )
+        == 0
+    )
+    assert (
+        sample(
+            logits,
+            SamplingParams(temperature=0, presence_penalty=0.6),
+            None,
+            generated_counts=counts,
+        )
+        == 1
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -3}, "top_k"),
+        ({"min_p": 2}, "min_p"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"presence_penalty": 3}, "presence_penalty"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"temperature": float("nan")}, "temperature"),
+    ],
+)
+def test_invalid_values_name_the_option(kwargs, name):
+    with pytest.raises(GenforgeError, match=name):
+        SamplingParams(**kwargs)
+
+
+def test_unknown_option_is_an_error():
+    with pytest.raises(GenforgeError, match="tempreature"):
+        SamplingParams.from_kwargs(tempreature=0.5)

@@ -1,0 +1,119 @@
+"""The `genforge` command as a user runs it: a real process, real model, exit codes and stderr."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def genforge(*args, stdin=None, env=None, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "genforge", *args],
+        input=stdin, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def assert_one_line_error(result, pattern):
+    import re
+
+    assert result.returncode != 0
+    err = result.stderr.strip()
+    assert "Traceback" not in err, err
+    assert len(err.splitlines()) == 1, err
+    assert re.search(pattern, err), err
+
+
+def test_help_is_fast_and_does_not_import_torch():
+    code = "import sys; from genforge.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip() == "False"
+    start = time.perf_counter()
+    for verb in ([], ["chat"], ["generate"], ["pull"], ["models"]):
+        r = genforge(*verb, "--help")
+        assert r.returncode == 0 and "usage: genforge" in r.stdout
+    assert "--temperature" in genforge("chat", "--help").stdout
+    assert time.perf_counter() - start < 60  # a sanity bound on 5 processes, not a benchmark
+
+
+def test_default_model_name_matches_hub():
+    from genforge import cli, hub
+
+    assert cli.DEFAULT_MODEL == hub.DEFAULT_MODEL
+
+
+def test_generate_prints_only_the_completion(smollm2_path):
+    r = genforge("generate", "-m", "smollm2-135m-instruct", "The capital of France is",
+                 "--temperature", "0", "--max-tokens", "8")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout and "capital of France" not in r.stdout
+
+
+def test_chat_reads_stdin_lines_as_turns_of_one_conversation(smollm2_path):
+    flags = ("--temperature", "0", "--max-tokens", "24")
+    first, second = "My name is Ada. Remember it.", "What is my name?"
+    r = genforge("chat", *flags, stdin=f"{first}\n\n{second}\n")
+    assert r.returncode == 0, r.stderr
+    alone1 = genforge("chat", first, *flags).stdout
+    alone2 = genforge("chat", second, *flags).stdout
+    assert r.stdout.startswith(alone1)  # the first turn is answered as a one-shot would be
+    rest = r.stdout[len(alone1) :]
+    assert rest.strip() and rest != alone2  # the second turn saw the first: a different answer
+
+
+def test_chat_one_shot_with_system_prompt(smollm2_path):
+    r = genforge("chat", "Who are you?", "--system", "You are a pirate named Bob.",
+                 "--temperature", "0", "--max-tokens", "30")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip()
+
+
+def test_models_lists_known_and_installed(smollm2_path):
+    r = genforge("models", "--json")
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert set(rows) >= {"smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "gemma3-270m"}
+    assert rows["smollm2-135m-instruct"]["installed"]
+    table = genforge("models").stdout
+    assert "LICENCE" in table and "Apache-2.0" in table
+
+
+def test_unknown_model_lists_known_ones():
+    r = genforge("generate", "-m", "llama-9000", "hi")
+    assert_one_line_error(r, r"unknown model 'llama-9000'.*smollm2-135m-instruct.*gemma3-270m")
+
+
+def test_missing_file_and_corrupt_gguf(tmp_path):
+    assert_one_line_error(
+        genforge("generate", "-m", str(tmp_path / "nope.gguf"), "hi"), "does not exist"
+    )
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 10)
+    assert_one_line_error(genforge("generate", "-m", str(bad), "hi"), "truncated|corrupt")
+
+
+@pytest.mark.parametrize(
+    "flags,name",
+    [(["--temperature", "-1"], "temperature"), (["--top-p", "2"], "top_p"), (["--min-p", "-0.1"], "min_p"),
+     (["--max-tokens", "0"], "max_tokens"), (["--ctx", "0"], "ctx")],
+)  # fmt: skip
+def test_invalid_sampling_values(flags, name):
+    assert_one_line_error(genforge("generate", "hi", *flags), name)
+
+
+def test_prompt_longer_than_context(smollm2_path):
+    r = genforge("generate", "--ctx", "32", "word " * 100)
+    assert_one_line_error(r, r"prompt is \d+ tokens but the context holds 32")
+
+
+def test_missing_chat_template(tiny_model_dir):
+    r = genforge("chat", "-m", str(tiny_model_dir), "hello")
+    assert_one_line_error(r, "no chat template")
+    r = genforge("generate", "-m", str(tiny_model_dir), "hello", "--max-tokens", "3")
+    assert r.returncode == 0, r.stderr
+
+
+def test_folder_without_config(tmp_path):
+    assert_one_line_error(genforge("generate", "-m", str(tmp_path), "hi"), "config.json")

@@ -1,0 +1,55 @@
+"""The real SmolLM2 GGUF against transformers' own GGUF loader on the same file."""
+
+import pytest
+import torch
+
+from genforge.generate.sampling import SamplingParams
+from genforge.weights.load import build_model, load_checkpoint
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):\n    ",
+    "<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n",
+]
+
+
+@pytest.fixture(scope="module")
+def ours(smollm2_path):
+    return build_model(load_checkpoint(smollm2_path))
+
+
+def test_config_read_from_gguf(ours):
+    cfg = ours.cfg
+    assert (cfg.arch, cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads) == (
+        "llama",
+        30,
+        576,
+        9,
+        3,
+    )
+    assert cfg.tie_embeddings and cfg.vocab_size == 49152 and cfg.max_seq_len == 8192
+
+
+def test_first_token_logits_match_transformers(ours, hf_smollm2, smollm2):
+    # Both dequantize the same Q4_1/Q8_0 blocks to fp32, so only float summation order differs:
+    # we allow 1e-3 absolute on logits of magnitude ~20.
+    for prompt in PROMPTS:
+        ids = torch.tensor([smollm2.tokenizer.encode(prompt)])
+        with torch.no_grad():
+            expected = hf_smollm2(ids).logits[0, -1]
+            got = ours(ids)[0, -1]
+        torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-4)
+
+
+def test_greedy_continuation_matches_transformers(smollm2, hf_smollm2):
+    for prompt in PROMPTS:
+        ids = smollm2.tokenizer.encode(prompt)
+        params = SamplingParams(temperature=0, max_tokens=24)
+        ours = list(smollm2.engine.generate(ids, params, smollm2.tokenizer.eos_ids))
+        with torch.no_grad():
+            out = hf_smollm2.generate(
+                torch.tensor([ids]), max_new_tokens=24, do_sample=False,
+                eos_token_id=sorted(smollm2.tokenizer.eos_ids),
+            )  # fmt: skip
+        theirs = out[0, len(ids) :].tolist()
+        assert ours == theirs, prompt
