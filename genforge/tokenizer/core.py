@@ -1,0 +1,235 @@
+"""The `Tokenizer`: text <-> ids, chat templates and streaming decode over a HF `tokenizers` object.
+
+It is built from a GGUF file's metadata or from a Hugging Face model directory, and owns the
+decisions the engine should not care about: when to prepend BOS, which ids end a turn, and how to
+turn a chat into a prompt. Everything else is delegated to the `tokenizers.Tokenizer` in `.hf`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer as HFTokenizer
+
+from genforge.errors import GenforgeError
+from genforge.tokenizer.chat import render_chat_template
+from genforge.tokenizer.gguf import add_bos_default, tokenizer_from_gguf
+
+# Pieces that end an assistant turn when a model marks them special. A chat model often stops on
+# one that is not its `eos_token_id` (SmolLM2 and Qwen write <|im_end|>, Gemma <end_of_turn>).
+TURN_END_PIECES = frozenset(
+    ("<|im_end|>", "<end_of_turn>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<|end|>")
+)
+
+
+class Tokenizer:
+    """Encodes and decodes text for one model; `.hf` is the underlying `tokenizers.Tokenizer`."""
+
+    def __init__(
+        self,
+        hf: HFTokenizer,
+        bos_id: int | None = None,
+        eos_id: int | None = None,
+        eos_ids: frozenset[int] = frozenset(),
+        add_bos: bool = False,
+        chat_template: str | None = None,
+        name: str = "This model",
+    ):
+        self.hf = hf
+        self.bos_id = bos_id
+        self.eos_ids = frozenset(eos_ids) | ({eos_id} if eos_id is not None else set())
+        self.add_bos = add_bos and bos_id is not None
+        self.chat_template = chat_template
+        self.name = name  # used in error messages
+        # Templates write these as text (HF passes `bos_token`/`eos_token` to every template).
+        self._bos_text = hf.id_to_token(bos_id) if bos_id is not None else None
+        self._eos_text = hf.id_to_token(eos_id) if eos_id is not None else None
+
+    @classmethod
+    def from_gguf_metadata(cls, metadata: dict[str, Any]) -> Tokenizer:
+        """Build from `read_gguf(path).metadata`."""
+        hf = tokenizer_from_gguf(metadata)
+        eos_id = metadata.get("tokenizer.ggml.eos_token_id")
+        extra_ends = {metadata.get(f"tokenizer.ggml.{k}_token_id") for k in ("eot", "eom")}
+        return cls(
+            hf,
+            bos_id=metadata.get("tokenizer.ggml.bos_token_id"),
+            eos_id=eos_id,
+            eos_ids=frozenset(extra_ends - {None}) | _turn_end_ids(hf),
+            add_bos=add_bos_default(metadata),
+            chat_template=metadata.get("tokenizer.chat_template"),
+            name=metadata.get("general.name") or "This model",
+        )
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> Tokenizer:
+        """Build from a Hugging Face model directory (`tokenizer.json` and its config files)."""
+        path = Path(path)
+        if not (path / "tokenizer.json").is_file():
+            raise GenforgeError(
+                f"{path} has no tokenizer.json; pass a Hugging Face model directory that has one "
+                "or a .gguf file."
+            )
+        hf = HFTokenizer.from_file(str(path / "tokenizer.json"))
+        config = _read_json(path / "tokenizer_config.json")
+        generation = _read_json(path / "generation_config.json")
+        bos_id = _token_id(hf, config.get("bos_token"))
+        if bos_id is None:
+            bos_id = generation.get("bos_token_id")
+        eos_id = _token_id(hf, config.get("eos_token"))
+        gen_eos = generation.get("eos_token_id")
+        gen_eos = [gen_eos] if isinstance(gen_eos, int) else gen_eos or []
+        if eos_id is None and gen_eos:
+            eos_id = gen_eos[0]
+        add_bos = config.get("add_bos_token")
+        if add_bos is None:  # not stated: trust what the tokenizer.json post-processor does
+            add_bos = bos_id is not None and hf.encode("a").ids[:1] == [bos_id]
+        return cls(
+            hf,
+            bos_id=bos_id,
+            eos_id=eos_id,
+            eos_ids=frozenset(gen_eos) | _turn_end_ids(hf),
+            add_bos=bool(add_bos),
+            chat_template=_dir_chat_template(path, config),
+            name=path.name or str(path),
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, add_special: bool = True) -> list[int]:
+        """Text -> ids; special-token text such as "<|im_start|>" becomes its id, as in HF."""
+        ids = self.hf.encode(text, add_special_tokens=False).ids
+        return [self.bos_id, *ids] if add_special and self.add_bos else ids
+
+    def decode(self, ids: list[int], skip_special: bool = True) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=skip_special)
+
+    def token_text(self, token_id: int) -> str:
+        """One token as text, for debugging; a piece of a multi-byte character shows as its raw piece."""
+        piece = self.hf.id_to_token(token_id)
+        if piece is None:
+            raise GenforgeError(
+                f"Token id {token_id} is outside the vocabulary (0..{self.vocab_size - 1}); "
+                "pass an id below the vocabulary size."
+            )
+        text = self.hf.decode([token_id], skip_special_tokens=False)
+        return piece if "\ufffd" in text else text
+
+    def stream(self, skip_special: bool = True) -> StreamDecoder:
+        return StreamDecoder(self, skip_special)
+
+    def apply_chat_template(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+        **extra: Any,
+    ) -> str:
+        """Render a chat into a prompt string with the model's own template."""
+        if self.chat_template is None:
+            raise GenforgeError(
+                f"{self.name} has no chat template; use `genforge generate` for raw completion "
+                "or pass a model with one."
+            )
+        return render_chat_template(
+            self.chat_template,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            tools=tools,
+            bos_token=self._bos_text,
+            eos_token=self._eos_text,
+            **extra,
+        )
+
+    def encode_chat(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+        **extra: Any,
+    ) -> list[int]:
+        """Render then encode; BOS is prepended only if the template did not write it itself."""
+        text = self.apply_chat_template(messages, add_generation_prompt, tools, **extra)
+        wrote_bos = self._bos_text is not None and text.startswith(self._bos_text)
+        return self.encode(text, add_special=not wrote_bos)
+
+
+class StreamDecoder:
+    """Decodes ids one at a time, holding back text until a multi-byte character is complete.
+
+    Each step decodes a short window (the previously emitted ids as context, plus the new ones) and
+    emits what the new ids added, so the joined output equals `decode(all_ids)` while the cost per
+    step stays constant. Context matters because decoders are not per-token: byte-level pieces
+    join into characters, and SentencePiece decoders strip a leading space only at the start.
+    """
+
+    MAX_PENDING = 8  # a valid character needs at most 4 byte tokens; beyond this, emit the U+FFFD
+
+    def __init__(self, tokenizer: Tokenizer, skip_special: bool = True):
+        self._tokenizer = tokenizer
+        self._skip_special = skip_special
+        self._ids: list[int] = []
+        self._prefix = 0  # start of the context window: ids already emitted last time
+        self._read = 0  # every id before this has been emitted as text
+
+    def step(self, token_id: int) -> str:
+        """Add one id; return the text it completes ("" while a character is unfinished)."""
+        self._ids.append(token_id)
+        before, after = self._window()
+        pending = len(self._ids) - self._read
+        if len(after) <= len(before) or (after.endswith("\ufffd") and pending < self.MAX_PENDING):
+            return ""
+        self._prefix, self._read = self._read, len(self._ids)
+        return after[len(before) :]
+
+    def flush(self) -> str:
+        """Return whatever is still held back (an unfinished character decodes to U+FFFD)."""
+        before, after = self._window()
+        self._prefix = self._read = len(self._ids)
+        return after[len(before) :]
+
+    def _window(self) -> tuple[str, str]:
+        decode, ids = self._tokenizer.decode, self._ids
+        before = decode(ids[self._prefix : self._read], self._skip_special)
+        return before, decode(ids[self._prefix :], self._skip_special)
+
+
+def _turn_end_ids(hf: HFTokenizer) -> frozenset[int]:
+    """Ids of special tokens that end a turn (see TURN_END_PIECES)."""
+    return frozenset(
+        i
+        for i, added in hf.get_added_tokens_decoder().items()
+        if added.special and added.content in TURN_END_PIECES
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise GenforgeError(f"{path} is not valid JSON ({e}); restore it from the model.") from None
+
+
+def _token_id(hf: HFTokenizer, token: str | dict[str, Any] | None) -> int | None:
+    """Id of a config's special token, written as a string or as a serialized AddedToken."""
+    if isinstance(token, dict):
+        token = token.get("content")
+    return hf.token_to_id(token) if token else None
+
+
+def _dir_chat_template(path: Path, config: dict[str, Any]) -> str | None:
+    """The template from chat_template.jinja (newer HF layout) or tokenizer_config.json."""
+    jinja_file = path / "chat_template.jinja"
+    if jinja_file.is_file():
+        return jinja_file.read_text(encoding="utf-8")
+    template = config.get("chat_template")
+    if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in template}
+        template = named.get("default")
+    return template
