@@ -61,10 +61,13 @@ def _sampling_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _load(args: argparse.Namespace):
-    from genforge.generate.llm import load
+    from genforge import hub
 
     if args.ctx is not None and args.ctx < 1:
         raise GenforgeError(f"--ctx must be a positive number of tokens, got {args.ctx}.")
+    hub.resolve(args.model)  # a bad name or path fails before torch is imported
+    from genforge.generate.llm import load
+
     return load(args.model, dtype=args.dtype, context_length=args.ctx)
 
 

@@ -1,0 +1,27 @@
+"""The README's quick start in a fresh clone: no .venv, an empty model cache (slow: builds a venv)."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_make_run_in_a_fresh_clone_answers_piped_question(tmp_path):
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    clone = tmp_path / "genforge"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["GENFORGE_HOME"] = str(tmp_path / "cache")
+    r = subprocess.run(
+        ["make", "run"], cwd=clone, input="What is the capital of France?\n",
+        capture_output=True, text=True, env=env, timeout=1800,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Paris" in r.stdout, (r.stdout, r.stderr[-2000:])
+    assert (clone / ".venv" / "bin" / "genforge").exists()
+    assert list((tmp_path / "cache" / "models" / "smollm2-135m-instruct").glob("*.gguf"))
