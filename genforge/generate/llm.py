@@ -31,10 +31,19 @@ class Completion:
 class LLM:
     """A loaded model with its tokenizer and engine."""
 
-    def __init__(self, name: str, checkpoint, model, tokenizer, context_length: int | None = None):
+    def __init__(
+        self, name: str, checkpoint, model, tokenizer, context_length: int | None = None,
+        sampling_defaults: dict | None = None,
+    ):  # fmt: skip
         self.name, self.checkpoint = name, checkpoint
         self.model, self.tokenizer = model, tokenizer
         self.engine = Engine(model, context_length)
+        # The model authors' recommended sampling; anything passed per call overrides it.
+        self.sampling_defaults = dict(sampling_defaults or {})
+
+    def sampling_params(self, **sampling) -> SamplingParams:
+        set_by_caller = {k: v for k, v in sampling.items() if v is not None}
+        return SamplingParams.from_kwargs(**{**self.sampling_defaults, **set_by_caller})
 
     @property
     def config(self):
@@ -58,7 +67,7 @@ class LLM:
 
     def generate(self, prompt: str, *, stream: bool = False, **sampling) -> str | Iterator[str]:
         """Raw completion of `prompt` (no chat template). With stream=True, yields text pieces."""
-        params = SamplingParams.from_kwargs(**sampling)
+        params = self.sampling_params(**sampling)
         ids = self.tokenizer.encode(prompt, add_special=True)
         if stream:
             return (d.text for d in self._run(ids, params) if d.text)
@@ -71,7 +80,7 @@ class LLM:
         """Answer the conversation `messages` (or one user message) with the model's chat template."""
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
-        params = SamplingParams.from_kwargs(**sampling)
+        params = self.sampling_params(**sampling)
         ids = self.tokenizer.encode_chat(messages, add_generation_prompt=True, tools=tools)
         if stream:
             return (d.text for d in self._run(ids, params) if d.text)
@@ -79,7 +88,7 @@ class LLM:
 
     def complete(self, prompt_ids: list[int], **sampling) -> Completion:
         """Completion with its finish reason and token counts, from token ids."""
-        return self._collect(prompt_ids, SamplingParams.from_kwargs(**sampling))
+        return self._collect(prompt_ids, self.sampling_params(**sampling))
 
     def __repr__(self) -> str:
         c = self.config
@@ -111,5 +120,6 @@ def load(
             raise GenforgeError(f"{path} has no tokenizer.json; a model folder needs one.")
         tokenizer = Tokenizer.from_dir(path)
     log.info("loaded %s in %.1fs", model, time.perf_counter() - t0)
-    name = model if model in hub.KNOWN else Path(path).name
-    return LLM(name, ckpt, net, tokenizer, context_length)
+    known = hub.KNOWN.get(model)
+    name = model if known else Path(path).name
+    return LLM(name, ckpt, net, tokenizer, context_length, dict(known.sampling) if known else None)
