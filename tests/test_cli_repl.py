@@ -1,0 +1,29 @@
+"""The interactive chat, driven through a real pseudo-terminal as a person would use it."""
+
+import sys
+
+import pytest
+
+pexpect = pytest.importorskip("pexpect")
+
+
+def test_repl_answers_keeps_history_resets_and_exits(smollm2_path):
+    child = pexpect.spawn(
+        sys.executable, ["-m", "genforge", "chat", "--temperature", "0", "--max-tokens", "16"],
+        encoding="utf-8", timeout=180, dimensions=(40, 200),
+    )  # fmt: skip
+    child.expect("/reset")  # the banner names the commands
+    child.expect("> ")
+    child.sendline("What is the capital of France?")
+    child.expect("Paris")
+    child.expect("> ")
+    child.sendline("/help")
+    child.expect("/exit")
+    child.expect("> ")
+    child.sendline("/reset")
+    child.expect(r"\(new conversation\)")
+    child.expect("> ")
+    child.sendeof()  # Ctrl-D leaves cleanly
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
