@@ -194,5 +194,5 @@ class Transformer(nn.Module):
         if last_only:
             x = x[:, -1:, :]
         x = self.norm(x)
-        weight = self.tok_emb.weight if self.output is None else self.output.weight
-        return F.linear(x, weight).float()
+        logits = F.linear(x, self.tok_emb.weight) if self.output is None else self.output(x)
+        return logits.float()
