@@ -19,8 +19,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", default=DEFAULT_MODEL,
                    help="model name (see `genforge models`), a .gguf file, or a Hugging Face "
                         f"model folder (default: {DEFAULT_MODEL})")  # fmt: skip
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
-                   help="compute dtype the weights are dequantized to (default: fp32)")  # fmt: skip
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "int8", "int4"],
+                   help="weights: fp32 or bf16, or int8 / int4 weight-only quantized with bf16 "
+                        "activations; auto picks the measured best (default: auto)")  # fmt: skip
     p.add_argument("--ctx", type=int, default=None, metavar="N",
                    help="context length in tokens (default: the model's own)")  # fmt: skip
 

@@ -17,7 +17,8 @@ from genforge.generate.text import Delta, stream_text
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = ("auto", "fp32", "bf16", "int8", "int4")
+AUTO_DTYPE = "fp32"  # what "auto" means: see benchmarks/RESULTS.md for the measured trade-offs
 
 
 @dataclass
@@ -33,9 +34,9 @@ class LLM:
 
     def __init__(
         self, name: str, checkpoint, model, tokenizer, context_length: int | None = None,
-        sampling_defaults: dict | None = None,
+        sampling_defaults: dict | None = None, dtype: str = "fp32",
     ):  # fmt: skip
-        self.name, self.checkpoint = name, checkpoint
+        self.name, self.checkpoint, self.dtype = name, checkpoint, dtype
         self.model, self.tokenizer = model, tokenizer
         self.engine = Engine(model, context_length)
         # The model authors' recommended sampling; anything passed per call overrides it.
@@ -98,7 +99,7 @@ class LLM:
 def load(
     model: str = "smollm2-135m-instruct",
     *,
-    dtype: str = "fp32",
+    dtype: str = "auto",
     context_length: int | None = None,
     progress: bool = True,
 ) -> LLM:
@@ -109,10 +110,16 @@ def load(
 
     if dtype not in DTYPES:
         raise GenforgeError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
+    dtype = AUTO_DTYPE if dtype == "auto" else dtype
     path = hub.resolve(model, progress=progress)
     t0 = time.perf_counter()
-    ckpt = load_checkpoint(path, DTYPES[dtype])
+    ckpt = load_checkpoint(path, torch.bfloat16 if dtype == "bf16" else torch.float32)
     net = build_model(ckpt)
+    ckpt.state = {}  # the model owns the tensors now; let quantization free the float copies
+    if dtype in ("int8", "int4"):
+        from genforge.model.quant import quantize_linears
+
+        quantize_linears(net, dtype)
     if ckpt.format == "gguf":
         tokenizer = Tokenizer.from_gguf_metadata(ckpt.metadata)
     else:
@@ -122,4 +129,5 @@ def load(
     log.info("loaded %s in %.1fs", model, time.perf_counter() - t0)
     known = hub.KNOWN.get(model)
     name = model if known else Path(path).name
-    return LLM(name, ckpt, net, tokenizer, context_length, dict(known.sampling) if known else None)
+    defaults = dict(known.sampling) if known else None
+    return LLM(name, ckpt, net, tokenizer, context_length, defaults, dtype)

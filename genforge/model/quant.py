@@ -1,0 +1,116 @@
+"""Weight-only quantization for CPU inference: int8 per channel, int4 with per-group scales.
+
+Decode reads every weight once per token, so it is bound by memory bandwidth: smaller weights are
+faster. The matmuls are PyTorch's own CPU kernels (`_weight_int8pack_mm`,
+`_weight_int4pack_mm_for_cpu`); activations stay in float. Quantized layers replace `nn.Linear`
+modules in place (a module swap, no parallel model class). The int4 format is asymmetric with groups
+of 32 along the input dimension, w = (q - 8) * scale + zero, which holds GGUF's Q4_1 blocks exactly
+(each Q4_1 block spans its own min..max in 15 steps) and other 4-5 bit formats nearly so.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+QUANT_KINDS = ("int8", "int4")
+INT4_GROUP = 32
+
+
+def quantize_int8(w: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Symmetric per-output-channel int8: w ≈ q * scale."""
+    w = w.float()
+    scale = w.abs().amax(dim=1).clamp(min=1e-10) / 127.0  # (N,)
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return {"qweight": q, "scales": scale}
+
+
+def quantize_int4(w: torch.Tensor, group: int = INT4_GROUP) -> dict[str, torch.Tensor]:
+    """Asymmetric int4 in groups of `group` inputs: w ≈ (q - 8) * scale + zero, packed for the CPU."""
+    N, K = w.shape
+    g = w.float().reshape(N, K // group, group)
+    lo, hi = g.amin(dim=-1), g.amax(dim=-1)  # (N, K/group)
+    scale = ((hi - lo) / 15.0).clamp(min=1e-10)
+    q = torch.round((g - lo[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int32)
+    zero = lo + 8.0 * scale
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.reshape(N, K), 1)
+    scales_zeros = torch.stack((scale, zero), dim=-1).transpose(0, 1).contiguous()  # (K/g, N, 2)
+    return {"qweight": packed, "scales": scales_zeros}
+
+
+class QuantLinear(nn.Module):
+    """A bias-optional linear layer whose weight is stored as int8 or packed int4."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, kind: str):
+        super().__init__()
+        self.in_features, self.out_features, self.kind = in_features, out_features, kind
+        if kind == "int8":
+            self.register_buffer(
+                "qweight", torch.empty(out_features, in_features, dtype=torch.int8)
+            )
+            self.register_buffer("scales", torch.empty(out_features))
+        elif kind == "int4":
+            if in_features % INT4_GROUP:
+                raise ValueError(f"int4 needs in_features divisible by {INT4_GROUP}")
+            self.register_buffer(
+                "qweight", torch.empty(out_features, in_features // 2, dtype=torch.uint8)
+            )
+            self.register_buffer("scales", torch.empty(in_features // INT4_GROUP, out_features, 2))
+        else:
+            raise ValueError(f"unknown quantization {kind!r}")
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+
+    @classmethod
+    def from_linear(
+        cls, linear: nn.Linear | torch.Tensor, kind: str, act_dtype: torch.dtype = torch.bfloat16
+    ) -> QuantLinear:
+        """Quantize a linear layer (or a bare (out, in) weight); activations will be `act_dtype`."""
+        weight = linear if isinstance(linear, torch.Tensor) else linear.weight
+        bias = None if isinstance(linear, torch.Tensor) else linear.bias
+        N, K = weight.shape
+        mod = cls(K, N, bias is not None, kind)
+        parts = quantize_int8(weight) if kind == "int8" else quantize_int4(weight)
+        mod.qweight, mod.scales = parts["qweight"], parts["scales"].to(act_dtype)
+        if bias is not None:
+            mod.bias = nn.Parameter(bias.detach().to(act_dtype), requires_grad=False)
+        return mod
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features)  # (tokens, in)
+        if self.kind == "int8":
+            y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scales)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x2, self.qweight, INT4_GROUP, self.scales
+            )
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features)
+
+
+def quantize_linears(
+    model: nn.Module, kind: str, act_dtype: torch.dtype = torch.bfloat16
+) -> nn.Module:
+    """Swap every nn.Linear for a QuantLinear and cast what stays float to `act_dtype`, in place.
+
+    Quantize from float32 weights: rounding to bf16 first would move values off GGUF's grid.
+    PyTorch's CPU int4/int8 kernels are fast with bf16 activations and slow with fp32 ones.
+    """
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear) and child is not getattr(model, "output", None):
+                setattr(module, child_name, QuantLinear.from_linear(child, kind, act_dtype))
+    # The output head stays at 8 bits, as llama.cpp's 4-bit mixes keep it at 6-8: its errors land
+    # directly on the logits (SmolLM2's int4 head flips greedy answers; int8 does not).
+    head = getattr(model, "output", False)
+    if head is not False:
+        # A tied head gets its own quantized copy; embedding lookups keep the float table.
+        weight = model.tok_emb.weight.detach() if head is None else head
+        model.output = QuantLinear.from_linear(weight, "int8", act_dtype)
+    for p in model.parameters():
+        p.data = p.data.to(act_dtype)
+    return model
+
+
+__all__ = ["QUANT_KINDS", "QuantLinear", "quantize_linears"]

@@ -1,0 +1,45 @@
+"""Weight-only int8 / int4 layers against the float layers they replace."""
+
+import torch
+from torch import nn
+
+from genforge.model.quant import INT4_GROUP, QuantLinear
+
+
+def q4_1_like_weight(n=64, k=128, seed=0):
+    """A weight on GGUF Q4_1's grid: each group of 32 spans its own min..max in 15 steps."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 16, (n, k // INT4_GROUP, INT4_GROUP), generator=g)
+    q[..., 0], q[..., 1] = 0, 15  # Q4_1 blocks always reach both ends of their range
+    d = torch.rand(n, k // INT4_GROUP, 1, generator=g) * 0.02 + 0.001
+    m = torch.randn(n, k // INT4_GROUP, 1, generator=g) * 0.05
+    return (q * d + m).reshape(n, k)
+
+
+def test_int4_holds_q4_1_weights_exactly():
+    lin = nn.Linear(128, 64, bias=True)
+    with torch.no_grad():
+        lin.weight.copy_(q4_1_like_weight())
+    x = torch.randn(5, 128)
+    q = QuantLinear.from_linear(lin, "int4", act_dtype=torch.float32)
+    torch.testing.assert_close(q(x), lin(x), atol=1e-4, rtol=1e-4)
+
+
+def test_int8_is_close_and_handles_3d_input():
+    torch.manual_seed(0)
+    lin = nn.Linear(96, 40, bias=False)
+    x = torch.randn(2, 3, 96)
+    q = QuantLinear.from_linear(lin, "int8", act_dtype=torch.float32)
+    out, ref = q(x), lin(x)
+    assert out.shape == (2, 3, 40)
+    assert (out - ref).abs().max() < 0.02 * ref.abs().max()
+
+
+def test_bf16_activations():
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 32, bias=True)
+    x = torch.randn(4, 64)
+    for kind in ("int8", "int4"):
+        q = QuantLinear.from_linear(lin, kind, act_dtype=torch.bfloat16)
+        out = q(x.bfloat16()).float()
+        assert (out - lin(x)).abs().max() < 0.1 * lin(x).abs().max()
