@@ -7,7 +7,7 @@ DEFAULT_MODEL := smollm2-135m-instruct
 # Set-up output goes to stderr so that `echo "question" | make run` prints only the answer.
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run test test-slow lint format setup setup-dev model clean help
+.PHONY: run test test-slow lint format setup setup-dev model bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -48,6 +48,15 @@ test: lint model  ## set up with dev extras, lint, then the test suite (slow tes
 
 test-slow: lint model  ## the tests on the larger real models (Qwen2.5-Coder-0.5B, Gemma 3 270M)
 	$(PY) -m pytest -m slow
+
+$(VENV)/.installed-bench: pyproject.toml | $(PY)
+	@$(PIP) -e '.[dev,bench]' 1>&2  # builds llama.cpp from source: several minutes
+	@test -d /usr/share/doc/python3.11/html/_sources || \
+		{ apt-get update -qq && apt-get install -y -qq python3.11-doc; } 1>&2
+	@touch $@
+
+bench: $(VENV)/.installed-bench model  ## install the peers, run the benchmarks, rewrite benchmarks/RESULTS.md
+	$(PY) benchmarks/bench_engine.py
 
 clean:  ## remove the virtual environment (the model cache is kept)
 	rm -rf $(VENV)

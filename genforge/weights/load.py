@@ -102,7 +102,8 @@ def load_hf_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> Checkpo
                     state[names[key]] = t.to(dtype)
         except SafetensorError as e:
             raise GenforgeError(f"{file} is not a valid safetensors file ({e}).") from None
-    quant = {"FLOAT32": "F32", "BFLOAT16": "BF16", "FLOAT16": "F16"}.get(dtypes[0], dtypes[0])
+    first = dtypes[0] if dtypes else "?"
+    quant = {"FLOAT32": "F32", "BFLOAT16": "BF16", "FLOAT16": "F16"}.get(first, first)
     return Checkpoint(cfg, state, path, "hf", quant)
 
 
