@@ -13,6 +13,7 @@ from collections.abc import Callable
 from genforge.errors import GenforgeError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"  # kept equal to genforge.hub.DEFAULT_MODEL (a test checks)
+DEFAULT_MAX_TOKENS = 1024
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -48,7 +49,10 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--seed", type=int, help="random seed; the same seed gives the same output")
     g.add_argument(
-        "--max-tokens", type=int, help="most new tokens (default: up to the end of the context)"
+        "--max-tokens",
+        type=int,
+        help=f"most new tokens per answer (default: {DEFAULT_MAX_TOKENS}, or what is left of the "
+        "context if less; a small model can loop forever without a cap)",
     )
     g.add_argument("--stop", action="append", default=None, metavar="TEXT",
                    help="stop when this text is generated (repeatable); it is not printed")  # fmt: skip
@@ -75,12 +79,20 @@ def _load(args: argparse.Namespace):
     return load(args.model, dtype=args.dtype, context_length=args.ctx)
 
 
+def _capped(llm, n_prompt: int, sampling: dict) -> dict:
+    """Without --max-tokens, cap an answer at DEFAULT_MAX_TOKENS or the rest of the context."""
+    if sampling.get("max_tokens") is not None or n_prompt >= llm.context_length:
+        return sampling  # an explicit value (or an overlong prompt) meets the engine's own check
+    return {**sampling, "max_tokens": min(DEFAULT_MAX_TOKENS, llm.context_length - n_prompt)}
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     sampling = _sampling_kwargs(args)
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     if not prompt:
         raise GenforgeError("the prompt is empty; pass it as an argument or on standard input.")
     llm = _load(args)
+    sampling = _capped(llm, len(llm.tokenizer.encode(prompt)), sampling)
     for piece in llm.generate(prompt, stream=True, **sampling):
         sys.stdout.write(piece)
         sys.stdout.flush()
@@ -92,6 +104,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def _answer(llm, history: list[dict], sampling: dict) -> None:
     """Stream one assistant turn to stdout and append it to the history (even if interrupted)."""
     pieces: list[str] = []
+    sampling = _capped(llm, len(llm.tokenizer.encode_chat(history)), sampling)
     try:
         for piece in llm.chat(history, stream=True, **sampling):
             pieces.append(piece)
