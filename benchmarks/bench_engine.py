@@ -218,6 +218,17 @@ def main() -> None:
     write_results(args.out, speed, qual, args.runs)
 
 
+def cpu_description() -> str:
+    """CPU model and the vector extensions that decide which dtype is fast (bf16 needs AVX512-BF16/AMX)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in info.splitlines() if "model name" in ln), "?"
+    )
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+    flags = [f for f in wanted if f" {f}" in info]
+    return f"{model}, {os.cpu_count()} cores, flags: {', '.join(flags) or 'none of ' + '/'.join(wanted)}"
+
+
 def write_results(out: Path, speed: dict, qual: dict, runs: int) -> None:
     from genforge import hub
 
@@ -232,6 +243,8 @@ def write_results(out: Path, speed: dict, qual: dict, runs: int) -> None:
         f"Written by `benchmarks/bench_engine.py` on {time.strftime('%Y-%m-%d')}; medians of {runs} "
         "runs after a warm-up, all peers in one invocation. Ratios are against llama.cpp "
         "(llama-cpp-python 0.3.36, same GGUF file) and transformers (the GGUF dequantized to fp32).",
+        "",
+        f"CPU: {cpu_description()}.",
         "",
         "| peer | weights | prefill tok/s | decode tok/s | TTFT s | peak RSS MB | decode vs llama.cpp | decode vs transformers | prefill vs llama.cpp |",
         "|---|---|---|---|---|---|---|---|---|",
