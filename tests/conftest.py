@@ -38,6 +38,26 @@ def smollm2(smollm2_path):
 
 
 @pytest.fixture(scope="session")
+def tokenizer_pair(request):
+    """name -> (our tokenizer, transformers' tokenizer) for that real GGUF file, built once."""
+    from genforge.tokenizer import Tokenizer
+    from genforge.weights.gguf import read_gguf
+
+    transformers = pytest.importorskip("transformers")
+    built = {}
+
+    def pair(name: str):
+        if name not in built:
+            path = request.getfixturevalue(f"{name}_path")
+            ours = Tokenizer.from_gguf_metadata(read_gguf(path).metadata)
+            theirs = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            built[name] = (ours, theirs)
+        return built[name]
+
+    return pair
+
+
+@pytest.fixture(scope="session")
 def hf_smollm2(smollm2_path):
     """transformers' own GGUF loader on the same file (dequantized to fp32)."""
     import torch

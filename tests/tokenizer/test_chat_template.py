@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -143,16 +142,9 @@ def test_encode_chat_adds_bos_only_when_the_template_did_not():
 @pytest.fixture(
     scope="module", params=[pytest.param("smollm2"), pytest.param("qwen", marks=pytest.mark.slow)]
 )
-def model(request):
+def model(request, tokenizer_pair):
     """(name, our tokenizer, transformers' tokenizer) for one real GGUF file with a template."""
-    from genforge.weights.gguf import read_gguf
-
-    path = request.getfixturevalue(f"{request.param}_path")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local file; never reach for the hub
-    transformers = pytest.importorskip("transformers")
-    ours = Tokenizer.from_gguf_metadata(read_gguf(path).metadata)
-    reference = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    return request.param, ours, reference
+    return (request.param, *tokenizer_pair(request.param))
 
 
 @pytest.mark.parametrize("add_generation_prompt", [True, False])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -163,16 +162,9 @@ MODELS = [
 
 
 @pytest.fixture(scope="module", params=MODELS)
-def model(request):
+def model(request, tokenizer_pair):
     """(name, our tokenizer, transformers' tokenizer) for one real GGUF file."""
-    from genforge.weights.gguf import read_gguf
-
-    path = request.getfixturevalue(f"{request.param}_path")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local file; never reach for the hub
-    transformers = pytest.importorskip("transformers")
-    ours = Tokenizer.from_gguf_metadata(read_gguf(path).metadata)
-    reference = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    return request.param, ours, reference
+    return (request.param, *tokenizer_pair(request.param))
 
 
 @pytest.mark.parametrize("key", MIXED_CORPUS)
