@@ -102,7 +102,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _answer(llm, history: list[dict], sampling: dict) -> None:
-    """Stream one assistant turn to stdout and append it to the history (even if interrupted)."""
+    """Stream one assistant turn to stdout and append it to the history (also when interrupted)."""
     pieces: list[str] = []
     sampling = _capped(llm, len(llm.tokenizer.encode_chat(history)), sampling)
     try:
@@ -110,12 +110,12 @@ def _answer(llm, history: list[dict], sampling: dict) -> None:
             pieces.append(piece)
             sys.stdout.write(piece)
             sys.stdout.flush()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # keep what was said so far as the answer
         sys.stdout.write(" [stopped]")
     finally:
         sys.stdout.write("\n")
         sys.stdout.flush()
-        history.append({"role": "assistant", "content": "".join(pieces)})
+    history.append({"role": "assistant", "content": "".join(pieces)})
 
 
 REPL_HELP = "commands: /reset (new conversation), /exit (or Ctrl-D); Ctrl-C stops an answer"
