@@ -71,11 +71,6 @@ class GGUFFile:
             data = dequantize(raw, qtype)
         return np.asarray(data, dtype=dtype).reshape(info.shape)
 
-    def type_name(self, name: str) -> str:
-        from gguf import GGMLQuantizationType
-
-        return GGMLQuantizationType(self.tensors[name].ggml_type).name
-
 
 class _Cursor:
     def __init__(self, buf: memoryview, path: Path):

@@ -72,6 +72,7 @@ def test_logits_match_transformers(name, cfg, tmp_path):
         expected = hf(tokens).logits
         got = ours(tokens)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert ours.cfg.n_params == sum(p.numel() for p in ours.parameters())
 
 
 @pytest.mark.parametrize(

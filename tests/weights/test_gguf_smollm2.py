@@ -28,6 +28,7 @@ def test_config_read_from_gguf(ours):
         3,
     )
     assert cfg.tie_embeddings and cfg.vocab_size == 49152 and cfg.max_seq_len == 8192
+    assert cfg.n_params == sum(p.numel() for p in ours.parameters()) == 134_515_008
 
 
 def test_first_token_logits_match_transformers(ours, hf_smollm2, smollm2):
