@@ -113,13 +113,18 @@ def load(
     dtype = AUTO_DTYPE if dtype == "auto" else dtype
     path = hub.resolve(model, progress=progress)
     t0 = time.perf_counter()
-    ckpt = load_checkpoint(path, torch.bfloat16 if dtype == "bf16" else torch.float32)
-    net = build_model(ckpt)
-    ckpt.state = {}  # the model owns the tensors now; let quantization free the float copies
     if dtype in ("int8", "int4"):
-        from genforge.model.quant import quantize_linears
+        from genforge.model.quant import quantize_structure, state_converter
 
-        quantize_linears(net, dtype)
+        act = torch.bfloat16  # PyTorch's CPU int kernels are slow with float32 activations
+        ckpt = load_checkpoint(
+            path, convert=lambda cfg: state_converter(dtype, act, cfg.tie_embeddings)
+        )
+        net = build_model(ckpt, prepare=lambda m: quantize_structure(m, dtype, act))
+    else:
+        ckpt = load_checkpoint(path, torch.bfloat16 if dtype == "bf16" else torch.float32)
+        net = build_model(ckpt)
+    ckpt.state = {}  # the model owns the tensors now
     if ckpt.format == "gguf":
         tokenizer = Tokenizer.from_gguf_metadata(ckpt.metadata)
     else:

@@ -89,28 +89,56 @@ class QuantLinear(nn.Module):
         return y.reshape(*shape[:-1], self.out_features)
 
 
-def quantize_linears(
+def _quantized_parts(w: torch.Tensor, kind: str, act_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    parts = quantize_int8(w) if kind == "int8" else quantize_int4(w)
+    return {"qweight": parts["qweight"], "scales": parts["scales"].to(act_dtype)}
+
+
+# The output head stays at 8 bits, as llama.cpp's 4-bit mixes keep it at 6-8: its errors land
+# directly on the logits (with an int4 head SmolLM2's greedy answers flip; with int8 they do not).
+HEAD_KIND = "int8"
+
+
+def quantize_structure(
     model: nn.Module, kind: str, act_dtype: torch.dtype = torch.bfloat16
 ) -> nn.Module:
-    """Swap every nn.Linear for a QuantLinear and cast what stays float to `act_dtype`, in place.
+    """Swap every nn.Linear for an (empty) QuantLinear and add a quantized head, in place.
 
-    Quantize from float32 weights: rounding to bf16 first would move values off GGUF's grid.
-    PyTorch's CPU int4/int8 kernels are fast with bf16 activations and slow with fp32 ones.
+    Meant for a model built on the `meta` device, to be filled from `state_converter`'s output.
     """
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear) and child is not getattr(model, "output", None):
-                setattr(module, child_name, QuantLinear.from_linear(child, kind, act_dtype))
-    # The output head stays at 8 bits, as llama.cpp's 4-bit mixes keep it at 6-8: its errors land
-    # directly on the logits (SmolLM2's int4 head flips greedy answers; int8 does not).
-    head = getattr(model, "output", False)
-    if head is not False:
-        # A tied head gets its own quantized copy; embedding lookups keep the float table.
-        weight = model.tok_emb.weight.detach() if head is None else head
-        model.output = QuantLinear.from_linear(weight, "int8", act_dtype)
-    for p in model.parameters():
-        p.data = p.data.to(act_dtype)
+            if isinstance(child, nn.Linear):
+                k = HEAD_KIND if child is getattr(model, "output", None) else kind
+                quant = QuantLinear(
+                    child.in_features, child.out_features, child.bias is not None, k
+                )
+                setattr(module, child_name, quant)
+    if getattr(model, "output", False) is None:  # a tied head gets its own quantized copy
+        d, v = model.tok_emb.weight.shape[1], model.tok_emb.weight.shape[0]
+        model.output = QuantLinear(d, v, False, HEAD_KIND)
     return model
 
 
-__all__ = ["QUANT_KINDS", "QuantLinear", "quantize_linears"]
+def state_converter(kind: str, act_dtype: torch.dtype, tied_head: bool):
+    """A per-tensor converter for the weight loader: float32 checkpoint tensor -> quantized state.
+
+    Converting each tensor as it is read keeps peak memory near the quantized model's size, and
+    quantizing from float32 keeps GGUF's grid (rounding to bf16 first would move values off it).
+    """
+
+    def convert(name: str, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        prefix = name.removesuffix(".weight")
+        if name == "output.weight":
+            return {f"output.{k}": v for k, v in _quantized_parts(w, HEAD_KIND, act_dtype).items()}
+        if name.endswith(".weight") and w.dim() == 2 and name != "tok_emb.weight":
+            return {f"{prefix}.{k}": v for k, v in _quantized_parts(w, kind, act_dtype).items()}
+        out = {name: w.to(act_dtype)}
+        if name == "tok_emb.weight" and tied_head:
+            out |= {f"output.{k}": v for k, v in _quantized_parts(w, HEAD_KIND, act_dtype).items()}
+        return out
+
+    return convert
+
+
+__all__ = ["QUANT_KINDS", "QuantLinear", "quantize_structure", "state_converter"]

@@ -53,9 +53,22 @@ def _gguf_quantization(meta: dict) -> str:
         return "unknown"
 
 
-def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> Checkpoint:
+# Turns one float32 tensor (genforge name) into state-dict entries, e.g. quantized parts.
+Converter = Callable[[str, torch.Tensor], dict[str, torch.Tensor]]
+ConverterFactory = Callable[[ModelConfig], Converter]
+
+
+def _plain(dtype: torch.dtype) -> ConverterFactory:
+    return lambda cfg: lambda name, w: {name: w.to(dtype)}
+
+
+def load_gguf(
+    path: str | Path, dtype: torch.dtype = torch.float32, convert: ConverterFactory | None = None
+) -> Checkpoint:
+    """Read a GGUF file; each tensor goes through `convert(config)` as soon as it is dequantized."""
     g = read_gguf(path)
     cfg = config_from_gguf(g.metadata, set(g.tensors))
+    put = (convert or _plain(dtype))(cfg)
     names = expand(GGUF_NAMES[cfg.arch], cfg.n_layers)
     transforms = GGUF_TRANSFORMS.get(cfg.arch, {})
     fns = _transforms(cfg)
@@ -70,11 +83,13 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> Checkpoin
         w = g.tensor(src)
         if (t := transforms.get(pattern_of(dst))) is not None:
             w = fns[t](w)
-        state[dst] = torch.from_numpy(np.array(w, copy=True)).to(dtype)
+        state |= put(dst, torch.from_numpy(np.array(w, copy=True)))
     return Checkpoint(cfg, state, g.path, "gguf", _gguf_quantization(g.metadata), g.metadata)
 
 
-def load_hf_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> Checkpoint:
+def load_hf_dir(
+    path: str | Path, dtype: torch.dtype = torch.float32, convert: ConverterFactory | None = None
+) -> Checkpoint:
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -89,6 +104,7 @@ def load_hf_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> Checkpo
     if not files:
         raise GenforgeError(f"{path} has no *.safetensors files; only safetensors weights load.")
     names = expand(HF_NAMES[cfg.arch], cfg.n_layers)
+    put = (convert or _plain(dtype))(cfg)
     state, dtypes = {}, []
     for file in files:
         try:
@@ -99,7 +115,7 @@ def load_hf_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> Checkpo
                         continue  # e.g. vision tower of a multimodal checkpoint
                     t = f.get_tensor(src)
                     dtypes.append(str(t.dtype).removeprefix("torch.").upper())
-                    state[names[key]] = t.to(dtype)
+                    state |= put(names[key], t.float())
         except SafetensorError as e:
             raise GenforgeError(f"{file} is not a valid safetensors file ({e}).") from None
     first = dtypes[0] if dtypes else "?"
@@ -107,21 +123,30 @@ def load_hf_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> Checkpo
     return Checkpoint(cfg, state, path, "hf", quant)
 
 
-def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> Checkpoint:
+def load_checkpoint(
+    path: str | Path, dtype: torch.dtype = torch.float32, convert: ConverterFactory | None = None
+) -> Checkpoint:
     path = Path(path)
     if path.is_dir():
-        return load_hf_dir(path, dtype)
+        return load_hf_dir(path, dtype, convert)
     if path.is_file():
-        return load_gguf(path, dtype)
+        return load_gguf(path, dtype, convert)
     raise GenforgeError(
         f"{path} does not exist; give a model name, a .gguf file or a model folder."
     )
 
 
-def build_model(ckpt: Checkpoint) -> Transformer:
-    """Instantiate the transformer without allocating, then adopt the checkpoint's tensors."""
+def build_model(
+    ckpt: Checkpoint, prepare: Callable[[Transformer], object] | None = None
+) -> Transformer:
+    """Instantiate the transformer without allocating, then adopt the checkpoint's tensors.
+
+    `prepare` may reshape the empty model first (e.g. swap in quantized layers) to fit the state.
+    """
     with torch.device("meta"):
         model = Transformer(ckpt.config)
+        if prepare is not None:
+            prepare(model)
     expected = set(model.state_dict())
     missing = sorted(
         expected - set(ckpt.state) - ({"output.weight"} if model.output is None else set())

@@ -43,3 +43,19 @@ def test_bf16_activations():
         q = QuantLinear.from_linear(lin, kind, act_dtype=torch.bfloat16)
         out = q(x.bfloat16()).float()
         assert (out - lin(x)).abs().max() < 0.1 * lin(x).abs().max()
+
+
+def test_quantized_loading_converts_each_tensor_and_stays_close(tiny_model_dir):
+    import genforge
+
+    ref = genforge.load(str(tiny_model_dir), dtype="fp32")
+    ids = torch.tensor([[5, 17, 42, 99, 3, 250]])
+    with torch.no_grad():
+        expected = ref.model(ids)
+    for kind in ("int8", "int4"):
+        m = genforge.load(str(tiny_model_dir), dtype=kind)
+        assert m.model.layers[0].mlp.w_up.kind == kind and m.model.output.kind == "int8"
+        assert not any(p.is_meta for p in m.model.parameters())
+        with torch.no_grad():
+            got = m.model(ids)
+        assert (got - expected).abs().max() < 0.1 * expected.abs().max()
