@@ -117,3 +117,11 @@ def test_missing_chat_template(tiny_model_dir):
 
 def test_folder_without_config(tmp_path):
     assert_one_line_error(genforge("generate", "-m", str(tmp_path), "hi"), "config.json")
+
+
+def test_folder_without_tokenizer(tiny_model_dir, tmp_path):
+    import shutil
+
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model_dir / name, tmp_path / name)
+    assert_one_line_error(genforge("generate", "-m", str(tmp_path), "hi"), "no tokenizer.json")

@@ -113,6 +113,10 @@ def load(
     dtype = AUTO_DTYPE if dtype == "auto" else dtype
     path = hub.resolve(model, progress=progress)
     t0 = time.perf_counter()
+    if Path(
+        path
+    ).is_dir():  # a folder's tokenizer first: a missing one fails before the weights load
+        tokenizer = Tokenizer.from_dir(path)
     if dtype in ("int8", "int4"):
         from genforge.model.quant import quantize_structure, state_converter
 
@@ -127,10 +131,6 @@ def load(
     ckpt.state = {}  # the model owns the tensors now
     if ckpt.format == "gguf":
         tokenizer = Tokenizer.from_gguf_metadata(ckpt.metadata)
-    else:
-        if not (Path(path) / "tokenizer.json").is_file():
-            raise GenforgeError(f"{path} has no tokenizer.json; a model folder needs one.")
-        tokenizer = Tokenizer.from_dir(path)
     log.info("loaded %s in %.1fs", model, time.perf_counter() - t0)
     known = hub.KNOWN.get(model)
     name = model if known else Path(path).name
