@@ -15,11 +15,11 @@ if TYPE_CHECKING:
     from genforge.generate.llm import LLM
 
 
-def load(model: str = "smollm2-135m-instruct", **kwargs) -> LLM:
+def load(model: str | None = None, **kwargs) -> LLM:
     """Load a named model (pulled on first use), a .gguf file or a Hugging Face model folder."""
     from genforge.generate.llm import load as _load  # torch is imported only when needed
 
-    return _load(model, **kwargs)
+    return _load(model, **kwargs) if model else _load(**kwargs)
 
 
 __all__ = ["load", "__version__"]

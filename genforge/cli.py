@@ -11,8 +11,8 @@ import sys
 from collections.abc import Callable
 
 from genforge.errors import GenforgeError
+from genforge.hub import DEFAULT_MODEL  # stdlib-only module: --help stays fast
 
-DEFAULT_MODEL = "smollm2-135m-instruct"  # kept equal to genforge.hub.DEFAULT_MODEL (a test checks)
 DEFAULT_MAX_TOKENS = 1024
 
 

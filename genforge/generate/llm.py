@@ -97,7 +97,7 @@ class LLM:
 
 
 def load(
-    model: str = "smollm2-135m-instruct",
+    model: str | None = None,
     *,
     dtype: str = "auto",
     context_length: int | None = None,
@@ -108,6 +108,7 @@ def load(
     from genforge.tokenizer import Tokenizer
     from genforge.weights.load import build_model, load_checkpoint
 
+    model = model or hub.DEFAULT_MODEL
     if dtype not in DTYPES:
         raise GenforgeError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
     dtype = AUTO_DTYPE if dtype == "auto" else dtype

@@ -95,8 +95,10 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if params.top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop_sorted = cum - sorted_logits.softmax(-1) >= params.top_p  # keeps the token crossing p
+        sorted_probs = sorted_logits.softmax(-1)
+        drop_sorted = (
+            sorted_probs.cumsum(-1) - sorted_probs >= params.top_p
+        )  # keeps the one crossing p
         drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     if params.min_p > 0:

@@ -73,8 +73,8 @@ class GGUFFile:
 
 
 class _Cursor:
-    def __init__(self, buf: memoryview, path: Path):
-        self.buf, self.pos, self.path = buf, 0, path
+    def __init__(self, buf: memoryview):
+        self.buf, self.pos = buf, 0
 
     def unpack(self, fmt: str):
         size = struct.calcsize("<" + fmt)
@@ -150,7 +150,7 @@ def read_gguf(path: str | Path) -> GGUFFile:
 def _parse(buf: memoryview, path: Path, size: int) -> GGUFFile:
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    cur = _Cursor(buf, path)
+    cur = _Cursor(buf)
     cur.pos = 4
     version = cur.unpack("I")
     if version not in (2, 3):
