@@ -1,28 +1,79 @@
 """The engine: token ids in, token ids out. It knows nothing about text, templates or stop strings.
 
-One request at a time: prefill the prompt into a KV cache sized for exactly this request, then decode
-one token per forward pass. Requests that cannot fit the model's context are refused up front with the
-numbers, never truncated.
+Many requests share one model and one paged KV cache. Each `step()` is
+
+    schedule  -> which requests run, and how many tokens of each (genforge.generate.scheduler)
+    execute   -> one forward pass over all of them, their tokens laid end to end (PagedBatch)
+    update    -> sample each request's next token with its own parameters and seed, finish the
+                 ones that hit an end-of-sequence token or their token limit
+
+so requests join and leave at any step (continuous batching), prompts are prefilled in chunks
+between other requests' decodes, and prompts that start like an earlier one reuse its cached keys
+and values (prefix cache). Requests that cannot fit the model's context are refused up front with the
+numbers, never truncated; requests that do not fit the cache *now* wait.
+
+`generate()` is the way in for callers: it registers a request and yields its tokens while a
+background thread runs the steps, so any number of threads can generate at once and be batched
+together. Closing the iterator (or an exception in the consumer, e.g. Ctrl-C) cancels the request.
 """
 
 from __future__ import annotations
 
+import logging
+import queue
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
 from genforge.errors import GenforgeError
+from genforge.generate.blocks import BlockPool
 from genforge.generate.sampling import SamplingParams, make_generator, sample
-from genforge.model.kv_cache import KVCache
+from genforge.generate.scheduler import Request, Scheduled, Scheduler
+from genforge.model.kv_cache import PagedBatch, PagedKVCache
 from genforge.model.transformer import Transformer
+
+log = logging.getLogger(__name__)
+
+BLOCK_SIZE = 16
+_DONE = object()
+
+
+@dataclass
+class _SamplerState:
+    params: SamplingParams
+    generator: torch.Generator | None
+    context: torch.Tensor | None  # all tokens so far, for the repetition penalty
+    counts: torch.Tensor | None  # generated-token counts, for presence/frequency penalties
+    out: queue.SimpleQueue | None = None  # where a background-run request's tokens go
 
 
 class Engine:
-    def __init__(self, model: Transformer, context_length: int | None = None):
+    """Continuous-batching engine over one model.
+
+    max_batch: requests in flight at once; step_tokens: tokens per forward pass (prompt chunks and
+    decodes together); kv_tokens: positions in the shared KV cache (at least the context length, so
+    that any single request fits); prefix_cache: reuse cached prompt prefixes.
+    """
+
+    def __init__(
+        self, model: Transformer, context_length: int | None = None, *, max_batch: int = 16,
+        step_tokens: int = 512, kv_tokens: int | None = None, prefix_cache: bool = True,
+    ):  # fmt: skip
         self.model = model
         self.dtype = model.tok_emb.weight.dtype
         limit = model.cfg.max_seq_len
         self.context_length = min(context_length or limit, limit)
+        kv_tokens = max(kv_tokens or 0, self.context_length)
+        n_blocks = -(-kv_tokens // BLOCK_SIZE)
+        self.cache = PagedKVCache.for_model(model.cfg, n_blocks, BLOCK_SIZE, self.dtype)
+        self.pool = BlockPool(n_blocks, BLOCK_SIZE, prefix_cache)
+        self.scheduler = Scheduler(self.pool, max_batch, step_tokens)
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    # -- requests ---------------------------------------------------------------------------
 
     def check_fits(self, n_prompt: int, max_tokens: int | None) -> int:
         """Number of new tokens this request may generate; raise if it cannot fit the context."""
@@ -43,31 +94,134 @@ class Engine:
             )
         return max_tokens
 
+    def add_request(
+        self, prompt_ids: list[int], params: SamplingParams, eos_ids: frozenset[int] = frozenset()
+    ) -> Request:
+        """Queue a request; it runs from the next `step()`."""
+        max_new = self.check_fits(len(prompt_ids), params.max_tokens)
+        vocab = self.model.cfg.vocab_size
+        if bad := [t for t in prompt_ids if not 0 <= t < vocab]:
+            raise GenforgeError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1}).")
+        counts = None
+        if params.presence_penalty or params.frequency_penalty:
+            counts = torch.zeros(vocab, dtype=torch.int32)
+        context = torch.tensor(prompt_ids) if params.repetition_penalty != 1.0 else None
+        state = _SamplerState(params, make_generator(params.seed), context, counts)
+        req = Request(list(prompt_ids), max_new, params, frozenset(eos_ids), state=state)
+        with self._lock:
+            self.scheduler.add(req)
+            self._lock.notify()
+        return req
+
+    def cancel(self, req: Request) -> None:
+        with self._lock:
+            if not req.finished:
+                self.scheduler.cancel(req)
+                self._emit(req, _DONE)
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    # -- the step -----------------------------------------------------------------------------
+
     @torch.inference_mode()
+    def step(self) -> list[tuple[Request, int]]:
+        """Run one schedule -> execute -> update step; return the (request, new token) pairs."""
+        with self._lock:
+            work = self.scheduler.schedule()
+            if not work:
+                return []
+            logits = self._execute(work)
+            self.scheduler.update(work)
+            return self._update(work, logits)
+
+    def _execute(self, work: list[Scheduled]) -> torch.Tensor:
+        """Logits (n, vocab) for the last token of each scheduled request that samples this step."""
+        tokens = [t for s in work for t in s.request.tokens[s.start : s.start + s.n]]
+        seqs = [(s.request.table.blocks, s.start, s.n) for s in work]
+        batch = PagedBatch(self.cache, seqs, self.model.cfg.sliding_window)
+        sampling = [i for i, s in enumerate(work) if s.samples]
+        if len(sampling) < len(work):  # prompt chunks that end mid-prompt need no logits
+            batch.last_rows = batch.last_rows[sampling]
+        return self.model(torch.tensor([tokens]), batch, last_only=True)[0]
+
+    def _update(self, work: list[Scheduled], logits: torch.Tensor) -> list[tuple[Request, int]]:
+        new = []
+        for row, s in enumerate(s for s in work if s.samples):
+            req, st = s.request, s.request.state
+            token = sample(logits[row], st.params, st.generator, st.context, st.counts)
+            req.output.append(token)
+            if st.context is not None:
+                st.context = torch.cat((st.context, torch.tensor([token])))
+            if st.counts is not None:
+                st.counts[token] += 1
+            new.append((req, token))
+            self._emit(req, token)
+            if token in req.eos_ids:
+                self._finish(req, "stop")
+            elif len(req.output) >= req.max_tokens:
+                self._finish(req, "length")
+        return new
+
+    def _finish(self, req: Request, reason: str) -> None:
+        self.scheduler.finish(req, reason)
+        self._emit(req, _DONE)
+
+    @staticmethod
+    def _emit(req: Request, item) -> None:
+        if req.state.out is not None:
+            req.state.out.put(item)
+
+    # -- background loop -------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self.scheduler.has_work():
+                    self._lock.wait()
+            try:
+                self.step()
+            except Exception as exc:  # a failed step fails its requests, not the engine
+                log.exception("engine step failed")
+                with self._lock:
+                    for req in list(self.scheduler.running) + list(self.scheduler.waiting):
+                        self.scheduler.finish(req, "error")
+                        self._emit(req, exc)
+
+    def _ensure_loop(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, name="genforge-engine", daemon=True)
+            self._thread.start()
+
     def generate(
         self, prompt_ids: list[int], params: SamplingParams, eos_ids: frozenset[int] = frozenset()
     ) -> Iterator[int]:
-        """Yield sampled token ids; the last one is an eos id if the model ended the sequence."""
-        max_new = self.check_fits(len(prompt_ids), params.max_tokens)
-        cfg = self.model.cfg
-        cache = KVCache.for_model(cfg, batch=1, max_len=len(prompt_ids) + max_new, dtype=self.dtype)
-        generator = make_generator(params.seed)
-        # Penalties need the context so far / the generated-token counts; skip the work otherwise.
-        context = torch.tensor(prompt_ids) if params.repetition_penalty != 1.0 else None
-        counts = None
-        if params.presence_penalty or params.frequency_penalty:
-            counts = torch.zeros(cfg.vocab_size, dtype=torch.int32)
-        tokens = torch.tensor([prompt_ids])  # (1, T)
-        pos = 0
-        for _ in range(max_new):
-            logits = self.model(tokens, cache, pos, last_only=True)[0, -1]  # (V,)
-            pos += tokens.shape[1]
-            token = sample(logits, params, generator, context, counts)
-            yield token
-            if token in eos_ids:
-                return
-            if context is not None:
-                context = torch.cat((context, torch.tensor([token])))
-            if counts is not None:
-                counts[token] += 1
-            tokens = torch.tensor([[token]])
+        """Yield sampled token ids; the last one is an eos id if the model ended the sequence.
+
+        The request is checked (and refused with a clear error) when this is called, not when the
+        iterator is first advanced.
+        """
+        req = self.add_request_streaming(prompt_ids, params, eos_ids)
+        return self._drain(req)
+
+    def add_request_streaming(
+        self, prompt_ids: list[int], params: SamplingParams, eos_ids: frozenset[int] = frozenset()
+    ) -> Request:
+        """Like `add_request`, but the background loop runs it and its tokens go to a queue."""
+        out: queue.SimpleQueue = queue.SimpleQueue()
+        with self._lock:
+            req = self.add_request(prompt_ids, params, eos_ids)
+            req.state.out = out
+            self._ensure_loop()
+        return req
+
+    def _drain(self, req: Request) -> Iterator[int]:
+        try:
+            while (item := req.state.out.get()) is not _DONE:
+                if isinstance(item, Exception):
+                    raise GenforgeError(f"generation failed: {item}") from item
+                yield item
+        finally:
+            self.cancel(
+                req
+            )  # no-op when it finished; frees its cache when the caller stopped early

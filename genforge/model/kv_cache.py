@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 class KVCache:
@@ -26,3 +27,121 @@ class KVCache:
         self.k[layer][:, :, start_pos:end] = k
         self.v[layer][:, :, start_pos:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+class PagedKVCache:
+    """A pool of KV blocks shared by many sequences: per layer a (n_blocks * block_size, Hkv, D) pair.
+
+    Which sequence owns which block is decided outside (`genforge.generate.blocks`); this class only
+    holds the tensors. They are `torch.empty`: pages the pool never touches cost no memory.
+    """
+
+    def __init__(self, n_layers: int, n_blocks: int, block_size: int, n_kv_heads: int,
+                 head_dim: int, dtype: torch.dtype = torch.float32):  # fmt: skip
+        shape = (n_blocks * block_size, n_kv_heads, head_dim)
+        self.k = [torch.empty(shape, dtype=dtype) for _ in range(n_layers)]
+        self.v = [torch.empty(shape, dtype=dtype) for _ in range(n_layers)]
+        self.n_blocks, self.block_size, self.dtype = n_blocks, block_size, dtype
+
+    @staticmethod
+    def bytes_per_token(cfg, dtype: torch.dtype) -> int:
+        return 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * dtype.itemsize
+
+    @classmethod
+    def for_model(cls, cfg, n_blocks: int, block_size: int, dtype: torch.dtype) -> PagedKVCache:
+        return cls(cfg.n_layers, n_blocks, block_size, cfg.n_kv_heads, cfg.head_dim, dtype)
+
+
+class PagedBatch:
+    """One forward pass over several sequences, their new tokens laid end to end: (1, N) tokens.
+
+    Built once per step from each sequence's block table, first new position and token count; every
+    layer then writes its keys/values into the pool and attends through the index tensors made here.
+    Single-token rows (decodes) share one batched attention call with a padding mask; each prompt
+    chunk gets its own causal call.
+    """
+
+    def __init__(self, cache: PagedKVCache, seqs: list[tuple[list[int], int, int]],
+                 sliding_window: int | None = None):  # fmt: skip
+        self.cache, bs = cache, cache.block_size
+        positions, slots, offsets = [], [], []
+        self.decode_rows: list[int] = []
+        decode_keys: list[torch.Tensor] = []
+        self.chunks: list[tuple[int, int, torch.Tensor, bool]] = []  # rows a..b, key slots, fresh
+        off = 0
+        for blocks, start, n in seqs:
+            table = torch.tensor(blocks, dtype=torch.long)
+            pos = torch.arange(start + n)
+            seq_slots = table[pos // bs] * bs + pos % bs  # every position so far, then the new ones
+            positions.append(pos[start:])
+            slots.append(seq_slots[start:])
+            if n == 1:
+                self.decode_rows.append(off)
+                decode_keys.append(seq_slots)
+            else:
+                self.chunks.append((off, off + n, seq_slots, start == 0))
+            offsets.append(off + n - 1)
+            off += n
+        self.n_tokens = off
+        self.positions = torch.cat(positions)
+        self.write_slots = torch.cat(slots)
+        self.last_rows = torch.tensor(offsets)  # each sequence's last new token
+        self.window = sliding_window
+        self.chunk_masks = [self._chunk_mask(a, b, keys) for a, b, keys, _ in self.chunks]
+        self.all_decode = len(self.decode_rows) == off
+        if decode_keys:
+            lengths = torch.tensor([len(k) for k in decode_keys])
+            width = int(lengths.max())
+            self.decode_index = torch.zeros(len(decode_keys), width, dtype=torch.long)
+            for i, keys in enumerate(decode_keys):
+                self.decode_index[i, : len(keys)] = keys
+            k = torch.arange(width)[None, :]
+            q = (lengths - 1)[:, None]
+            full = k <= q
+            self.decode_mask = {
+                "full": None if bool(full.all()) else full[:, None, None, :],
+                "sliding": None,
+            }
+            if sliding_window and width > sliding_window:
+                self.decode_mask["sliding"] = (full & (q - k < sliding_window))[:, None, None, :]
+            else:
+                self.decode_mask["sliding"] = self.decode_mask["full"]
+
+    def _chunk_mask(self, a: int, b: int, keys: torch.Tensor) -> dict:
+        n, length = b - a, len(keys)
+        q = torch.arange(length - n, length)[:, None]
+        k = torch.arange(length)[None, :]
+        causal = None if n == length else k <= q  # None: SDPA's own causal path
+        if self.window and length > self.window:
+            return {"full": causal, "sliding": (k <= q) & (q - k < self.window)}
+        return {"full": causal, "sliding": causal}
+
+    def attention(self, layer: int, q, k, v, scale: float, sliding: bool) -> torch.Tensor:
+        """q (N, H, D), k/v (N, Hkv, D) for the new tokens -> attention output (N, H, D)."""
+        pool_k, pool_v = self.cache.k[layer], self.cache.v[layer]
+        pool_k.index_copy_(0, self.write_slots, k.to(pool_k.dtype))
+        pool_v.index_copy_(0, self.write_slots, v.to(pool_v.dtype))
+        kind = "sliding" if sliding else "full"
+        gqa = q.shape[1] != k.shape[1]
+        out = q.new_empty(q.shape) if not self.all_decode else None
+        if self.decode_rows:
+            rows = self.decode_rows
+            qd = (q if self.all_decode else q[rows]).unsqueeze(2)  # (B, H, 1, D)
+            kd = pool_k[self.decode_index].transpose(1, 2)  # (B, Hkv, L, D)
+            vd = pool_v[self.decode_index].transpose(1, 2)
+            y = F.scaled_dot_product_attention(
+                qd, kd, vd, attn_mask=self.decode_mask[kind], scale=scale, enable_gqa=gqa
+            ).squeeze(2)
+            if self.all_decode:
+                return y
+            out[rows] = y
+        for (a, b, keys, fresh), masks in zip(self.chunks, self.chunk_masks, strict=True):
+            qc = q[a:b].transpose(0, 1).unsqueeze(0)  # (1, H, n, D)
+            kc, vc = (k[a:b], v[a:b]) if fresh else (pool_k[keys], pool_v[keys])
+            mask = masks[kind]
+            y = F.scaled_dot_product_attention(
+                qc, kc.transpose(0, 1).unsqueeze(0), vc.transpose(0, 1).unsqueeze(0),
+                attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=gqa,
+            )  # fmt: skip
+            out[a:b] = y[0].transpose(0, 1)
+        return out

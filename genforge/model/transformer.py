@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genforge.model.config import ModelConfig
-from genforge.model.kv_cache import KVCache
+from genforge.model.kv_cache import KVCache, PagedBatch
 
 
 class RMSNorm(nn.Module):
@@ -64,7 +64,7 @@ def rope_frequencies(head_dim: int, theta: float, scaling: dict | None) -> torch
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: (B, H, T, D); cos/sin: (T, D)
+    # x: (B, T, H, D); cos/sin: (T, 1, D)
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return (x * cos + rotated * sin).type_as(x)
@@ -86,15 +86,18 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int, start_pos: int):
+    def forward(self, x, cos, sin, mask, cache, layer: int, start_pos: int, sliding: bool):
         B, T, _ = x.shape  # (B, T, C)
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if isinstance(cache, PagedBatch):  # B == 1: the tokens of several sequences, end to end
+            y = cache.attention(layer, q[0], k[0], v[0], self.scale, sliding)
+            return self.wo(y.reshape(B, T, -1))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
         if cache is not None:
             k, v = cache.update(layer, start_pos, k, v)  # (B, Hkv, start_pos + T, D)
         y = F.scaled_dot_product_attention(
@@ -127,9 +130,10 @@ class Block(nn.Module):
         self.post_mlp_norm = norm() if cfg.sandwich_norm else nn.Identity()
 
     def forward(self, x, rope, masks, cache, start_pos):
-        cos, sin = rope["sliding" if self.sliding else "full"]
-        mask = masks["sliding" if self.sliding else "full"]
-        h = self.attn(self.attn_norm(x), cos, sin, mask, cache, self.layer, start_pos)
+        kind = "sliding" if self.sliding else "full"
+        cos, sin = rope[kind]
+        mask = masks[kind] if masks else None
+        h = self.attn(self.attn_norm(x), cos, sin, mask, cache, self.layer, start_pos, self.sliding)
         x = x + self.post_attn_norm(h)
         return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
 
@@ -160,8 +164,9 @@ class Transformer(nn.Module):
             if inv_freq is None:
                 continue
             angles = positions[:, None].float() * inv_freq[None, :]  # (T, D/2)
-            angles = torch.cat((angles, angles), dim=-1)  # (T, D)
-            out[kind] = (angles.cos(), angles.sin())
+            angles = torch.cat((angles, angles), dim=-1)[:, None, :]  # (T, 1, D)
+            dtype = self.tok_emb.weight.dtype
+            out[kind] = (angles.cos().to(dtype), angles.sin().to(dtype))
         out.setdefault("sliding", out["full"])
         return out
 
@@ -178,21 +183,28 @@ class Transformer(nn.Module):
     def forward(
         self,
         tokens: torch.Tensor,
-        cache: KVCache | None = None,
+        cache: KVCache | PagedBatch | None = None,
         start_pos: int = 0,
         last_only: bool = False,
     ) -> torch.Tensor:
-        """Logits (B, T, vocab) for tokens (B, T) at positions start_pos.. (or (B, 1, vocab))."""
+        """Logits (B, T, vocab) for tokens (B, T) at positions start_pos.. (or (B, 1, vocab)).
+
+        With a `PagedBatch`, tokens are (1, N): several sequences' new tokens end to end, positions
+        come from the batch, and `last_only` gives (1, n_sequences, vocab), each one's last token.
+        """
         B, T = tokens.shape
         x = self.tok_emb(tokens)  # (B, T, C)
         if self.cfg.embed_scale:
             x = x * torch.tensor(self.cfg.dim**0.5, dtype=x.dtype)
-        positions = torch.arange(start_pos, start_pos + T, device=tokens.device)
-        rope, masks = self._rope(positions), self._masks(T, start_pos, tokens.device)
+        if isinstance(cache, PagedBatch):
+            rope, masks = self._rope(cache.positions), None
+        else:
+            positions = torch.arange(start_pos, start_pos + T, device=tokens.device)
+            rope, masks = self._rope(positions), self._masks(T, start_pos, tokens.device)
         for block in self.layers:
             x = block(x, rope, masks, cache, start_pos)
         if last_only:
-            x = x[:, -1:, :]
+            x = x[:, cache.last_rows, :] if isinstance(cache, PagedBatch) else x[:, -1:, :]
         x = self.norm(x)
         logits = F.linear(x, self.tok_emb.weight) if self.output is None else self.output(x)
         return logits.float()

@@ -1,0 +1,144 @@
+"""Paged KV-cache bookkeeping: which cache blocks each sequence owns, and the prefix cache.
+
+The KV cache is a pool of fixed-size blocks (`block_size` token positions each). A sequence owns a
+list of blocks, its block table; position p of the sequence lives in slot
+`table[p // block_size] * block_size + p % block_size` of the pool. Memory is therefore bounded by
+the pool and shared by whoever needs it at the moment, instead of each request reserving a whole
+context up front.
+
+Prefix cache (automatic, as in vLLM): when a block is full its content is named by a hash of the
+token ids it holds *and everything before it* (the parent block's hash). A new sequence whose prompt
+starts with the same tokens takes those blocks instead of recomputing them. A block is shared by
+counting references; when nobody uses a named block any more it stays in the cache, evictable in
+least-recently-used order, until its memory is needed for something else.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+
+@dataclass
+class BlockTable:
+    """The blocks one sequence holds, and how many of them carry a published prefix hash."""
+
+    blocks: list[int] = field(default_factory=list)
+    hashes: list[int] = field(default_factory=list)  # hashes[i] names blocks[i]; full blocks only
+
+
+class BlockPool:
+    def __init__(self, n_blocks: int, block_size: int, prefix_cache: bool = True):
+        if n_blocks < 1 or block_size < 1:
+            raise ValueError("the KV cache needs at least one block of at least one position")
+        self.n_blocks, self.block_size, self.prefix_cache = n_blocks, block_size, prefix_cache
+        # Free blocks are handed out lowest first, so the pool's touched memory stays compact.
+        self._free = list(range(n_blocks - 1, -1, -1))
+        self._refs = [0] * n_blocks
+        self._hash_of: dict[int, int] = {}  # block -> hash, for blocks in the prefix cache
+        self._block_of: dict[int, int] = {}  # hash -> block
+        self._evictable: OrderedDict[int, None] = OrderedDict()  # cached, unreferenced; LRU first
+        self.hits = self.queries = 0  # prefix-cache statistics, in tokens
+
+    # -- capacity ---------------------------------------------------------------------------
+
+    @property
+    def n_available(self) -> int:
+        """Blocks that can be handed out now (free, or cached but unreferenced)."""
+        return len(self._free) + len(self._evictable)
+
+    def blocks_for(self, n_tokens: int) -> int:
+        return -(-n_tokens // self.block_size)
+
+    # -- prefix cache ----------------------------------------------------------------------
+
+    def block_hashes(self, tokens: list[int]) -> list[int]:
+        """Chained hashes of the full blocks of `tokens`."""
+        bs, out, parent = self.block_size, [], 0
+        for i in range(len(tokens) // bs):
+            parent = hash((parent, tuple(tokens[i * bs : (i + 1) * bs])))
+            out.append(parent)
+        return out
+
+    def match_prefix(self, table: BlockTable, tokens: list[int], limit: int) -> int:
+        """Give `table` the cached blocks that start `tokens` (at most `limit` tokens' worth).
+
+        Returns the number of tokens whose keys and values are now in place.
+        """
+        if not self.prefix_cache:
+            return 0
+        hashes = self.block_hashes(tokens[:limit])
+        self.queries += len(tokens)
+        for h in hashes:
+            block = self._block_of.get(h)
+            if block is None:
+                break
+            self._take(block)
+            table.blocks.append(block)
+            table.hashes.append(h)
+        matched = len(table.blocks) * self.block_size
+        self.hits += matched
+        return matched
+
+    def publish(self, table: BlockTable, tokens: list[int], n_computed: int) -> None:
+        """Name the blocks of `table` that are full and computed, so later sequences can reuse them."""
+        if not self.prefix_cache:
+            return
+        n_full = min(n_computed, len(tokens)) // self.block_size
+        if n_full <= len(table.hashes):
+            return
+        parent = table.hashes[-1] if table.hashes else 0
+        bs = self.block_size
+        for i in range(len(table.hashes), n_full):
+            parent = hash((parent, tuple(tokens[i * bs : (i + 1) * bs])))
+            table.hashes.append(parent)
+            block = table.blocks[i]
+            if parent not in self._block_of and block not in self._hash_of:
+                self._block_of[parent] = block
+                self._hash_of[block] = parent
+
+    # -- allocation ------------------------------------------------------------------------
+
+    def grow(self, table: BlockTable, n_tokens: int) -> bool:
+        """Make `table` hold at least `n_tokens` positions; False (and no change) if memory is short."""
+        need = self.blocks_for(n_tokens) - len(table.blocks)
+        if need <= 0:
+            return True
+        if need > self.n_available:
+            return False
+        for _ in range(need):
+            table.blocks.append(self._allocate())
+        return True
+
+    def release(self, table: BlockTable) -> None:
+        """Give back every block of `table`; named blocks stay cached until their memory is needed."""
+        # Later blocks are evicted first: a shared prefix outlives the tails that extend it.
+        for block in reversed(table.blocks):
+            self._refs[block] -= 1
+            if self._refs[block] == 0:
+                if block in self._hash_of:
+                    self._evictable[block] = None
+                else:
+                    self._free.append(block)
+        table.blocks.clear()
+        table.hashes.clear()
+
+    def _take(self, block: int) -> None:
+        if self._refs[block] == 0:
+            self._evictable.pop(block, None)
+        self._refs[block] += 1
+
+    def _allocate(self) -> int:
+        if self._free:
+            block = self._free.pop()
+        else:  # evict the least recently used cached block
+            block, _ = self._evictable.popitem(last=False)
+            del self._block_of[self._hash_of.pop(block)]
+        self._refs[block] = 1
+        return block
+
+    def reset_prefix_cache(self) -> None:
+        for block in list(self._evictable):
+            del self._block_of[self._hash_of.pop(block)]
+            self._free.append(block)
+        self._evictable.clear()
