@@ -55,8 +55,9 @@ $(VENV)/.installed-bench: pyproject.toml | $(PY)
 		{ apt-get update -qq && apt-get install -y -qq python3.11-doc; } 1>&2
 	@touch $@
 
+# BENCH_ARGS passes flags on, e.g. make bench BENCH_ARGS="--only batch,prefix --runs 5"
 bench: $(VENV)/.installed-bench model  ## install the peers, run the benchmarks, rewrite benchmarks/RESULTS.md
-	$(PY) benchmarks/bench_engine.py
+	$(PY) benchmarks/bench_engine.py $(BENCH_ARGS)
 
 clean:  ## remove the virtual environment (the model cache is kept)
 	rm -rf $(VENV)

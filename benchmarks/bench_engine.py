@@ -1,6 +1,12 @@
-"""Single-stream speed, memory and quality of genforge's engine next to llama.cpp and transformers.
+"""Speed, memory and quality of genforge's engine next to llama.cpp and transformers.
 
     make bench            # installs the peers, then runs this and rewrites benchmarks/RESULTS.md
+    python benchmarks/bench_engine.py --only batch,prefix --runs 1 --out /tmp/r.md
+
+Parts (--only): single (one stream: prefill, decode, time to first token), batch (aggregate decode
+throughput with 1-16 concurrent requests), prefix (time to first token with a long system prompt,
+cold and warm), quality (perplexity and greedy agreement of each --dtype). Peak resident memory of
+every process is reported against the memory target.
 
 Every peer runs in its own process (so peak resident memory is its own), on the same GGUF file, the
 same token ids and the same thread count, in one invocation: compare the ratios, not the absolute
@@ -17,11 +23,24 @@ import statistics
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
+
+import bench_serving as serving
 
 HERE = Path(__file__).resolve().parent
 MODEL = "smollm2-135m-instruct"
-PROMPT_TOKENS, NEW_TOKENS = 256, 128
+PROMPT_TOKENS = 256
+PARTS = ("single", "batch", "prefix", "quality")
+DTYPES = {  # genforge dtypes measured in each part
+    "single": ("fp32", "bf16", "int8", "int4"),
+    "batch": ("fp32", "int8", "int4"),
+    "prefix": ("fp32", "int8"),
+    "quality": ("fp32", "bf16", "int8", "int4"),
+}
+LLAMA_CPP_PEER = {"single": "llama.cpp", "batch": "llama.cpp server", "prefix": "llama.cpp"}
+PREFIX_WARM_TARGET = 0.2  # warm TTFT <= this x cold (issue 3)
+NOTES_HEADING = "## Reading these figures"  # hand-written; kept when RESULTS.md is rewritten
 QUALITY_PROMPTS = [
     "The capital of France is",
     "def quicksort(arr):\n",
@@ -45,64 +64,49 @@ def prompt_ids(tokenizer) -> list[int]:
     return ids[:PROMPT_TOKENS]
 
 
-def timed_stream(tokens) -> dict:
+def timed_stream(tokens, new_tokens: int) -> dict:
     """Time to first token and decode rate from an iterator of generated tokens."""
     t0 = time.perf_counter()
     stamps = []
     for _ in tokens:
         stamps.append(time.perf_counter())
-        if len(stamps) == NEW_TOKENS:
+        if len(stamps) == new_tokens:
             break
     ttft = stamps[0] - t0
-    return {
-        "ttft_s": ttft,
-        "prefill_tps": PROMPT_TOKENS / ttft,
-        "decode_tps": (len(stamps) - 1) / (stamps[-1] - stamps[0]),
-    }
+    decode = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
+    return {"ttft_s": ttft, "prefill_tps": PROMPT_TOKENS / ttft, "decode_tps": decode}
 
 
-def run_genforge(dtype: str, ids: list[int], runs: int) -> list[dict]:
-    import genforge
+def run_genforge(llm, ids: list[int], runs: int, new_tokens: int) -> list[dict]:
     from genforge.generate.sampling import SamplingParams
 
-    llm = genforge.load(MODEL, dtype=dtype, progress=False)
-    greedy = SamplingParams(temperature=0, max_tokens=NEW_TOKENS)
-    return [timed_stream(llm.engine.generate(ids, greedy)) for _ in range(runs + 1)][1:]
+    greedy = SamplingParams(temperature=0, max_tokens=new_tokens)
+    streams = (llm.engine.generate(ids, greedy, frozenset()) for _ in range(runs + 1))
+    return [timed_stream(s, new_tokens) for s in streams][1:]
 
 
-def run_llama_cpp(ids: list[int], runs: int) -> list[dict]:
+def load_llama_cpp(path: Path, n_ctx: int):
     import llama_cpp
-    from llama_cpp import llama_cpp as lib
+    from llama_server import disable_repack
 
-    default_params = lib.llama_model_default_params
+    disable_repack()  # its AMX repacking crashes on this CPU (see PEERS.md)
+    return llama_cpp.Llama(
+        str(path), n_ctx=n_ctx, n_threads=2, n_threads_batch=2, n_batch=512, verbose=False
+    )
 
-    def without_repack():  # its AMX repacking crashes on this CPU (see PEERS.md)
-        params = default_params()
-        params.use_extra_bufts = False
-        return params
 
-    lib.llama_model_default_params = without_repack
-    from genforge import hub
-
-    llm = llama_cpp.Llama(
-        str(hub.resolve(MODEL)), n_ctx=1024, n_threads=2, n_threads_batch=2, n_batch=512,
-        verbose=False,
-    )  # fmt: skip
-
+def run_llama_cpp(llm, ids: list[int], runs: int, new_tokens: int) -> list[dict]:
     def stream():
         llm.reset()
         return llm.generate(ids, temp=0.0, top_k=1, reset=True)
 
-    return [timed_stream(stream()) for _ in range(runs + 1)][1:]
+    return [timed_stream(stream(), new_tokens) for _ in range(runs + 1)][1:]
 
 
-def run_transformers(ids: list[int], runs: int) -> list[dict]:
+def run_transformers(path: Path, ids: list[int], runs: int, new_tokens: int) -> list[dict]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from genforge import hub
-
-    path = hub.resolve(MODEL)
     model = AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=torch.float32
     )
@@ -111,22 +115,20 @@ def run_transformers(ids: list[int], runs: int) -> list[dict]:
     @torch.inference_mode()
     def stream():
         out = model(torch.tensor([ids]), use_cache=True)
-        for _ in range(NEW_TOKENS):
+        for _ in range(new_tokens):
             token = out.logits[0, -1].argmax()
             yield int(token)
             out = model(token.view(1, 1), past_key_values=out.past_key_values, use_cache=True)
 
-    return [timed_stream(stream()) for _ in range(runs + 1)][1:]
+    return [timed_stream(stream(), new_tokens) for _ in range(runs + 1)][1:]
 
 
-def quality(dtype: str, max_tokens_eval: int) -> dict:
+def quality(llm, max_tokens_eval: int) -> dict:
     """Perplexity on held-out pydocs prose and greedy agreement with fp32 on fixed prompts."""
     import torch
 
-    import genforge
     from genforge.generate.sampling import SamplingParams
 
-    llm = genforge.load(MODEL, dtype=dtype, progress=False)
     ids = llm.tokenizer.encode(pydocs_text()[20000:], add_special=False)[:max_tokens_eval]
     nll, count, window = 0.0, 0, 512
     with torch.inference_mode():
@@ -150,72 +152,120 @@ def quality(dtype: str, max_tokens_eval: int) -> dict:
 
 
 def worker(args) -> None:
-    torch_threads = 2
-    try:
-        import torch
+    """Measure one (part, peer, dtype) in this process and print its result as a RESULT line."""
+    import torch
 
-        torch.set_num_threads(torch_threads)
-    except ImportError:
-        pass
+    torch.set_num_threads(2)
+    import genforge
     from genforge import hub
     from genforge.tokenizer import Tokenizer
     from genforge.weights.gguf import read_gguf
 
-    tok = Tokenizer.from_gguf_metadata(read_gguf(hub.resolve(MODEL)).metadata)
-    ids = prompt_ids(tok)
-    peer, dtype = args.worker, args.dtype
-    if args.quality:
-        result = quality(dtype, args.eval_tokens)
-    elif peer == "genforge":
-        result = {"runs": run_genforge(dtype, ids, args.runs)}
+    path = hub.resolve(MODEL)
+    meta = read_gguf(path).metadata
+    tok = Tokenizer.from_gguf_metadata(meta)
+    part, peer, runs, new = args.part, args.worker, args.runs, args.new_tokens
+    batch_sizes = [int(n) for n in args.batch_sizes.split(",")]
+    if part == "prefix":
+        chars = args.system_tokens * runs * 8
+        systems = serving.system_prompts(
+            tok, pydocs_text()[1_000_000 : 1_000_000 + chars], args.system_tokens, runs
+        )
+    result: dict = {}
+    if peer == "genforge":
+        llm = genforge.load(MODEL, dtype=args.dtype, progress=False)
+        if part == "single":
+            result["runs"] = run_genforge(llm, prompt_ids(tok), runs, new)
+        elif part == "batch":
+            result = serving.genforge_aggregate(llm, batch_sizes, new, runs)
+        elif part == "prefix":
+            result["runs"] = serving.genforge_prefix(llm, systems)
+        else:
+            result = quality(llm, args.eval_tokens)
+        result["kv_mb"] = serving.genforge_kv_mb(llm.engine)
+    elif peer == "llama.cpp server":
+        result = serving.llama_server_aggregate(path, tok, batch_sizes, new, runs)
+        result["kv_mb"] = result["n_ctx"] * serving.kv_bytes_per_token_f16(meta) / 1e6
     elif peer == "llama.cpp":
-        result = {"runs": run_llama_cpp(ids, args.runs)}
+        n_ctx = max(1024, args.system_tokens + 512) if part == "prefix" else 1024
+        llm = load_llama_cpp(path, n_ctx)
+        if part == "single":
+            result["runs"] = run_llama_cpp(llm, prompt_ids(tok), runs, new)
+        else:
+            result["runs"] = serving.llama_cpp_prefix(llm, tok, systems)
+        result["kv_mb"] = n_ctx * serving.kv_bytes_per_token_f16(meta) / 1e6
     else:
-        result = {"runs": run_transformers(ids, args.runs)}
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["runs"] = run_transformers(path, prompt_ids(tok), runs, new)
+    result.setdefault("peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print("RESULT " + json.dumps(result))
 
 
-def spawn(*extra: str) -> dict:
-    cmd = [sys.executable, __file__, *extra]
+def spawn(part: str, peer: str, dtype: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--worker", peer, "--part", part, "--dtype", dtype,
+           "--runs", str(args.runs), "--new-tokens", str(args.new_tokens),
+           "--batch-sizes", args.batch_sizes, "--system-tokens", str(args.system_tokens),
+           "--eval-tokens", str(args.eval_tokens)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
-    raise RuntimeError(f"{' '.join(extra)} failed:\n{out.stderr[-3000:]}")
+    raise RuntimeError(f"{part} {peer} {dtype} failed:\n{out.stderr[-3000:]}")
 
 
 def median(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
+def plan(parts: list[str], dtypes: list[str], quant: str) -> list[tuple[str, str, str]]:
+    """(part, peer, dtype) for every process to run, peers first within a part."""
+    jobs = []
+    for part in parts:
+        if part in LLAMA_CPP_PEER:
+            jobs.append((part, LLAMA_CPP_PEER[part], quant))
+        if part == "single":
+            jobs.append((part, "transformers", "fp32"))
+        jobs += [(part, "genforge", d) for d in DTYPES[part] if d in dtypes]
+    return jobs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default=",".join(PARTS), help="comma-separated parts to run")
+    ap.add_argument("--dtypes", default="fp32,bf16,int8,int4", help="genforge dtypes to measure")
     ap.add_argument("--runs", type=int, default=3, help="timed runs per peer (after one warm-up)")
+    ap.add_argument("--new-tokens", type=int, default=128, help="tokens generated per request")
+    ap.add_argument("--batch-sizes", default="1,4,8,16", help="concurrent requests (batch part)")
+    ap.add_argument(
+        "--system-tokens", type=int, default=1000, help="system prompt length (prefix part)"
+    )
     ap.add_argument("--eval-tokens", type=int, default=20480, help="held-out tokens for perplexity")
-    ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
-    ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument(
+        "--out", type=Path, default=HERE / "RESULTS.md", help="where to write the tables"
+    )
+    ap.add_argument(
+        "--skip-quality", action="store_true", help="same as leaving quality out of --only"
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--part", default="single", help=argparse.SUPPRESS)
     ap.add_argument("--dtype", default="fp32", help=argparse.SUPPRESS)
-    ap.add_argument("--quality", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args)
 
-    peers = [("llama.cpp", "q4_1"), ("transformers", "fp32")]
-    peers += [("genforge", d) for d in ("fp32", "bf16", "int8", "int4")]
-    speed = {}
-    for peer, dtype in peers:
-        print(f"speed: {peer} {dtype}", file=sys.stderr)
-        speed[(peer, dtype)] = spawn("--worker", peer, "--dtype", dtype, "--runs", str(args.runs))
-    qual = {}
-    if not args.skip_quality:
-        for dtype in ("fp32", "bf16", "int8", "int4"):
-            print(f"quality: genforge {dtype}", file=sys.stderr)
-            qual[dtype] = spawn("--worker", "genforge", "--dtype", dtype, "--quality",
-                                "--eval-tokens", str(args.eval_tokens))  # fmt: skip
-    write_results(args.out, speed, qual, args.runs)
+    from genforge import hub
+
+    parts = [p for p in args.only.split(",") if p and not (p == "quality" and args.skip_quality)]
+    if unknown := sorted(set(parts) - set(PARTS)):
+        ap.error(f"unknown part {unknown[0]!r}; choose from {', '.join(PARTS)}")
+    results = {}
+    for job in plan(parts, args.dtypes.split(","), hub.KNOWN[MODEL].quantization.lower()):
+        print("running: " + " ".join(job), file=sys.stderr)
+        results[job] = spawn(*job, args)
+    write_results(args.out, results, args)
+
+
+# -- RESULTS.md -------------------------------------------------------------------------------
 
 
 def cpu_description() -> str:
@@ -229,54 +279,161 @@ def cpu_description() -> str:
     return f"{model}, {os.cpu_count()} cores, flags: {', '.join(flags) or 'none of ' + '/'.join(wanted)}"
 
 
-def write_results(out: Path, speed: dict, qual: dict, runs: int) -> None:
-    from genforge import hub
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a and b else "—"
 
-    file_mb = hub.KNOWN[MODEL].size / 1e6
-    lc = speed[("llama.cpp", "q4_1")]["runs"]
-    hf = speed[("transformers", "fp32")]["runs"]
+
+def single_section(results: dict, args) -> list[str]:
+    speed = {(peer, d): r for (part, peer, d), r in results.items() if part == "single"}
+    if not speed:
+        return []
+    base = {p: median(r["runs"], "decode_tps") for (p, _), r in speed.items() if p != "genforge"}
+    lc = next((r["runs"] for (p, _), r in speed.items() if p == "llama.cpp"), None)
     lines = [
-        "# Benchmark results",
+        f"## Single stream: {PROMPT_TOKENS}-token prompt, {args.new_tokens} new tokens",
         "",
-        f"## Single stream: {MODEL}, 2 threads, {PROMPT_TOKENS}-token prompt, {NEW_TOKENS} new tokens",
-        "",
-        f"Written by `benchmarks/bench_engine.py` on {time.strftime('%Y-%m-%d')}; medians of {runs} "
-        "runs after a warm-up, all peers in one invocation. Ratios are against llama.cpp "
-        "(llama-cpp-python 0.3.36, same GGUF file) and transformers (the GGUF dequantized to fp32).",
-        "",
-        f"CPU: {cpu_description()}.",
+        "Ratios are against llama.cpp (in-process `Llama`, same GGUF file) and transformers (the GGUF "
+        "dequantized to fp32).",
         "",
         "| peer | weights | prefill tok/s | decode tok/s | TTFT s | peak RSS MB | decode vs llama.cpp | decode vs transformers | prefill vs llama.cpp |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for (peer, dtype), res in speed.items():
         r = res["runs"]
+        decode, prefill = median(r, "decode_tps"), median(r, "prefill_tps")
         lines.append(
-            f"| {peer} | {dtype} | {median(r, 'prefill_tps'):.0f} | {median(r, 'decode_tps'):.1f} | "
-            f"{median(r, 'ttft_s'):.2f} | {res['peak_rss_mb']:.0f} | "
-            f"{median(r, 'decode_tps') / median(lc, 'decode_tps'):.2f}x | "
-            f"{median(r, 'decode_tps') / median(hf, 'decode_tps'):.2f}x | "
-            f"{median(r, 'prefill_tps') / median(lc, 'prefill_tps'):.2f}x |"
+            f"| {peer} | {dtype} | {prefill:.0f} | {decode:.1f} | {median(r, 'ttft_s'):.2f} | "
+            f"{res['peak_rss_mb']:.0f} | {ratio(decode, base.get('llama.cpp'))} | "
+            f"{ratio(decode, base.get('transformers'))} | "
+            f"{ratio(prefill, lc and median(lc, 'prefill_tps'))} |"
         )
-    lines += ["", f"GGUF file: {file_mb:.0f} MB.", ""]
-    if qual:
-        ref = qual["fp32"]["greedy"]
-        lines += [
-            "## Quality of each `--dtype`",
-            "",
-            f"Perplexity on {qual['fp32']['tokens']:,} held-out tokens of Python documentation prose "
-            "(Debian python3.11-doc, library reference), 512-token windows; greedy agreement: how many of "
-            f"{len(QUALITY_PROMPTS)} fixed prompts keep the fp32 greedy output for 32 tokens.",
-            "",
-            "| dtype | perplexity | same greedy 32 tokens as fp32 | peak RSS MB |",
-            "|---|---|---|---|",
-        ]
-        for dtype, res in qual.items():
-            same = sum(a == b for a, b in zip(res["greedy"], ref, strict=True))
-            lines.append(
-                f"| {dtype} | {res['perplexity']:.3f} | {same}/{len(ref)} | {res['peak_rss_mb']:.0f} |"
-            )
-    out.write_text("\n".join(lines) + "\n")
+    return [*lines, ""]
+
+
+def quality_section(results: dict) -> list[str]:
+    qual = {d: r for (part, _, d), r in results.items() if part == "quality"}
+    if not qual:
+        return []
+    ref = qual.get("fp32", {}).get("greedy")
+    first = next(iter(qual.values()))
+    lines = [
+        "## Quality of each `--dtype`",
+        "",
+        f"Perplexity on {first['tokens']:,} held-out tokens of Python documentation prose "
+        "(Debian python3.11-doc, library reference), 512-token windows; greedy agreement: how many of "
+        f"{len(QUALITY_PROMPTS)} fixed prompts keep the fp32 greedy output for 32 tokens.",
+        "",
+        "| dtype | perplexity | same greedy 32 tokens as fp32 | peak RSS MB |",
+        "|---|---|---|---|",
+    ]
+    for dtype, res in qual.items():
+        same = "—"
+        if ref:
+            same = f"{sum(a == b for a, b in zip(res['greedy'], ref, strict=True))}/{len(ref)}"
+        lines.append(f"| {dtype} | {res['perplexity']:.3f} | {same} | {res['peak_rss_mb']:.0f} |")
+    return [*lines, ""]
+
+
+def memory_target_mb(file_mb: float, kv_mb: float) -> float:
+    return 1.3 * file_mb + kv_mb + 300
+
+
+def memory_section(results: dict, file_mb: float) -> list[str]:
+    lines = [
+        "## Peak resident memory",
+        "",
+        "Peak resident memory of each process (`ru_maxrss`; for the llama.cpp server, `VmHWM` of its "
+        f"process). Target: at most 1.3 x the GGUF file ({file_mb:.0f} MB) + KV cache + 300 MB, where "
+        "the KV cache is the *configured* one, not the part actually touched: genforge's whole paged "
+        "pool (`engine.cache`, all key and value tensors; allocated with `torch.empty`, so pages "
+        "never used cost no memory and the real footprint is lower), llama.cpp's n_ctx positions at "
+        "f16. transformers' cache grows with the request: no target. The quality processes compute "
+        "full 512-token logits for perplexity, more than serving needs.",
+        "",
+        "| part | peer | weights | peak RSS MB | KV configured MB | target MB | within target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (part, peer, dtype), res in results.items():
+        kv = res.get("kv_mb")
+        target = memory_target_mb(file_mb, kv) if kv is not None else None
+        lines.append(
+            f"| {part} | {peer} | {dtype} | {res['peak_rss_mb']:.0f} | "
+            + (f"{kv:.0f} | {target:.0f} | {'yes' if res['peak_rss_mb'] <= target else 'no'} |"
+               if target else "— | — | — |")
+        )  # fmt: skip
+    return [*lines, ""]
+
+
+def targets_section(results: dict, file_mb: float) -> list[str]:
+    rows = []
+    for (part, peer, dtype), res in results.items():
+        if part == "prefix" and peer == "genforge":
+            measured = statistics.median(r["ratio"] for r in res["runs"])
+            rows.append((f"prefix cache: warm TTFT <= {PREFIX_WARM_TARGET}x cold", dtype,
+                         f"{measured:.2f}x", f"<= {PREFIX_WARM_TARGET:.2f}x",
+                         measured <= PREFIX_WARM_TARGET))  # fmt: skip
+    serving = {}  # dtype -> (part, result) of the genforge process with the highest peak
+    candidates = [(d, part, r) for (part, peer, d), r in results.items()
+                  if peer == "genforge" and part != "quality"]  # fmt: skip
+    for dtype, part, res in sorted(candidates, key=lambda c: c[2]["peak_rss_mb"]):
+        serving[dtype] = (part, res)
+    for dtype, (part, res) in serving.items():
+        target = memory_target_mb(file_mb, res["kv_mb"])
+        rows.append(("peak RSS <= 1.3 x GGUF + KV + 300 MB", dtype,
+                     f"{res['peak_rss_mb']:.0f} MB ({part})", f"<= {target:.0f} MB",
+                     res["peak_rss_mb"] <= target))  # fmt: skip
+    if not rows:
+        return []
+    lines = [
+        "## Targets",
+        "",
+        "genforge against the targets of issue 3. Memory: the highest peak among its single, batch "
+        "and prefix processes for that dtype (part in brackets).",
+        "",
+        "| target | genforge weights | measured | target | met |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {t} | {d} | {m} | {g} | {'met' if ok else 'missed'} |" for t, d, m, g, ok in rows]
+    return [*lines, ""]
+
+
+def kept_notes(out: Path) -> list[str]:
+    """The hand-written notes section of an existing RESULTS.md, to carry over."""
+    if not out.exists():
+        return []
+    text = out.read_text()
+    return text[text.index(NOTES_HEADING) :].rstrip().splitlines() if NOTES_HEADING in text else []
+
+
+def write_results(out: Path, results: dict, args) -> None:
+    from genforge import hub
+
+    known = hub.KNOWN[MODEL]
+    file_mb = known.size / 1e6
+    try:
+        lc_version = metadata.version("llama-cpp-python")
+    except metadata.PackageNotFoundError:
+        lc_version = "?"
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `benchmarks/bench_engine.py` (`make bench`) on {time.strftime('%Y-%m-%d')}: "
+        f"{MODEL}, 2 threads, every peer in a process of its own, all in one invocation; medians of "
+        f"{args.runs} runs after a warm-up. llama.cpp is llama-cpp-python {lc_version} on the same "
+        f"GGUF file ({known.quantization}, {file_mb:.0f} MB). Compare ratios within this file, not "
+        "absolute figures across runs: they drift on shared machines.",
+        "",
+        f"CPU: {cpu_description()}.",
+        "",
+    ]
+    lines += single_section(results, args)
+    lines += serving.aggregate_section(results, args.batch_sizes, args.new_tokens)
+    lines += serving.prefix_section(results, args.system_tokens)
+    lines += quality_section(results)
+    lines += memory_section(results, file_mb)
+    lines += targets_section(results, file_mb)
+    lines += kept_notes(out)
+    out.write_text("\n".join(lines).rstrip() + "\n")
     print(out.read_text())
 
 
