@@ -67,7 +67,8 @@ class Engine:
         self.context_length = min(context_length or limit, limit)
         kv_tokens = max(kv_tokens or 0, self.context_length)
         n_blocks = -(-kv_tokens // BLOCK_SIZE)
-        self.cache = PagedKVCache.for_model(model.cfg, n_blocks, BLOCK_SIZE, self.dtype)
+        # float32 keys/values whatever the weights: see Attention.forward
+        self.cache = PagedKVCache.for_model(model.cfg, n_blocks, BLOCK_SIZE, torch.float32)
         self.pool = BlockPool(n_blocks, BLOCK_SIZE, prefix_cache)
         self.scheduler = Scheduler(self.pool, max_batch, step_tokens)
         self._lock = threading.Condition()

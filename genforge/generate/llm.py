@@ -130,6 +130,7 @@ def load(
         ckpt = load_checkpoint(path, torch.bfloat16 if dtype == "bf16" else torch.float32)
         net = build_model(ckpt)
     ckpt.state = {}  # the model owns the tensors now
+    net.fuse_projections()
     if ckpt.format == "gguf":
         tokenizer = Tokenizer.from_gguf_metadata(ckpt.metadata)
     log.info("loaded %s in %.1fs", model, time.perf_counter() - t0)

@@ -95,6 +95,7 @@ class PagedBatch:
             self.decode_index = torch.zeros(len(decode_keys), width, dtype=torch.long)
             for i, keys in enumerate(decode_keys):
                 self.decode_index[i, : len(keys)] = keys
+            self.decode_flat = self.decode_index.flatten()
             k = torch.arange(width)[None, :]
             q = (lengths - 1)[:, None]
             full = k <= q
@@ -117,18 +118,22 @@ class PagedBatch:
         return {"full": causal, "sliding": causal}
 
     def attention(self, layer: int, q, k, v, scale: float, sliding: bool) -> torch.Tensor:
-        """q (N, H, D), k/v (N, Hkv, D) for the new tokens -> attention output (N, H, D)."""
+        """q (N, H, D), k/v (N, Hkv, D) for the new tokens -> attention output (N, H, D).
+
+        q, k and v come in the cache's dtype."""
         pool_k, pool_v = self.cache.k[layer], self.cache.v[layer]
-        pool_k.index_copy_(0, self.write_slots, k.to(pool_k.dtype))
-        pool_v.index_copy_(0, self.write_slots, v.to(pool_v.dtype))
+        pool_k.index_copy_(0, self.write_slots, k)
+        pool_v.index_copy_(0, self.write_slots, v)
         kind = "sliding" if sliding else "full"
         gqa = q.shape[1] != k.shape[1]
         out = q.new_empty(q.shape) if not self.all_decode else None
         if self.decode_rows:
             rows = self.decode_rows
             qd = (q if self.all_decode else q[rows]).unsqueeze(2)  # (B, H, 1, D)
-            kd = pool_k[self.decode_index].transpose(1, 2)  # (B, Hkv, L, D)
-            vd = pool_v[self.decode_index].transpose(1, 2)
+            shape = (*self.decode_index.shape, *pool_k.shape[1:])  # (B, L, Hkv, D)
+            # index_select: several times faster than advanced indexing on CPU
+            kd = pool_k.index_select(0, self.decode_flat).view(shape).transpose(1, 2)
+            vd = pool_v.index_select(0, self.decode_flat).view(shape).transpose(1, 2)
             y = F.scaled_dot_product_attention(
                 qd, kd, vd, attn_mask=self.decode_mask[kind], scale=scale, enable_gqa=gqa
             ).squeeze(2)
@@ -137,7 +142,10 @@ class PagedBatch:
             out[rows] = y
         for (a, b, keys, fresh), masks in zip(self.chunks, self.chunk_masks, strict=True):
             qc = q[a:b].transpose(0, 1).unsqueeze(0)  # (1, H, n, D)
-            kc, vc = (k[a:b], v[a:b]) if fresh else (pool_k[keys], pool_v[keys])
+            if fresh:
+                kc, vc = k[a:b], v[a:b]
+            else:
+                kc, vc = pool_k.index_select(0, keys), pool_v.index_select(0, keys)
             mask = masks[kind]
             y = F.scaled_dot_product_attention(
                 qc, kc.transpose(0, 1).unsqueeze(0), vc.transpose(0, 1).unsqueeze(0),

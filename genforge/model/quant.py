@@ -15,6 +15,7 @@ from torch import nn
 
 QUANT_KINDS = ("int8", "int4")
 INT4_GROUP = 32
+INT4_ROW_BLOCK = 32  # the CPU int4 packing interleaves rows in blocks of this many
 
 
 def quantize_int8(w: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -74,6 +75,24 @@ class QuantLinear(nn.Module):
         if bias is not None:
             mod.bias = nn.Parameter(bias.detach().to(act_dtype), requires_grad=False)
         return mod
+
+    @classmethod
+    def concat(cls, mods: list[QuantLinear]) -> QuantLinear | None:
+        """One layer computing the outputs of `mods` side by side, or None where the packing
+        does not allow it. Rows are stacked: int8 keeps a row per output channel; packed int4 keeps
+        blocks of 32 rows, so every part but the last must have a multiple of 32 outputs."""
+        kinds = {m.kind for m in mods}
+        if len(kinds) != 1:
+            return None
+        if "int4" in kinds and any(m.out_features % INT4_ROW_BLOCK for m in mods[:-1]):
+            return None
+        has_bias = mods[0].bias is not None
+        out = cls(mods[0].in_features, sum(m.out_features for m in mods), has_bias, kinds.pop())
+        out.qweight = torch.cat([m.qweight for m in mods])
+        out.scales = torch.cat([m.scales for m in mods], dim=0 if out.kind == "int8" else 1)
+        if has_bias:
+            out.bias = nn.Parameter(torch.cat([m.bias for m in mods]), requires_grad=False)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

@@ -70,6 +70,19 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x * cos + rotated * sin).type_as(x)
 
 
+def concat_linears(mods: list[nn.Module]) -> nn.Module | None:
+    """One linear layer computing the outputs of `mods` side by side (same input), or None."""
+    if not all(isinstance(m, nn.Linear) for m in mods):
+        return type(mods[0]).concat(mods)  # e.g. quantized layers
+    has_bias = mods[0].bias is not None
+    n_out = sum(m.out_features for m in mods)
+    fused = nn.Linear(mods[0].in_features, n_out, bias=has_bias, device="meta")
+    fused.weight = nn.Parameter(torch.cat([m.weight for m in mods]), requires_grad=False)
+    if has_bias:
+        fused.bias = nn.Parameter(torch.cat([m.bias for m in mods]), requires_grad=False)
+    return fused
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -85,18 +98,33 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, cfg.norm_unit_offset)
         else:
             self.q_norm = self.k_norm = None
+        self.wqkv, self.qkv_sizes = None, (q_dim, kv_dim, kv_dim)
+
+    def fuse(self) -> None:
+        """One matmul for q, k and v instead of three (inference only: the weights are concatenated)."""
+        self.wqkv = concat_linears([self.wq, self.wk, self.wv])
+        if self.wqkv is not None:
+            del self.wq, self.wk, self.wv
 
     def forward(self, x, cos, sin, mask, cache, layer: int, start_pos: int, sliding: bool):
         B, T, _ = x.shape  # (B, T, C)
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if self.wqkv is not None:
+            q, k, v = self.wqkv(x).split(self.qkv_sizes, dim=-1)
+        else:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        q = q.view(B, T, self.n_heads, self.head_dim)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if isinstance(cache, PagedBatch):  # B == 1: the tokens of several sequences, end to end
-            y = cache.attention(layer, q[0], k[0], v[0], self.scale, sliding)
-            return self.wo(y.reshape(B, T, -1))
+            # Attention in float32: PyTorch's bf16 attention is several times slower on CPUs
+            # without native bf16, and the cache is read many times more than it is written.
+            q, k, v = q[0].float(), k[0].float(), v[0].float()
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            y = cache.attention(layer, q, k, v, self.scale, sliding)
+            return self.wo(y.to(x.dtype).reshape(B, T, -1))
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
         if cache is not None:
             k, v = cache.update(layer, start_pos, k, v)  # (B, Hkv, start_pos + T, D)
@@ -114,8 +142,18 @@ class GatedMLP(nn.Module):
         self.w_up = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
         self.w_down = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
         self.act = F.silu if cfg.activation == "silu" else lambda t: F.gelu(t, approximate="tanh")
+        self.w_gate_up = None
+
+    def fuse(self) -> None:
+        """One matmul for the gate and up projections (inference only)."""
+        self.w_gate_up = concat_linears([self.w_gate, self.w_up])
+        if self.w_gate_up is not None:
+            del self.w_gate, self.w_up
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.w_gate_up is not None:
+            gate, up = self.w_gate_up(x).chunk(2, dim=-1)
+            return self.w_down(self.act(gate) * up)
         return self.w_down(self.act(self.w_gate(x)) * self.w_up(x))
 
 
@@ -157,6 +195,13 @@ class Transformer(nn.Module):
         for kind, inv_freq in freqs.items():
             self.register_buffer(f"inv_freq_{kind}", inv_freq, persistent=False)
 
+    def fuse_projections(self) -> Transformer:
+        """Fuse q/k/v and gate/up matmuls for inference (fewer, larger matmuls; fewer Python calls)."""
+        for block in self.layers:
+            block.attn.fuse()
+            block.mlp.fuse()
+        return self
+
     def _rope(self, positions: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         out = {}
         for kind in ("full", "sliding"):
@@ -165,8 +210,7 @@ class Transformer(nn.Module):
                 continue
             angles = positions[:, None].float() * inv_freq[None, :]  # (T, D/2)
             angles = torch.cat((angles, angles), dim=-1)[:, None, :]  # (T, 1, D)
-            dtype = self.tok_emb.weight.dtype
-            out[kind] = (angles.cos().to(dtype), angles.sin().to(dtype))
+            out[kind] = (angles.cos(), angles.sin())
         out.setdefault("sliding", out["full"])
         return out
 

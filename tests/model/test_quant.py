@@ -1,5 +1,6 @@
 """Weight-only int8 / int4 layers against the float layers they replace."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -54,8 +55,24 @@ def test_quantized_loading_converts_each_tensor_and_stays_close(tiny_model_dir):
         expected = ref.model(ids)
     for kind in ("int8", "int4"):
         m = genforge.load(str(tiny_model_dir), dtype=kind)
-        assert m.model.layers[0].mlp.w_up.kind == kind and m.model.output.kind == "int8"
+        assert m.model.layers[0].mlp.w_gate_up.kind == kind and m.model.output.kind == "int8"
+        # the tiny model's 16-wide k/v rows cannot join int4's 32-row blocks: left unfused
+        assert (m.model.layers[0].attn.wqkv is None) == (kind == "int4")
         assert not any(p.is_meta for p in m.model.parameters())
         with torch.no_grad():
             got = m.model(ids)
         assert (got - expected).abs().max() < 0.1 * expected.abs().max()
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_concatenated_quantized_layers_equal_the_separate_ones(kind):
+    """Fusing q/k/v (or gate/up) stacks the packed rows: outputs must be bit-identical."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    for sizes in [(64, 32, 32), (64, 32, 48), (48, 16, 16)]:
+        parts = [QuantLinear.from_linear(torch.randn(n, 64) * 0.05, kind) for n in sizes]
+        fused = QuantLinear.concat(parts)
+        if fused is None:  # int4 packs rows in blocks of 32: not every split can be stacked
+            assert kind == "int4" and sizes == (48, 16, 16)
+            continue
+        assert torch.equal(fused(x), torch.cat([p(x) for p in parts], dim=-1))
