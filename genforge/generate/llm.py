@@ -119,18 +119,23 @@ def load(
     ).is_dir():  # a folder's tokenizer first: a missing one fails before the weights load
         tokenizer = Tokenizer.from_dir(path)
     if dtype in ("int8", "int4"):
-        from genforge.model.quant import quantize_structure, state_converter
+        from genforge.model.quant import can_stack, quantize_structure, state_converter
 
         act = torch.bfloat16  # PyTorch's CPU int kernels are slow with float32 activations
         ckpt = load_checkpoint(
-            path, convert=lambda cfg: state_converter(dtype, act, cfg.tie_embeddings)
+            path,
+            convert=lambda cfg: state_converter(dtype, act, cfg.tie_embeddings),
+            fuse=lambda rows: can_stack(dtype, rows),
         )
-        net = build_model(ckpt, prepare=lambda m: quantize_structure(m, dtype, act))
+        prepare = lambda m: quantize_structure(m, dtype, act).fuse_projections()  # noqa: E731
     else:
-        ckpt = load_checkpoint(path, torch.bfloat16 if dtype == "bf16" else torch.float32)
-        net = build_model(ckpt)
+        ckpt = load_checkpoint(
+            path, torch.bfloat16 if dtype == "bf16" else torch.float32, fuse=lambda rows: True
+        )
+        prepare = lambda m: m.fuse_projections()  # noqa: E731
+    # Built on `meta` with the fused layout the loader produced, then given the loaded tensors.
+    net = build_model(ckpt, prepare=prepare)
     ckpt.state = {}  # the model owns the tensors now
-    net.fuse_projections()
     if ckpt.format == "gguf":
         tokenizer = Tokenizer.from_gguf_metadata(ckpt.metadata)
     log.info("loaded %s in %.1fs", model, time.perf_counter() - t0)

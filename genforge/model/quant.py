@@ -18,11 +18,18 @@ INT4_GROUP = 32
 INT4_ROW_BLOCK = 32  # the CPU int4 packing interleaves rows in blocks of this many
 
 
+ROWS_PER_CHUNK = 4096  # quantize big matrices (embeddings, heads) in slices: small temporaries
+
+
 def quantize_int8(w: torch.Tensor) -> dict[str, torch.Tensor]:
     """Symmetric per-output-channel int8: w ≈ q * scale."""
-    w = w.float()
-    scale = w.abs().amax(dim=1).clamp(min=1e-10) / 127.0  # (N,)
-    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    q = torch.empty(w.shape, dtype=torch.int8)
+    scale = torch.empty(w.shape[0])
+    for a in range(0, w.shape[0], ROWS_PER_CHUNK):
+        rows = w[a : a + ROWS_PER_CHUNK].float()
+        s = rows.abs().amax(dim=1).clamp(min=1e-10) / 127.0  # (rows,)
+        q[a : a + ROWS_PER_CHUNK] = torch.round(rows / s[:, None]).clamp(-127, 127)
+        scale[a : a + ROWS_PER_CHUNK] = s
     return {"qweight": q, "scales": scale}
 
 
@@ -37,6 +44,11 @@ def quantize_int4(w: torch.Tensor, group: int = INT4_GROUP) -> dict[str, torch.T
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.reshape(N, K), 1)
     scales_zeros = torch.stack((scale, zero), dim=-1).transpose(0, 1).contiguous()  # (K/g, N, 2)
     return {"qweight": packed, "scales": scales_zeros}
+
+
+def can_stack(kind: str, rows: list[int] | tuple[int, ...]) -> bool:
+    """Whether layers with these output sizes can be stacked into one (see QuantLinear.concat)."""
+    return kind != "int4" or all(r % INT4_ROW_BLOCK == 0 for r in rows[:-1])
 
 
 class QuantLinear(nn.Module):
@@ -84,7 +96,7 @@ class QuantLinear(nn.Module):
         kinds = {m.kind for m in mods}
         if len(kinds) != 1:
             return None
-        if "int4" in kinds and any(m.out_features % INT4_ROW_BLOCK for m in mods[:-1]):
+        if not can_stack(next(iter(kinds)), [m.out_features for m in mods]):
             return None
         has_bias = mods[0].bias is not None
         out = cls(mods[0].in_features, sum(m.out_features for m in mods), has_bias, kinds.pop())
@@ -160,4 +172,4 @@ def state_converter(kind: str, act_dtype: torch.dtype, tied_head: bool):
     return convert
 
 
-__all__ = ["QUANT_KINDS", "QuantLinear", "quantize_structure", "state_converter"]
+__all__ = ["QUANT_KINDS", "QuantLinear", "can_stack", "quantize_structure", "state_converter"]

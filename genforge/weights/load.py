@@ -62,13 +62,67 @@ def _plain(dtype: torch.dtype) -> ConverterFactory:
     return lambda cfg: lambda name, w: {name: w.to(dtype)}
 
 
+# Inference fuses these projections into one matmul each (Transformer.fuse_projections).
+FUSED = {"wqkv": ("wq", "wk", "wv"), "w_gate_up": ("w_gate", "w_up")}
+
+
+def fusing(
+    put: Converter, cfg: ModelConfig, fusable: Callable[[tuple[int, ...]], bool]
+) -> Converter:
+    """Wrap a converter so that q/k/v and gate/up come out as one stacked tensor per layer.
+
+    A layer's parts are held only until the last one arrives, so loading never keeps a second copy
+    of the weights (fusing after loading did, and the allocator kept the holes). `fusable(rows)`
+    says whether the converted format can stack parts with those output sizes.
+    """
+    q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    sizes = {"wqkv": (q_dim, kv_dim, kv_dim), "w_gate_up": (cfg.hidden_dim, cfg.hidden_dim)}
+    part_of = {leaf: f for f, leaves in FUSED.items() if fusable(sizes[f]) for leaf in leaves}
+    n_sources = {"wqkv": 3 * (2 if cfg.qkv_bias else 1), "w_gate_up": 2}  # weights (+ biases)
+    pending: dict[str, tuple[list[int], dict[str, dict[str, torch.Tensor]]]] = {}
+
+    def convert(name: str, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        module = name.rpartition(".")[0]
+        parent, _, leaf = module.rpartition(".")
+        fused = part_of.get(leaf)
+        if fused is None or not parent.startswith("layers."):
+            return put(name, w)
+        key = f"{parent}.{fused}"
+        count, parts = pending.setdefault(key, ([0], {}))
+        for out_name, t in put(name, w).items():  # e.g. ...wq.weight or ...wq.qweight/.scales
+            parts.setdefault(out_name.removeprefix(f"{module}."), {})[leaf] = t
+        count[0] += 1
+        if count[0] < n_sources[fused]:
+            return {}
+        del pending[key]
+        out = {}
+        for suffix, by_leaf in parts.items():
+            tensors = [by_leaf[leaf] for leaf in FUSED[fused]]
+            dim = (
+                1 if suffix == "scales" and tensors[0].dim() == 3 else 0
+            )  # int4 scales (K/g, N, 2)
+            out[f"{key}.{suffix}"] = torch.cat(tensors, dim=dim)
+        return out
+
+    return convert
+
+
+def _converter(cfg: ModelConfig, dtype, convert, fuse) -> Converter:
+    put = (convert or _plain(dtype))(cfg)
+    return fusing(put, cfg, fuse) if fuse else put
+
+
 def load_gguf(
-    path: str | Path, dtype: torch.dtype = torch.float32, convert: ConverterFactory | None = None
-) -> Checkpoint:
-    """Read a GGUF file; each tensor goes through `convert(config)` as soon as it is dequantized."""
+    path: str | Path, dtype: torch.dtype = torch.float32, convert: ConverterFactory | None = None,
+    fuse: Callable[[tuple[int, ...]], bool] | None = None,
+) -> Checkpoint:  # fmt: skip
+    """Read a GGUF file; each tensor goes through `convert(config)` as soon as it is dequantized.
+
+    With `fuse` (a `fusable` predicate, see `fusing`), projections come out stacked for inference.
+    """
     g = read_gguf(path)
     cfg = config_from_gguf(g.metadata, set(g.tensors))
-    put = (convert or _plain(dtype))(cfg)
+    put = _converter(cfg, dtype, convert, fuse)
     names = expand(GGUF_NAMES[cfg.arch], cfg.n_layers)
     transforms = GGUF_TRANSFORMS.get(cfg.arch, {})
     fns = _transforms(cfg)
@@ -88,8 +142,9 @@ def load_gguf(
 
 
 def load_hf_dir(
-    path: str | Path, dtype: torch.dtype = torch.float32, convert: ConverterFactory | None = None
-) -> Checkpoint:
+    path: str | Path, dtype: torch.dtype = torch.float32, convert: ConverterFactory | None = None,
+    fuse: Callable[[tuple[int, ...]], bool] | None = None,
+) -> Checkpoint:  # fmt: skip
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -104,7 +159,7 @@ def load_hf_dir(
     if not files:
         raise GenforgeError(f"{path} has no *.safetensors files; only safetensors weights load.")
     names = expand(HF_NAMES[cfg.arch], cfg.n_layers)
-    put = (convert or _plain(dtype))(cfg)
+    put = _converter(cfg, dtype, convert, fuse)
     state, dtypes = {}, []
     for file in files:
         try:
@@ -124,13 +179,14 @@ def load_hf_dir(
 
 
 def load_checkpoint(
-    path: str | Path, dtype: torch.dtype = torch.float32, convert: ConverterFactory | None = None
-) -> Checkpoint:
+    path: str | Path, dtype: torch.dtype = torch.float32, convert: ConverterFactory | None = None,
+    fuse: Callable[[tuple[int, ...]], bool] | None = None,
+) -> Checkpoint:  # fmt: skip
     path = Path(path)
     if path.is_dir():
-        return load_hf_dir(path, dtype, convert)
+        return load_hf_dir(path, dtype, convert, fuse)
     if path.is_file():
-        return load_gguf(path, dtype, convert)
+        return load_gguf(path, dtype, convert, fuse)
     raise GenforgeError(
         f"{path} does not exist; give a model name, a .gguf file or a model folder."
     )
