@@ -25,6 +25,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "activations; auto picks the measured best (default: auto)")  # fmt: skip
     p.add_argument("--ctx", type=int, default=None, metavar="N",
                    help="context length in tokens (default: the model's own)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for the matmuls (default: one per physical core)")  # fmt: skip
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -73,10 +75,12 @@ def _load(args: argparse.Namespace):
 
     if args.ctx is not None and args.ctx < 1:
         raise GenforgeError(f"--ctx must be a positive number of tokens, got {args.ctx}.")
+    if args.threads is not None and args.threads < 1:
+        raise GenforgeError(f"--threads must be at least 1, got {args.threads}.")
     hub.resolve(args.model)  # a bad name or path fails before torch is imported
     from genforge.generate.llm import load
 
-    return load(args.model, dtype=args.dtype, context_length=args.ctx)
+    return load(args.model, dtype=args.dtype, context_length=args.ctx, threads=args.threads)
 
 
 def _capped(llm, n_prompt: int, sampling: dict) -> dict:

@@ -34,11 +34,11 @@ class LLM:
 
     def __init__(
         self, name: str, checkpoint, model, tokenizer, context_length: int | None = None,
-        sampling_defaults: dict | None = None, dtype: str = "fp32",
+        sampling_defaults: dict | None = None, dtype: str = "fp32", engine_options: dict | None = None,
     ):  # fmt: skip
         self.name, self.checkpoint, self.dtype = name, checkpoint, dtype
         self.model, self.tokenizer = model, tokenizer
-        self.engine = Engine(model, context_length)
+        self.engine = Engine(model, context_length, **(engine_options or {}))
         # The model authors' recommended sampling; anything passed per call overrides it.
         self.sampling_defaults = dict(sampling_defaults or {})
 
@@ -66,9 +66,21 @@ class LLM:
             reason = d.finish_reason or reason
         return Completion("".join(parts), reason, len(prompt_ids), n)
 
-    def generate(self, prompt: str, *, stream: bool = False, **sampling) -> str | Iterator[str]:
-        """Raw completion of `prompt` (no chat template). With stream=True, yields text pieces."""
+    def generate(
+        self, prompt: str | list[str], *, stream: bool = False, **sampling
+    ) -> str | list[str] | Iterator[str]:
+        """Raw completion of `prompt` (no chat template). With stream=True, yields text pieces.
+
+        A list of prompts is generated as one batch (they share the engine's forward passes) and
+        gives a list of completions.
+        """
         params = self.sampling_params(**sampling)
+        if isinstance(prompt, list):
+            if stream:
+                raise GenforgeError("stream=True takes one prompt, not a list.")
+            # Every request is queued before any is read, so they run batched.
+            runs = [self._run(self.tokenizer.encode(p, add_special=True), params) for p in prompt]
+            return ["".join(d.text for d in run) for run in runs]
         ids = self.tokenizer.encode(prompt, add_special=True)
         if stream:
             return (d.text for d in self._run(ids, params) if d.text)
@@ -102,8 +114,14 @@ def load(
     dtype: str = "auto",
     context_length: int | None = None,
     progress: bool = True,
+    threads: int | None = None,
+    **engine_options,
 ) -> LLM:
-    """Load a named model (pulling it if needed), a .gguf file or a Hugging Face model folder."""
+    """Load a named model (pulling it if needed), a .gguf file or a Hugging Face model folder.
+
+    threads: CPU threads for PyTorch (process-wide; default: PyTorch's, one per physical core).
+    engine_options: `Engine` settings (max_batch, step_tokens, kv_tokens, prefix_cache).
+    """
     from genforge import hub
     from genforge.tokenizer import Tokenizer
     from genforge.weights.load import build_model, load_checkpoint
@@ -111,6 +129,10 @@ def load(
     model = model or hub.DEFAULT_MODEL
     if dtype not in DTYPES:
         raise GenforgeError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
+    if threads is not None:
+        if threads < 1:
+            raise GenforgeError(f"threads must be at least 1, got {threads}.")
+        torch.set_num_threads(threads)
     dtype = AUTO_DTYPE if dtype == "auto" else dtype
     path = hub.resolve(model, progress=progress)
     t0 = time.perf_counter()
@@ -142,4 +164,4 @@ def load(
     known = hub.KNOWN.get(model)
     name = model if known else Path(path).name
     defaults = dict(known.sampling) if known else None
-    return LLM(name, ckpt, net, tokenizer, context_length, defaults, dtype)
+    return LLM(name, ckpt, net, tokenizer, context_length, defaults, dtype, engine_options)

@@ -51,7 +51,19 @@ def _overlap(text: str, stop: str) -> int:
 def stream_text(
     token_ids: Iterator[int], stream_decoder, eos_ids: frozenset[int], stops: list[str]
 ) -> Iterator[Delta]:
-    """Turn the engine's token stream into text deltas; the last delta carries the finish reason."""
+    """Turn the engine's token stream into text deltas; the last delta carries the finish reason.
+
+    Stopping early (a stop string, or the caller closing this iterator) closes `token_ids`, which
+    cancels the engine's request at once.
+    """
+    try:
+        yield from _deltas(token_ids, stream_decoder, eos_ids, stops)
+    finally:
+        if hasattr(token_ids, "close"):
+            token_ids.close()
+
+
+def _deltas(token_ids, stream_decoder, eos_ids, stops) -> Iterator[Delta]:
     matcher = StopMatcher(stops)
     batch: list[int] = []
     for token in token_ids:
