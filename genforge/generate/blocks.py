@@ -15,8 +15,15 @@ least-recently-used order, until its memory is needed for something else.
 
 from __future__ import annotations
 
+import hashlib
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass, field
+
+
+def _chain(parent: bytes, tokens: list[int]) -> bytes:
+    """A collision-resistant name for a block: sha256 of its parent's name and its token ids."""
+    return hashlib.sha256(parent + array("q", tokens).tobytes()).digest()
 
 
 @dataclass
@@ -24,7 +31,7 @@ class BlockTable:
     """The blocks one sequence holds, and how many of them carry a published prefix hash."""
 
     blocks: list[int] = field(default_factory=list)
-    hashes: list[int] = field(default_factory=list)  # hashes[i] names blocks[i]; full blocks only
+    hashes: list[bytes] = field(default_factory=list)  # hashes[i] names blocks[i]; full blocks only
 
 
 class BlockPool:
@@ -35,10 +42,10 @@ class BlockPool:
         # Free blocks are handed out lowest first, so the pool's touched memory stays compact.
         self._free = list(range(n_blocks - 1, -1, -1))
         self._refs = [0] * n_blocks
-        self._hash_of: dict[int, int] = {}  # block -> hash, for blocks in the prefix cache
-        self._block_of: dict[int, int] = {}  # hash -> block
+        self._hash_of: dict[int, bytes] = {}  # block -> hash, for blocks in the prefix cache
+        self._block_of: dict[bytes, int] = {}  # hash -> block
         self._evictable: OrderedDict[int, None] = OrderedDict()  # cached, unreferenced; LRU first
-        self.hits = self.queries = 0  # prefix-cache statistics, in tokens
+        self.hits = self.queries = 0  # prefix-cache statistics, in prompt tokens admitted
 
     # -- capacity ---------------------------------------------------------------------------
 
@@ -52,11 +59,11 @@ class BlockPool:
 
     # -- prefix cache ----------------------------------------------------------------------
 
-    def block_hashes(self, tokens: list[int]) -> list[int]:
+    def block_hashes(self, tokens: list[int]) -> list[bytes]:
         """Chained hashes of the full blocks of `tokens`."""
-        bs, out, parent = self.block_size, [], 0
+        bs, out, parent = self.block_size, [], b""
         for i in range(len(tokens) // bs):
-            parent = hash((parent, tuple(tokens[i * bs : (i + 1) * bs])))
+            parent = _chain(parent, tokens[i * bs : (i + 1) * bs])
             out.append(parent)
         return out
 
@@ -68,7 +75,6 @@ class BlockPool:
         if not self.prefix_cache:
             return 0
         hashes = self.block_hashes(tokens[:limit])
-        self.queries += len(tokens)
         for h in hashes:
             block = self._block_of.get(h)
             if block is None:
@@ -76,9 +82,7 @@ class BlockPool:
             self._take(block)
             table.blocks.append(block)
             table.hashes.append(h)
-        matched = len(table.blocks) * self.block_size
-        self.hits += matched
-        return matched
+        return len(table.blocks) * self.block_size
 
     def publish(self, table: BlockTable, tokens: list[int], n_computed: int) -> None:
         """Name the blocks of `table` that are full and computed, so later sequences can reuse them."""
@@ -87,10 +91,10 @@ class BlockPool:
         n_full = min(n_computed, len(tokens)) // self.block_size
         if n_full <= len(table.hashes):
             return
-        parent = table.hashes[-1] if table.hashes else 0
+        parent = table.hashes[-1] if table.hashes else b""
         bs = self.block_size
         for i in range(len(table.hashes), n_full):
-            parent = hash((parent, tuple(tokens[i * bs : (i + 1) * bs])))
+            parent = _chain(parent, tokens[i * bs : (i + 1) * bs])
             table.hashes.append(parent)
             block = table.blocks[i]
             if parent not in self._block_of and block not in self._hash_of:

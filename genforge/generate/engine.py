@@ -19,10 +19,11 @@ together. Closing the iterator (or an exception in the consumer, e.g. Ctrl-C) ca
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -73,6 +74,8 @@ class Engine:
         self.scheduler = Scheduler(self.pool, max_batch, step_tokens)
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._closed = False
+        _ENGINES.add(self)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -178,11 +181,13 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while not self.scheduler.has_work():
+                while not self.scheduler.has_work() and not self._closed:
                     self._lock.wait()
+                if self._closed:
+                    return
             try:
                 self.step()
-            except Exception as exc:  # a failed step fails its requests, not the engine
+            except Exception as exc:  # a failed step fails the requests in it, not the engine
                 log.exception("engine step failed")
                 with self._lock:
                     for req in list(self.scheduler.running) + list(self.scheduler.waiting):
@@ -190,20 +195,32 @@ class Engine:
                         self._emit(req, exc)
 
     def _ensure_loop(self) -> None:
+        if self._closed:
+            raise GenforgeError("this engine was closed; load the model again.")
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._loop, name="genforge-engine", daemon=True)
             self._thread.start()
 
+    def close(self) -> None:
+        """Cancel every request and stop the background thread (also done at interpreter exit)."""
+        with self._lock:
+            self._closed = True
+            for req in list(self.scheduler.running) + list(self.scheduler.waiting):
+                self.scheduler.cancel(req)
+                self._emit(req, _DONE)
+            self._lock.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
     def generate(
         self, prompt_ids: list[int], params: SamplingParams, eos_ids: frozenset[int] = frozenset()
-    ) -> Iterator[int]:
-        """Yield sampled token ids; the last one is an eos id if the model ended the sequence.
+    ) -> TokenStream:
+        """Iterate over sampled token ids; the last one is an eos id if the model ended the sequence.
 
-        The request is checked (and refused with a clear error) when this is called, not when the
-        iterator is first advanced.
+        The request is checked (and refused with a clear error) and queued when this is called;
+        closing or dropping the returned stream cancels it.
         """
-        req = self.add_request_streaming(prompt_ids, params, eos_ids)
-        return self._drain(req)
+        return TokenStream(self, self.add_request_streaming(prompt_ids, params, eos_ids))
 
     def add_request_streaming(
         self, prompt_ids: list[int], params: SamplingParams, eos_ids: frozenset[int] = frozenset()
@@ -211,18 +228,52 @@ class Engine:
         """Like `add_request`, but the background loop runs it and its tokens go to a queue."""
         out: queue.SimpleQueue = queue.SimpleQueue()
         with self._lock:
+            self._ensure_loop()
             req = self.add_request(prompt_ids, params, eos_ids)
             req.state.out = out
-            self._ensure_loop()
         return req
 
-    def _drain(self, req: Request) -> Iterator[int]:
+
+class TokenStream:
+    """The token ids of one request as they are sampled. Closing it, dropping it, or an exception
+    (e.g. Ctrl-C) while waiting for a token cancels the request and frees its cache."""
+
+    def __init__(self, engine: Engine, request: Request):
+        self.engine, self.request, self._open = engine, request, True
+
+    def __iter__(self) -> TokenStream:
+        return self
+
+    def __next__(self) -> int:
+        if not self._open:
+            raise StopIteration
         try:
-            while (item := req.state.out.get()) is not _DONE:
-                if isinstance(item, Exception):
-                    raise GenforgeError(f"generation failed: {item}") from item
-                yield item
-        finally:
-            self.cancel(
-                req
-            )  # no-op when it finished; frees its cache when the caller stopped early
+            item = self.request.state.out.get()
+        except BaseException:
+            self.close()
+            raise
+        if item is _DONE:
+            self._open = False
+            raise StopIteration
+        if isinstance(item, Exception):
+            self.close()
+            raise GenforgeError(f"generation failed: {item}") from item
+        return item
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self.engine.cancel(self.request)  # a no-op when the request already finished
+
+    def __del__(self) -> None:
+        self.close()
+
+
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    # A background thread still inside a matmul when the interpreter shuts down aborts the process.
+    for engine in list(_ENGINES):
+        engine.close()

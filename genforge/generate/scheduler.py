@@ -133,6 +133,8 @@ class Scheduler:
                 raise RuntimeError("the KV cache cannot hold a single request's chunk")
             self.waiting.popleft()
             self.running.append(req)
+            self.pool.queries += len(tokens)
+            self.pool.hits += req.n_cached
             out.append(Scheduled(req, req.n_computed, n))
             budget -= n
         return out

@@ -11,11 +11,13 @@ of 32 along the input dimension, w = (q - 8) * scale + zero, which holds GGUF's 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 QUANT_KINDS = ("int8", "int4")
 INT4_GROUP = 32
-INT4_ROW_BLOCK = 32  # the CPU int4 packing interleaves rows in blocks of this many
+INT4_ROW_BLOCK = 32
+DEQUANT_ROWS = 128  # int8 layers with at least this many input rows use a float32 matmul  # the CPU int4 packing interleaves rows in blocks of this many
 
 
 ROWS_PER_CHUNK = 4096  # quantize big matrices (embeddings, heads) in slices: small temporaries
@@ -109,7 +111,12 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)  # (tokens, in)
-        if self.kind == "int8":
+        if self.kind == "int8" and x2.shape[0] >= DEQUANT_ROWS:
+            # Many rows (a prompt chunk): dequantizing to float32 and using the float matmul is
+            # faster than the int8 kernel on CPUs without native bf16 (see RESULTS.md).
+            w = self.qweight.float() * self.scales.float()[:, None]
+            y = F.linear(x2.float(), w).to(x.dtype)
+        elif self.kind == "int8":
             y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scales)
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(

@@ -238,17 +238,26 @@ def test_an_exception_in_the_consumer_cancels_the_request(random_model):
     assert engine.pool.n_available == engine.pool.n_blocks and not engine.has_work()
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: an iterator closed before its first token "
-                   "never runs its finally, so the request is not cancelled")  # fmt: skip
-def test_closing_the_iterator_before_its_first_token_cancels_the_request(random_model):
+def test_closing_or_dropping_the_stream_before_its_first_token_cancels_the_request(random_model):
     engine = Engine(random_model)
     with engine._lock:  # hold the background loop still, so the request cannot finish by itself
         tokens = engine.generate(random_prompt(63, 20), greedy(200))
         tokens.close()
-        left = list(engine.scheduler.running) + list(engine.scheduler.waiting)
-        for req in left:  # a step still running when the interpreter exits aborts the process
-            engine.cancel(req)
-    assert not left
+        assert not engine.has_work()
+        engine.generate(random_prompt(64, 20), greedy(200))  # never read, dropped at once
+        assert not engine.has_work()
+    assert engine.pool.n_available == engine.pool.n_blocks
+
+
+def test_close_stops_the_engine_and_ends_its_streams(random_model):
+    engine = Engine(random_model)
+    tokens = engine.generate(random_prompt(65, 20), greedy(200))
+    first = next(tokens)
+    engine.close()
+    rest = list(tokens)
+    assert isinstance(first, int) and len(rest) < 199 and not engine.has_work()
+    with pytest.raises(GenforgeError, match="closed"):
+        engine.generate(random_prompt(66, 20), greedy(5))
 
 
 def test_a_request_too_long_for_the_context_is_refused_with_the_numbers(tiny_model_dir):

@@ -250,6 +250,24 @@ def test_a_request_running_alongside_shares_the_blocks_of_its_prefix():
     assert eng.pool.n_available == 16
 
 
+def test_prefix_statistics_count_each_admission_once():
+    """A request that waits for memory retries its prefix match; only its admission counts."""
+    eng = FakeEngine(n_blocks=6, block_size=4, step_tokens=64)
+    first = eng.add(prompt(1, 16), 4)
+    eng.run()
+    assert (eng.pool.hits, eng.pool.queries) == (0, 16)
+    eng.add(prompt(2, 12), 8)  # holds 5 of the 6 blocks while it runs
+    eng.step()
+    again = eng.add(first.prompt, 4)  # needs 5 blocks: must wait for the hog
+    for _ in range(3):
+        eng.step()
+    assert again in eng.sched.waiting
+    eng.run()
+    assert again.output == expected(first.prompt, 4)
+    assert eng.pool.queries == 16 + 12 + 16
+    assert eng.pool.hits == again.n_cached
+
+
 def test_a_request_larger_than_the_cache_is_refused():
     sched = Scheduler(BlockPool(n_blocks=4, block_size=4))
     with pytest.raises(ValueError, match="needs 17 cache positions but the KV cache holds 16"):
