@@ -34,7 +34,7 @@ def gemma_path():
 def smollm2(smollm2_path):
     import genforge
 
-    return genforge.load(str(smollm2_path))
+    return genforge.load(str(smollm2_path), dtype="fp32")  # compared with transformers
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ def _hf_logits(path, ids):
 @pytest.mark.parametrize("fixture", ["qwen_path", "gemma_path"])
 def test_logits_match_transformers(fixture, request):
     path = request.getfixturevalue(fixture)
-    llm = genforge.load(str(path))
+    llm = genforge.load(str(path), dtype="fp32")
     # 600 tokens: longer than Gemma's 512-token sliding window, so the window mask is exercised.
     ids = torch.randint(100, 5000, (1, 600), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
