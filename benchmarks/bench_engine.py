@@ -81,8 +81,12 @@ def run_genforge(llm, ids: list[int], runs: int, new_tokens: int) -> list[dict]:
     from genforge.generate.sampling import SamplingParams
 
     greedy = SamplingParams(temperature=0, max_tokens=new_tokens)
-    streams = (llm.engine.generate(ids, greedy, frozenset()) for _ in range(runs + 1))
-    return [timed_stream(s, new_tokens) for s in streams][1:]
+
+    def stream():
+        llm.engine.reset_prefix_cache()  # every run prefills the whole prompt, as llama.cpp's do
+        return llm.engine.generate(ids, greedy, frozenset())
+
+    return [timed_stream(stream(), new_tokens) for _ in range(runs + 1)][1:]
 
 
 def load_llama_cpp(path: Path, n_ctx: int):

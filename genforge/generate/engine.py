@@ -123,6 +123,11 @@ class Engine:
                 self.scheduler.cancel(req)
                 self._emit(req, _DONE)
 
+    def reset_prefix_cache(self) -> None:
+        """Forget cached prefixes (e.g. to time a cold prompt); blocks in use are untouched."""
+        with self._lock:
+            self.pool.reset_prefix_cache()
+
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 

@@ -18,7 +18,9 @@ from genforge.generate.text import Delta, stream_text
 log = logging.getLogger(__name__)
 
 DTYPES = ("auto", "fp32", "bf16", "int8", "int4")
-AUTO_DTYPE = "int8"  # what "auto" means: measured fastest at equal quality, see benchmarks/RESULTS.md
+AUTO_DTYPE = (
+    "int8"  # what "auto" means: measured fastest at equal quality, see benchmarks/RESULTS.md
+)
 
 
 @dataclass
