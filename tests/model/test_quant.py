@@ -76,3 +76,20 @@ def test_concatenated_quantized_layers_equal_the_separate_ones(kind):
             assert kind == "int4" and sizes == (48, 16, 16)
             continue
         assert torch.equal(fused(x), torch.cat([p(x) for p in parts], dim=-1))
+
+
+def test_int8_prompt_chunks_use_the_dequantized_weights_and_agree_with_the_kernel():
+    """Chunks of DEQUANT_ROWS rows or more take a float32 matmul on the dequantized weight: it must
+    equal that reference closely, and agree with the int8 kernel's rows to bf16 precision."""
+    from genforge.model.quant import DEQUANT_ROWS
+
+    torch.manual_seed(0)
+    q = QuantLinear.from_linear(torch.randn(48, 64) * 0.05, "int8", act_dtype=torch.bfloat16)
+    q.bias = nn.Parameter(torch.randn(48).bfloat16(), requires_grad=False)
+    x = torch.randn(DEQUANT_ROWS, 64).bfloat16()
+    w = q.qweight.float() * q.scales.float()[:, None]
+    reference = x.float() @ w.T + q.bias.float()
+    chunk = q(x).float()  # the float32 path
+    rows = torch.cat([q(x[i : i + 1]) for i in range(0, DEQUANT_ROWS, 16)]).float()  # the kernel
+    torch.testing.assert_close(chunk, reference, atol=2e-2, rtol=1e-2)  # bf16 output rounding
+    torch.testing.assert_close(rows, chunk[::16], atol=3e-2, rtol=2e-2)
