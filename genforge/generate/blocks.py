@@ -86,11 +86,9 @@ class BlockPool:
 
     def publish(self, table: BlockTable, tokens: list[int], n_computed: int) -> None:
         """Name the blocks of `table` that are full and computed, so later sequences can reuse them."""
-        if not self.prefix_cache:
+        if not self.fills_block(table, n_computed):
             return
         n_full = min(n_computed, len(tokens)) // self.block_size
-        if n_full <= len(table.hashes):
-            return
         parent = table.hashes[-1] if table.hashes else b""
         bs = self.block_size
         for i in range(len(table.hashes), n_full):
@@ -100,6 +98,10 @@ class BlockPool:
             if parent not in self._block_of and block not in self._hash_of:
                 self._block_of[parent] = block
                 self._hash_of[block] = parent
+
+    def fills_block(self, table: BlockTable, n_computed: int) -> bool:
+        """Whether `n_computed` positions complete a block `publish` has not named yet."""
+        return self.prefix_cache and n_computed // self.block_size > len(table.hashes)
 
     # -- allocation ------------------------------------------------------------------------
 

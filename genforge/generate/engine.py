@@ -63,7 +63,6 @@ class Engine:
         step_tokens: int = 512, kv_tokens: int | None = None, prefix_cache: bool = True,
     ):  # fmt: skip
         self.model = model
-        self.dtype = model.tok_emb.weight.dtype
         limit = model.cfg.max_seq_len
         self.context_length = min(context_length or limit, limit)
         kv_tokens = max(kv_tokens or 0, self.context_length)
@@ -147,11 +146,9 @@ class Engine:
     def _execute(self, work: list[Scheduled]) -> torch.Tensor:
         """Logits (n, vocab) for the last token of each scheduled request that samples this step."""
         tokens = [t for s in work for t in s.request.tokens[s.start : s.start + s.n]]
-        seqs = [(s.request.table.blocks, s.start, s.n) for s in work]
+        # Prompt chunks that end mid-prompt need no logits.
+        seqs = [(s.request.table.blocks, s.start, s.n, s.samples) for s in work]
         batch = PagedBatch(self.cache, seqs, self.model.cfg.sliding_window)
-        sampling = [i for i, s in enumerate(work) if s.samples]
-        if len(sampling) < len(work):  # prompt chunks that end mid-prompt need no logits
-            batch.last_rows = batch.last_rows[sampling]
         return self.model(torch.tensor([tokens]), batch, last_only=True)[0]
 
     def _update(self, work: list[Scheduled], logits: torch.Tensor) -> list[tuple[Request, int]]:
@@ -192,12 +189,16 @@ class Engine:
                     return
             try:
                 self.step()
-            except Exception as exc:  # a failed step fails the requests in it, not the engine
+            except Exception as exc:  # a failed step fails the requests in flight, not the engine
                 log.exception("engine step failed")
-                with self._lock:
-                    for req in list(self.scheduler.running) + list(self.scheduler.waiting):
-                        self.scheduler.finish(req, "error")
-                        self._emit(req, exc)
+                self._end_all("error", exc)
+
+    def _end_all(self, reason: str, item) -> None:
+        """Finish every running and waiting request; their streams get `item` (end or error)."""
+        with self._lock:
+            for req in list(self.scheduler.running) + list(self.scheduler.waiting):
+                self.scheduler.finish(req, reason)
+                self._emit(req, item)
 
     def _ensure_loop(self) -> None:
         if self._closed:
@@ -210,9 +211,7 @@ class Engine:
         """Cancel every request and stop the background thread (also done at interpreter exit)."""
         with self._lock:
             self._closed = True
-            for req in list(self.scheduler.running) + list(self.scheduler.waiting):
-                self.scheduler.cancel(req)
-                self._emit(req, _DONE)
+            self._end_all("cancelled", _DONE)
             self._lock.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
@@ -225,18 +224,11 @@ class Engine:
         The request is checked (and refused with a clear error) and queued when this is called;
         closing or dropping the returned stream cancels it.
         """
-        return TokenStream(self, self.add_request_streaming(prompt_ids, params, eos_ids))
-
-    def add_request_streaming(
-        self, prompt_ids: list[int], params: SamplingParams, eos_ids: frozenset[int] = frozenset()
-    ) -> Request:
-        """Like `add_request`, but the background loop runs it and its tokens go to a queue."""
-        out: queue.SimpleQueue = queue.SimpleQueue()
-        with self._lock:
+        with self._lock:  # the loop cannot step before the request has somewhere to put tokens
             self._ensure_loop()
             req = self.add_request(prompt_ids, params, eos_ids)
-            req.state.out = out
-        return req
+            req.state.out = queue.SimpleQueue()
+        return TokenStream(self, req)
 
 
 class TokenStream:

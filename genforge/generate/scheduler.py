@@ -43,6 +43,11 @@ class Request:
         return self.prompt + self.output
 
     @property
+    def n_tokens(self) -> int:
+        """len(tokens), without building the list (asked every step)."""
+        return len(self.prompt) + len(self.output)
+
+    @property
     def finished(self) -> bool:
         return self.finish_reason is not None
 
@@ -56,7 +61,7 @@ class Scheduled:
     @property
     def samples(self) -> bool:
         """True when this step reaches the end of the request's tokens, so it yields a new token."""
-        return self.start + self.n == len(self.request.tokens)
+        return self.start + self.n == self.request.n_tokens
 
 
 class Scheduler:
@@ -101,7 +106,7 @@ class Scheduler:
         for req in list(self.running):
             if req not in self.running:  # preempted below to make room for an older request
                 continue
-            n = min(len(req.tokens) - req.n_computed, budget)
+            n = min(req.n_tokens - req.n_computed, budget)
             if n == 0:
                 continue
             while not self.pool.grow(req.table, req.n_computed + n):
@@ -151,4 +156,6 @@ class Scheduler:
         """Record that the scheduled tokens were computed (call before appending sampled tokens)."""
         for s in scheduled:
             s.request.n_computed = s.start + s.n
-            self.pool.publish(s.request.table, s.request.tokens, s.request.n_computed)
+            req = s.request
+            if self.pool.fills_block(req.table, req.n_computed):  # builds req.tokens only then
+                self.pool.publish(req.table, req.tokens, req.n_computed)

@@ -41,11 +41,7 @@ class PagedKVCache:
         shape = (n_blocks * block_size, n_kv_heads, head_dim)
         self.k = [torch.empty(shape, dtype=dtype) for _ in range(n_layers)]
         self.v = [torch.empty(shape, dtype=dtype) for _ in range(n_layers)]
-        self.n_blocks, self.block_size, self.dtype = n_blocks, block_size, dtype
-
-    @staticmethod
-    def bytes_per_token(cfg, dtype: torch.dtype) -> int:
-        return 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * dtype.itemsize
+        self.n_blocks, self.block_size = n_blocks, block_size
 
     @classmethod
     def for_model(cls, cfg, n_blocks: int, block_size: int, dtype: torch.dtype) -> PagedKVCache:
@@ -55,13 +51,14 @@ class PagedKVCache:
 class PagedBatch:
     """One forward pass over several sequences, their new tokens laid end to end: (1, N) tokens.
 
-    Built once per step from each sequence's block table, first new position and token count; every
-    layer then writes its keys/values into the pool and attends through the index tensors made here.
+    Built once per step from each sequence's (block table, first new position, token count, whether
+    it needs logits); every layer then writes its keys/values into the pool and attends through the
+    index tensors made here. `last_rows` are the rows whose logits the model returns.
     Single-token rows (decodes) share one batched attention call with a padding mask; each prompt
     chunk gets its own causal call.
     """
 
-    def __init__(self, cache: PagedKVCache, seqs: list[tuple[list[int], int, int]],
+    def __init__(self, cache: PagedKVCache, seqs: list[tuple[list[int], int, int, bool]],
                  sliding_window: int | None = None):  # fmt: skip
         self.cache, bs = cache, cache.block_size
         positions, slots, offsets = [], [], []
@@ -69,7 +66,7 @@ class PagedBatch:
         decode_keys: list[torch.Tensor] = []
         self.chunks: list[tuple[int, int, torch.Tensor, bool]] = []  # rows a..b, key slots, fresh
         off = 0
-        for blocks, start, n in seqs:
+        for blocks, start, n, logits in seqs:
             table = torch.tensor(blocks, dtype=torch.long)
             pos = torch.arange(start + n)
             seq_slots = table[pos // bs] * bs + pos % bs  # every position so far, then the new ones
@@ -80,12 +77,12 @@ class PagedBatch:
                 decode_keys.append(seq_slots)
             else:
                 self.chunks.append((off, off + n, seq_slots, start == 0))
-            offsets.append(off + n - 1)
+            if logits:
+                offsets.append(off + n - 1)
             off += n
-        self.n_tokens = off
         self.positions = torch.cat(positions)
         self.write_slots = torch.cat(slots)
-        self.last_rows = torch.tensor(offsets)  # each sequence's last new token
+        self.last_rows = torch.tensor(offsets, dtype=torch.long)  # last new token of each
         self.window = sliding_window
         self.chunk_masks = [self._chunk_mask(a, b, keys) for a, b, keys, _ in self.chunks]
         self.all_decode = len(self.decode_rows) == off
@@ -96,26 +93,27 @@ class PagedBatch:
             for i, keys in enumerate(decode_keys):
                 self.decode_index[i, : len(keys)] = keys
             self.decode_flat = self.decode_index.flatten()
-            k = torch.arange(width)[None, :]
-            q = (lengths - 1)[:, None]
-            full = k <= q
+            # One query per row; no mask at all when every row sees the full width.
+            masks = self._masks((lengths - 1)[:, None], width, bool((lengths == width).all()))
             self.decode_mask = {
-                "full": None if bool(full.all()) else full[:, None, None, :],
-                "sliding": None,
+                kind: m if m is None else m[:, None, None, :] for kind, m in masks.items()
             }
-            if sliding_window and width > sliding_window:
-                self.decode_mask["sliding"] = (full & (q - k < sliding_window))[:, None, None, :]
-            else:
-                self.decode_mask["sliding"] = self.decode_mask["full"]
 
     def _chunk_mask(self, a: int, b: int, keys: torch.Tensor) -> dict:
         n, length = b - a, len(keys)
-        q = torch.arange(length - n, length)[:, None]
-        k = torch.arange(length)[None, :]
-        causal = None if n == length else k <= q  # None: SDPA's own causal path
-        if self.window and length > self.window:
-            return {"full": causal, "sliding": (k <= q) & (q - k < self.window)}
-        return {"full": causal, "sliding": causal}
+        # A whole prompt at once (n == length) uses SDPA's own causal path: no mask.
+        return self._masks(torch.arange(length - n, length)[:, None], length, n == length)
+
+    def _masks(self, q: torch.Tensor, width: int, plain_is_none: bool) -> dict:
+        """Boolean masks (queries, width), True = may attend, for queries at positions q over keys
+        0..width-1: causal for full-attention layers (None if `plain_is_none`), plus the window for
+        sliding layers when it cuts anything off."""
+        k = torch.arange(width)[None, :]
+        causal = k <= q
+        full = None if plain_is_none else causal
+        if self.window and width > self.window:
+            return {"full": full, "sliding": causal & (q - k < self.window)}
+        return {"full": full, "sliding": full}
 
     def attention(self, layer: int, q, k, v, scale: float, sliding: bool) -> torch.Tensor:
         """q (N, H, D), k/v (N, Hkv, D) for the new tokens -> attention output (N, H, D).
