@@ -138,9 +138,7 @@ def load(
     dtype = AUTO_DTYPE if dtype == "auto" else dtype
     path = hub.resolve(model, progress=progress)
     t0 = time.perf_counter()
-    if Path(
-        path
-    ).is_dir():  # a folder's tokenizer first: a missing one fails before the weights load
+    if Path(path).is_dir():  # a folder's tokenizer first: a missing one fails before weights load
         tokenizer = Tokenizer.from_dir(path)
     if dtype in ("int8", "int4"):
         from genforge.model.quant import can_stack, quantize_structure, state_converter
