@@ -234,7 +234,8 @@ class Transformer(nn.Module):
         """Logits (B, T, vocab) for tokens (B, T) at positions start_pos.. (or (B, 1, vocab)).
 
         With a `PagedBatch`, tokens are (1, N): several sequences' new tokens end to end, positions
-        come from the batch, and `last_only` gives (1, n_sequences, vocab), each one's last token.
+        come from the batch, and `last_only` gives the rows `cache.last_rows` (each sequence's last
+        new token, for those that sample this step).
         """
         B, T = tokens.shape
         x = self.tok_emb(tokens)  # (B, T, C)
