@@ -24,7 +24,8 @@ import logging
 import queue
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -32,6 +33,7 @@ from genforge.errors import GenforgeError
 from genforge.generate.blocks import BlockPool
 from genforge.generate.sampling import SamplingParams, make_generator, sample
 from genforge.generate.scheduler import Request, Scheduled, Scheduler
+from genforge.generate.structured import Constraint
 from genforge.model.kv_cache import PagedBatch, PagedKVCache
 from genforge.model.transformer import Transformer
 
@@ -47,7 +49,19 @@ class _SamplerState:
     generator: torch.Generator | None
     context: torch.Tensor | None  # all tokens so far, for the repetition penalty
     counts: torch.Tensor | None  # generated-token counts, for presence/frequency penalties
-    out: queue.SimpleQueue | None = None  # where a background-run request's tokens go
+    out: Any = None  # where a background-run request's tokens go (anything with .put)
+    constraint: Constraint | None = None  # a grammar the output must follow
+    logprobs: int | None = None  # record each sampled token's log-probability and this many top ones
+    token_logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
+class TokenLogprob:
+    """A sampled token's log-probability under the model, and the most likely alternatives."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]  # (token id, logprob), most likely first
 
 
 class Engine:
@@ -98,18 +112,27 @@ class Engine:
         return max_tokens
 
     def add_request(
-        self, prompt_ids: list[int], params: SamplingParams, eos_ids: frozenset[int] = frozenset()
-    ) -> Request:
-        """Queue a request; it runs from the next `step()`."""
+        self, prompt_ids: list[int], params: SamplingParams, eos_ids: frozenset[int] = frozenset(),
+        *, constraint: Constraint | None = None, logprobs: int | None = None,
+    ) -> Request:  # fmt: skip
+        """Queue a request; it runs from the next `step()`.
+
+        constraint: a grammar the output must follow (genforge.generate.structured); logprobs:
+        record each sampled token's log-probability with this many alternatives (0: none) in
+        `request.state.token_logprobs`.
+        """
         max_new = self.check_fits(len(prompt_ids), params.max_tokens)
         vocab = self.model.cfg.vocab_size
-        if bad := [t for t in prompt_ids if not 0 <= t < vocab]:
+        if bad := [t for t in [*prompt_ids, *params.logit_bias] if not 0 <= t < vocab]:
             raise GenforgeError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1}).")
+        if logprobs is not None and not 0 <= logprobs <= 20:
+            raise GenforgeError(f"logprobs must be between 0 and 20, got {logprobs}.")
         counts = None
         if params.presence_penalty or params.frequency_penalty:
             counts = torch.zeros(vocab, dtype=torch.int32)
         context = torch.tensor(prompt_ids) if params.repetition_penalty != 1.0 else None
         state = _SamplerState(params, make_generator(params.seed), context, counts)
+        state.constraint, state.logprobs = constraint, logprobs
         req = Request(list(prompt_ids), max_new, params, frozenset(eos_ids), state=state)
         with self._lock:
             self.scheduler.add(req)
@@ -155,7 +178,19 @@ class Engine:
         new = []
         for row, s in enumerate(s for s in work if s.samples):
             req, st = s.request, s.request.state
-            token = sample(logits[row], st.params, st.generator, st.context, st.counts)
+            row_logits = logits[row]
+            try:
+                if st.constraint is not None:
+                    row_logits = st.constraint.mask(row_logits)
+                token = sample(row_logits, st.params, st.generator, st.context, st.counts)
+                if st.constraint is not None and token not in req.eos_ids:
+                    st.constraint.advance(token)
+            except GenforgeError as exc:  # this request's grammar failed; the others go on
+                self.scheduler.finish(req, "error")
+                self._emit(req, exc)
+                continue
+            if st.logprobs is not None:
+                st.token_logprobs.append(_logprob(logits[row], token, st.logprobs))
             req.output.append(token)
             if st.context is not None:
                 st.context = torch.cat((st.context, torch.tensor([token])))
@@ -216,27 +251,36 @@ class Engine:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
 
+    def submit(
+        self, prompt_ids: list[int], params: SamplingParams, eos_ids: frozenset[int], out, **options
+    ) -> Request:
+        """Queue a request for the background thread, which puts each token id into `out` (anything
+        with `.put`), then a end marker (`is_end(item)`) or the exception that failed the step."""
+        with self._lock:  # the loop cannot step before the request has somewhere to put tokens
+            self._ensure_loop()
+            req = self.add_request(prompt_ids, params, eos_ids, **options)
+            req.state.out = out
+        return req
+
     def generate(
-        self, prompt_ids: list[int], params: SamplingParams, eos_ids: frozenset[int] = frozenset()
-    ) -> TokenStream:
+        self, prompt_ids: list[int], params: SamplingParams, eos_ids: frozenset[int] = frozenset(),
+        **options,
+    ) -> TokenStream:  # fmt: skip
         """Iterate over sampled token ids; the last one is an eos id if the model ended the sequence.
 
         The request is checked (and refused with a clear error) and queued when this is called;
-        closing or dropping the returned stream cancels it.
+        closing or dropping the returned stream cancels it. options: see `add_request`.
         """
-        with self._lock:  # the loop cannot step before the request has somewhere to put tokens
-            self._ensure_loop()
-            req = self.add_request(prompt_ids, params, eos_ids)
-            req.state.out = queue.SimpleQueue()
-        return TokenStream(self, req)
+        out = queue.SimpleQueue()
+        return TokenStream(self, self.submit(prompt_ids, params, eos_ids, out, **options), out)
 
 
 class TokenStream:
     """The token ids of one request as they are sampled. Closing it, dropping it, or an exception
     (e.g. Ctrl-C) while waiting for a token cancels the request and frees its cache."""
 
-    def __init__(self, engine: Engine, request: Request):
-        self.engine, self.request, self._open = engine, request, True
+    def __init__(self, engine: Engine, request: Request, out: queue.SimpleQueue):
+        self.engine, self.request, self._out, self._open = engine, request, out, True
 
     def __iter__(self) -> TokenStream:
         return self
@@ -245,7 +289,7 @@ class TokenStream:
         if not self._open:
             raise StopIteration
         try:
-            item = self.request.state.out.get()
+            item = self._out.get()
         except BaseException:
             self.close()
             raise
@@ -264,6 +308,19 @@ class TokenStream:
 
     def __del__(self) -> None:
         self.close()
+
+
+def is_end(item) -> bool:
+    """Whether an item put into a request's `out` is its end-of-stream marker."""
+    return item is _DONE
+
+
+def _logprob(logits: torch.Tensor, token: int, k: int) -> TokenLogprob:
+    # The model's own distribution: before penalties, temperature, filters and grammar masks.
+    lp = torch.log_softmax(logits.float(), -1)
+    top = torch.topk(lp, k) if k else None
+    pairs = list(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if k else []
+    return TokenLogprob(token, float(lp[token]), pairs)
 
 
 _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()

@@ -28,6 +28,7 @@ class SamplingParams:
     seed: int | None = None  # same seed, same output
     max_tokens: int | None = None  # None = up to the end of the context
     stop: list[str] = field(default_factory=list)  # strings that end the output (not included)
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
 
     def __post_init__(self):
         checks = [
@@ -51,6 +52,11 @@ class SamplingParams:
             self.stop = [self.stop]
         if any(not s for s in self.stop):
             raise GenforgeError("stop strings must not be empty.")
+        for token, bias in self.logit_bias.items():
+            if not (isinstance(token, int) and token >= 0 and -100 <= bias <= 100):
+                raise GenforgeError(
+                    f"logit_bias maps token ids (integers >= 0) to numbers in [-100, 100], got {token!r}: {bias!r}."
+                )
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> SamplingParams:
@@ -84,6 +90,10 @@ def apply_penalties(
         counts = generated_counts.to(logits.dtype)
         logits = logits - params.frequency_penalty * counts
         logits = logits - params.presence_penalty * (counts > 0).to(logits.dtype)
+    if params.logit_bias:
+        ids = torch.tensor([t for t in params.logit_bias if t < logits.shape[-1]], dtype=torch.long)
+        bias = torch.tensor([params.logit_bias[int(t)] for t in ids], dtype=logits.dtype)
+        logits = logits.index_add(0, ids, bias)
     return logits
 
 

@@ -64,21 +64,44 @@ def stream_text(
 
 
 def _deltas(token_ids, stream_decoder, eos_ids, stops) -> Iterator[Delta]:
-    matcher = StopMatcher(stops)
-    batch: list[int] = []
+    deltas = DeltaMaker(stream_decoder, eos_ids, stops)
     for token in token_ids:
-        if token in eos_ids:
-            batch.append(token)
-            tail = matcher.push(stream_decoder.flush())[0] + matcher.flush()
-            yield Delta(tail, batch, "stop")
+        if delta := deltas.push(token):
+            yield delta
+        if deltas.done:
             return
-        batch.append(token)
-        text, hit = matcher.push(stream_decoder.step(token))
+    yield deltas.end()
+
+
+class DeltaMaker:
+    """Token ids in, text deltas out: `push` each token, then `end()` if the tokens ran out first.
+
+    After `push` returns a delta with a finish reason (eos or a stop string), `done` is true and
+    the request should be cancelled.
+    """
+
+    def __init__(self, stream_decoder, eos_ids: frozenset[int], stops: list[str]):
+        self.decoder, self.eos_ids = stream_decoder, eos_ids
+        self.matcher = StopMatcher(stops)
+        self.batch: list[int] = []
+        self.done = False
+
+    def push(self, token: int) -> Delta | None:
+        self.batch.append(token)
+        if token in self.eos_ids:
+            tail = self.matcher.push(self.decoder.flush())[0] + self.matcher.flush()
+            return self._emit(tail, "stop")
+        text, hit = self.matcher.push(self.decoder.step(token))
         if hit:
-            yield Delta(text, batch, "stop")
-            return
-        if text:
-            yield Delta(text, batch)
-            batch = []
-    text, hit = matcher.push(stream_decoder.flush())
-    yield Delta(text + ("" if hit else matcher.flush()), batch, "stop" if hit else "length")
+            return self._emit(text, "stop")
+        return self._emit(text) if text else None
+
+    def end(self) -> Delta:
+        """The last delta when the tokens ran out (the length limit, or a cancelled request)."""
+        text, hit = self.matcher.push(self.decoder.flush())
+        return self._emit(text + ("" if hit else self.matcher.flush()), "stop" if hit else "length")
+
+    def _emit(self, text: str, finish_reason: str | None = None) -> Delta:
+        delta, self.batch = Delta(text, self.batch, finish_reason), []
+        self.done = finish_reason is not None
+        return delta
