@@ -51,7 +51,9 @@ class _SamplerState:
     counts: torch.Tensor | None  # generated-token counts, for presence/frequency penalties
     out: Any = None  # where a background-run request's tokens go (anything with .put)
     constraint: Constraint | None = None  # a grammar the output must follow
-    logprobs: int | None = None  # record each sampled token's log-probability and this many top ones
+    logprobs: int | None = (
+        None  # record each sampled token's log-probability and this many top ones
+    )
     token_logprobs: list[TokenLogprob] = field(default_factory=list)
 
 

@@ -13,6 +13,7 @@ import torch
 from genforge.errors import GenforgeError
 from genforge.generate.engine import Engine
 from genforge.generate.sampling import SamplingParams
+from genforge.generate.structured import Grammar, inline_tools, tool_call_grammar
 from genforge.generate.text import Delta, stream_text
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,25 @@ class Completion:
     finish_reason: str  # "stop" or "length"
     prompt_tokens: int
     completion_tokens: int
+
+
+@dataclass
+class ChatPrompt:
+    """A rendered chat: its token ids and the grammar the answer must follow, if any."""
+
+    ids: list[int]
+    grammar: Grammar | None = None
+    tools: list[dict] | None = None  # the tools the answer may call
+
+
+def _grammar(json_schema, grammar) -> Grammar | None:
+    if json_schema is not None and grammar is not None:
+        raise GenforgeError("pass json_schema or grammar, not both.")
+    if json_schema is not None:
+        return Grammar.json_schema(json_schema)
+    if isinstance(grammar, str):
+        return Grammar.lark(grammar)
+    return grammar
 
 
 class LLM:
@@ -56,50 +76,110 @@ class LLM:
     def context_length(self) -> int:
         return self.engine.context_length
 
-    def _run(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Delta]:
-        tokens = self.engine.generate(prompt_ids, params, self.tokenizer.eos_ids)
+    def constraint(self, grammar: Grammar | None):
+        """A fresh matcher of `grammar` for one request (None for None); raises if unenforceable."""
+        return grammar.constraint(self.tokenizer, self.config.vocab_size) if grammar else None
+
+    def _run(
+        self, prompt_ids: list[int], params: SamplingParams, grammar: Grammar | None = None
+    ) -> Iterator[Delta]:
+        tokens = self.engine.generate(
+            prompt_ids, params, self.tokenizer.eos_ids, constraint=self.constraint(grammar)
+        )
         return stream_text(tokens, self.tokenizer.stream(), self.tokenizer.eos_ids, params.stop)
 
-    def _collect(self, prompt_ids: list[int], params: SamplingParams) -> Completion:
+    def _collect(
+        self, prompt_ids: list[int], params: SamplingParams, grammar: Grammar | None = None
+    ) -> Completion:
         parts, n, reason = [], 0, "length"
-        for d in self._run(prompt_ids, params):
+        for d in self._run(prompt_ids, params, grammar):
             parts.append(d.text)
             n += len(d.token_ids)
             reason = d.finish_reason or reason
         return Completion("".join(parts), reason, len(prompt_ids), n)
 
     def generate(
-        self, prompt: str | list[str], *, stream: bool = False, **sampling
-    ) -> str | list[str] | Iterator[str]:
+        self, prompt: str | list[str], *, stream: bool = False, json_schema: dict | None = None,
+        grammar: Grammar | str | None = None, **sampling,
+    ) -> str | list[str] | Iterator[str]:  # fmt: skip
         """Raw completion of `prompt` (no chat template). With stream=True, yields text pieces.
 
         A list of prompts is generated as one batch (they share the engine's forward passes) and
-        gives a list of completions.
+        gives a list of completions. json_schema / grammar (a Lark grammar, or a `Grammar`): the
+        output is decoded under it, so it always parses (unless cut short by max_tokens).
         """
         params = self.sampling_params(**sampling)
+        grammar = _grammar(json_schema, grammar)
         if isinstance(prompt, list):
             if stream:
                 raise GenforgeError("stream=True takes one prompt, not a list.")
             # Every request is queued before any is read, so they run batched.
-            runs = [self._run(self.tokenizer.encode(p, add_special=True), params) for p in prompt]
+            runs = [
+                self._run(self.tokenizer.encode(p, add_special=True), params, grammar)
+                for p in prompt
+            ]
             return ["".join(d.text for d in run) for run in runs]
         ids = self.tokenizer.encode(prompt, add_special=True)
         if stream:
-            return (d.text for d in self._run(ids, params) if d.text)
-        return self._collect(ids, params).text
+            return (d.text for d in self._run(ids, params, grammar) if d.text)
+        return self._collect(ids, params, grammar).text
+
+    def chat_prompt(
+        self, messages: list[dict] | str, *, tools: list[dict] | None = None,
+        tool_choice: str | dict = "auto", json_schema: dict | None = None,
+        grammar: Grammar | str | None = None,
+    ) -> ChatPrompt:  # fmt: skip
+        """Render a chat with the model's template, and the grammar its answer must follow.
+
+        tools: OpenAI-style function tools; tool_choice "auto" (answer or call), "required" (call
+        at least one), "none" (tools hidden), or {"type": "function", "function": {"name": ...}}.
+        Tool calls are decoded under a grammar, so their arguments always match the schema.
+        """
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        answer = _grammar(json_schema, grammar)
+        if not tools or tool_choice == "none":
+            ids = self.tokenizer.encode_chat(messages, add_generation_prompt=True)
+            return ChatPrompt(ids, answer)
+        if isinstance(tool_choice, dict):
+            name = (tool_choice.get("function") or {}).get("name")
+            chosen = [t for t in tools if (t.get("function") or {}).get("name") == name]
+            if not chosen:
+                raise GenforgeError(f"tool_choice names {name!r}, which is not one of the tools.")
+        elif tool_choice in ("auto", "required"):
+            chosen = tools
+        else:
+            raise GenforgeError(
+                f'tool_choice must be "auto", "none", "required" or a named function, got {tool_choice!r}.'
+            )
+        required = tool_choice != "auto"
+        if answer is not None and required:
+            raise GenforgeError("a response format has no effect when a tool call is required.")
+        if "tools" in (self.tokenizer.chat_template or ""):
+            ids = self.tokenizer.encode_chat(messages, add_generation_prompt=True, tools=tools)
+        else:  # the template knows nothing of tools: describe them in the system message
+            ids = self.tokenizer.encode_chat(
+                inline_tools(messages, tools), add_generation_prompt=True
+            )
+        return ChatPrompt(ids, tool_call_grammar(chosen, required, answer), chosen)
 
     def chat(
         self, messages: list[dict] | str, *, stream: bool = False, tools: list[dict] | None = None,
-        **sampling,
+        tool_choice: str | dict = "auto", json_schema: dict | None = None,
+        grammar: Grammar | str | None = None, **sampling,
     ) -> str | Iterator[str]:  # fmt: skip
-        """Answer the conversation `messages` (or one user message) with the model's chat template."""
-        if isinstance(messages, str):
-            messages = [{"role": "user", "content": messages}]
+        """Answer the conversation `messages` (or one user message) with the model's chat template.
+
+        With tools, a call comes back as `<tool_call>{"name", "arguments"}</tool_call>` text:
+        `genforge.generate.structured.parse_tool_calls` splits it out.
+        """
+        prompt = self.chat_prompt(
+            messages, tools=tools, tool_choice=tool_choice, json_schema=json_schema, grammar=grammar
+        )
         params = self.sampling_params(**sampling)
-        ids = self.tokenizer.encode_chat(messages, add_generation_prompt=True, tools=tools)
         if stream:
-            return (d.text for d in self._run(ids, params) if d.text)
-        return self._collect(ids, params).text
+            return (d.text for d in self._run(prompt.ids, params, prompt.grammar) if d.text)
+        return self._collect(prompt.ids, params, prompt.grammar).text
 
     def complete(self, prompt_ids: list[int], **sampling) -> Completion:
         """Completion with its finish reason and token counts, from token ids."""

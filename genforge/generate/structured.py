@@ -15,6 +15,7 @@ models are trained on) with the arguments held to each function's JSON schema.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,7 @@ class Grammar:
 
     spec: str
     kind: str  # "json_schema", "lark", "regex"
+    source: Any = None  # the schema, grammar text or pattern it was compiled from
 
     @classmethod
     def json_schema(cls, schema: dict | bool | str) -> Grammar:
@@ -72,7 +74,7 @@ class Grammar:
             )
         except ValueError as e:
             raise GenforgeError(f"the JSON schema is not usable: {e}.") from None
-        return cls(spec, "json_schema")
+        return cls(spec, "json_schema", schema)
 
     @classmethod
     def json_object(cls) -> Grammar:
@@ -81,11 +83,11 @@ class Grammar:
 
     @classmethod
     def lark(cls, text: str) -> Grammar:
-        return cls(_llg().LLMatcher.grammar_from_lark(text), "lark")
+        return cls(_llg().LLMatcher.grammar_from_lark(text), "lark", text)
 
     @classmethod
     def regex(cls, pattern: str) -> Grammar:
-        return cls(_llg().LLMatcher.grammar_from_regex(pattern), "regex")
+        return cls(_llg().LLMatcher.grammar_from_regex(pattern), "regex", pattern)
 
     def check(self, tokenizer, vocab_size: int) -> None:
         """Raise a GenforgeError naming what llguidance cannot enforce (unsupported keyword...)."""
@@ -151,23 +153,29 @@ def tool_call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
                 "additionalProperties": False,
             }
         )
-    return variants[0] if len(variants) == 1 else {"anyOf": variants}
+    schema = variants[0] if len(variants) == 1 else {"anyOf": variants}
+    return {**schema, "x-guidance": {"whitespace_flexible": False}}
 
 
-def tool_call_grammar(tools: list[dict[str, Any]], required: bool) -> Grammar:
-    """Calls of `tools` (one or more, newline-separated); with required=False, or plain text instead.
-
-    Plain text may be anything that does not start with a tool call, so a model that begins a call
-    is held to the schema from its first token.
+def tool_call_grammar(
+    tools: list[dict[str, Any]], required: bool, answer: Grammar | None = None
+) -> Grammar:
+    """Calls of `tools` (one or more, newline-separated); with required=False, or an answer instead:
+    one matching `answer` (a JSON schema grammar), or else any text that does not start with a
+    tool call, so a model that begins a call is held to the schema from its first token.
     """
     schema = json.dumps(tool_call_schema(tools))
     rules = [
-        f'calls: call ("\\n" call)*',
+        'calls: call ("\\n" call)*',
         f'call: "{TOOL_CALL_OPEN}\\n" args "\\n{TOOL_CALL_CLOSE}"',
         f"args: %json {schema}",
     ]
     if required:
         start = ["start: calls"]
+    elif answer is not None:
+        if answer.kind != "json_schema":
+            raise GenforgeError("with tools, only a JSON schema can constrain the answer.")
+        start = ["start: answer | calls", f"answer: %json {json.dumps(answer.source)}"]
     else:
         start = [
             "start: TEXT | calls",
@@ -203,3 +211,51 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
         calls.append({"name": call["name"], "arguments": call.get("arguments", {})})
         rest = rest[end + len(TOOL_CALL_CLOSE) :]
     return content.strip(), calls
+
+
+def tools_system_prompt(tools: list[dict[str, Any]]) -> str:
+    """How to call `tools`, for chat templates that do not render tools themselves."""
+    lines = "\n".join(json.dumps(_function(t), ensure_ascii=False) for t in tools)
+    return (
+        "You may call one or more functions to help with the user's request. The functions are "
+        f"described by these JSON schemas:\n<tools>\n{lines}\n</tools>\n"
+        f"To call a function, reply with a JSON object with its name and arguments inside "
+        f'{TOOL_CALL_OPEN}{TOOL_CALL_CLOSE} tags:\n{TOOL_CALL_OPEN}\n{{"name": <function-name>, '
+        f'"arguments": <args-json-object>}}\n{TOOL_CALL_CLOSE}'
+    )
+
+
+def inline_tools(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[dict]:
+    """`messages` rewritten for a template without tool support: the tools described in the system
+    message, assistant tool calls written out as text, tool results as user turns."""
+    out = []
+    for m in messages:
+        m = dict(m)
+        if m.get("role") == "assistant" and m.get("tool_calls"):
+            calls = [
+                f"{TOOL_CALL_OPEN}\n{json.dumps(_call_dict(c), ensure_ascii=False)}\n{TOOL_CALL_CLOSE}"
+                for c in m.pop("tool_calls")
+            ]
+            m["content"] = "\n".join([m.get("content") or "", *calls]).strip()
+        elif m.get("role") == "tool":
+            m = {
+                "role": "user",
+                "content": f"<tool_response>\n{m.get('content', '')}\n</tool_response>",
+            }
+        out.append(m)
+    if tools:
+        prompt = tools_system_prompt(tools)
+        if out and out[0].get("role") == "system":
+            out[0] = {**out[0], "content": f"{out[0].get('content') or ''}\n\n{prompt}".strip()}
+        else:
+            out.insert(0, {"role": "system", "content": prompt})
+    return out
+
+
+def _call_dict(call: dict[str, Any]) -> dict[str, Any]:
+    fn = call.get("function", call)
+    args = fn.get("arguments", {})
+    if isinstance(args, str):
+        with contextlib.suppress(json.JSONDecodeError):
+            args = json.loads(args)
+    return {"name": fn.get("name"), "arguments": args}
