@@ -7,7 +7,7 @@ DEFAULT_MODEL := smollm2-135m-instruct
 # Set-up output goes to stderr so that `echo "question" | make run` prints only the answer.
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run test test-slow lint format setup setup-dev model bench clean help
+.PHONY: run test test-slow lint format setup setup-dev model bench bench-serve clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -58,6 +58,10 @@ $(VENV)/.installed-bench: pyproject.toml | $(PY)
 # BENCH_ARGS passes flags on, e.g. make bench BENCH_ARGS="--only batch,prefix --runs 5"
 bench: $(VENV)/.installed-bench model  ## install the peers, run the benchmarks, rewrite benchmarks/RESULTS.md
 	$(PY) benchmarks/bench_engine.py $(BENCH_ARGS)
+
+# e.g. make bench-serve BENCH_SERVE_ARGS="--clients 8 --duration 20"
+bench-serve: $(VENV)/.installed-bench model  ## genforge's and llama.cpp's servers under 32 streaming clients, into RESULTS.md
+	$(PY) benchmarks/serve_load.py $(BENCH_SERVE_ARGS)
 
 clean:  ## remove the virtual environment (the model cache is kept)
 	rm -rf $(VENV)

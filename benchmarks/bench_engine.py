@@ -41,6 +41,7 @@ DTYPES = {  # genforge dtypes measured in each part
 LLAMA_CPP_PEER = {"single": "llama.cpp", "batch": "llama.cpp server", "prefix": "llama.cpp"}
 PREFIX_WARM_TARGET = 0.2  # warm TTFT <= this x cold (issue 3)
 NOTES_HEADING = "## Reading these figures"  # hand-written; kept when RESULTS.md is rewritten
+SERVE_LOAD_HEADING = "## Serving under load (serve_load.py)"  # written by serve_load.py; kept too
 QUALITY_PROMPTS = [
     "The capital of France is",
     "def quicksort(arr):\n",
@@ -402,11 +403,12 @@ def targets_section(results: dict, file_mb: float) -> list[str]:
 
 
 def kept_notes(out: Path) -> list[str]:
-    """The hand-written notes section of an existing RESULTS.md, to carry over."""
+    """What this script does not write (serve_load.py's section, then the notes), to carry over."""
     if not out.exists():
         return []
     text = out.read_text()
-    return text[text.index(NOTES_HEADING) :].rstrip().splitlines() if NOTES_HEADING in text else []
+    starts = [text.index(h) for h in (SERVE_LOAD_HEADING, NOTES_HEADING) if h in text]
+    return text[min(starts) :].rstrip().splitlines() if starts else []
 
 
 def write_results(out: Path, results: dict, args) -> None:

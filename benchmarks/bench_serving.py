@@ -113,17 +113,29 @@ def post_completion(url: str, body: dict) -> int:
 @contextmanager
 def llama_server(gguf: Path, n_ctx: int) -> Iterator[tuple[str, int]]:
     """Start llama-cpp-python's server on a free local port; yield its URL and pid."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, str(HERE / "llama_server.py"), "--model", str(gguf),
            "--n_threads", "2", "--n_threads_batch", "2", "--n_ctx", str(n_ctx),
            "--interrupt_requests", "False", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    with server_process(cmd, f"http://127.0.0.1:{port}") as (url, pid):
+        yield url, pid
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server_process(
+    cmd: list[str], url: str, ready: str = "/v1/models", env: dict | None = None
+) -> Iterator[tuple[str, int]]:
+    """Run a server, wait until GET url+ready answers, yield its URL and pid; stop it on exit."""
     with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            wait_until_up(proc, url, log)
+            wait_until_up(proc, url + ready, log)
             yield url, proc.pid
         finally:
             proc.terminate()
@@ -140,14 +152,14 @@ def wait_until_up(proc: subprocess.Popen, url: str, log, timeout_s: float = 180)
         if proc.poll() is not None:
             log.seek(0)
             raise RuntimeError(
-                f"llama.cpp server exited ({proc.returncode}):\n{log.read()[-3000:]}"
+                f"{' '.join(proc.args)} exited ({proc.returncode}):\n{log.read()[-3000:]}"
             )
         try:
-            with urllib.request.urlopen(url + "/v1/models", timeout=5):
+            with urllib.request.urlopen(url, timeout=5):
                 return
         except (urllib.error.URLError, ConnectionError):
             time.sleep(0.5)
-    raise RuntimeError(f"llama.cpp server did not answer on {url} within {timeout_s:.0f} s")
+    raise RuntimeError(f"no answer from {url} within {timeout_s:.0f} s")
 
 
 def vm_hwm_mb(pid: int) -> float:
