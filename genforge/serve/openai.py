@@ -1,0 +1,447 @@
+"""`/v1/chat/completions` and `/v1/completions`: OpenAI requests in, engine runs, OpenAI objects out.
+
+Every choice of a request is its own engine request (they are batched together by the engine);
+choice i of a request with `seed` s samples with seed s + i, so `n` choices differ but the request is
+reproducible. Streams are server-sent events ending with `data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from genforge.errors import GenforgeError
+from genforge.generate.engine import TokenLogprob
+from genforge.generate.llm import ChatPrompt
+from genforge.generate.sampling import SamplingParams
+from genforge.generate.structured import TOOL_CALL_OPEN, parse_tool_calls
+from genforge.serve.errors import bad_request
+from genforge.serve.runs import Run, deltas
+from genforge.serve.schemas import ChatRequest, CompletionRequest, Sampling
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(",", ":"))}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+# -- request -> engine inputs ----------------------------------------------------------------------
+
+
+def sampling_params(
+    llm, body: Sampling, n_prompt: int, max_tokens: int | None, limit: int, choice: int
+) -> SamplingParams:
+    """The engine's parameters for choice `choice`; every bound is checked with the numbers."""
+    ctx = llm.context_length
+    if n_prompt >= ctx:
+        raise bad_request(
+            f"This model's maximum context length is {ctx} tokens, but the prompt is {n_prompt} "
+            "tokens. Shorten the prompt.",
+            param="messages" if isinstance(body, ChatRequest) else "prompt",
+            code="context_length_exceeded",
+        )
+    if max_tokens is not None and max_tokens > limit:
+        raise bad_request(
+            f"max_tokens is {max_tokens}, above this server's limit of {limit}; ask for fewer "
+            "(the limit is set with genforge serve --max-tokens).",
+            param="max_tokens",
+        )
+    if max_tokens is not None and n_prompt + max_tokens > ctx:
+        raise bad_request(
+            f"This model's maximum context length is {ctx} tokens. However, you requested "
+            f"{n_prompt + max_tokens} tokens ({n_prompt} in the prompt, {max_tokens} for the "
+            f"completion). Lower max_tokens to at most {ctx - n_prompt} or shorten the prompt.",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    bias = {}
+    for key, value in (body.logit_bias or {}).items():
+        try:
+            bias[int(key)] = value
+        except ValueError:
+            raise bad_request(
+                f"logit_bias keys must be token ids, got {key!r}.", param="logit_bias"
+            ) from None
+    stop = [body.stop] if isinstance(body.stop, str) else body.stop
+    try:
+        return llm.sampling_params(
+            temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, min_p=body.min_p,
+            presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+            repetition_penalty=body.repetition_penalty, stop=stop or None,
+            seed=None if body.seed is None else body.seed + choice,
+            max_tokens=max_tokens if max_tokens is not None else min(limit, ctx - n_prompt),
+            logit_bias=bias or None,
+        )  # fmt: skip
+    except GenforgeError as e:
+        raise bad_request(str(e)) from None
+
+
+def check_vocab(llm, body: Sampling, ids: list[int]) -> None:
+    vocab = llm.config.vocab_size
+    if bad := [t for t in ids if not 0 <= t < vocab]:
+        raise bad_request(
+            f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1}).", "prompt"
+        )
+    if bad := [k for k in (body.logit_bias or {}) if k.isdigit() and int(k) >= vocab]:
+        raise bad_request(
+            f"logit_bias token id {bad[0]} is outside the vocabulary (0..{vocab - 1}).",
+            "logit_bias",
+        )
+
+
+def chat_prompt(llm, body: ChatRequest) -> ChatPrompt:
+    messages = []
+    for m in body.messages:
+        content = m.content
+        if isinstance(content, list):
+            if any(p.type != "text" for p in content):
+                kinds = sorted({p.type for p in content if p.type != "text"})
+                raise bad_request(
+                    f"this model reads text only; the message has {', '.join(kinds)} parts.",
+                    param="messages",
+                )
+            content = "".join(p.text or "" for p in content)
+        role = "system" if m.role == "developer" else m.role
+        messages.append(
+            {"role": role, "content": content, "name": m.name, "tool_calls": m.tool_calls,
+             "tool_call_id": m.tool_call_id}
+        )  # fmt: skip
+    fmt, json_schema = body.response_format, None
+    if fmt is not None and fmt.type == "json_object":
+        json_schema = {"type": "object"}
+    elif fmt is not None and fmt.type == "json_schema":
+        spec = fmt.json_schema or {}
+        if not isinstance(spec.get("schema", {}), dict):
+            raise bad_request("response_format.json_schema.schema must be an object.")
+        json_schema = spec.get("schema", {})
+    tool_choice = body.tool_choice if body.tool_choice is not None else "auto"
+    if body.tool_choice is not None and not body.tools and body.tool_choice != "none":
+        raise bad_request("tool_choice is set but no tools were given.", param="tool_choice")
+    try:
+        prompt = llm.chat_prompt(
+            messages, tools=body.tools, tool_choice=tool_choice, json_schema=json_schema
+        )
+        if prompt.grammar is not None:
+            prompt.grammar.check(llm.tokenizer, llm.config.vocab_size)
+    except GenforgeError as e:
+        param = "response_format" if json_schema is not None and not body.tools else None
+        raise bad_request(str(e), param=param or ("tools" if body.tools else "messages")) from None
+    return prompt
+
+
+# -- output pieces ----------------------------------------------------------------------------------
+
+
+def _chat_logprobs(llm, items: list[TokenLogprob]) -> list[dict]:
+    def entry(token: int, logprob: float) -> dict:
+        text = llm.tokenizer.token_text(token)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    eos = llm.tokenizer.eos_ids
+    return [
+        {**entry(t.token, t.logprob), "top_logprobs": [entry(i, lp) for i, lp in t.top]}
+        for t in items
+        if t.token not in eos
+    ]
+
+
+def _tool_calls(calls: list[dict]) -> list[dict]:
+    return [
+        {
+            "index": i,
+            "id": _id("call"),
+            "type": "function",
+            "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])},
+        }
+        for i, c in enumerate(calls)
+    ]
+
+
+class _ToolSplitter:
+    """Streams an answer's text unless it is a tool call, which is held back and parsed at the end.
+
+    Under the tool grammar an answer that starts with `<tool_call>` (after blanks) is calls only.
+    """
+
+    def __init__(self, active: bool):
+        self.state = "undecided" if active else "text"
+        self.held = ""
+
+    def push(self, text: str) -> str:
+        if self.state == "text":
+            return text
+        self.held += text
+        head = self.held.lstrip()
+        if head.startswith(TOOL_CALL_OPEN):
+            self.state = "calls"
+        elif head and not TOOL_CALL_OPEN.startswith(head):
+            self.state = "text"
+            out, self.held = self.held, ""
+            return out
+        return ""
+
+    def finish(self) -> tuple[str, list[dict]]:
+        """(text still held, tool calls)."""
+        text, calls = parse_tool_calls(self.held) if self.state == "calls" else (self.held, [])
+        return text, calls
+
+
+def _usage(runs: list[Run]) -> dict:
+    prompt = runs[0].n_prompt if runs else 0
+    completion = sum(r.n_generated for r in runs)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+# -- chat ------------------------------------------------------------------------------------------
+
+
+async def chat(llm, body: ChatRequest, limit: int, observe) -> tuple[list[Run], Any]:
+    """Check the request and start it: (runs, the response body or an async iterator of SSE)."""
+    prompt = chat_prompt(llm, body)
+    check_vocab(llm, body, prompt.ids)
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    params = [
+        sampling_params(llm, body, len(prompt.ids), max_tokens, limit, i) for i in range(body.n)
+    ]
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    if body.top_logprobs is not None and not body.logprobs:
+        raise bad_request("top_logprobs needs logprobs: true.", param="top_logprobs")
+    runs = [Run(len(prompt.ids)) for _ in params]
+    head = {"id": _id("chatcmpl"), "created": int(time.time()), "model": llm.name}
+    streams = [
+        _chat_choice(llm, prompt, p, logprobs, i, r, observe)
+        for i, (p, r) in enumerate(zip(params, runs, strict=True))
+    ]
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return runs, _chat_sse(head, streams, runs, include_usage, logprobs is not None)
+    choices = await _gather([_collect_chat(s, logprobs is not None) for s in streams])
+    return runs, {**head, "object": "chat.completion", "choices": choices, "usage": _usage(runs)}
+
+
+async def _chat_choice(llm, prompt: ChatPrompt, params, logprobs, index, run, observe):
+    """Chat deltas of one choice: {"content"}, then at the end {"tool_calls"} and the finish reason."""
+    tools = _ToolSplitter(prompt.tools is not None)
+    async for delta, lps in deltas(llm, prompt.ids, params, prompt.grammar, logprobs, run):
+        text = tools.push(delta.text)
+        finish = delta.finish_reason
+        piece = {"index": index, "content": text, "logprobs": _chat_logprobs(llm, lps)}
+        if finish is None:
+            if text or piece["logprobs"]:
+                yield piece, None
+            continue
+        held, calls = tools.finish()
+        piece["content"] = text + held
+        if calls:
+            piece["tool_calls"] = _tool_calls(calls)
+            finish = "tool_calls"
+        observe(run)
+        yield piece, finish
+
+
+async def _collect_chat(stream, with_logprobs: bool) -> dict:
+    content, lps, calls, finish = [], [], None, "length"
+    async for piece, reason in stream:
+        content.append(piece["content"])
+        lps += piece["logprobs"]
+        calls = piece.get("tool_calls", calls)
+        finish = reason or finish
+    message = {"role": "assistant", "content": "".join(content) if not calls else None}
+    if calls:
+        message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in calls]
+    return {
+        "index": 0,
+        "message": message,
+        "logprobs": {"content": lps} if with_logprobs else None,
+        "finish_reason": finish,
+    }
+
+
+async def _gather(coros: list) -> list:
+    """Run the choices together; the first failure cancels the others."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        results = await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+    for i, r in enumerate(results):
+        r["index"] = i
+    return results
+
+
+async def _merge(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int, Any]]:
+    """Items of several async iterators as they come, tagged with the iterator's index."""
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(i, it):
+        try:
+            async for item in it:
+                await queue.put((i, item))
+            await queue.put((i, done))
+        except BaseException as e:  # handed to the consumer
+            await queue.put((i, e))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            i, item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+async def _chat_sse(head, streams, runs, include_usage: bool, with_logprobs: bool):
+    chunk = {**head, "object": "chat.completion.chunk"}
+    extra = {"usage": None} if include_usage else {}
+    for i in range(len(streams)):  # the role first, as OpenAI does
+        delta = {"role": "assistant", "content": ""}
+        yield sse({**chunk, "choices": [_chunk_choice(i, delta, None, None)], **extra})
+    async for i, (piece, finish) in _merge(streams):
+        delta = {"content": piece["content"]} if piece["content"] or not finish else {}
+        if "tool_calls" in piece:
+            delta = {"tool_calls": piece["tool_calls"]}
+        lps = {"content": piece["logprobs"]} if with_logprobs else None
+        yield sse({**chunk, "choices": [_chunk_choice(i, delta, lps, finish)], **extra})
+    if include_usage:
+        yield sse({**chunk, "choices": [], "usage": _usage(runs)})
+    yield SSE_DONE
+
+
+def _chunk_choice(index, delta, logprobs, finish) -> dict:
+    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+
+
+# -- completions -------------------------------------------------------------------------------------
+
+
+def _prompts(llm, body: CompletionRequest) -> list[tuple[str, list[int]]]:
+    p = body.prompt
+    if isinstance(p, str):
+        p = [p]
+    if not p:
+        raise bad_request("prompt must not be empty.", param="prompt")
+    if all(isinstance(t, int) for t in p):
+        p = [p]
+    out = []
+    for item in p:
+        if isinstance(item, str):
+            out.append((item, llm.tokenizer.encode(item, add_special=True)))
+        else:
+            check_vocab(llm, body, item)
+            out.append((llm.tokenizer.decode(item), list(item)))
+    return out
+
+
+async def completions(llm, body: CompletionRequest, limit: int, observe):
+    if body.suffix:
+        raise bad_request("suffix (fill-in-the-middle) is not supported.", param="suffix")
+    if body.best_of not in (None, 1, body.n):
+        raise bad_request("best_of is not supported; use n.", param="best_of")
+    if body.echo and body.logprobs is not None:
+        raise bad_request(
+            "echo with logprobs would need the prompt's log-probabilities, which this server does "
+            "not compute; drop one of them.",
+            param="echo",
+        )
+    prompts = _prompts(llm, body)
+    check_vocab(llm, body, [])
+    jobs = []
+    for text, ids in prompts:
+        for i in range(body.n):
+            jobs.append(
+                (text, ids, sampling_params(llm, body, len(ids), body.max_tokens, limit, i))
+            )
+    runs = [Run(len(ids)) for _, ids, _ in jobs]
+    head = {"id": _id("cmpl"), "created": int(time.time()), "model": llm.name}
+    streams = [
+        _completion_choice(llm, text, ids, p, body, r, observe)
+        for (text, ids, p), r in zip(jobs, runs, strict=True)
+    ]
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return runs, _completion_sse(head, streams, runs, include_usage, prompts)
+    choices = await _gather([_collect_completion(s) for s in streams])
+    usage = _usage(runs)
+    usage["prompt_tokens"] = sum(len(ids) for _, ids in prompts)
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    return runs, {**head, "object": "text_completion", "choices": choices, "usage": usage}
+
+
+async def _completion_choice(llm, text, ids, params, body: CompletionRequest, run, observe):
+    offset = len(text) if body.echo else 0
+    if body.echo:
+        yield {"text": text, "logprobs": None}, None
+    async for delta, lps in deltas(llm, ids, params, None, body.logprobs, run):
+        logprobs = None
+        if body.logprobs is not None:
+            logprobs, offset = _legacy_logprobs(llm, lps, offset)
+        if delta.finish_reason:
+            observe(run)
+        if delta.text or delta.finish_reason or logprobs:
+            yield {"text": delta.text, "logprobs": logprobs}, delta.finish_reason
+
+
+def _legacy_logprobs(llm, items: list[TokenLogprob], offset: int) -> tuple[dict, int]:
+    eos = llm.tokenizer.eos_ids
+    out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for t in items:
+        if t.token in eos:
+            continue
+        text = llm.tokenizer.token_text(t.token)
+        out["tokens"].append(text)
+        out["token_logprobs"].append(t.logprob)
+        out["top_logprobs"].append({llm.tokenizer.token_text(i): lp for i, lp in t.top})
+        out["text_offset"].append(offset)
+        offset += len(text)
+    return out, offset
+
+
+async def _collect_completion(stream) -> dict:
+    text, finish = [], "length"
+    logprobs = None
+    async for piece, reason in stream:
+        text.append(piece["text"])
+        if piece["logprobs"] is not None:
+            if logprobs is None:
+                logprobs = {k: [] for k in piece["logprobs"]}
+            for k, v in piece["logprobs"].items():
+                logprobs[k] += v
+        finish = reason or finish
+    return {"index": 0, "text": "".join(text), "logprobs": logprobs, "finish_reason": finish}
+
+
+async def _completion_sse(head, streams, runs, include_usage: bool, prompts):
+    chunk = {**head, "object": "text_completion"}
+    extra = {"usage": None} if include_usage else {}
+    async for i, (piece, finish) in _merge(streams):
+        choice = {"index": i, "text": piece["text"], "logprobs": piece["logprobs"]}
+        yield sse({**chunk, "choices": [{**choice, "finish_reason": finish}], **extra})
+    if include_usage:
+        usage = _usage(runs)
+        usage["prompt_tokens"] = sum(len(ids) for _, ids in prompts)
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        yield sse({**chunk, "choices": [], "usage": usage})
+    yield SSE_DONE
