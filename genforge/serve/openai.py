@@ -29,7 +29,7 @@ def _id(prefix: str) -> str:
 
 
 def sse(obj: Any) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(",", ":"))}\n\n"
+    return "data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n\n"
 
 
 SSE_DONE = "data: [DONE]\n\n"
