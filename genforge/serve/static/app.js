@@ -540,11 +540,15 @@ async function loadModels() {
     ui.model.replaceChildren(
       ...chat.map((m) => {
         const option = document.createElement("option");
-        option.value = option.textContent = m.id;
+        option.value = m.id;
+        option.textContent = m.genforge?.loaded === false ? `${m.id} (loads on first use)` : m.id;
         return option;
       }),
     );
-    if (chat.some((m) => m.id === state.settings.model)) ui.model.value = state.settings.model;
+    const preferred =
+      chat.find((m) => m.id === state.settings.model) ||
+      chat.find((m) => m.genforge?.loaded !== false);
+    if (preferred) ui.model.value = preferred.id;
     if (!chat.length) setStatus("The server has no chat model loaded.");
     renderMessages();
   } catch (err) {
