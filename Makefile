@@ -7,7 +7,7 @@ DEFAULT_MODEL := smollm2-135m-instruct
 # Set-up output goes to stderr so that `echo "question" | make run` prints only the answer.
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run test test-slow lint format setup setup-dev model bench bench-serve clean help
+.PHONY: run test test-slow lint format setup setup-dev model browser bench bench-serve clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -43,10 +43,18 @@ format: $(VENV)/.installed-dev  ## apply ruff fixes and formatting
 	@$(VENV)/bin/ruff check --fix .
 	@$(VENV)/bin/ruff format .
 
-test: lint model  ## set up with dev extras, lint, then the test suite (slow tests excluded)
+# The web UI's browser test drives Debian's chromium (Playwright's own browser download is not used).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@{ apt-get install -y -qq chromium || \
+		{ apt-get update -qq && apt-get install -y -qq chromium; }; } 1>&2
+
+browser: $(CHROMIUM)  ## install Debian's chromium when it is missing (for the web UI test)
+
+test: lint model browser  ## set up with dev extras, lint, then the test suite (slow tests excluded)
 	$(PY) -m pytest -m "not slow"
 
-test-slow: lint model  ## the tests on the larger real models (Qwen2.5-Coder-0.5B, Gemma 3 270M)
+test-slow: lint model browser  ## the tests on the larger real models (Qwen2.5-Coder-0.5B, Gemma 3 270M)
 	$(PY) -m pytest -m slow
 
 $(VENV)/.installed-bench: pyproject.toml | $(PY)
