@@ -138,9 +138,11 @@ class LLM:
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
         answer = _grammar(json_schema, grammar)
+        native = "tools" in (self.tokenizer.chat_template or "")
         if not tools or tool_choice == "none":
-            ids = self.tokenizer.encode_chat(messages, add_generation_prompt=True)
-            return ChatPrompt(ids, answer)
+            # Earlier tool calls and results still need writing out for a template without tools.
+            msgs = messages if native else inline_tools(messages, None)
+            return ChatPrompt(self.tokenizer.encode_chat(msgs, add_generation_prompt=True), answer)
         if isinstance(tool_choice, dict):
             name = (tool_choice.get("function") or {}).get("name")
             chosen = [t for t in tools if (t.get("function") or {}).get("name") == name]
@@ -155,7 +157,7 @@ class LLM:
         required = tool_choice != "auto"
         if answer is not None and required:
             raise GenforgeError("a response format has no effect when a tool call is required.")
-        if "tools" in (self.tokenizer.chat_template or ""):
+        if native:
             ids = self.tokenizer.encode_chat(messages, add_generation_prompt=True, tools=tools)
         else:  # the template knows nothing of tools: describe them in the system message
             ids = self.tokenizer.encode_chat(

@@ -94,7 +94,10 @@ class Grammar:
         error = _llg().LLMatcher.validate_grammar(self.spec, ll_tokenizer(tokenizer, vocab_size))
         if error:
             what = {"json_schema": "JSON schema", "lark": "grammar", "regex": "regex"}[self.kind]
-            raise GenforgeError(f"this {what} cannot be enforced: {error.strip()}")
+            raise GenforgeError(
+                f"this {what} cannot be enforced ({error.strip().rstrip('.')}); "
+                "remove or rewrite that part."
+            )
 
     def constraint(self, tokenizer, vocab_size: int) -> Constraint:
         self.check(tokenizer, vocab_size)

@@ -34,6 +34,7 @@ from genforge.serve.upstream import Forwarder
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
+POST_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
 
 @dataclass
@@ -193,7 +194,9 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
         return {"object": "list", "data": data, "model": body.model, "usage": usage}
 
     @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
-    async def unknown_route(path: str):
+    async def unknown_route(path: str, request: Request):
+        if f"/v1/{path}" in POST_ROUTES:
+            raise APIError(405, f"{request.method} is not allowed on /v1/{path}; use POST.")
         raise APIError(404, f"Unknown route /v1/{path}.")
 
     if STATIC.is_dir():
@@ -375,7 +378,8 @@ class _Metrics:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope["path"] if scope["path"].startswith("/v1/") else "other"
-            if route.startswith("/v1/models/"):
+            path = scope["path"]
+            route = path if path in (*POST_ROUTES, "/v1/models", "/health", "/metrics") else "other"
+            if path.startswith("/v1/models/"):
                 route = "/v1/models/{id}"
             self.metrics.requests.labels(route, str(status)).inc()

@@ -1,0 +1,80 @@
+"""A real `genforge serve` process on a free port, and the official OpenAI client pointed at it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+API_KEY = "test-key"
+MODEL = "smollm2-135m-instruct"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m genforge serve ARGS` until stopped; `url` is its base URL."""
+
+    def __init__(self, *args: str, ready_timeout: float = 180):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "GENFORGE_API_KEY": ""}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "genforge", "serve", "--port", str(self.port), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        )  # fmt: skip
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"genforge serve exited:\n{self.proc.stdout.read()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("genforge serve did not become ready")
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.stdout.read()
+
+
+@pytest.fixture(scope="session")
+def server(smollm2_path):
+    """One server for the API tests: an API key, small limits to test them, the default model."""
+    s = Server("-m", MODEL, "--api-key", API_KEY, "--max-tokens", "512",
+               "--max-body-bytes", "65536", "--ctx", "1024")  # fmt: skip
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    openai = pytest.importorskip("openai")
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+def metric(server: Server, name: str, labels: str = "") -> float:
+    """A sample's value from /metrics (0 if absent)."""
+    text = httpx.get(f"{server.url}/metrics", headers={"authorization": f"Bearer {API_KEY}"}).text
+    key = f"{name}{{{labels}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(key + " "):
+            return float(line.split()[-1])
+    return 0.0
