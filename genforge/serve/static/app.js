@@ -423,7 +423,7 @@ async function streamAnswer(conv, answer) {
         if (!first) first = last;
         chunks += 1;
         answer.content += delta;
-        queueAnswerRender(conv);
+        // queueAnswerRender(conv);
       }
     }
     answer.stats = stats();
@@ -643,6 +643,7 @@ ui.model.addEventListener("change", () => {
 $("#new-chat").addEventListener("click", newChat);
 $("#open-settings").addEventListener("click", () => openSettings());
 ui.settings.addEventListener("close", applySettings);
+$(".chat").addEventListener("click", closeListOnPhone); // a tap beside the open list closes it
 ui.toggleList.addEventListener("click", () =>
   setListOpen(!ui.sidebar.classList.contains("open")),
 );
