@@ -163,9 +163,14 @@ def test_answer_streams_in_and_survives_a_reload(page, server):
         }).observe(document.querySelector('#messages'),
                    {subtree: true, childList: true, characterData: true});
     }""")
-    question = "Write three sentences about the sea."
-    _send(page, question)
+    page.fill("#prompt", "Write three sentences about the sea.")
+    page.press("#prompt", "Shift+Enter")  # a new line, not a send
+    page.keyboard.type("Keep them short.")
+    question = "Write three sentences about the sea.\nKeep them short."
+    assert page.input_value("#prompt") == question
+    page.press("#prompt", "Enter")
     assert page.is_visible("#stop") and page.is_hidden("#send")
+    assert page.input_value("#prompt") == ""
     answer = _wait_for_answer(page)
 
     assert answer.strip()
@@ -192,7 +197,8 @@ def test_answer_streams_in_and_survives_a_reload(page, server):
 
     page.reload()
     _wait_for_models(page)
-    assert page.locator("#conversations .conversation").all_text_contents() == [question]
+    titles = page.locator("#conversations .conversation").all_text_contents()
+    assert titles == ["Write three sentences about the sea."]  # the first line of the first message
     assert page.get_attribute("#conversations .conversation", "aria-current") == "true"
     assert page.text_content("#messages .message.user .content") == question
     assert page.text_content(f"{LAST_ANSWER} .content") == answer
@@ -297,6 +303,9 @@ def test_phone_screen_has_no_sideways_scroll(page):
     assert page.is_visible("#sidebar")
     assert page.get_attribute("#toggle-list", "aria-expanded") == "true"
     page.screenshot(path=ARTIFACTS / "webui-phone-list.png")
+    page.mouse.click(370, 400)  # beside the list: it closes
+    assert page.is_hidden("#sidebar")
+    page.click("#toggle-list")
     page.click("#conversations .conversation")
     assert page.is_hidden("#sidebar")
 

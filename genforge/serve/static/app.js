@@ -423,7 +423,7 @@ async function streamAnswer(conv, answer) {
         if (!first) first = last;
         chunks += 1;
         answer.content += delta;
-        // queueAnswerRender(conv);
+        queueAnswerRender(conv);
       }
     }
     answer.stats = stats();
