@@ -3,6 +3,7 @@
 `genforge serve` runs in its own process on SmolLM2 and the test uses the page as a person would:
 the answer streams in, Stop ends a long one and the page is usable again, a phone-sized screen has no
 sideways scroll, the markdown renderer lets no HTML through, and the conversation survives a reload.
+The server wants an API key, so every test starts with the page asking for it.
 Screenshots of each test's last state go to tests/artifacts/, with the server's log.
 """
 
@@ -26,6 +27,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]  # fmt: skip
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+API_KEY = "webui-test-key"  # the page must ask for it, keep it, and send it
 HEALTH_TIMEOUT_S = 120
 ANSWER_TIMEOUT_MS = 120_000
 LAST_ANSWER = "#messages .message.assistant:last-child"
@@ -66,12 +68,13 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server(smollm2_path):
+def server_url(smollm2_path):
     """A `genforge serve` process on a free port, up once GET /health answers 200; its URL."""
     ARTIFACTS.mkdir(exist_ok=True)
     log = ARTIFACTS / "webui-server.log"
     port = _free_port()
-    cmd = [sys.executable, "-m", "genforge", "serve", "-m", MODEL, "--port", str(port)]
+    cmd = [sys.executable, "-m", "genforge", "serve", "-m", MODEL, "--port", str(port),
+           "--api-key", API_KEY]  # fmt: skip
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -88,15 +91,20 @@ def server(smollm2_path):
 
 
 @pytest.fixture
-def page(browser, server, request):
-    """A fresh browser profile (empty localStorage) on the UI; fails the test on a JS exception."""
+def page(browser, server_url, request):
+    """A fresh browser profile on the UI, past its API key prompt; fails the test on a JS error."""
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     context.set_default_timeout(60_000)
     page = context.new_page()
     errors = []
     page.on("pageerror", lambda err: errors.append(str(err)))
-    page.goto(f"{server}/")
-    _wait_for_models(page)
+    page.goto(f"{server_url}/")
+    page.wait_for_selector("#settings[open]")  # the model list answered 401: the page asks
+    assert page.is_visible("#key-hint")
+    assert page.evaluate("document.activeElement.id") == "api-key"
+    page.keyboard.type(API_KEY)
+    page.click("#save-settings")
+    _wait_for_models(page)  # the model list is asked for again, with the key
     yield page
     page.screenshot(path=ARTIFACTS / f"webui-{request.node.name.removeprefix('test_')}.png")
     context.close()
@@ -126,7 +134,8 @@ def _wait_for_answer(page: Page) -> str:
 
 
 def _get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=10) as res:
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=auth), timeout=10) as res:
         return res.read()
 
 
@@ -143,8 +152,8 @@ def _wait_until_idle(url: str) -> None:
         time.sleep(0.2)
 
 
-def test_answer_streams_in_and_survives_a_reload(page, server):
-    models = json.loads(_get(f"{server}/v1/models"))["data"]
+def test_answer_streams_in_and_survives_a_reload(page, server_url):
+    models = json.loads(_get(f"{server_url}/v1/models"))["data"]
     chat_models = [m["id"] for m in models if m["genforge"]["kind"] != "embedding"]
     assert len(chat_models) < len(models)  # the server lists an embedding model: the UI hides it
     picker = page.locator("#model option").evaluate_all("els => els.map(e => e.value)")
@@ -195,8 +204,11 @@ def test_answer_streams_in_and_survives_a_reload(page, server):
         "max_tokens": 40,
     }
 
+    assert chat.headers["authorization"] == f"Bearer {API_KEY}"
+
     page.reload()
-    _wait_for_models(page)
+    _wait_for_models(page)  # the key was kept: no prompt this time
+    assert not page.is_visible("#settings")
     titles = page.locator("#conversations .conversation").all_text_contents()
     assert titles == ["Write three sentences about the sea."]  # the first line of the first message
     assert page.get_attribute("#conversations .conversation", "aria-current") == "true"
@@ -209,7 +221,7 @@ def test_answer_streams_in_and_survives_a_reload(page, server):
     assert page.text_content(f"{LAST_ANSWER} .content") == answer
 
 
-def test_stop_ends_a_long_answer_and_the_page_stays_usable(page, server):
+def test_stop_ends_a_long_answer_and_the_page_stays_usable(page, server_url):
     _settings(page, max_tokens="2000")
     _send(page, "Count from 1 to 500, one number per line.")
     page.wait_for_function(
@@ -223,7 +235,8 @@ def test_stop_ends_a_long_answer_and_the_page_stays_usable(page, server):
     assert page.text_content(f"{LAST_ANSWER} .content") == stopped, "text still arrives after Stop"
     assert page.text_content(f"{LAST_ANSWER} .stats").startswith("Stopped")
     assert page.text_content("#status") == "Stopped."
-    _wait_until_idle(server)  # the aborted fetch closed the connection, which cancels generation
+    # The aborted fetch closed the connection, and that cancels the generation on the server.
+    _wait_until_idle(server_url)
     page.screenshot(path=ARTIFACTS / "webui-stopped.png")
 
     _settings(page, max_tokens="16")
