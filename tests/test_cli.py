@@ -125,3 +125,29 @@ def test_folder_without_tokenizer(tiny_model_dir, tmp_path):
     for name in ("config.json", "model.safetensors"):
         shutil.copy(tiny_model_dir / name, tmp_path / name)
     assert_one_line_error(genforge("generate", "-m", str(tmp_path), "hi"), "no tokenizer.json")
+
+
+def test_generate_json_schema(smollm2_path, tmp_path):
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string", "maxLength": 30}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(schema))
+    r = genforge("generate", "--json-schema", str(path), "The capital of France, as JSON:",
+                 "--temperature", "1", "--seed", "4")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert set(json.loads(r.stdout)) == {"answer"}
+    path.write_text("{broken")
+    assert_one_line_error(genforge("generate", "--json-schema", str(path), "x"), "not valid JSON")
+    assert_one_line_error(
+        genforge("generate", "--json-schema", str(tmp_path / "none.json"), "x"), "cannot read"
+    )
+
+
+def test_serve_refuses_bad_flags():
+    assert_one_line_error(genforge("serve", "--port", "-1"), "--port must be")
+    assert_one_line_error(genforge("serve", "-m", "no-such-model"), "unknown model")
+    assert_one_line_error(genforge("serve", "--upstream", "ftp://x"), "http")

@@ -127,13 +127,13 @@ class LLM:
     def chat_prompt(
         self, messages: list[dict] | str, *, tools: list[dict] | None = None,
         tool_choice: str | dict = "auto", json_schema: dict | None = None,
-        grammar: Grammar | str | None = None,
+        grammar: Grammar | str | None = None, parallel_tool_calls: bool = True,
     ) -> ChatPrompt:  # fmt: skip
         """Render a chat with the model's template, and the grammar its answer must follow.
 
         tools: OpenAI-style function tools; tool_choice "auto" (answer or call), "required" (call
-        at least one), "none" (tools hidden), or {"type": "function", "function": {"name": ...}}.
-        Tool calls are decoded under a grammar, so their arguments always match the schema.
+        at least one), "none" (tools hidden), or {"type": "function", "function": {"name": ...}};
+        parallel_tool_calls=False allows one call per answer. Tool calls are decoded under a grammar, so their arguments always match the schema.
         """
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
@@ -163,12 +163,13 @@ class LLM:
             ids = self.tokenizer.encode_chat(
                 inline_tools(messages, tools), add_generation_prompt=True
             )
-        return ChatPrompt(ids, tool_call_grammar(chosen, required, answer), chosen)
+        grammar = tool_call_grammar(chosen, required, answer, self.tokenizer, parallel_tool_calls)
+        return ChatPrompt(ids, grammar, chosen)
 
     def chat(
         self, messages: list[dict] | str, *, stream: bool = False, tools: list[dict] | None = None,
-        tool_choice: str | dict = "auto", json_schema: dict | None = None,
-        grammar: Grammar | str | None = None, **sampling,
+        tool_choice: str | dict = "auto", parallel_tool_calls: bool = True,
+        json_schema: dict | None = None, grammar: Grammar | str | None = None, **sampling,
     ) -> str | Iterator[str]:  # fmt: skip
         """Answer the conversation `messages` (or one user message) with the model's chat template.
 
@@ -176,8 +177,9 @@ class LLM:
         `genforge.generate.structured.parse_tool_calls` splits it out.
         """
         prompt = self.chat_prompt(
-            messages, tools=tools, tool_choice=tool_choice, json_schema=json_schema, grammar=grammar
-        )
+            messages, tools=tools, tool_choice=tool_choice, json_schema=json_schema,
+            grammar=grammar, parallel_tool_calls=parallel_tool_calls,
+        )  # fmt: skip
         params = self.sampling_params(**sampling)
         if stream:
             return (d.text for d in self._run(prompt.ids, params, prompt.grammar) if d.text)

@@ -161,16 +161,22 @@ def tool_call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def tool_call_grammar(
-    tools: list[dict[str, Any]], required: bool, answer: Grammar | None = None
-) -> Grammar:
+    tools: list[dict[str, Any]], required: bool, answer: Grammar | None = None, tokenizer=None,
+    parallel: bool = True,
+) -> Grammar:  # fmt: skip
     """Calls of `tools` (one or more, newline-separated); with required=False, or an answer instead:
     one matching `answer` (a JSON schema grammar), or else any text that does not start with a
     tool call, so a model that begins a call is held to the schema from its first token.
+    parallel=False allows one call only.
+
+    When the tokenizer has the tags as tokens of their own (Qwen), the grammar asks for those
+    tokens, as the model was trained to write them.
     """
     schema = json.dumps(tool_call_schema(tools))
+    open_, close = (_tag(tokenizer, t) for t in (TOOL_CALL_OPEN, TOOL_CALL_CLOSE))
     rules = [
-        'calls: call ("\\n" call)*',
-        f'call: "{TOOL_CALL_OPEN}\\n" args "\\n{TOOL_CALL_CLOSE}"',
+        'calls: call ("\\n" call)*' if parallel else "calls: call",
+        f'call: {open_} "\\n" args "\\n" {close}',
         f"args: %json {schema}",
     ]
     if required:
@@ -185,6 +191,12 @@ def tool_call_grammar(
             f"TEXT: /(?s:.*)/ & ~/(?s:[ \\t\\n]*{TOOL_CALL_OPEN}.*)/",
         ]
     return Grammar.lark("\n".join(start + rules))
+
+
+def _tag(tokenizer, text: str) -> str:
+    """A Lark item for `text`: its own token where the vocabulary has one, else the literal text."""
+    token_id = tokenizer.hf.token_to_id(text) if tokenizer is not None else None
+    return f"<[{token_id}]>" if token_id is not None else json.dumps(text)
 
 
 def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:

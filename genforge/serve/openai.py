@@ -129,8 +129,9 @@ def chat_prompt(llm, body: ChatRequest) -> ChatPrompt:
         raise bad_request("tool_choice is set but no tools were given.", param="tool_choice")
     try:
         prompt = llm.chat_prompt(
-            messages, tools=body.tools, tool_choice=tool_choice, json_schema=json_schema
-        )
+            messages, tools=body.tools, tool_choice=tool_choice, json_schema=json_schema,
+            parallel_tool_calls=body.parallel_tool_calls,
+        )  # fmt: skip
         if prompt.grammar is not None:
             prompt.grammar.check(llm.tokenizer, llm.config.vocab_size)
     except GenforgeError as e:

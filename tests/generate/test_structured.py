@@ -1,0 +1,174 @@
+"""Structured output in the library: grammars from JSON schemas and Lark, tool calls, and parsing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from genforge.errors import GenforgeError
+from genforge.generate.structured import Grammar, inline_tools, parse_tool_calls, tool_call_grammar
+
+jsonschema = pytest.importorskip("jsonschema")
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 30},
+        "population": {"type": "integer", "minimum": 0},
+        "coastal": {"type": "boolean"},
+    },
+    "required": ["city", "population", "coastal"],
+    "additionalProperties": False,
+}
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "search",
+        "parameters": {
+            "type": "object",
+            "properties": {"query": {"type": "string", "maxLength": 40}},
+            "required": ["query"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def test_schema_output_always_validates(smollm2):
+    prompt = [{"role": "user", "content": "Describe a city as JSON."}]
+    for seed in range(12):
+        out = smollm2.chat(prompt, json_schema=SCHEMA, temperature=1.0, seed=seed, max_tokens=120)
+        jsonschema.validate(json.loads(out), SCHEMA)
+
+
+def test_lark_grammar_limits_the_answer(smollm2):
+    for seed in range(4):
+        out = smollm2.chat(
+            "Is the sky blue?", grammar='start: "yes" | "no"', temperature=1.0, seed=seed
+        )
+        assert out in ("yes", "no")
+
+
+def test_streamed_schema_output(smollm2):
+    pieces = list(smollm2.generate("A city: ", json_schema=SCHEMA, stream=True, temperature=0))
+    jsonschema.validate(json.loads("".join(pieces)), SCHEMA)
+
+
+def test_required_tool_call_parses(smollm2):
+    out = smollm2.chat(
+        "Search the web for the tallest mountain.", tools=[TOOL], tool_choice="required",
+        temperature=1.0, seed=3, max_tokens=200,
+    )  # fmt: skip
+    text, calls = parse_tool_calls(out)
+    assert text == "" and calls
+    for call in calls:
+        assert call["name"] == "search"
+        jsonschema.validate(call["arguments"], TOOL["function"]["parameters"])
+
+
+def test_auto_tools_answer_is_text_or_calls(smollm2):
+    for seed in range(6):
+        out = smollm2.chat(
+            "Hello! Who are you?", tools=[TOOL], temperature=1.0, seed=seed, max_tokens=60
+        )
+        text, calls = parse_tool_calls(out)
+        if "<tool_call>" in out.lstrip()[:11]:
+            assert calls and text == ""
+        else:
+            assert not calls and text == out
+
+
+def test_unsupported_schema_names_the_feature(smollm2):
+    g = Grammar.json_schema({"type": "object", "if": {"required": ["a"]}})
+    with pytest.raises(GenforgeError, match='"if"'):
+        smollm2.constraint(g)
+    with pytest.raises(GenforgeError, match="not valid JSON"):
+        Grammar.json_schema("{nope")
+    with pytest.raises(GenforgeError, match="json_schema or grammar"):
+        smollm2.chat("hi", json_schema=SCHEMA, grammar='start: "x"')
+    with pytest.raises(GenforgeError, match="not one of the tools"):
+        smollm2.chat_prompt("hi", tools=[TOOL], tool_choice={"function": {"name": "nope"}})
+
+
+def test_tool_grammar_checks_tools():
+    with pytest.raises(GenforgeError, match="non-empty name"):
+        tool_call_grammar([{"type": "function", "function": {}}], required=True)
+
+
+def test_parse_tool_calls():
+    one = '<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>'
+    assert parse_tool_calls(one) == ("", [{"name": "f", "arguments": {"x": 1}}])
+    two = one + "\n" + one.replace('"f"', '"g"')
+    assert [c["name"] for c in parse_tool_calls(two)[1]] == ["f", "g"]
+    assert parse_tool_calls("Let me check.\n" + one)[0] == "Let me check."
+    for broken in ("plain text", "<tool_call>\n{oops}\n</tool_call>", "<tool_call>{}", one + " x"):
+        assert parse_tool_calls(broken) == (broken, [])
+
+
+def test_inline_tools_for_templates_without_tool_support():
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Find cats."},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "1",
+                    "type": "function",
+                    "function": {"name": "search", "arguments": '{"query": "cats"}'},
+                }
+            ],
+        },  # fmt: skip
+        {"role": "tool", "tool_call_id": "1", "content": "many cats"},
+    ]
+    out = inline_tools(messages, [TOOL])
+    assert out[0]["content"].startswith("Be brief.") and '"name": "search"' in out[0]["content"]
+    assert json.loads(out[2]["content"].split("\n")[1]) == {
+        "name": "search",
+        "arguments": {"query": "cats"},
+    }
+    assert out[3] == {"role": "user", "content": "<tool_response>\nmany cats\n</tool_response>"}
+
+
+def test_logprobs_recorded_per_token(smollm2):
+    from genforge.generate.sampling import SamplingParams
+
+    ids = smollm2.tokenizer.encode("The sky is", add_special=True)
+    params = SamplingParams(temperature=0, max_tokens=5)
+    stream = smollm2.engine.generate(ids, params, logprobs=2)
+    tokens = list(stream)
+    lps = stream.request.state.token_logprobs
+    assert [t.token for t in lps] == tokens
+    for t in lps:
+        assert t.top[0][0] == t.token and t.logprob == pytest.approx(t.top[0][1])
+        assert t.logprob <= 0 and len(t.top) == 2
+
+
+@pytest.mark.slow
+def test_qwen_native_template_parallel_tool_calls(qwen_path):
+    import genforge
+
+    llm = genforge.load(str(qwen_path))
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+    ask = "What is the weather in Paris and in Rome? Call the tool once per city."
+    out = llm.chat(ask, tools=[weather], tool_choice="required", temperature=0, max_tokens=120)
+    text, calls = parse_tool_calls(out.rsplit("</tool_call>", 1)[0] + "</tool_call>")
+    assert [c["arguments"]["city"] for c in calls[:2]] == ["Paris", "Rome"]
+    out = llm.chat(
+        ask, tools=[weather], tool_choice="required", parallel_tool_calls=False, temperature=0
+    )
+    text, calls = parse_tool_calls(out)
+    assert [c["arguments"]["city"] for c in calls] == ["Paris"]
+    llm.engine.close()
