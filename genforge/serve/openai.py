@@ -212,7 +212,8 @@ def _usage(runs: list[Run]) -> dict:
 
 async def chat(llm, body: ChatRequest, limit: int, observe) -> tuple[list[Run], Any]:
     """Check the request and start it: (runs, the response body or an async iterator of SSE)."""
-    prompt = chat_prompt(llm, body)
+    # Off the event loop: rendering, tokenizing and compiling a grammar can take a while.
+    prompt = await asyncio.to_thread(chat_prompt, llm, body)
     check_vocab(llm, body, prompt.ids)
     max_tokens = body.max_completion_tokens or body.max_tokens
     params = [
