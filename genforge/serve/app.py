@@ -141,8 +141,12 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
             runs, result = await run(llm, body, config.max_tokens, observe)
             metrics.prompt_tokens.labels(llm.name).inc(runs[0].n_prompt if runs else 0)
             if body.stream:
+                # Started here, so that its `finally` (release) runs however the response ends,
+                # even if the client is gone before the body is sent.
+                stream = _guarded_stream(result, release)
+                first = await stream.__anext__()
                 return StreamingResponse(
-                    _guarded_stream(result, release),
+                    _prepend(first, stream),
                     media_type="text/event-stream",
                     headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
                 )
@@ -155,13 +159,13 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         return await _until_disconnect(
-            request, generation(request, body, "/v1/chat/completions", openai.chat), body.stream
+            request, generation(request, body, "/v1/chat/completions", openai.chat)
         )
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         return await _until_disconnect(
-            request, generation(request, body, "/v1/completions", openai.completions), body.stream
+            request, generation(request, body, "/v1/completions", openai.completions)
         )
 
     @app.post("/v1/embeddings")
@@ -253,11 +257,16 @@ async def _guarded_stream(chunks, release):
         release()
 
 
-async def _until_disconnect(request: Request, work, stream: bool):
-    """Await `work`; a non-streamed request whose client goes away is cancelled (and so its
-    generation). Streamed responses are cancelled by Starlette when the client disconnects."""
-    if stream:
-        return await work
+async def _prepend(first, rest):
+    yield first
+    async for item in rest:
+        yield item
+
+
+async def _until_disconnect(request: Request, work):
+    """Await `work` (the whole answer, or a stream's first event); if the client goes away first,
+    cancel it, and so its generation. A stream's later events are cancelled by Starlette when the
+    client disconnects."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(request))
     try:

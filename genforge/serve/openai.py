@@ -296,7 +296,7 @@ async def _merge(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int, Any]]
             async for item in it:
                 await queue.put((i, item))
             await queue.put((i, done))
-        except BaseException as e:  # handed to the consumer
+        except Exception as e:  # handed to the consumer
             await queue.put((i, e))
 
     tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
