@@ -127,7 +127,7 @@ class Registry:
     async def unload_loop(self) -> None:
         while True:
             await asyncio.sleep(max(1.0, min(30.0, (self.idle_unload or 30) / 4)))
-            await asyncio.to_thread(self.unload_idle)
+            self.unload_idle()  # on the event loop, so no request can acquire a model being unloaded
 
     def close(self) -> None:
         for entry in self.loaded.values():
