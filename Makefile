@@ -62,7 +62,7 @@ browser: $(CHROMIUM)  ## install Debian's chromium when it is missing (for the w
 test: lint model browser  ## set up with dev extras, lint, then the test suite (slow tests excluded)
 	$(PY) -m pytest -m "not slow"
 
-test-slow: lint model browser  ## the tests on the larger real models (Qwen2.5-Coder-0.5B, Gemma 3 270M)
+test-slow: lint model browser  ## the tests on the larger real models (Qwen2.5-Coder-0.5B, Gemma 3 270M) and the server soak
 	$(PY) -m pytest -m slow
 
 $(VENV)/.installed-bench: pyproject.toml | $(PY)
