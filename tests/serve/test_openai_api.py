@@ -498,3 +498,18 @@ def test_upstream_forwarding(server, client):
             via.chat.completions.create(model="no-such-model", messages=HI)
     finally:
         front.stop()
+
+
+@pytest.mark.slow
+def test_request_for_another_pulled_model_loads_it(server, client, gemma_path):
+    listed = {m.id: m for m in client.models.list().data}
+    assert listed["gemma3-270m"].model_extra["genforge"]["loaded"] is False
+    r = client.completions.create(
+        model="gemma3-270m", prompt="The three primary colours are", temperature=0, max_tokens=8
+    )
+    assert r.model == "gemma3-270m" and r.choices[0].text.strip()
+    listed = {m.id: m for m in client.models.list().data}
+    assert listed["gemma3-270m"].model_extra["genforge"]["loaded"] is True
+    with pytest.raises(openai.BadRequestError) as e:  # a base model without a chat template
+        client.chat.completions.create(model="gemma3-270m", messages=HI)
+    assert "chat template" in e.value.body["message"]
