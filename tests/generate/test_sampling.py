@@ -113,3 +113,27 @@ def test_invalid_values_name_the_option(kwargs, name):
 def test_unknown_option_is_an_error():
     with pytest.raises(GenforgeError, match="tempreature"):
         SamplingParams.from_kwargs(tempreature=0.5)
+
+
+@pytest.mark.parametrize(
+    "top_k,top_p,min_p,temperature",
+    [(0, 0.95, 0.0, 0.7), (0, 0.5, 0.05, 1.0), (40, 0.95, 0.05, 0.8), (20, 0.8, 0.0, 0.7),
+     (0, 1.0, 0.1, 1.0), (0, 1.0, 0.0, 1.3), (5, 1.0, 0.0, 1.0), (0, 0.9999, 0.0, 2.0)],
+)  # fmt: skip
+def test_fast_candidates_match_the_reference_filter(top_k, top_p, min_p, temperature):
+    from genforge.generate.sampling import candidates
+
+    g = torch.Generator().manual_seed(top_k * 7 + int(top_p * 100))
+    for scale in (0.5, 3.0, 8.0):  # flat to peaked distributions (a flat one needs the full sort)
+        logits = torch.randn(5000, generator=g) * scale
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+        want = filter_logits(logits, params).softmax(-1)
+        ids, weights = candidates(logits, params)
+        got = torch.zeros_like(want)
+        if ids is None:
+            got = weights
+        else:
+            got[ids] = weights
+        got = got / got.sum()
+        assert torch.equal(got > 0, want > 0)
+        assert torch.allclose(got, want, atol=1e-6)
