@@ -243,7 +243,7 @@ def section(results: dict, args) -> list[str]:
         "",
         f"Written by `{command}` (`make bench-serve`) on {time.strftime('%Y-%m-%d')}: {MODEL}, "
         f"2 threads, CPU: {cpu_description()}. Each server alone, as a subprocess: genforge's "
-        "(`genforge serve --threads 2`, its defaults: `--dtype auto`, `--max-batch 16`) and "
+        "(`genforge serve --threads 2`, its defaults: `--dtype auto`, `--max-batch 32`) and "
         "llama-cpp-python's (`benchmarks/llama_server.py`, "
         "`--interrupt_requests False`; it serves one request at a time). "
         f"{args.clients} clients each loop for {args.duration:g} s on streamed "

@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-unload", type=float, default=None, metavar="SECONDS",
                    help="unload a model unused for this long (default: keep models loaded)")  # fmt: skip
     p.add_argument("--max-batch", type=int, default=None, metavar="N",
-                   help="requests decoded together (default: 16)")  # fmt: skip
+                   help="requests decoded together (default: 32)")  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("pull", help="download and verify named models into the local cache",

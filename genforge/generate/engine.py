@@ -75,7 +75,7 @@ class Engine:
     """
 
     def __init__(
-        self, model: Transformer, context_length: int | None = None, *, max_batch: int = 16,
+        self, model: Transformer, context_length: int | None = None, *, max_batch: int = 32,
         step_tokens: int = 512, kv_tokens: int | None = None, prefix_cache: bool = True,
     ):  # fmt: skip
         self.model = model
