@@ -264,6 +264,21 @@ class Engine:
             req.state.out = out
         return req
 
+    def submit_all(self, jobs: list[dict]) -> list[Request]:
+        """`submit` several requests (each a dict of its arguments) under one hold of the lock, so
+        that they are admitted at the same step: the `n` choices of one API request then run the
+        same way each time. If one is refused, those already queued are cancelled."""
+        reqs = []
+        with self._lock:  # a reentrant lock: submit takes it again
+            try:
+                for job in jobs:
+                    reqs.append(self.submit(**job))
+            except BaseException:
+                for req in reqs:
+                    self.cancel(req)
+                raise
+        return reqs
+
     def generate(
         self, prompt_ids: list[int], params: SamplingParams, eos_ids: frozenset[int] = frozenset(),
         **options,

@@ -28,6 +28,7 @@ from genforge.serve import openai
 from genforge.serve.errors import APIError, bad_request, error_body
 from genforge.serve.metrics import Metrics
 from genforge.serve.models import Registry
+from genforge.serve.runs import cancel
 from genforge.serve.schemas import ChatRequest, CompletionRequest, EmbeddingRequest
 from genforge.serve.upstream import Forwarder
 
@@ -130,7 +131,15 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
         llm = await registry.acquire(body.model)
         started = time.perf_counter()
         metrics.in_flight.inc()
-        release = _once(lambda: _done(registry, metrics, body.model, route, started))
+        runs: list = []  # the request's engine runs: cancelled on release, however it ends
+
+        def finish() -> None:
+            cancel(llm, runs)
+            registry.release(body.model)
+            metrics.in_flight.dec()
+            metrics.duration.labels(route).observe(time.perf_counter() - started)
+
+        release = _once(finish)
 
         def observe(r) -> None:  # one choice finished
             metrics.completion_tokens.labels(llm.name).inc(r.n_generated)
@@ -138,8 +147,8 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
                 metrics.ttft.labels(llm.name).observe(r.first_token)
 
         try:
-            runs, result = await run(llm, body, config.max_tokens, observe)
-            metrics.prompt_tokens.labels(llm.name).inc(runs[0].n_prompt if runs else 0)
+            result = await run(llm, body, config.max_tokens, observe, runs)
+            metrics.prompt_tokens.labels(llm.name).inc(sum(r.n_prompt for r in runs) // body.n)
             if body.stream:
                 # Started here, so that its `finally` (release) runs however the response ends,
                 # even if the client is gone before the body is sent.
@@ -237,12 +246,6 @@ def _once(fn):
             fn()
 
     return wrapper
-
-
-def _done(registry, metrics, model, route, started) -> None:
-    registry.release(model)
-    metrics.in_flight.dec()
-    metrics.duration.labels(route).observe(time.perf_counter() - started)
 
 
 async def _guarded_stream(chunks, release):

@@ -20,7 +20,7 @@ from genforge.generate.llm import ChatPrompt
 from genforge.generate.sampling import SamplingParams
 from genforge.generate.structured import TOOL_CALL_OPEN, parse_tool_calls
 from genforge.serve.errors import bad_request
-from genforge.serve.runs import Run, deltas
+from genforge.serve.runs import Run, deltas, submit
 from genforge.serve.schemas import ChatRequest, CompletionRequest, Sampling
 
 
@@ -210,8 +210,9 @@ def _usage(runs: list[Run]) -> dict:
 # -- chat ------------------------------------------------------------------------------------------
 
 
-async def chat(llm, body: ChatRequest, limit: int, observe) -> tuple[list[Run], Any]:
-    """Check the request and start it: (runs, the response body or an async iterator of SSE)."""
+async def chat(llm, body: ChatRequest, limit: int, observe, runs: list[Run]) -> Any:
+    """Check the request and start it (its choices go into `runs`): the response body, or an
+    async iterator of SSE events."""
     # Off the event loop: rendering, tokenizing and compiling a grammar can take a while.
     prompt = await asyncio.to_thread(chat_prompt, llm, body)
     check_vocab(llm, body, prompt.ids)
@@ -222,7 +223,7 @@ async def chat(llm, body: ChatRequest, limit: int, observe) -> tuple[list[Run], 
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     if body.top_logprobs is not None and not body.logprobs:
         raise bad_request("top_logprobs needs logprobs: true.", param="top_logprobs")
-    runs = [Run(len(prompt.ids)) for _ in params]
+    await submit(llm, [(prompt.ids, p) for p in params], prompt.grammar, logprobs, runs)
     head = {"id": _id("chatcmpl"), "created": int(time.time()), "model": llm.name}
     streams = [
         _chat_choice(llm, prompt, p, logprobs, i, r, observe)
@@ -230,15 +231,15 @@ async def chat(llm, body: ChatRequest, limit: int, observe) -> tuple[list[Run], 
     ]
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return runs, _chat_sse(head, streams, runs, include_usage, logprobs is not None)
+        return _chat_sse(head, streams, runs, include_usage, logprobs is not None)
     choices = await _gather([_collect_chat(s, logprobs is not None) for s in streams])
-    return runs, {**head, "object": "chat.completion", "choices": choices, "usage": _usage(runs)}
+    return {**head, "object": "chat.completion", "choices": choices, "usage": _usage(runs)}
 
 
 async def _chat_choice(llm, prompt: ChatPrompt, params, logprobs, index, run, observe):
     """Chat deltas of one choice: {"content"}, then at the end {"tool_calls"} and the finish reason."""
     tools = _ToolSplitter(prompt.tools is not None)
-    async for delta, lps in deltas(llm, prompt.ids, params, prompt.grammar, logprobs, run):
+    async for delta, lps in deltas(llm, run, params, logprobs):
         text = tools.push(delta.text)
         finish = delta.finish_reason
         piece = {"index": index, "content": text, "logprobs": _chat_logprobs(llm, lps)}
@@ -357,7 +358,7 @@ def _prompts(llm, body: CompletionRequest) -> list[tuple[str, list[int]]]:
     return out
 
 
-async def completions(llm, body: CompletionRequest, limit: int, observe):
+async def completions(llm, body: CompletionRequest, limit: int, observe, runs: list[Run]):
     if body.suffix:
         raise bad_request("suffix (fill-in-the-middle) is not supported.", param="suffix")
     if body.best_of not in (None, 1, body.n):
@@ -376,7 +377,7 @@ async def completions(llm, body: CompletionRequest, limit: int, observe):
             jobs.append(
                 (text, ids, sampling_params(llm, body, len(ids), body.max_tokens, limit, i))
             )
-    runs = [Run(len(ids)) for _, ids, _ in jobs]
+    await submit(llm, [(ids, p) for _, ids, p in jobs], None, body.logprobs, runs)
     head = {"id": _id("cmpl"), "created": int(time.time()), "model": llm.name}
     streams = [
         _completion_choice(llm, text, ids, p, body, r, observe)
@@ -384,19 +385,19 @@ async def completions(llm, body: CompletionRequest, limit: int, observe):
     ]
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return runs, _completion_sse(head, streams, runs, include_usage, prompts)
+        return _completion_sse(head, streams, runs, include_usage, prompts)
     choices = await _gather([_collect_completion(s) for s in streams])
     usage = _usage(runs)
     usage["prompt_tokens"] = sum(len(ids) for _, ids in prompts)
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-    return runs, {**head, "object": "text_completion", "choices": choices, "usage": usage}
+    return {**head, "object": "text_completion", "choices": choices, "usage": usage}
 
 
 async def _completion_choice(llm, text, ids, params, body: CompletionRequest, run, observe):
     offset = len(text) if body.echo else 0
     if body.echo:
         yield {"text": text, "logprobs": None}, None
-    async for delta, lps in deltas(llm, ids, params, None, body.logprobs, run):
+    async for delta, lps in deltas(llm, run, params, body.logprobs):
         logprobs = None
         if body.logprobs is not None:
             logprobs, offset = _legacy_logprobs(llm, lps, offset)

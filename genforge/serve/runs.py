@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from genforge.errors import GenforgeError
 from genforge.generate.engine import TokenLogprob, is_end
 from genforge.generate.sampling import SamplingParams
+from genforge.generate.scheduler import Request
 from genforge.generate.structured import Grammar
 from genforge.generate.text import Delta, DeltaMaker
 
@@ -30,33 +31,69 @@ class _AsyncSink:
 
 @dataclass
 class Run:
-    """What one choice produced so far."""
+    """One choice: its engine request and what it produced so far."""
 
     n_prompt: int
     n_generated: int = 0
     started: float = field(default_factory=time.perf_counter)
     first_token: float | None = None  # seconds from start to the first token
-    logprobs: list[TokenLogprob] = field(default_factory=list)
+    request: Request | None = None
+    sink: _AsyncSink | None = None
+
+
+async def submit(
+    llm, jobs: list[tuple[list[int], SamplingParams]], grammar: Grammar | None = None,
+    logprobs: int | None = None, runs: list[Run] | None = None,
+) -> list[Run]:  # fmt: skip
+    """Queue every choice of an API request at once (the engine admits them at the same step).
+
+    The runs are appended to `runs` as soon as they exist, so that whoever owns that list can
+    `cancel` them however the request ends.
+    """
+    loop = asyncio.get_running_loop()
+    eos = llm.tokenizer.eos_ids
+    new = [Run(len(ids), sink=_AsyncSink(loop)) for ids, _ in jobs]
+    if runs is not None:
+        runs += new
+
+    def queue() -> None:  # in a worker thread: building matchers and taking the engine lock block
+        requests = llm.engine.submit_all(
+            [
+                {"prompt_ids": ids, "params": params, "eos_ids": eos, "out": run.sink,
+                 "constraint": llm.constraint(grammar), "logprobs": logprobs}
+                for run, (ids, params) in zip(new, jobs, strict=True)
+            ]
+        )  # fmt: skip
+        for run, req in zip(new, requests, strict=True):
+            run.request = req
+
+    await asyncio.to_thread(queue)
+    return new
+
+
+def cancel(llm, runs: list[Run]) -> None:
+    """Cancel the runs still going, without blocking the event loop (the engine lock may be held
+    for a whole step)."""
+    live = [r.request for r in runs if r.request is not None and not r.request.finished]
+    if live:
+        asyncio.get_running_loop().run_in_executor(None, _cancel_all, llm.engine, live)
+
+
+def _cancel_all(engine, requests) -> None:
+    for req in requests:
+        engine.cancel(req)
 
 
 async def deltas(
-    llm, ids: list[int], params: SamplingParams, grammar: Grammar | None = None,
-    logprobs: int | None = None, run: Run | None = None,
-) -> AsyncIterator[tuple[Delta, list[TokenLogprob]]]:  # fmt: skip
-    """Text deltas of one generation, each with the log-probabilities of its tokens (when asked)."""
-    run = run or Run(len(ids))
-    loop = asyncio.get_running_loop()
-    sink = _AsyncSink(loop)
-    constraint = llm.constraint(grammar)
+    llm, run: Run, params: SamplingParams, logprobs: int | None = None
+) -> AsyncIterator[tuple[Delta, list[TokenLogprob]]]:
+    """Text deltas of a submitted run, each with the log-probabilities of its tokens (if asked)."""
     eos = llm.tokenizer.eos_ids
-    req = await asyncio.to_thread(
-        llm.engine.submit, ids, params, eos, sink, constraint=constraint, logprobs=logprobs
-    )
     maker = DeltaMaker(llm.tokenizer.stream(), eos, params.stop)
     n_logprobs = 0
     try:
         while True:
-            item = await sink.queue.get()
+            item = await run.sink.queue.get()
             if is_end(item):
                 break
             if isinstance(item, Exception):
@@ -67,16 +104,14 @@ async def deltas(
             delta = maker.push(item)
             if delta is None:
                 continue
-            yield delta, _take_logprobs(req, delta, n_logprobs, logprobs)
+            yield delta, _take_logprobs(run.request, delta, n_logprobs, logprobs)
             n_logprobs += len(delta.token_ids)
             if maker.done:
                 return
         delta = maker.end()
-        yield delta, _take_logprobs(req, delta, n_logprobs, logprobs)
+        yield delta, _take_logprobs(run.request, delta, n_logprobs, logprobs)
     finally:
-        if not req.finished:
-            # Fire and forget: the engine lock may be held for a whole step.
-            loop.run_in_executor(None, llm.engine.cancel, req)
+        cancel(llm, [run])
 
 
 def _take_logprobs(req, delta: Delta, start: int, logprobs: int | None) -> list[TokenLogprob]:
