@@ -138,17 +138,16 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
             registry.release(body.model)
             metrics.in_flight.dec()
             metrics.duration.labels(route).observe(time.perf_counter() - started)
+            metrics.prompt_tokens.labels(llm.name).inc(sum(r.n_prompt for r in runs) // body.n)
+            for r in runs:  # cut-short runs too: their tokens were computed
+                metrics.completion_tokens.labels(llm.name).inc(r.n_generated)
+                if r.first_token is not None:
+                    metrics.ttft.labels(llm.name).observe(r.first_token)
 
         release = _once(finish)
 
-        def observe(r) -> None:  # one choice finished
-            metrics.completion_tokens.labels(llm.name).inc(r.n_generated)
-            if r.first_token is not None:
-                metrics.ttft.labels(llm.name).observe(r.first_token)
-
         try:
-            result = await run(llm, body, config.max_tokens, observe, runs)
-            metrics.prompt_tokens.labels(llm.name).inc(sum(r.n_prompt for r in runs) // body.n)
+            result = await run(llm, body, config.max_tokens, runs)
             if body.stream:
                 # Started here, so that its `finally` (release) runs however the response ends,
                 # even if the client is gone before the body is sent.

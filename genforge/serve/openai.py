@@ -210,7 +210,7 @@ def _usage(runs: list[Run]) -> dict:
 # -- chat ------------------------------------------------------------------------------------------
 
 
-async def chat(llm, body: ChatRequest, limit: int, observe, runs: list[Run]) -> Any:
+async def chat(llm, body: ChatRequest, limit: int, runs: list[Run]) -> Any:
     """Check the request and start it (its choices go into `runs`): the response body, or an
     async iterator of SSE events."""
     # Off the event loop: rendering, tokenizing and compiling a grammar can take a while.
@@ -226,7 +226,7 @@ async def chat(llm, body: ChatRequest, limit: int, observe, runs: list[Run]) -> 
     await submit(llm, [(prompt.ids, p) for p in params], prompt.grammar, logprobs, runs)
     head = {"id": _id("chatcmpl"), "created": int(time.time()), "model": llm.name}
     streams = [
-        _chat_choice(llm, prompt, p, logprobs, i, r, observe)
+        _chat_choice(llm, prompt, p, logprobs, i, r)
         for i, (p, r) in enumerate(zip(params, runs, strict=True))
     ]
     if body.stream:
@@ -236,7 +236,7 @@ async def chat(llm, body: ChatRequest, limit: int, observe, runs: list[Run]) -> 
     return {**head, "object": "chat.completion", "choices": choices, "usage": _usage(runs)}
 
 
-async def _chat_choice(llm, prompt: ChatPrompt, params, logprobs, index, run, observe):
+async def _chat_choice(llm, prompt: ChatPrompt, params, logprobs, index, run):
     """Chat deltas of one choice: {"content"}, then at the end {"tool_calls"} and the finish reason."""
     tools = _ToolSplitter(prompt.tools is not None)
     async for delta, lps in deltas(llm, run, params, logprobs):
@@ -252,7 +252,6 @@ async def _chat_choice(llm, prompt: ChatPrompt, params, logprobs, index, run, ob
         if calls:
             piece["tool_calls"] = _tool_calls(calls)
             finish = "tool_calls"
-        observe(run)
         yield piece, finish
 
 
@@ -358,7 +357,7 @@ def _prompts(llm, body: CompletionRequest) -> list[tuple[str, list[int]]]:
     return out
 
 
-async def completions(llm, body: CompletionRequest, limit: int, observe, runs: list[Run]):
+async def completions(llm, body: CompletionRequest, limit: int, runs: list[Run]):
     if body.suffix:
         raise bad_request("suffix (fill-in-the-middle) is not supported.", param="suffix")
     if body.best_of not in (None, 1, body.n):
@@ -380,7 +379,7 @@ async def completions(llm, body: CompletionRequest, limit: int, observe, runs: l
     await submit(llm, [(ids, p) for _, ids, p in jobs], None, body.logprobs, runs)
     head = {"id": _id("cmpl"), "created": int(time.time()), "model": llm.name}
     streams = [
-        _completion_choice(llm, text, ids, p, body, r, observe)
+        _completion_choice(llm, text, ids, p, body, r)
         for (text, ids, p), r in zip(jobs, runs, strict=True)
     ]
     if body.stream:
@@ -393,7 +392,7 @@ async def completions(llm, body: CompletionRequest, limit: int, observe, runs: l
     return {**head, "object": "text_completion", "choices": choices, "usage": usage}
 
 
-async def _completion_choice(llm, text, ids, params, body: CompletionRequest, run, observe):
+async def _completion_choice(llm, text, ids, params, body: CompletionRequest, run):
     offset = len(text) if body.echo else 0
     if body.echo:
         yield {"text": text, "logprobs": None}, None
@@ -401,8 +400,6 @@ async def _completion_choice(llm, text, ids, params, body: CompletionRequest, ru
         logprobs = None
         if body.logprobs is not None:
             logprobs, offset = _legacy_logprobs(llm, lps, offset)
-        if delta.finish_reason:
-            observe(run)
         if delta.text or delta.finish_reason or logprobs:
             yield {"text": delta.text, "logprobs": logprobs}, delta.finish_reason
 
