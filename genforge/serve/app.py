@@ -188,10 +188,9 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
                 "for this model).",
                 param="input",
             )
-        if body.dimensions not in (None, embedder.model.get_sentence_embedding_dimension()):
+        if body.dimensions not in (None, embedder.dimensions):
             raise bad_request(
-                f"{body.model} gives {embedder.model.get_sentence_embedding_dimension()} "
-                "dimensions; dimensions cannot be changed.",
+                f"{body.model} gives {embedder.dimensions} dimensions; they cannot be changed.",
                 param="dimensions",
             )
         try:

@@ -43,6 +43,7 @@ class Embedder:
 
         self.model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
         self.max_tokens = self.model.max_seq_length
+        self.dimensions = DIMENSIONS
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         tok = self.model.tokenizer
@@ -56,5 +57,7 @@ class Embedder:
                 f"input {i} is {counts[i]} tokens; {NAME} reads at most {self.max_tokens}. "
                 "Split the text into smaller pieces."
             )
-        vectors = self.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+        vectors = self.model.encode(
+            texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
         return vectors.astype("float32"), sum(counts)

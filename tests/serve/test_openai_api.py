@@ -427,6 +427,8 @@ def test_error_paths(server, client):
         _post(server, "/v1/embeddings", {"model": "all-minilm-l6-v2", "input": "w " * 400}), 400
     )
     assert "256" in err["message"]
+    body = {"model": "all-minilm-l6-v2", "input": "x", "dimensions": 100}
+    assert _error(_post(server, "/v1/embeddings", body), 400)["param"] == "dimensions"
 
 
 # -- metrics and cancellation -------------------------------------------------------------------------
