@@ -212,6 +212,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise GenforgeError(f"{flag} must be at least {low}, got {value}.")
     if args.ctx is not None and args.ctx < 1:
         raise GenforgeError(f"--ctx must be a positive number of tokens, got {args.ctx}.")
+    _check_port(args.host, args.port)
     for name in names:
         hub.resolve(name)  # a bad name or path fails before anything starts
     from genforge.serve.models import Registry, Upstream
@@ -238,6 +239,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     uvicorn.run(create_app(registry, config), host=args.host, port=args.port, log_level="warning",
                 timeout_graceful_shutdown=5)  # fmt: skip
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail before loading anything if the address cannot be bound."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise GenforgeError(f"--host {host} is not an address of this machine.") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise GenforgeError(
+                f"cannot listen on {host}:{port} ({e.strerror.lower()}); pick another --port "
+                "or stop what uses it."
+            ) from None
 
 
 def cmd_pull(args: argparse.Namespace) -> int:

@@ -151,3 +151,10 @@ def test_serve_refuses_bad_flags():
     assert_one_line_error(genforge("serve", "--port", "-1"), "--port must be")
     assert_one_line_error(genforge("serve", "-m", "no-such-model"), "unknown model")
     assert_one_line_error(genforge("serve", "--upstream", "ftp://x"), "http")
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        assert_one_line_error(genforge("serve", "--port", port), "cannot listen on .*--port")
