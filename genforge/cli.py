@@ -212,6 +212,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise GenforgeError(f"{flag} must be at least {low}, got {value}.")
     if args.ctx is not None and args.ctx < 1:
         raise GenforgeError(f"--ctx must be a positive number of tokens, got {args.ctx}.")
+    for flag, value in (("--threads", args.threads), ("--max-batch", args.max_batch)):
+        if value is not None and value < 1:
+            raise GenforgeError(f"{flag} must be at least 1, got {value}.")
     _check_port(args.host, args.port)
     for name in names:
         hub.resolve(name)  # a bad name or path fails before anything starts
@@ -225,15 +228,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "this machine can use it.", file=sys.stderr)  # fmt: skip
     import uvicorn
 
+    from genforge.generate.llm import load
     from genforge.serve.app import ServeConfig, create_app
 
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     engine = {"max_batch": args.max_batch} if args.max_batch else {}
     options = {"dtype": args.dtype, "context_length": args.ctx, "threads": args.threads, **engine}
+    # Loaded before the server starts, so that a broken model is one clear error, not a traceback.
+    preloaded = {name: load(name, **options) for name in names}
     registry = Registry(names, load_options=options, idle_unload=args.idle_unload,
-                        upstreams=upstreams)  # fmt: skip
+                        upstreams=upstreams, preloaded=preloaded)  # fmt: skip
     config = ServeConfig(api_key=api_key, max_body_bytes=args.max_body_bytes,
                          max_tokens=args.max_tokens, cors_origins=args.cors_origin)  # fmt: skip
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     print(f"genforge: serving {', '.join(names + [u.url for u in upstreams])} on "
           f"http://{args.host}:{args.port} (web UI at /, API at /v1)", file=sys.stderr)  # fmt: skip
     uvicorn.run(create_app(registry, config), host=args.host, port=args.port, log_level="warning",

@@ -151,6 +151,7 @@ def test_serve_refuses_bad_flags():
     assert_one_line_error(genforge("serve", "--port", "-1"), "--port must be")
     assert_one_line_error(genforge("serve", "-m", "no-such-model"), "unknown model")
     assert_one_line_error(genforge("serve", "--upstream", "ftp://x"), "http")
+    assert_one_line_error(genforge("serve", "--threads", "0"), "--threads must be")
     import socket
 
     with socket.socket() as busy:

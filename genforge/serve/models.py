@@ -53,6 +53,7 @@ class Registry:
     def __init__(
         self, names: list[str], *, load_options: dict | None = None, idle_unload: float | None = None,
         upstreams: list[Upstream] | None = None, allow_load: bool = True,
+        preloaded: dict[str, object] | None = None,
     ):  # fmt: skip
         self.names = list(names)  # served from the start, in this order (the first is the default)
         self.load_options = dict(load_options or {})
@@ -60,6 +61,9 @@ class Registry:
         self.upstreams = list(upstreams or [])
         self.allow_load = allow_load
         self.loaded: dict[str, _Loaded] = {}
+        for name, llm in (preloaded or {}).items():
+            llm.name = name
+            self.loaded[name] = _Loaded(llm)
         self._locks: dict[str, asyncio.Lock] = {}
         self._embedder = None
 
