@@ -39,13 +39,37 @@ def _stdlib() -> list[Path]:
 
 
 def _kjv() -> list[Path]:
-    for root in (Path("/usr/share/bible-kjv-text"), Path("/usr/share/doc/bible-kjv-text")):
-        if root.is_dir():
-            return [root]
-    raise GenforgeError(
-        "the kjv corpus is Debian's bible-kjv-text package; install it with "
-        "`apt-get install bible-kjv-text`."
-    )
+    """The King James Bible as one text file per book, extracted once from Debian's compressed
+    bible-kjv-text with its `bible` reader into the genforge cache."""
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+
+    from genforge import hub
+
+    folder = hub.home() / "corpora" / "kjv"
+    if folder.is_dir():
+        return [folder]
+    if shutil.which("bible") is None:
+        raise GenforgeError(
+            "the kjv corpus is Debian's bible-kjv package; install it with "
+            "`apt-get install bible-kjv`."
+        )
+    text = subprocess.run(
+        ["bible", "-f", "Gen1:1-Rev22:21"], capture_output=True, text=True, check=True
+    ).stdout
+    books: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if m := re.match(r"(\d?[A-Za-z]+)(\d+):(\d+) (.*)", line):
+            books.setdefault(m[1], []).append(m[4])
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".kjv."))
+    for i, (book, verses) in enumerate(books.items()):
+        (tmp / f"{i + 1:02d}-{book}.txt").write_text("\n".join(verses) + "\n")
+    tmp.chmod(0o755)
+    tmp.rename(folder)
+    return [folder]
 
 
 NAMED = {"pydocs": _pydocs, "stdlib": _stdlib, "kjv": _kjv}
@@ -84,7 +108,9 @@ def _files(source: str) -> list[Path]:
                 p
                 for p in root.rglob("*")
                 if p.is_file()
-                and not any(part in SKIP_DIRS or part.startswith(".") for part in p.parts[1:])
+                and not any(
+                    part in SKIP_DIRS or part.startswith(".") for part in p.relative_to(root).parts
+                )
                 and p.suffix.lower() in TEXT_SUFFIXES
             )
         else:

@@ -112,3 +112,26 @@ def test_prepare_writes_shards_that_decode_to_the_documents(corpus, tmp_path):
     (tmp_path / "other" / "x").write_text("x")
     with pytest.raises(GenforgeError, match="not a prepared data folder"):
         prepare([str(corpus)], tmp_path / "other", folder, progress=False)
+
+
+def test_named_corpora():
+    import itertools
+    import shutil
+    from pathlib import Path
+
+    stdlib = list(itertools.islice(read_documents(["stdlib"]), 50))
+    assert len(stdlib) == 50 and any("def " in d.text for d in stdlib)
+    assert not any("/test/" in d.source for d in stdlib)
+    if shutil.which("bible"):
+        kjv = list(read_documents(["kjv"]))
+        assert len(kjv) == 66 and kjv[0].text.startswith("In the beginning God created")
+    if Path("/usr/share/doc/python3.11/html/_sources").is_dir():
+        docs = list(itertools.islice(read_documents(["pydocs"]), 5))
+        assert len(docs) == 5 and all(d.source.endswith(".txt") for d in docs)
+
+
+def test_a_corpus_below_a_hidden_folder_is_read(tmp_path):
+    root = tmp_path / ".cache" / "corpus"
+    root.mkdir(parents=True)
+    (root / "a.txt").write_text("some text")
+    assert [d.text for d in read_documents([str(root)])] == ["some text"]
