@@ -10,7 +10,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from conftest import API_KEY, MODEL, Server, metric
+from conftest import API_KEY, MODEL, Server, free_port, metric
 
 openai = pytest.importorskip("openai")
 jsonschema = pytest.importorskip("jsonschema")
@@ -484,7 +484,9 @@ def test_metrics(server, client):
 
 
 def test_upstream_forwarding(server, client):
-    front = Server("--upstream", f"{server.url}", "--upstream-api-key", API_KEY)
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    front = Server("--upstream", f"{server.url}", "--upstream", f"gone={dead}",
+                   "--upstream-api-key", API_KEY)  # fmt: skip
     try:
         via = openai.OpenAI(
             base_url=f"{front.url}/v1", api_key="unused", max_retries=0, timeout=120
@@ -501,6 +503,8 @@ def test_upstream_forwarding(server, client):
         assert streamed == direct
         with pytest.raises(openai.NotFoundError):
             via.chat.completions.create(model="no-such-model", messages=HI)
+        r = httpx.post(f"{front.url}/v1/chat/completions", json={"model": "gone", "messages": HI})
+        assert "did not answer" in _error(r, 502)["message"]
     finally:
         front.stop()
 
