@@ -203,8 +203,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import logging
     import os
 
-    from genforge import hub
-
     names = args.model or ([] if args.upstream else [DEFAULT_MODEL])
     for flag, value, low in (("--port", args.port, 0), ("--max-tokens", args.max_tokens, 1),
                              ("--max-body-bytes", args.max_body_bytes, 1024)):  # fmt: skip
@@ -216,8 +214,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise GenforgeError(f"{flag} must be at least 1, got {value}.")
     _check_port(args.host, args.port)
-    for name in names:
-        hub.resolve(name)  # a bad name or path fails before anything starts
     from genforge.serve.models import Registry, Upstream
 
     up_key = args.upstream_api_key or os.environ.get("GENFORGE_UPSTREAM_API_KEY")

@@ -51,9 +51,7 @@ class _SamplerState:
     counts: torch.Tensor | None  # generated-token counts, for presence/frequency penalties
     out: Any = None  # where a background-run request's tokens go (anything with .put)
     constraint: Constraint | None = None  # a grammar the output must follow
-    logprobs: int | None = (
-        None  # record each sampled token's log-probability and this many top ones
-    )
+    logprobs: int | None = None  # record sampled tokens' logprobs with this many alternatives
     token_logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
@@ -133,8 +131,10 @@ class Engine:
         if params.presence_penalty or params.frequency_penalty:
             counts = torch.zeros(vocab, dtype=torch.int32)
         context = torch.tensor(prompt_ids) if params.repetition_penalty != 1.0 else None
-        state = _SamplerState(params, make_generator(params.seed), context, counts)
-        state.constraint, state.logprobs = constraint, logprobs
+        state = _SamplerState(
+            params, make_generator(params.seed), context, counts, constraint=constraint,
+            logprobs=logprobs,
+        )  # fmt: skip
         req = Request(list(prompt_ids), max_new, params, frozenset(eos_ids), state=state)
         with self._lock:
             self.scheduler.add(req)

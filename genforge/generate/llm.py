@@ -19,9 +19,8 @@ from genforge.generate.text import Delta, stream_text
 log = logging.getLogger(__name__)
 
 DTYPES = ("auto", "fp32", "bf16", "int8", "int4")
-AUTO_DTYPE = (
-    "int8"  # what "auto" means: measured fastest at equal quality, see benchmarks/RESULTS.md
-)
+# What "auto" means: measured fastest at equal quality, see benchmarks/RESULTS.md.
+AUTO_DTYPE = "int8"
 
 
 @dataclass

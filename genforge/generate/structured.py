@@ -91,17 +91,24 @@ class Grammar:
 
     def check(self, tokenizer, vocab_size: int) -> None:
         """Raise a GenforgeError naming what llguidance cannot enforce (unsupported keyword...)."""
-        error = _llg().LLMatcher.validate_grammar(self.spec, ll_tokenizer(tokenizer, vocab_size))
+        self._raise(
+            _llg().LLMatcher.validate_grammar(self.spec, ll_tokenizer(tokenizer, vocab_size))
+        )
+
+    def constraint(self, tokenizer, vocab_size: int) -> Constraint:
+        """A fresh matcher for one request; an unenforceable grammar raises as in `check` (the
+        matcher reports it itself, so the grammar is compiled once, not validated first)."""
+        matcher = _llg().LLMatcher(ll_tokenizer(tokenizer, vocab_size), self.spec, log_level=0)
+        self._raise(matcher.get_error() if matcher.is_error() else "")
+        return Constraint(matcher)
+
+    def _raise(self, error: str) -> None:
         if error:
             what = {"json_schema": "JSON schema", "lark": "grammar", "regex": "regex"}[self.kind]
             raise GenforgeError(
                 f"this {what} cannot be enforced ({error.strip().rstrip('.')}); "
                 "remove or rewrite that part."
             )
-
-    def constraint(self, tokenizer, vocab_size: int) -> Constraint:
-        self.check(tokenizer, vocab_size)
-        return Constraint(_llg().LLMatcher(ll_tokenizer(tokenizer, vocab_size), self.spec))
 
 
 class Constraint:

@@ -104,7 +104,6 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
     @app.get("/metrics")
     async def prometheus():
         data = metrics.render(registry.engines())
-        metrics.models_loaded.set(len(registry.loaded))
         return Response(data, media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")

@@ -37,7 +37,8 @@ class Metrics:
         )  # fmt: skip
         self.models_loaded = Gauge("genforge_models_loaded", "models in memory", registry=r)
 
-    def render(self, engines) -> bytes:
+    def render(self, engines: list) -> bytes:
+        self.models_loaded.set(len(engines))
         running = sum(len(e.scheduler.running) for e in engines)
         waiting = sum(len(e.scheduler.waiting) for e in engines)
         self.engine.labels("running").set(running)

@@ -64,14 +64,16 @@ def sampling_params(
             param="max_tokens",
             code="context_length_exceeded",
         )
-    bias = {}
+    bias, vocab = {}, llm.config.vocab_size
     for key, value in (body.logit_bias or {}).items():
-        try:
-            bias[int(key)] = value
-        except ValueError:
+        if not key.isdigit():
+            raise bad_request(f"logit_bias keys must be token ids, got {key!r}.", "logit_bias")
+        if int(key) >= vocab:
             raise bad_request(
-                f"logit_bias keys must be token ids, got {key!r}.", param="logit_bias"
-            ) from None
+                f"logit_bias token id {key} is outside the vocabulary (0..{vocab - 1}).",
+                "logit_bias",
+            )
+        bias[int(key)] = value
     stop = [body.stop] if isinstance(body.stop, str) else body.stop
     try:
         return llm.sampling_params(
@@ -86,16 +88,11 @@ def sampling_params(
         raise bad_request(str(e)) from None
 
 
-def check_vocab(llm, body: Sampling, ids: list[int]) -> None:
+def check_ids(llm, ids: list[int]) -> None:
     vocab = llm.config.vocab_size
     if bad := [t for t in ids if not 0 <= t < vocab]:
         raise bad_request(
             f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1}).", "prompt"
-        )
-    if bad := [k for k in (body.logit_bias or {}) if k.isdigit() and int(k) >= vocab]:
-        raise bad_request(
-            f"logit_bias token id {bad[0]} is outside the vocabulary (0..{vocab - 1}).",
-            "logit_bias",
         )
 
 
@@ -197,8 +194,10 @@ class _ToolSplitter:
         return text, calls
 
 
-def _usage(runs: list[Run]) -> dict:
-    prompt = runs[0].n_prompt if runs else 0
+def _usage(runs: list[Run], prompt: int | None = None) -> dict:
+    """Token counts; the prompt is counted once (default: the first run's, as all choices share it)."""
+    if prompt is None:
+        prompt = runs[0].n_prompt if runs else 0
     completion = sum(r.n_generated for r in runs)
     return {
         "prompt_tokens": prompt,
@@ -215,7 +214,7 @@ async def chat(llm, body: ChatRequest, limit: int, runs: list[Run]) -> Any:
     async iterator of SSE events."""
     # Off the event loop: rendering, tokenizing and compiling a grammar can take a while.
     prompt = await asyncio.to_thread(chat_prompt, llm, body)
-    check_vocab(llm, body, prompt.ids)
+    check_ids(llm, prompt.ids)
     max_tokens = body.max_completion_tokens or body.max_tokens
     params = [
         sampling_params(llm, body, len(prompt.ids), max_tokens, limit, i) for i in range(body.n)
@@ -352,7 +351,7 @@ def _prompts(llm, body: CompletionRequest) -> list[tuple[str, list[int]]]:
         if isinstance(item, str):
             out.append((item, llm.tokenizer.encode(item, add_special=True)))
         else:
-            check_vocab(llm, body, item)
+            check_ids(llm, item)
             out.append((llm.tokenizer.decode(item), list(item)))
     return out
 
@@ -369,7 +368,6 @@ async def completions(llm, body: CompletionRequest, limit: int, runs: list[Run])
             param="echo",
         )
     prompts = _prompts(llm, body)
-    check_vocab(llm, body, [])
     jobs = []
     for text, ids in prompts:
         for i in range(body.n):
@@ -386,9 +384,7 @@ async def completions(llm, body: CompletionRequest, limit: int, runs: list[Run])
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return _completion_sse(head, streams, runs, include_usage, prompts)
     choices = await _gather([_collect_completion(s) for s in streams])
-    usage = _usage(runs)
-    usage["prompt_tokens"] = sum(len(ids) for _, ids in prompts)
-    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    usage = _usage(runs, sum(len(ids) for _, ids in prompts))
     return {**head, "object": "text_completion", "choices": choices, "usage": usage}
 
 
@@ -440,8 +436,6 @@ async def _completion_sse(head, streams, runs, include_usage: bool, prompts):
         choice = {"index": i, "text": piece["text"], "logprobs": piece["logprobs"]}
         yield sse({**chunk, "choices": [{**choice, "finish_reason": finish}], **extra})
     if include_usage:
-        usage = _usage(runs)
-        usage["prompt_tokens"] = sum(len(ids) for _, ids in prompts)
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        usage = _usage(runs, sum(len(ids) for _, ids in prompts))
         yield sse({**chunk, "choices": [], "usage": usage})
     yield SSE_DONE
