@@ -274,7 +274,7 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     if not docs:
         raise no_text_error(args.sources, stats)
     train, val = split(docs, args.val_fraction)
-    tok = bpe.train_bpe((d.text for d in train), args.vocab_size, args.min_frequency)
+    tok = bpe.train_bpe((d.text for d in train), args.vocab_size, args.min_frequency, progress=True)
     out = bpe.save(tok, args.out)
     texts = [d.text for d in (val or train)]
     rows = [(f"this tokenizer ({tok.get_vocab_size()})", bpe.bytes_per_token(tok, texts))]

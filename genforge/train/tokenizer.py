@@ -28,7 +28,9 @@ CHATML = (
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> HFTokenizer:
+def train_bpe(
+    texts: Iterable[str], vocab_size: int, min_frequency: int = 2, progress: bool = False
+) -> HFTokenizer:
     """A byte-level BPE of `vocab_size` tokens (special tokens included) learned from `texts`."""
     if vocab_size < MIN_VOCAB:
         raise GenforgeError(
@@ -43,7 +45,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> 
         min_frequency=min_frequency,
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        show_progress=progress,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     got = tok.get_vocab_size()
