@@ -1,0 +1,81 @@
+"""Checkpoints that never lose work: each one is a Hugging Face model folder plus the training state.
+
+`RUN/checkpoints/step_0001200/` holds `model.safetensors`, `config.json` and the tokenizer (so
+`genforge chat -m RUN` and transformers load it as it is) and `train_state.pt` (optimizer, step,
+RNG states, the run's config). A checkpoint is written into a hidden temporary folder and renamed
+into place, so a kill at any moment leaves the previous checkpoints whole; then all but the newest
+`keep` are deleted.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from genforge.errors import GenforgeError
+from genforge.model.config import ModelConfig
+from genforge.weights.export import genforge_state, write_hf
+
+CHECKPOINTS = "checkpoints"
+STATE = "train_state.pt"
+_NAME = re.compile(r"step_(\d+)$")
+
+
+def checkpoints(run: str | Path) -> list[Path]:
+    """The run's complete checkpoints, oldest first."""
+    folder = Path(run) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if _NAME.match(p.name) and (p / STATE).is_file()]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+
+
+def latest(run: str | Path) -> Path | None:
+    found = checkpoints(run)
+    return found[-1] if found else None
+
+
+def save(
+    run: str | Path, step: int, model_state: dict[str, torch.Tensor], cfg: ModelConfig,
+    tokenizer_dir: str | Path, train_state: dict, keep: int,
+) -> Path:  # fmt: skip
+    path = Path(run) / CHECKPOINTS / f"step_{step:07d}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_hf(
+        model_state, cfg, tokenizer_dir, path, extra={STATE: lambda p: torch.save(train_state, p)}
+    )
+    for old in checkpoints(run)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(model state with genforge names, training state) of one checkpoint folder."""
+    from safetensors.torch import load_file
+
+    try:
+        state = torch.load(path / STATE, map_location="cpu", weights_only=True)
+        cfg = ModelConfig(**state["model"])
+        weights = genforge_state(load_file(path / "model.safetensors"), cfg)
+    except Exception as e:  # a damaged file: say which, never a traceback from torch's unpickler
+        raise GenforgeError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it to resume "
+            "from the one before."
+        ) from None
+    if cfg.tie_embeddings:
+        weights.pop("output.weight", None)
+    return weights, state
+
+
+def model_folder(path: str | Path) -> Path | None:
+    """The model folder a run folder stands for (its newest checkpoint), or None if not a run."""
+    path = Path(path)
+    if (path / CHECKPOINTS).is_dir():
+        newest = latest(path)
+        if newest is None:
+            raise GenforgeError(f"{path} is a training run without checkpoints yet; train longer.")
+        return newest
+    return None

@@ -1,0 +1,99 @@
+"""What a training run is: `TrainConfig`, and the model size derived from one dial (depth)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from genforge.model.config import ModelConfig
+
+HEAD_DIM = 64  # width = HEAD_DIM * depth, so heads = depth: the aspect ratio nanochat uses
+TOKENS_PER_PARAM = 20  # the compute-optimal data budget (Chinchilla) when --steps is not given
+
+
+@dataclass
+class TrainConfig:
+    data: str  # a prepared data folder (`genforge data prepare`)
+    out: str  # the run folder: checkpoints, metrics.jsonl, loss.png
+    depth: int = (
+        6  # the size dial: layers; width 64 x depth, heads = depth, learning rate from width
+    )
+    seq_len: int = 256  # tokens per training sequence (the model's context length)
+    batch_size: int = 8  # sequences per micro-batch in each process
+    grad_accum: int = (
+        1  # micro-batches per optimizer step (global batch = batch x accum x processes)
+    )
+    steps: int = 0  # optimizer steps; 0 = 20 tokens per parameter
+    lr: float = 0.0  # peak learning rate; 0 = 0.04 / sqrt(width)
+    warmup: int = -1  # warmup steps; -1 = 2% of the steps
+    schedule: str = "cosine"  # after warmup: "cosine" to lr x min_lr_frac, or "wsd" (flat, then linear to 0 over the last 20%)
+    min_lr_frac: float = 0.1  # where the cosine schedule ends, as a fraction of lr
+    weight_decay: float = 0.1  # AdamW decoupled weight decay on matrices (not norms)
+    clip: float = 1.0  # gradient-norm clipping; 0 = off
+    dtype: str = (
+        "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where the hardware computes it natively
+    )
+    compile: bool = False  # torch.compile the model (slow first step, faster later on GPUs)
+    seed: int = 1337  # model init and data order
+    eval_every: int = 0  # steps between validation loss / bits-per-byte; 0 = ten times per run
+    eval_tokens: int = 65536  # validation tokens per evaluation
+    sample_every: int = 0  # steps between text samples; 0 = at every evaluation
+    sample_tokens: int = 48  # tokens per text sample
+    sample_prompts: tuple[
+        str, ...
+    ] = ()  # prompts for the samples; () = a document start and a validation excerpt
+    save_every: int = 0  # steps between checkpoints; 0 = at every evaluation
+    keep: int = 3  # checkpoints kept (the newest)
+    log_every: int = 10  # steps between metrics.jsonl records
+    fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (FSDP2)
+    resume: bool = False  # continue the run in `out` from its newest checkpoint
+
+    # Fields that define the run: a resumed run must have the same ones, or it is another run.
+    IDENTITY = ("depth", "seq_len", "batch_size", "grad_accum", "steps", "lr", "warmup",
+                "schedule", "min_lr_frac", "weight_decay", "clip", "seed", "fsdp")  # fmt: skip
+
+    @classmethod
+    def field_help(cls) -> dict[str, str]:
+        """Each field's comment, for the CLI's help text (read from this file's source)."""
+        import inspect
+
+        out = {}
+        for line in inspect.getsource(cls).splitlines():
+            name, sep, rest = line.strip().partition(":")
+            if sep and "#" in rest and name.isidentifier():
+                out[name] = rest.split("#", 1)[1].strip()
+        return {f.name: out.get(f.name, "") for f in fields(cls)}
+
+
+def model_config(depth: int, vocab_size: int, seq_len: int) -> ModelConfig:
+    """A llama-family model from the size dial: depth layers of width 64 x depth."""
+    dim = HEAD_DIM * depth
+    hidden = math.ceil(dim * 8 / 3 / 64) * 64  # gated MLP with the parameters of a 4x plain one
+    return ModelConfig(
+        arch="llama", vocab_size=vocab_size, dim=dim, n_layers=depth, n_heads=depth,
+        n_kv_heads=depth, hidden_dim=hidden, norm_eps=1e-5, max_seq_len=seq_len,
+        rope_theta=10000.0, tie_embeddings=True,
+    )  # fmt: skip
+
+
+def peak_lr(cfg: TrainConfig, model: ModelConfig) -> float:
+    return cfg.lr or 0.04 / math.sqrt(model.dim)
+
+
+def total_steps(cfg: TrainConfig, model: ModelConfig, world_size: int) -> int:
+    if cfg.steps:
+        return cfg.steps
+    per_step = cfg.batch_size * cfg.grad_accum * world_size * cfg.seq_len
+    return max(1, math.ceil(TOKENS_PER_PARAM * model.n_params / per_step))
+
+
+def lr_at(step: int, steps: int, lr: float, warmup: int, schedule: str, min_frac: float) -> float:
+    """The learning rate of optimizer step `step` (0-based) of `steps`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if schedule == "wsd":
+        decay = max(1, steps // 5)
+        left = steps - step
+        return lr if left > decay else lr * left / decay
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * (min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
