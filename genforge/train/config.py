@@ -15,33 +15,25 @@ TOKENS_PER_PARAM = 20  # the compute-optimal data budget (Chinchilla) when --ste
 class TrainConfig:
     data: str  # a prepared data folder (`genforge data prepare`)
     out: str  # the run folder: checkpoints, metrics.jsonl, loss.png
-    depth: int = (
-        6  # the size dial: layers; width 64 x depth, heads = depth, learning rate from width
-    )
+    depth: int = 6  # the size dial: layers; width = 64 x depth, heads = depth, lr from width
     seq_len: int = 256  # tokens per training sequence (the model's context length)
     batch_size: int = 8  # sequences per micro-batch in each process
-    grad_accum: int = (
-        1  # micro-batches per optimizer step (global batch = batch x accum x processes)
-    )
+    grad_accum: int = 1  # micro-batches per step; global batch = batch x accum x processes
     steps: int = 0  # optimizer steps; 0 = 20 tokens per parameter
     lr: float = 0.0  # peak learning rate; 0 = 0.04 / sqrt(width)
     warmup: int = -1  # warmup steps; -1 = 2% of the steps
-    schedule: str = "cosine"  # after warmup: "cosine" to lr x min_lr_frac, or "wsd" (flat, then linear to 0 over the last 20%)
+    schedule: str = "cosine"  # "cosine" to lr x min_lr_frac, or "wsd" (flat, last 20% to 0)
     min_lr_frac: float = 0.1  # where the cosine schedule ends, as a fraction of lr
     weight_decay: float = 0.1  # AdamW decoupled weight decay on matrices (not norms)
     clip: float = 1.0  # gradient-norm clipping; 0 = off
-    dtype: str = (
-        "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where the hardware computes it natively
-    )
+    dtype: str = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where it is native
     compile: bool = False  # torch.compile the model (slow first step, faster later on GPUs)
     seed: int = 1337  # model init and data order
     eval_every: int = 0  # steps between validation loss / bits-per-byte; 0 = ten times per run
     eval_tokens: int = 65536  # validation tokens per evaluation
     sample_every: int = 0  # steps between text samples; 0 = at every evaluation
     sample_tokens: int = 48  # tokens per text sample
-    sample_prompts: tuple[
-        str, ...
-    ] = ()  # prompts for the samples; () = a document start and a validation excerpt
+    sample_prompts: tuple[str, ...] = ()  # prompts to sample; none: "" and a validation excerpt
     save_every: int = 0  # steps between checkpoints; 0 = at every evaluation
     keep: int = 3  # checkpoints kept (the newest)
     log_every: int = 10  # steps between metrics.jsonl records
