@@ -7,7 +7,7 @@ DEFAULT_MODEL := smollm2-135m-instruct
 # Set-up output goes to stderr so that `echo "question" | make run` prints only the answer.
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run serve test test-slow lint format setup setup-dev model browser bench bench-serve clean help
+.PHONY: run serve test test-slow lint format setup setup-dev model browser bench bench-serve bench-train clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -78,6 +78,10 @@ bench: $(VENV)/.installed-bench model  ## install the peers, run the benchmarks,
 # e.g. make bench-serve BENCH_SERVE_ARGS="--clients 8 --duration 20"
 bench-serve: $(VENV)/.installed-bench model  ## genforge's and llama.cpp's servers under 32 streaming clients, into RESULTS.md
 	$(PY) benchmarks/serve_load.py $(BENCH_SERVE_ARGS)
+
+# e.g. make bench-train BENCH_TRAIN_ARGS="--rounds 5 --no-compile"
+bench-train: $(VENV)/.installed-dev  ## genforge's training step vs a nanoGPT-style reference loop, into RESULTS.md
+	$(PY) benchmarks/train_speed.py $(BENCH_TRAIN_ARGS)
 
 clean:  ## remove the virtual environment (the model cache is kept)
 	rm -rf $(VENV)

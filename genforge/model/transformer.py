@@ -24,6 +24,7 @@ from torch import nn
 
 from genforge.model.config import ModelConfig
 from genforge.model.kv_cache import KVCache, PagedBatch
+from genforge.model.loss import linear_cross_entropy
 
 
 class RMSNorm(nn.Module):
@@ -230,8 +231,12 @@ class Transformer(nn.Module):
         cache: KVCache | PagedBatch | None = None,
         start_pos: int = 0,
         last_only: bool = False,
+        targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab) for tokens (B, T) at positions start_pos.. (or (B, 1, vocab)).
+
+        With `targets` (B, T), the mean cross-entropy loss instead (targets of -100 are ignored),
+        computed without materialising the logits (`linear_cross_entropy`).
 
         With a `PagedBatch`, tokens are (1, N): several sequences' new tokens end to end, positions
         come from the batch, and `last_only` gives the rows `cache.last_rows` (each sequence's last
@@ -251,5 +256,8 @@ class Transformer(nn.Module):
         if last_only:
             x = x[:, cache.last_rows, :] if isinstance(cache, PagedBatch) else x[:, -1:, :]
         x = self.norm(x)
+        if targets is not None:
+            weight = self.tok_emb.weight if self.output is None else self.output.weight
+            return linear_cross_entropy(x.flatten(0, 1), weight, targets.flatten())
         logits = F.linear(x, self.tok_emb.weight) if self.output is None else self.output(x)
         return logits.float()

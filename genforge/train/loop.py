@@ -217,7 +217,7 @@ class Trainer:
             x, y = rows[m, :, :-1], rows[m, :, 1:]  # (B, T) each
             with distributed.gradient_sync(self.net, world, m == cfg.grad_accum - 1):
                 with self._autocast():
-                    loss = F.cross_entropy(self.net(x).flatten(0, 1), y.flatten())
+                    loss = self.net(x, targets=y)
                 (loss / cfg.grad_accum).backward()
             total += loss.detach()
         if cfg.clip:
