@@ -82,6 +82,8 @@ def wrap(model: nn.Module, world: World) -> nn.Module:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
+    """The model itself, without torch.compile's and DDP's wrappers (their names prefix its keys)."""
+    model = getattr(model, "_orig_mod", model)
     return getattr(model, "module", model)
 
 
