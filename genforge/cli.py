@@ -328,6 +328,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from genforge.train.loop import train
 
     r = train(cfg)
+    if not r["main"]:  # under torchrun, the first process speaks for all
+        return 0
     if r.get("interrupted"):
         print(
             f"stopped at step {r['step']} of {r['steps']}; continue with --resume --out {r['run']}"

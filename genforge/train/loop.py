@@ -149,7 +149,7 @@ class Trainer:
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": self.cfg.weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        fused = self.world.device.type == "cuda" and not self.world.fsdp
+        fused = not self.world.fsdp  # one kernel per step (half the time of foreach on CPU)
         return torch.optim.AdamW(groups, lr=self.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused)
 
     def _start(self) -> None:
@@ -339,13 +339,14 @@ class Trainer:
         stop.restore()
         if stop.requested and self.step < self.steps:
             result["interrupted"] = True
-        return result | {"step": self.step, "steps": self.steps, "run": str(self.run)}
+        return result | {"step": self.step, "steps": self.steps, "run": str(self.run),
+                         "main": world.main}  # fmt: skip
 
     def _periodic(self, every: dict, last: bool, bar) -> dict:
         out = {}
         if self.step % every["eval"] == 0 or last:
             out = self.evaluate() if self.val_ids else {}
-            if out:
+            if out and self.world.main:
                 self.metrics.write({"kind": "eval", "step": self.step,
                                     "tokens": self.step * self.batches.rows * self.cfg.seq_len,
                                     **out})  # fmt: skip

@@ -12,10 +12,11 @@ from genforge.train.data import prepare
 WORDS = (
     "model", "data", "token", "layer", "train", "loss", "value", "graph", "tensor", "batch",
     "step", "window", "cache", "function", "class", "module", "return", "import", "print",
+    "list", "dict", "string", "number", "queue", "socket", "thread", "buffer", "parser",
 )  # fmt: skip
 
 
-def tiny_corpus_texts(n_docs: int = 300, seed: int = 0) -> list[str]:
+def tiny_corpus_texts(n_docs: int = 400, seed: int = 0) -> list[str]:
     """Documents with learnable structure: templated sentences over a small vocabulary."""
     rng = random.Random(seed)
     docs = []
