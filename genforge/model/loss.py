@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 IGNORE = -100  # target id that contributes no loss (e.g. prompt tokens in fine-tuning)
+CHUNK_BYTES = 1 << 29  # float32 logits per block
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -23,7 +24,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         valid = targets != IGNORE
         count = valid.sum().clamp(min=1)
         grad_x = torch.empty_like(x) if need_grad else None
-        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_grad else None
+        grad_w = None
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         for start in range(0, x.shape[0], chunk):
             xs, t = x[start : start + chunk], targets[start : start + chunk]
@@ -31,21 +32,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
             t = torch.where(ok, t, 0)
             rows = torch.arange(len(t), device=t.device)
             logits = (xs @ weight.t()).float()  # (c, V)
-            # log-sum-exp from the softmax at the argmax (p >= 1/V there, so no underflow):
-            # a max pass and a fused softmax instead of logsumexp-then-exp, which walked the
-            # (c, V) block several more times and dominated the step.
-            top, arg = logits.max(dim=-1)
-            probs = torch.softmax(logits, dim=-1)
-            lse = top - probs[rows, arg].log()
-            total += ((lse - logits[rows, t]) * ok).sum()
-            del logits
+            picked = logits[rows, t]
+            # Softmax by hand, in place: amax, subtract, exp, sum, divide. PyTorch's fused CPU
+            # softmax (and max with indices, or logsumexp) ran 3-5x slower than these passes.
+            top = logits.amax(dim=-1)
+            probs = logits.sub_(top[:, None]).exp_()
+            norm = probs.sum(dim=-1)
+            probs.div_(norm[:, None])
+            total += ((top + norm.log() - picked) * ok).sum()
             if need_grad:
                 probs[rows, t] -= 1.0  # d loss / d logits = softmax - one-hot
                 if not bool(ok.all()):
                     probs[~ok] = 0.0
                 g = probs.to(x.dtype)
                 grad_x[start : start + chunk] = g @ weight.to(x.dtype)
-                grad_w.addmm_(g.t().float(), xs.float())
+                if grad_w is None:  # the first block writes, later ones add (no zero fill)
+                    grad_w = g.t().float() @ xs.float()
+                else:
+                    grad_w.addmm_(g.t().float(), xs.float())
         if need_grad:
             ctx.save_for_backward(grad_x, grad_w, count)
         return total / count
@@ -58,7 +62,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(
-    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 512
+    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 0
 ) -> torch.Tensor:
-    """Mean cross-entropy of `x @ weight.T` (x (N, C), weight (V, C)) against `targets` (N,)."""
+    """Mean cross-entropy of `x @ weight.T` (x (N, C), weight (V, C)) against `targets` (N,).
+
+    chunk: rows per block of logits; 0 = blocks of up to 512 MB (larger blocks run the matmuls
+    faster; on CPU 512-row blocks were 25-40 % slower per FLOP than 2048-row ones).
+    """
+    chunk = chunk or max(256, CHUNK_BYTES // (4 * weight.shape[0]))
     return _LinearCrossEntropy.apply(x, weight, targets, chunk)
