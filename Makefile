@@ -7,7 +7,7 @@ DEFAULT_MODEL := smollm2-135m-instruct
 # Set-up output goes to stderr so that `echo "question" | make run` prints only the answer.
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run serve test test-slow lint format setup setup-dev model browser bench bench-serve bench-train clean help
+.PHONY: run serve test test-slow lint format setup setup-dev model browser bench bench-serve bench-train recipe clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -82,6 +82,13 @@ bench-serve: $(VENV)/.installed-bench model  ## genforge's and llama.cpp's serve
 # e.g. make bench-train BENCH_TRAIN_ARGS="--rounds 5 --no-compile"
 bench-train: $(VENV)/.installed-dev  ## genforge's training step vs a nanoGPT-style reference loop, into RESULTS.md
 	$(PY) benchmarks/train_speed.py $(BENCH_TRAIN_ARGS)
+
+# e.g. make recipe RECIPE=stdlib-code
+RECIPE ?= pydocs-tiny
+recipe: $(VENV)/.installed  ## train a recipe end to end (RECIPE=pydocs-tiny or stdlib-code), into recipes/RESULTS.md
+	@test "$(RECIPE)" != pydocs-tiny || test -d /usr/share/doc/python3.11/html/_sources || \
+		{ apt-get update -qq && apt-get install -y -qq python3.11-doc; } 1>&2
+	$(PY) recipes/run.py $(RECIPE)
 
 clean:  ## remove the virtual environment (the model cache is kept)
 	rm -rf $(VENV)
