@@ -13,7 +13,9 @@ again.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -37,7 +39,7 @@ class Recipe:
 RECIPES = {
     "pydocs-tiny": Recipe(
         corpus="pydocs",
-        about="a 4-layer model on the Python 3.11 documentation (reStructuredText prose, 12 MB)",
+        about="A 4-layer model on the Python 3.11 documentation (reStructuredText prose, 12 MB)",
         vocab_size=4096,
         train={
             "depth": 4,
@@ -53,7 +55,7 @@ RECIPES = {
     ),
     "stdlib-code": Recipe(
         corpus="stdlib",
-        about="a 4-layer code model on CPython's standard library (Python source)",
+        about="A 4-layer code model on CPython's standard library (Python source)",
         vocab_size=4096,
         train={
             "depth": 4,
@@ -126,12 +128,14 @@ def section(name: str, r: dict) -> list[str]:
         f"## {name}",
         "",
         f"{recipe.about}. `{command}` (`make recipe RECIPE={name}`) on {time.strftime('%Y-%m-%d')}, "
-        f"{platform.processor() or platform.machine()}, 2 CPU threads: **{r['minutes']:.1f} minutes** "
+        f"{cpu_name()}, {os.cpu_count()} CPU threads: **{r['minutes']:.1f} minutes** "
         f"end to end (tokenizer, data, training). {r['params'] / 1e6:.1f}M parameters, "
         f"{r['step']} steps, {r['tokens']:,} training tokens at {r['tokens_per_s']:,.0f} tokens/s.",
         "",
         f"Final validation: **{r['val_bpb']:.3f} bits per byte** (loss {r['val_loss']:.3f} nats "
         "per token).",
+        "",
+        f"![loss curve]({name}-loss.png)",
         "",
         "Samples (temperature 0.8, top-k 40; the prompt in brackets):",
         "",
@@ -140,6 +144,16 @@ def section(name: str, r: dict) -> list[str]:
         body = text.replace("```", "'''")
         lines += ["```", f"[{prompt}]{body}", "```", ""]
     return lines
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
 
 
 def write_section(name: str, lines: list[str], out: Path) -> None:
@@ -162,6 +176,7 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     args = ap.parse_args()
     result = run(args.recipe, args.root)
+    shutil.copyfile(result["run"] / "loss.png", args.results.parent / f"{args.recipe}-loss.png")
     lines = section(args.recipe, result)
     write_section(args.recipe, lines, args.results)
     print("\n".join(lines))

@@ -61,7 +61,7 @@ def plot(run: Path) -> Path | None:
                 label="validation loss")  # fmt: skip
     ax.set_xlabel("tokens")
     ax.set_ylabel("loss (nats per token)")
-    ax.set_title(run.name)
+    ax.set_title(str(run))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
