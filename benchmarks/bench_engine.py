@@ -284,6 +284,23 @@ def cpu_description() -> str:
     return f"{model}, {os.cpu_count()} cores, flags: {', '.join(flags) or 'none of ' + '/'.join(wanted)}"
 
 
+def write_section(out: Path, heading: str, lines: list[str]) -> None:
+    """Replace the section `heading` of RESULTS.md, or put it before the hand-written notes."""
+    text = out.read_text() if out.exists() else "# Benchmark results\n"
+    new = "\n".join(lines).rstrip() + "\n"
+    if heading in text:
+        start = text.index(heading)
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + new + (text[end:] if end >= 0 else "")
+    elif NOTES_HEADING in text:
+        at = text.index(NOTES_HEADING)
+        text = text[:at] + new + "\n" + text[at:]
+    else:
+        text = text.rstrip() + "\n\n" + new
+    out.write_text(text.rstrip() + "\n")
+    print(new)
+
+
 def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "—"
 

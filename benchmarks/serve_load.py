@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import bench_serving as serving
-from bench_engine import MODEL, NOTES_HEADING, SERVE_LOAD_HEADING, cpu_description
+from bench_engine import MODEL, SERVE_LOAD_HEADING, cpu_description, write_section
 
 HERE = Path(__file__).resolve().parent
 SERVERS = ("genforge", "llama.cpp server")
@@ -226,7 +226,7 @@ def main() -> None:
         if name == "genforge" and res["errors"]:
             print(f"\n*** genforge: {res['errors']} FAILED REQUESTS ***", file=sys.stderr)
             print("\n".join(res["first_errors"]) + "\n", file=sys.stderr)
-    write_section(args.out, section(results, args))
+    write_section(args.out, SERVE_LOAD_HEADING, section(results, args))
     if results.get("genforge", {}).get("errors"):
         sys.exit(1)
 
@@ -270,23 +270,6 @@ def section(results: dict, args) -> list[str]:
     counted = {f"{name}: {', '.join(f'{how} ({n})' for how, n in r['counted'].items())}"
                for name, r in results.items()}  # fmt: skip
     return [*lines, "", "Tokens counted from: " + "; ".join(sorted(counted)) + ".", ""]
-
-
-def write_section(out: Path, lines: list[str]) -> None:
-    """Replace this section of RESULTS.md, or put it before the hand-written notes."""
-    text = out.read_text() if out.exists() else "# Benchmark results\n"
-    new = "\n".join(lines).rstrip() + "\n"
-    if SERVE_LOAD_HEADING in text:
-        start = text.index(SERVE_LOAD_HEADING)
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + new + (text[end:] if end >= 0 else "")
-    elif NOTES_HEADING in text:
-        at = text.index(NOTES_HEADING)
-        text = text[:at] + new + "\n" + text[at:]
-    else:
-        text = text.rstrip() + "\n\n" + new
-    out.write_text(text.rstrip() + "\n")
-    print(new)
 
 
 if __name__ == "__main__":

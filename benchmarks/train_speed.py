@@ -24,9 +24,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench_engine import cpu_description, write_section
+
 HERE = Path(__file__).parent
 HEADING = "## Training speed (train_speed.py)"
-NOTES_HEADING = "## Reading these figures"
 VOCAB, DEPTH, WIDTH, HEADS, BATCH, SEQ = 50304, 6, 384, 6, 8, 256
 
 
@@ -222,22 +223,7 @@ def main() -> None:
             variants.append(reference_variant("reference bf16 eager", compile=False, bf16=True))
             variants.append(genforge_variant("genforge bf16", data, root, dtype="bf16"))
         results = measure(variants, args.steps, args.rounds, args.warmup)
-    write_section(args.out, section(results, args, bf16))
-
-
-def cpu_description() -> str:
-    name = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        flags = ""
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-    have = [f for f in wanted if f" {f}" in flags]
-    return f"{name}, flags: {', '.join(have) or 'none of avx2/avx512/amx'}"
+    write_section(args.out, HEADING, section(results, args, bf16))
 
 
 def section(results: dict, args, bf16: bool) -> list[str]:
@@ -270,23 +256,6 @@ def section(results: dict, args, bf16: bool) -> list[str]:
         "",
     ]
     return lines
-
-
-def write_section(out: Path, lines: list[str]) -> None:
-    """Replace this section of RESULTS.md, or put it before the hand-written notes."""
-    text = out.read_text() if out.exists() else "# Benchmark results\n"
-    new = "\n".join(lines).rstrip() + "\n"
-    if HEADING in text:
-        start = text.index(HEADING)
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + new + (text[end:] if end >= 0 else "")
-    elif NOTES_HEADING in text:
-        at = text.index(NOTES_HEADING)
-        text = text[:at] + new + "\n" + text[at:]
-    else:
-        text = text.rstrip() + "\n\n" + new
-    out.write_text(text.rstrip() + "\n")
-    print(new)
 
 
 if __name__ == "__main__":
