@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -25,6 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench_engine import cpu_description, write_section
+
+# What `genforge train` runs with (genforge.use_active_omp_wait), for both loops alike.
+os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 
 HERE = Path(__file__).parent
 HEADING = "## Training speed (train_speed.py)"

@@ -318,8 +318,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import fields
     from pathlib import Path
 
+    import genforge
     from genforge.train.config import TrainConfig
 
+    genforge.use_active_omp_wait()  # before torch is imported
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
     values["out"] = values["out"] or str(Path("runs") / Path(args.data).resolve().name)
     values["sample_prompts"] = tuple(values["sample_prompts"] or ())
