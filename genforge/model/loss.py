@@ -38,27 +38,27 @@ class _LinearCrossEntropy(torch.autograd.Function):
             top = logits.amax(dim=-1)
             probs = logits.sub_(top[:, None]).exp_()
             norm = probs.sum(dim=-1)
-            probs.div_(norm[:, None])
             total += ((top + norm.log() - picked) * ok).sum()
+            # d mean-loss / d logits = (softmax - one-hot) / count, the 1/count folded in here
+            probs.div_((norm * count)[:, None])
             if need_grad:
-                probs[rows, t] -= 1.0  # d loss / d logits = softmax - one-hot
-                if not bool(ok.all()):
-                    probs[~ok] = 0.0
+                probs[rows, t] -= 1.0 / count
+                if torch.compiler.is_compiling() or not bool(ok.all()):
+                    probs.mul_(ok[:, None])  # ignored targets add no gradient
                 g = probs.to(x.dtype)
                 grad_x[start : start + chunk] = g @ weight.to(x.dtype)
-                if grad_w is None:  # the first block writes, later ones add (no zero fill)
-                    grad_w = g.t().float() @ xs.float()
-                else:
-                    grad_w.addmm_(g.t().float(), xs.float())
+                if grad_w is None:
+                    grad_w = torch.zeros_like(weight, dtype=torch.float32)
+                grad_w.addmm_(g.t().float(), xs.float())
         if need_grad:
-            ctx.save_for_backward(grad_x, grad_w, count)
+            ctx.save_for_backward(grad_x, grad_w)
         return total / count
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad_x, grad_w, count = ctx.saved_tensors
-        scale = grad_out / count
-        return grad_x * scale.to(grad_x.dtype), (grad_w * scale).to(ctx.weight_dtype), None, None
+        grad_x, grad_w = ctx.saved_tensors  # already divided by the target count
+        grad_w = grad_w.mul_(grad_out).to(ctx.weight_dtype)  # in place: backward runs once
+        return grad_x * grad_out.to(grad_x.dtype), grad_w, None, None
 
 
 def linear_cross_entropy(
