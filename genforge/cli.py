@@ -315,18 +315,12 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dataclasses import fields
-    from pathlib import Path
-
     import genforge
     from genforge.train.config import TrainConfig
 
     genforge.use_active_omp_wait()  # before torch is imported
-    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
-    values["out"] = values["out"] or str(Path("runs") / Path(args.data).resolve().name)
-    values["sample_prompts"] = tuple(values["sample_prompts"] or ())
-    cfg = TrainConfig(**values)
-    _check_train_args(cfg)
+    cfg = TrainConfig.from_args(args)
+    cfg.check()
     from genforge.train.loop import train
 
     r = train(cfg)
@@ -343,50 +337,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     print(f"run: {r['run']} (use it with `genforge chat -m {r['run']}` or `genforge export`)")
     return 0
-
-
-def _check_train_args(cfg) -> None:
-    positive = ("depth", "seq_len", "batch_size", "grad_accum", "eval_tokens", "log_every")
-    for name in positive:
-        if getattr(cfg, name) < 1:
-            raise GenforgeError(
-                f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}."
-            )
-    for name in ("steps", "eval_every", "sample_every", "save_every", "keep", "sample_tokens"):
-        if getattr(cfg, name) < 0:
-            raise GenforgeError(
-                f"--{name.replace('_', '-')} must be 0 or more, got {getattr(cfg, name)}."
-            )
-    if cfg.lr < 0 or cfg.weight_decay < 0 or cfg.clip < 0:
-        raise GenforgeError("--lr, --weight-decay and --clip must not be negative.")
-    if not 0 <= cfg.min_lr_frac <= 1:
-        raise GenforgeError(f"--min-lr-frac must be in [0, 1], got {cfg.min_lr_frac}.")
-
-
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    """One flag per `TrainConfig` field, its help from the field's comment."""
-    from dataclasses import MISSING, fields
-
-    from genforge.train.config import TrainConfig
-
-    help_text = TrainConfig.field_help()
-    for f in fields(TrainConfig):
-        flag, text = "--" + f.name.replace("_", "-"), help_text[f.name].replace("%", "%%")
-        if f.name == "data":
-            p.add_argument(flag, required=True, metavar="DIR", help=text)
-        elif f.name == "out":
-            p.add_argument(flag, default=None, metavar="DIR",
-                           help=f"{text} (default: runs/NAME, NAME from --data)")  # fmt: skip
-        elif f.name == "sample_prompts":
-            p.add_argument("--sample-prompt", dest=f.name, action="append", metavar="TEXT",
-                           help=f"{text} (repeatable)")  # fmt: skip
-        elif f.type == "bool":
-            p.add_argument(flag, action="store_true", help=text)
-        else:
-            kind = {"int": int, "float": float, "str": str}[f.type]
-            default = f.default if f.default is not MISSING else None
-            p.add_argument(flag, type=kind, default=default, metavar=f.type.upper() if kind is not str else "NAME",
-                           help=f"{text} (default: {default})")  # fmt: skip
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -535,7 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "--depth. Checkpoints, metrics.jsonl and loss.png go to --out; --resume "
                        "continues a stopped run exactly. Runs unchanged under torchrun (DDP, or "
                        "FSDP2 with --fsdp).")  # fmt: skip
-    _add_train_args(p)
+    from genforge.train.config import TrainConfig  # dataclasses only: --help stays fast
+
+    TrainConfig.add_arguments(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export", help="write a trained model as a Hugging Face folder or a GGUF file",

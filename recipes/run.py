@@ -36,37 +36,23 @@ class Recipe:
     val_fraction: float = 0.05  # documents held out: enough validation text for a steady figure
 
 
+# Both recipes train the same small model; they differ in corpus, steps and prompts.
+SMALL = {"depth": 4, "seq-len": 256, "batch-size": 16, "eval-every": 100, "eval-tokens": 32768,
+         "sample-tokens": 40}  # fmt: skip
+
 RECIPES = {
     "pydocs-tiny": Recipe(
         corpus="pydocs",
         about="A 4-layer model on the Python 3.11 documentation (reStructuredText prose, 12 MB)",
         vocab_size=4096,
-        train={
-            "depth": 4,
-            "seq-len": 256,
-            "batch-size": 16,
-            "steps": 700,
-            "eval-every": 100,
-            "eval-tokens": 32768,
-            "sample-tokens": 40,
-            "sample-prompt": ["The ", "This module provides"],
-        },
+        train=SMALL | {"steps": 700, "sample-prompt": ["The ", "This module provides"]},
         prompts=["The ", "This module provides", "To create a new", "The following example"],
     ),
     "stdlib-code": Recipe(
         corpus="stdlib",
         about="A 4-layer code model on CPython's standard library (Python source)",
         vocab_size=4096,
-        train={
-            "depth": 4,
-            "seq-len": 256,
-            "batch-size": 16,
-            "steps": 500,
-            "eval-every": 100,
-            "eval-tokens": 32768,
-            "sample-tokens": 40,
-            "sample-prompt": ["def ", "import os\n"],
-        },
+        train=SMALL | {"steps": 500, "sample-prompt": ["def ", "import os\n"]},
         prompts=["def __init__(self", "import os\n", "    for i in range(", "class Queue"],
     ),
 }

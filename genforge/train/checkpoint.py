@@ -65,8 +65,6 @@ def load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
             f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it to resume "
             "from the one before."
         ) from None
-    if cfg.tie_embeddings:
-        weights.pop("output.weight", None)
     return weights, state
 
 

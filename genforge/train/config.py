@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 
+from genforge.errors import GenforgeError
 from genforge.model.config import ModelConfig
 
 HEAD_DIM = 64  # width = HEAD_DIM * depth, so heads = depth: the aspect ratio nanochat uses
@@ -43,6 +44,57 @@ class TrainConfig:
     # Fields that define the run: a resumed run must have the same ones, or it is another run.
     IDENTITY = ("depth", "seq_len", "batch_size", "grad_accum", "steps", "lr", "warmup",
                 "schedule", "min_lr_frac", "weight_decay", "clip", "seed", "fsdp")  # fmt: skip
+
+    def check(self) -> None:
+        """Refuse values no run can use, naming the flag (library callers get the CLI's checks)."""
+        flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
+        for name in ("depth", "seq_len", "batch_size", "grad_accum", "eval_tokens", "log_every"):
+            if getattr(self, name) < 1:
+                raise GenforgeError(f"{flag(name)} must be at least 1, got {getattr(self, name)}.")
+        for name in ("steps", "eval_every", "sample_every", "save_every", "keep", "sample_tokens"):
+            if getattr(self, name) < 0:
+                raise GenforgeError(f"{flag(name)} must be 0 or more, got {getattr(self, name)}.")
+        if self.lr < 0 or self.weight_decay < 0 or self.clip < 0:
+            raise GenforgeError("--lr, --weight-decay and --clip must not be negative.")
+        if not 0 <= self.min_lr_frac <= 1:
+            raise GenforgeError(f"--min-lr-frac must be in [0, 1], got {self.min_lr_frac}.")
+        if self.schedule not in ("cosine", "wsd"):
+            raise GenforgeError(f'--schedule must be "cosine" or "wsd", got {self.schedule!r}.')
+        if self.dtype not in ("auto", "bf16", "fp32"):
+            raise GenforgeError(f'--dtype must be "auto", "bf16" or "fp32", got {self.dtype!r}.')
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        """One command-line flag per field, its help text from the field's comment."""
+        help_text = cls.field_help()
+        for f in fields(cls):
+            flag, text = "--" + f.name.replace("_", "-"), help_text[f.name].replace("%", "%%")
+            if f.name == "data":
+                parser.add_argument(flag, required=True, metavar="DIR", help=text)
+            elif f.name == "out":
+                parser.add_argument(flag, default=None, metavar="DIR",
+                                    help=f"{text} (default: runs/NAME, NAME from --data)")  # fmt: skip
+            elif f.name == "sample_prompts":
+                parser.add_argument("--sample-prompt", dest=f.name, action="append",
+                                    metavar="TEXT", help=f"{text} (repeatable)")  # fmt: skip
+            elif f.type == "bool":
+                parser.add_argument(flag, action="store_true", help=text)
+            else:
+                kind = {"int": int, "float": float, "str": str}[f.type]
+                default = f.default if f.default is not MISSING else None
+                parser.add_argument(flag, type=kind, default=default,
+                                    metavar="NAME" if kind is str else f.type.upper(),
+                                    help=f"{text} (default: {default})")  # fmt: skip
+
+    @classmethod
+    def from_args(cls, args) -> TrainConfig:
+        """The config parsed flags describe (`add_arguments`); `out` defaults to runs/NAME."""
+        from pathlib import Path
+
+        values = {f.name: getattr(args, f.name) for f in fields(cls)}
+        values["out"] = values["out"] or str(Path("runs") / Path(args.data).resolve().name)
+        values["sample_prompts"] = tuple(values["sample_prompts"] or ())
+        return cls(**values)
 
     @classmethod
     def field_help(cls) -> dict[str, str]:

@@ -67,8 +67,6 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def autocast_dtype(choice: str, device: torch.device) -> torch.dtype | None:
-    if choice not in ("auto", "bf16", "fp32"):
-        raise GenforgeError(f'--dtype must be "auto", "bf16" or "fp32", got {choice!r}.')
     if choice == "auto":
         return torch.bfloat16 if native_bf16(device) else None
     return torch.bfloat16 if choice == "bf16" else None
@@ -103,6 +101,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, world: World | None = None):
         from genforge.tokenizer import Tokenizer
 
+        cfg.check()
         self.cfg, self.world = cfg, world or World()
         self.run = Path(cfg.out)
         manifest = load_manifest(cfg.data)
@@ -114,12 +113,12 @@ class Trainer:
         self.batches = TrainBatches(TokenWindows(cfg.data, "train", cfg.seq_len), cfg.seed, rows)
         self.val = TokenWindows(cfg.data, "val", cfg.seq_len)
         self.val_ids = validation_windows(self.val, cfg.eval_tokens)
-        self.bytes_of = token_bytes(self.tokenizer.hf, self.model_cfg.vocab_size)
+        self.bytes_of = token_bytes(self.tokenizer.hf, self.model_cfg.vocab_size).to(
+            self.world.device
+        )
         self.steps = total_steps(cfg, self.model_cfg, self.world.size)
         self.lr = peak_lr(cfg, self.model_cfg)
         self.warmup = cfg.warmup if cfg.warmup >= 0 else max(1, self.steps // 50)
-        if cfg.schedule not in ("cosine", "wsd"):
-            raise GenforgeError(f'--schedule must be "cosine" or "wsd", got {cfg.schedule!r}.')
         self.autocast = autocast_dtype(cfg.dtype, self.world.device)
         self._check_memory()
         self.step, self.elapsed = 0, 0.0
@@ -135,6 +134,10 @@ class Trainer:
             distributed.load_optimizer(self.net, self.optimizer, state["optimizer"], self.world)
         if cfg.compile:
             self.net = torch.compile(self.net)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batches.rows * self.cfg.seq_len
 
     def _check_memory(self) -> None:
         act = 2 if self.autocast else 4
@@ -244,7 +247,7 @@ class Trainer:
                 logits = self.net(x)
             nats = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
             nats = nats.view_as(y) * weight
-            nbytes = self.bytes_of.to(world.device)[y] * weight
+            nbytes = self.bytes_of[y] * weight
             sums += torch.stack([nats.sum(), weight.expand_as(y).sum(),
                                  (nats * (nbytes > 0)).sum(), nbytes.sum()]).double().cpu()  # fmt: skip
         nats, count, nats_b, nbytes = distributed.total(sums.tolist(), world)
@@ -307,7 +310,7 @@ class Trainer:
         }
         every["sample"] = cfg.sample_every or every["eval"]
         every["save"] = cfg.save_every or every["eval"]
-        tokens_per_step = self.batches.rows * cfg.seq_len
+        tokens_per_step = self.tokens_per_step
         bar = tqdm(total=self.steps, initial=self.step, unit="step", dynamic_ncols=True,
                    disable=not (progress and world.main))  # fmt: skip
         result, stop = {}, _StopFlag(world)
@@ -348,7 +351,7 @@ class Trainer:
             out = self.evaluate() if self.val_ids else {}
             if out and self.world.main:
                 self.metrics.write({"kind": "eval", "step": self.step,
-                                    "tokens": self.step * self.batches.rows * self.cfg.seq_len,
+                                    "tokens": self.step * self.tokens_per_step,
                                     **out})  # fmt: skip
                 bar.write(f"step {self.step}: val loss {out['val_loss']:.4f}, "
                           f"{out['val_bpb']:.3f} bits per byte")  # fmt: skip
