@@ -116,6 +116,12 @@ class BlockPool:
             table.blocks.append(self._allocate())
         return True
 
+    def share(self, table: BlockTable, blocks: list[int]) -> None:
+        """Append `blocks` (held by another table) to `table`, which then holds them too."""
+        for block in blocks:
+            self._take(block)
+            table.blocks.append(block)
+
     def release(self, table: BlockTable) -> None:
         """Give back every block of `table`; named blocks stay cached until their memory is needed."""
         # Later blocks are evicted first: a shared prefix outlives the tails that extend it.

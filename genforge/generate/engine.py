@@ -33,6 +33,7 @@ from genforge.errors import GenforgeError
 from genforge.generate.blocks import BlockPool
 from genforge.generate.sampling import SamplingParams, make_generator, sample
 from genforge.generate.scheduler import Request, Scheduled, Scheduler
+from genforge.generate.score import Scored, check_requests, loglikelihood
 from genforge.generate.structured import Constraint
 from genforge.model.kv_cache import PagedBatch, PagedKVCache
 from genforge.model.transformer import Transformer
@@ -146,6 +147,23 @@ class Engine:
             if not req.finished:
                 self.scheduler.cancel(req)
                 self._emit(req, _DONE)
+
+    def loglikelihood(
+        self, requests: list[tuple[list[int], list[int]]], *, batch_tokens: int = 2048,
+        progress=None,
+    ) -> list[Scored]:  # fmt: skip
+        """Log-likelihood of each (context ids, continuation ids) under the model, batched through
+        this engine's KV cache (genforge.generate.score). Generation waits between batches."""
+        check_requests(requests, self.context_length)
+        out: list[Scored] = []
+        step = max(1, batch_tokens // 4)  # requests per hold of the lock: others get turns
+        for i in range(0, len(requests), step):
+            with self._lock, torch.inference_mode():
+                out += loglikelihood(
+                    self.model, self.cache, self.pool, requests[i : i + step],
+                    batch_tokens=batch_tokens, progress=progress,
+                )  # fmt: skip
+        return out
 
     def reset_prefix_cache(self) -> None:
         """Forget cached prefixes (e.g. to time a cold prompt); blocks in use are untouched."""

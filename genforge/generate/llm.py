@@ -13,6 +13,7 @@ import torch
 from genforge.errors import GenforgeError
 from genforge.generate.engine import Engine
 from genforge.generate.sampling import SamplingParams
+from genforge.generate.score import Scored
 from genforge.generate.structured import Grammar, inline_tools, tool_call_grammar
 from genforge.generate.text import Delta, stream_text
 
@@ -183,6 +184,36 @@ class LLM:
         if stream:
             return (d.text for d in self._run(prompt.ids, params, prompt.grammar) if d.text)
         return self._collect(prompt.ids, params, prompt.grammar).text
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Token ids of a (context, continuation) pair for scoring.
+
+        The whole text is tokenized at once and split where the context's own tokens end, so the
+        continuation is tokenized as the model would see it in running text. The context starts with
+        the BOS token when the model's tokenizer adds one (and an empty context is the BOS token, or
+        end-of-text for models without one); a context too long for the model loses its start.
+        """
+        tok = self.tokenizer
+        ctx = tok.encode(context, add_special=False)
+        whole = tok.encode(context + continuation, add_special=False)
+        if whole[: len(ctx)] != ctx:  # the boundary merged into one token: split the texts instead
+            whole = ctx + tok.encode(continuation, add_special=False)
+        cont = whole[len(ctx) :]
+        if tok.add_bos or not ctx:
+            ctx = [tok.bos_id if tok.bos_id is not None else min(tok.eos_ids, default=0), *ctx]
+        keep = self.context_length - len(cont)
+        return ctx[-keep:] if keep > 0 else ctx[-1:], cont
+
+    def loglikelihood(
+        self, pairs: list[tuple[str, str]], *, progress=None
+    ) -> list[Scored]:  # fmt: skip
+        """log p(continuation | context) for each (context, continuation) text pair, batched.
+
+        progress: called with the number of pairs finished after each batch.
+        """
+        return self.engine.loglikelihood(
+            [self.encode_pair(c, x) for c, x in pairs], progress=progress
+        )
 
     def complete(self, prompt_ids: list[int], **sampling) -> Completion:
         """Completion with its finish reason and token counts, from token ids."""

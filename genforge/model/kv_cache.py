@@ -47,13 +47,20 @@ class PagedKVCache:
     def for_model(cls, cfg, n_blocks: int, block_size: int, dtype: torch.dtype) -> PagedKVCache:
         return cls(cfg.n_layers, n_blocks, block_size, cfg.n_kv_heads, cfg.head_dim, dtype)
 
+    def copy_slots(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Copy the keys and values at slots `src` to slots `dst`, in every layer."""
+        for k, v in zip(self.k, self.v, strict=True):
+            k.index_copy_(0, dst, k.index_select(0, src))
+            v.index_copy_(0, dst, v.index_select(0, src))
+
 
 class PagedBatch:
     """One forward pass over several sequences, their new tokens laid end to end: (1, N) tokens.
 
-    Built once per step from each sequence's (block table, first new position, token count, whether
-    it needs logits); every layer then writes its keys/values into the pool and attends through the
-    index tensors made here. `last_rows` are the rows whose logits the model returns.
+    Built once per step from each sequence's (block table, first new position, token count, how many
+    of its last new tokens need logits: a bool means 0 or 1); every layer then writes its keys/values
+    into the pool and attends through the index tensors made here. `last_rows` are the rows whose
+    logits the model returns.
     Single-token rows (decodes) share one batched attention call with a padding mask; each prompt
     chunk gets its own causal call.
     """
@@ -77,12 +84,11 @@ class PagedBatch:
                 decode_keys.append(seq_slots)
             else:
                 self.chunks.append((off, off + n, seq_slots, start == 0))
-            if logits:
-                offsets.append(off + n - 1)
+            offsets.extend(range(off + n - int(logits), off + n))
             off += n
         self.positions = torch.cat(positions)
         self.write_slots = torch.cat(slots)
-        self.last_rows = torch.tensor(offsets, dtype=torch.long)  # last new token of each
+        self.last_rows = torch.tensor(offsets, dtype=torch.long)  # last new token(s) of each
         self.window = sliding_window
         self.chunk_masks = [self._chunk_mask(a, b, keys) for a, b, keys, _ in self.chunks]
         self.all_decode = len(self.decode_rows) == off
