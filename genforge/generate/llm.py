@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from pathlib import Path
 import torch
 
 from genforge.errors import GenforgeError
-from genforge.generate.engine import Engine
+from genforge.generate.engine import Engine, TokenStream
 from genforge.generate.sampling import SamplingParams
 from genforge.generate.score import Scored
 from genforge.generate.structured import Grammar, inline_tools, tool_call_grammar
@@ -214,6 +215,32 @@ class LLM:
         return self.engine.loglikelihood(
             [self.encode_pair(c, x) for c, x in pairs], progress=progress
         )
+
+    def complete_many(self, prompts: list[list[int]], **sampling) -> Iterator[Completion]:
+        """Completions of many prompts (token ids), yielded in order. They are queued together, so
+        they run batched and the same way every time; leaving early cancels the rest."""
+        params = self.sampling_params(**sampling)
+        eos = self.tokenizer.eos_ids
+        outs = [queue.SimpleQueue() for _ in prompts]
+        jobs = [
+            dict(prompt_ids=p, params=params, eos_ids=eos, out=o)
+            for p, o in zip(prompts, outs, strict=True)
+        ]
+        streams = [
+            TokenStream(self.engine, req, out)
+            for req, out in zip(self.engine.submit_all(jobs), outs, strict=True)
+        ]
+        try:
+            for ids, tokens in zip(prompts, streams, strict=True):
+                parts, n, reason = [], 0, "length"
+                for d in stream_text(tokens, self.tokenizer.stream(), eos, params.stop):
+                    parts.append(d.text)
+                    n += len(d.token_ids)
+                    reason = d.finish_reason or reason
+                yield Completion("".join(parts), reason, len(ids), n)
+        finally:
+            for tokens in streams:
+                tokens.close()
 
     def complete(self, prompt_ids: list[int], **sampling) -> Completion:
         """Completion with its finish reason and token counts, from token ids."""

@@ -1,0 +1,1 @@
+"""Evaluation: one harness for perplexity, multiple-choice, generation and code tasks."""
