@@ -84,6 +84,8 @@ def evaluate(
     for task in tasks:
         k = task.shots if shots is None else shots
         use_chat = _wants_chat(llm, task, chat)
+        # Cached prefixes from earlier work change float summation order: start each task clean.
+        llm.engine.reset_prefix_cache()
         t0 = time.perf_counter()
         with tqdm(desc=task.name, unit="item", disable=not progress, leave=False) as bar:
             summary, records = runners[task.kind](
@@ -302,9 +304,9 @@ def _documents(path: Path) -> list[tuple[str, str]]:
 
     if path.is_dir() and (path / MANIFEST).exists():
         from genforge.tokenizer import Tokenizer
-        from genforge.train.data import tokens
+        from genforge.train.data import load_manifest, tokens
 
-        tok = Tokenizer.from_dir(path)
+        tok = Tokenizer.from_dir(path / load_manifest(path)["tokenizer"])
         ids = tokens(path, "val").tolist()
         eos = min(tok.eos_ids)
         docs, start = [], 0
@@ -313,8 +315,7 @@ def _documents(path: Path) -> list[tuple[str, str]]:
                 docs.append((f"val/{len(docs)}", tok.decode(ids[start:end])))
             start = end + 1
         return docs
-    docs, _ = read_documents([str(path)])
-    return [(d.source, d.text) for d in docs]
+    return [(d.source, d.text) for d in read_documents([str(path)])]
 
 
 def _perplexity(llm, task: Perplexity, *, limit, shots, seed, chat, bar, workers):

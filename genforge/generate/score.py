@@ -11,7 +11,8 @@ takes two forward passes:
                       copied); all their rows give logits.
 
 So the 4 endings of a HellaSwag item cost the context once, not 4 times, and a batch of items runs
-as two forward passes with no padding. Token ids in, numbers out: text lives above (`LLM`).
+as two forward passes with no padding. A context with a single continuation (a perplexity window)
+is one sequence in the first pass. Token ids in, numbers out: text lives above (`LLM`).
 """
 
 from __future__ import annotations
@@ -69,11 +70,18 @@ def loglikelihood(
     groups: dict[tuple[int, ...], _Group] = {}
     for i, (context, _) in enumerate(requests):
         groups.setdefault(tuple(context), _Group(list(context), [])).requests.append(i)
+    units = []
+    for group in groups.values():
+        if len(group.requests) > 1 and _cost(group, requests, pool)[2] > pool.n_blocks:
+            # Its continuations together outgrow the cache: score them one by one instead.
+            units += [_Group(group.context, [i]) for i in group.requests]
+        else:
+            units.append(group)
     results: list[Scored | None] = [None] * len(requests)
     max_rows = max(64, LOGITS_BYTES // (4 * model.cfg.vocab_size))
     batch: list[_Group] = []
     tokens = rows = blocks = 0
-    for group in groups.values():
+    for group in units:
         g_tokens, g_rows, g_blocks = _cost(group, requests, pool)
         if batch and (
             tokens + g_tokens > batch_tokens
@@ -84,8 +92,8 @@ def loglikelihood(
             batch, tokens, rows, blocks = [], 0, 0, 0
         if g_blocks > pool.n_available:
             raise GenforgeError(
-                "a scoring request does not fit the KV cache; load the model with a larger "
-                "kv_tokens (or a shorter context)."
+                "the KV cache is too busy to score this request; wait for running generations "
+                "to finish or load the model with a larger kv_tokens."
             )
         batch.append(group)
         tokens, rows, blocks = tokens + g_tokens, rows + g_rows, blocks + g_blocks
@@ -98,6 +106,8 @@ def _cost(group: _Group, requests, pool: BlockPool) -> tuple[int, int, int]:
     """Tokens computed, logit rows and cache blocks that scoring `group` takes."""
     n, bs = len(group.context), pool.block_size
     conts = [len(requests[i][1]) - 1 for i in group.requests]
+    if len(conts) == 1:  # one sequence, one pass
+        return n + conts[0], 1 + conts[0], pool.blocks_for(n + conts[0])
     blocks = pool.blocks_for(n) + sum(pool.blocks_for(n + m) - n // bs for m in conts)
     return n + sum(conts), 1 + sum(conts), blocks
 
@@ -106,25 +116,38 @@ def _score_batch(model, cache, pool, batch: list[_Group], requests, results, pro
     bs = pool.block_size
     tables: list[BlockTable] = []
     try:
-        # Pass 1: each context once; its last row predicts every continuation's first token.
+        # Pass 1: each context once. A context with one continuation runs on through it (all of
+        # that pair in one sequence); otherwise its last row predicts each continuation's first token.
         seqs, feed = [], []
         for group in batch:
             table, n = BlockTable(), len(group.context)
             tables.append(table)
             cached = pool.match_prefix(table, group.context, n - 1)
-            pool.grow(table, n)
-            seqs.append((table.blocks, cached, n - cached, True))
-            feed.extend(group.context[cached:])
-        first = _log_probs(model, cache, seqs, feed)  # (groups, vocab)
+            tokens = group.context[cached:]
+            if len(group.requests) == 1:
+                tokens = tokens + requests[group.requests[0]][1][:-1]
+            pool.grow(table, cached + len(tokens))
+            n_rows = len(requests[group.requests[0]][1]) if len(group.requests) == 1 else 1
+            seqs.append((table.blocks, cached, len(tokens), n_rows))
+            feed.extend(tokens)
+        lp = _log_probs(model, cache, seqs, feed)  # (rows, vocab)
         # Pass 2: every continuation but its last token, after its context's cached rows.
         seqs, feed, targets, owners = [], [], [], []
-        for row, (group, table) in enumerate(zip(batch, tables[: len(batch)], strict=True)):
+        row = 0
+        for group, table in zip(batch, tables[: len(batch)], strict=True):
             n = len(group.context)
             pool.publish(table, group.context, n)
-            best = int(first[row].argmax())
+            if len(group.requests) == 1:
+                i = group.requests[0]
+                cont = requests[i][1]
+                results[i] = _scored(lp[row : row + len(cont)], cont)
+                row += len(cont)
+                continue
+            first, best = lp[row], int(lp[row].argmax())
+            row += 1
             for i in group.requests:
                 cont = requests[i][1]
-                results[i] = Scored(float(first[row, cont[0]]), best == cont[0], len(cont))
+                results[i] = Scored(float(first[cont[0]]), best == cont[0], len(cont))
                 if len(cont) == 1:
                     continue
                 own = BlockTable()
@@ -153,6 +176,13 @@ def _score_batch(model, cache, pool, batch: list[_Group], requests, results, pro
             pool.release(table)
     if progress is not None:
         progress(sum(len(g.requests) for g in batch))
+
+
+def _scored(lp: torch.Tensor, continuation: list[int]) -> Scored:
+    """The score of a continuation from the log-prob rows (one per token) that predict it."""
+    want = torch.tensor(continuation)
+    total = float(lp.gather(1, want[:, None]).sum(dtype=torch.float64))
+    return Scored(total, bool((lp.argmax(1) == want).all()), len(continuation))
 
 
 def _log_probs(

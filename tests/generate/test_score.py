@@ -100,3 +100,15 @@ def test_bad_requests_are_refused_with_one_sentence(random_model):
         engine.loglikelihood([([], [1])])
     with pytest.raises(GenforgeError, match="the context holds 256"):
         engine.loglikelihood([([1] * 200, [2] * 100)])
+
+
+def test_long_requests_that_fill_the_cache_are_scored_one_by_one(random_model):
+    """Near the context limit the shared-context plan outgrows the cache; the scorer then runs each
+    (context, continuation) as one sequence, which always fits."""
+    engine = Engine(random_model, kv_tokens=256)  # the model's whole context, no more
+    rng = random.Random(3)
+    context = [rng.randrange(256) for _ in range(200)]
+    reqs = [(context, [rng.randrange(256) for _ in range(56)]) for _ in range(3)]
+    reqs.append(([7], [rng.randrange(256) for _ in range(255)]))  # a perplexity window
+    for (ctx, cont), scored in zip(reqs, engine.loglikelihood(reqs), strict=True):
+        assert scored.logprob == pytest.approx(reference(random_model, ctx, cont)[0], abs=1e-3)
