@@ -1,0 +1,382 @@
+"""The sandbox with real subprocesses: each test is one thing a generated program might do."""
+
+from __future__ import annotations
+
+import dis
+import os
+import re
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+import types
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from genforge.errors import GenforgeError
+from genforge.evals import sandbox
+from genforge.evals.sandbox import SandboxResult, run_python
+
+SECRET = "TOPSECRET-5d0c2f"  # written outside the sandbox; must never reach the output
+
+
+def run(code: str, **kwargs) -> SandboxResult:
+    return run_python(textwrap.dedent(code), **kwargs)
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A folder outside the sandbox with a secret and a file the program must not change."""
+    folder = tmp_path / "outside"
+    folder.mkdir()
+    (folder / "secret-name-93a1.txt").write_text(SECRET)
+    victim = folder / "victim.txt"
+    victim.write_text("original")
+    victim.chmod(0o600)
+    return folder
+
+
+def test_correct_code_passes():
+    result = run("""
+        def add(a, b):
+            return a + b
+
+        assert add(2, 3) == 5
+        if __name__ == "__main__":
+            print("sum", add(2, 3))
+    """)
+    assert (result.status, result.passed, result.returncode) == ("passed", True, 0)
+    assert (result.stdout, result.stderr) == ("sum 5\n", "")
+
+
+def test_failing_assert_fails_with_its_traceback():
+    result = run("assert sorted([3, 1]) == [3, 1], 'not sorted'")
+    assert (result.status, result.passed, result.returncode) == ("failed", False, 1)
+    assert "AssertionError: not sorted" in result.stderr
+    assert "program.py" in result.stderr and "sandbox.py" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("code", "timeout"),
+    [("while True: pass", 2), ("import time\ntime.sleep(60)", 1)],
+    ids=["busy", "asleep"],  # asleep: no CPU limit would ever end it, only the kill
+)
+def test_endless_program_times_out(code, timeout):
+    result = run_python(code, timeout=timeout)
+    assert (result.status, result.returncode) == ("timeout", None)
+    assert timeout <= result.seconds < timeout + 3
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["x = []\nwhile True:\n    x.append(b' ' * 100_000_000)", "bytearray(10**11)"],
+    ids=["append-100MB", "bytearray-100GB"],
+)
+def test_unbounded_allocation_is_memory(code):
+    result = run_python(code, memory_mb=256)
+    assert result.status == "memory", result.stderr
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import os\nif os.fork() == 0:\n    os.execv('/bin/sh', ['sh', '-c', 'touch {marker}'])",
+        "import subprocess\nsubprocess.run(['touch', '{marker}'])",
+        "import os\nos.system('touch {marker}')",
+        "import multiprocessing\nmultiprocessing.Process(target=open, args=('{marker}', 'w')).start()",
+    ],
+    ids=["fork", "subprocess", "system", "multiprocessing"],
+)
+def test_starting_a_process_is_blocked_and_has_no_effect(code, tmp_path):
+    marker = tmp_path / "marker"  # what the process would have created
+    result = run_python(code.format(marker=marker))
+    assert result.status == "blocked", result.stderr
+    assert result.stderr.startswith("sandbox: refused ")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "print(open({secret!r}).read())",
+        "import pathlib\nprint(pathlib.Path({secret!r}).read_text())",
+        "import os\nprint(os.listdir({folder!r}))",
+        "import glob\nprint(glob.glob({folder!r} + '/*'))",
+        # The refusal cannot be caught to try again.
+        "try:\n    open({secret!r})\nexcept BaseException:\n    print('caught'); print(open({secret!r}).read())",
+    ],
+    ids=["open", "pathlib", "listdir", "glob", "catch-and-retry"],
+)
+def test_reading_outside_is_blocked(code, outside):
+    secret = str(outside / "secret-name-93a1.txt")
+    result = run_python(code.format(secret=secret, folder=str(outside)))
+    assert result.status == "blocked", result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    assert "secret-name" not in result.stdout and "caught" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "open({victim!r}, 'w').write('overwritten')",
+        "open({victim!r}, 'a').write('appended')",
+        "import os\nos.remove({victim!r})",
+        "import pathlib\npathlib.Path({victim!r}).unlink()",
+        "import os\nos.rename({victim!r}, 'moved.txt')",
+        "import os\nos.chmod({victim!r}, 0o777)",
+        "import shutil\nshutil.rmtree({folder!r})",
+        "import os\nos.symlink({victim!r}, 'link')\nopen('link', 'w').write('through a link')",
+    ],
+    ids=["write", "append", "remove", "unlink", "rename", "chmod", "rmtree", "symlink"],
+)
+def test_changing_outside_is_blocked(code, outside):
+    victim = outside / "victim.txt"
+    result = run_python(code.format(victim=str(victim), folder=str(outside)))
+    assert result.status == "blocked", result.stderr
+    assert victim.read_text() == "original"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o600
+
+
+def test_connecting_to_a_local_server_is_blocked():
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        result = run(f"""
+            import socket
+            with socket.create_connection(("127.0.0.1", {port}), timeout=2) as connection:
+                connection.sendall(b"hello")
+        """)
+        server.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            server.accept()  # nobody ever connected
+    assert result.status == "blocked", result.stderr
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import ctypes\nprint(ctypes.CDLL(None).getpid())",
+        "import importlib.util\nimportlib.util.module_from_spec(importlib.util.find_spec('_ctypes'))",
+    ],
+    ids=["import", "importlib"],
+)
+def test_ctypes_is_blocked(code):
+    result = run_python(code)
+    assert result.status == "blocked", result.stderr
+    assert "SandboxImportError: sandbox: refused import" in result.stderr
+
+
+def test_a_refused_import_can_be_caught_like_a_missing_module():
+    result = run("""
+        try:
+            import ctypes
+        except ImportError:
+            ctypes = None
+        print(ctypes)
+    """)
+    assert (result.status, result.stdout) == ("passed", "None\n")
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import marshal\nexec(marshal.loads(marshal.dumps(compile('print(1)', 'x', 'exec'))))",
+        "def f(): pass\nf.__code__.replace(co_code=f.__code__.co_code)",
+    ],
+    ids=["marshal", "code-replace"],
+)
+def test_bytecode_from_outside_the_compiler_is_blocked(code):
+    result = run_python(code)
+    assert result.status == "blocked", result.stderr
+    assert result.stdout == ""
+
+
+def test_the_guard_ignores_what_the_program_rebinds(outside):
+    result = run(f"""
+        import builtins, os, posixpath
+        os.path.realpath = posixpath.realpath = posixpath.abspath = lambda path: "program.py"
+        os._exit = os.write = lambda *args: None
+        builtins.isinstance = lambda *args: True
+        builtins.str, builtins.len = bytes, lambda x: 0
+        print(open({str(outside / "secret-name-93a1.txt")!r}).read())
+    """)
+    assert result.status == "blocked", result.stderr
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_the_guard_s_functions_cannot_be_replaced():
+    result = run("""
+        import sys
+        bootstrap = sys._getframe(1).f_globals  # the sandbox module that runs this program
+        bootstrap["_inside"].__code__ = (lambda path, roots: True).__code__
+    """)
+    assert result.status == "blocked", result.stderr
+
+
+def test_the_guard_reads_no_name_the_program_could_rebind():
+    guard = sandbox._make_guard("/sandbox", ("/usr",), (), "/sandbox/program.py")
+    functions, pending = [], [guard]
+    while pending:  # the guard and every function of ours bound in its defaults, transitively
+        function = pending.pop()
+        if function.__code__.co_filename == sandbox.__file__ and function not in functions:
+            functions.append(function)
+            pending += [d for d in function.__defaults__ or () if isinstance(d, types.FunctionType)]
+    assert {"guard", "_open_refusal", "_resolve", "_as_path", "_refuse"} <= {
+        f.__name__ for f in functions
+    }
+    for function in functions:
+        codes = [function.__code__]
+        while codes:
+            code = codes.pop()
+            codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+            loads = {i.argval for i in dis.get_instructions(code) if "GLOBAL" in i.opname}
+            loads |= {i.argval for i in dis.get_instructions(code) if i.opname.endswith("DEREF")}
+            assert not loads, f"{function.__name__} reads {loads}"
+
+
+def test_parent_environment_is_not_inherited(monkeypatch):
+    monkeypatch.setenv("GENFORGE_TEST_TOKEN", "hunter2-0b5e")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    result = run("""
+        import os
+        print(dict(os.environ))
+        print(os.environ["HOME"] == os.getcwd())
+    """)
+    assert result.passed, result.stderr
+    assert "hunter2-0b5e" not in result.stdout and "proxy.invalid" not in result.stdout
+    assert result.stdout.endswith("True\n")
+
+
+def test_sandbox_directory_is_removed_afterwards():
+    result = run("""
+        import os
+        os.makedirs("a/b")
+        open("a/b/f", "w").close()
+        os.chmod("a", 0o500)  # makes removing a/b hard for anyone but root
+        print(os.getcwd())
+    """)
+    workdir = result.stdout.strip()
+    assert result.passed and os.path.basename(workdir).startswith("genforge-sandbox-")
+    assert not os.path.exists(workdir)
+
+
+def test_files_inside_the_sandbox_are_allowed():
+    result = run("""
+        import os, pathlib, tempfile
+
+        with open("notes.txt", "w") as f:
+            f.write("kept")
+        assert open("notes.txt").read() == "kept"
+        os.mkdir("sub")
+        os.rename("notes.txt", "sub/notes.txt")
+        assert os.listdir("sub") == ["notes.txt"]
+        assert pathlib.Path("sub/notes.txt").read_text() == "kept"
+        with tempfile.TemporaryDirectory() as scratch:
+            pathlib.Path(scratch, "x").write_text("y")
+        os.remove("sub/notes.txt")
+        os.rmdir("sub")
+        print("ok")
+    """)
+    assert (result.status, result.stdout) == ("passed", "ok\n"), result.stderr
+
+
+def test_common_stdlib_modules_work():
+    result = run(r"""
+        import collections, functools, hashlib, heapq, itertools, math, re, string, typing
+
+        assert math.gcd(12, 18) == 6 and re.findall(r"\d+", "a1b22") == ["1", "22"]
+        assert collections.Counter("abca").most_common(1) == [("a", 2)]
+        assert list(itertools.accumulate([1, 2, 3])) == [1, 3, 6]
+        assert heapq.nsmallest(2, [5, 1, 4]) == [1, 4]
+        assert functools.reduce(lambda a, b: a * b, [1, 2, 3, 4]) == 24
+        assert string.ascii_lowercase[:3] == "abc" and typing.get_args(typing.List[int]) == (int,)
+        print(hashlib.sha256(b"abc").hexdigest()[:8])
+    """)
+    assert (result.status, result.stdout) == ("passed", "ba7816bf\n"), result.stderr
+
+
+def test_parallel_runs_from_threads():
+    programs = [f"import time\ntime.sleep(0.3)\nprint({i} * {i})" for i in range(4)]
+    programs.append("import os\nos.system('true')")
+    with ThreadPoolExecutor(len(programs)) as pool:
+        results = list(pool.map(run_python, programs))
+    assert [r.status for r in results] == ["passed"] * 4 + ["blocked"]
+    assert [r.stdout for r in results[:4]] == [f"{i * i}\n" for i in range(4)]
+
+
+def test_output_is_bounded():
+    result = run("""
+        import sys
+        print("x" * 100_000)
+        print("y" * 100_000, file=sys.stderr)
+        raise ValueError("the end")
+    """)
+    assert result.status == "failed"
+    assert result.stdout.startswith("xxx") and len(result.stdout) < 5000
+    assert result.stderr.endswith("ValueError: the end\n") and len(result.stderr) < 5000
+
+
+@pytest.mark.parametrize("kwargs", [{"timeout": 0}, {"memory_mb": 1}], ids=["timeout", "memory"])
+def test_bad_arguments_raise_a_genforge_error(kwargs):
+    with pytest.raises(GenforgeError, match="must be"):
+        run_python("pass", **kwargs)
+
+
+PROBE = """
+import importlib.util, os, socket, sys
+
+spec = importlib.util.spec_from_file_location("sandbox_under_test", {module!r})
+sandbox = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sandbox)
+print("applied:", "; ".join(sandbox._isolate(os.getcwd(), sandbox._python_roots())))
+for name, action in [
+    ("inside", lambda: open("inside.txt", "w").close()),
+    ("read", lambda: open({secret!r}).read()),
+    ("write", lambda: open({marker!r}, "w").close()),
+    ("connect", lambda: socket.create_connection(("127.0.0.1", {port}), timeout=1)),
+    ("signal", lambda: os.kill(os.getppid(), 0)),
+    ("chown", lambda: os.chown("inside.txt", 1, 1)),
+]:
+    try:
+        action()
+        print(name, "allowed")
+    except OSError:
+        print(name, "refused")
+"""
+
+
+def test_kernel_layers_hold_without_the_audit_hook(outside, tmp_path):
+    """Layer 3 alone, in a child that has no guard: what the kernel enforces where it can."""
+    workdir, marker = tmp_path / "work", outside / "marker"
+    workdir.mkdir()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        probe = PROBE.format(
+            module=sandbox.__file__,
+            secret=str(outside / "secret-name-93a1.txt"),
+            marker=str(marker),
+            port=server.getsockname()[1],
+        )
+        done = subprocess.run(
+            [sys.executable, "-I", "-c", probe], cwd=workdir, capture_output=True, text=True
+        )
+        server.settimeout(0.2)
+        lines = dict(line.split(None, 1) for line in done.stdout.splitlines())
+        applied = lines.get("applied:", "")
+        if "network namespace" in applied or "landlock" in applied:
+            with pytest.raises(TimeoutError):
+                server.accept()
+    assert done.returncode == 0, done.stderr
+    assert lines["inside"] == "allowed"
+    if not applied:
+        pytest.skip("this kernel refuses every isolation step; the audit hook stands alone")
+    if "landlock" in applied:
+        assert (lines["read"], lines["write"], lines["connect"]) == ("refused",) * 3
+        assert not marker.exists() and SECRET not in done.stdout
+    if "network namespace" in applied:
+        assert lines["connect"] == "refused"
+    abi = re.search(r"landlock abi (\d+)", applied)
+    if abi and int(abi.group(1)) >= 6:  # signals scoped to the domain
+        assert lines["signal"] == "refused"
+    if "no capabilities" in applied and os.getuid() == 0:
+        assert lines["chown"] == "refused"
