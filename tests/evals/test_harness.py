@@ -213,3 +213,77 @@ def test_cli_errors_are_one_line(args, message):
     assert proc.returncode == 1
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+# -- code tasks: the programs the harness assembles ------------------------------------------------
+
+
+def _references():
+    from genforge.evals import data
+
+    humaneval = {
+        r["doc"]["task_id"]: r["doc"] for r in data.requests("codex_humaneval", "gold_bpb_0shot")
+    }
+    mbpp = {
+        str(r["doc"]["task_id"]): r["doc"] for r in data.requests("codex_mbpp", "gold_bpb_0shot")
+    }
+    return humaneval, mbpp
+
+
+def _programs(n: int | None):
+    """(label, program that must pass, program that must fail) from the reference solutions, in
+    every form a model's answer takes: raw continuation, chat answer with the whole function, chat
+    answer with the body only."""
+    humaneval, mbpp = _references()
+    out = []
+    for item in TASKS["humaneval"].load()[:n]:
+        doc = humaneval[item.id]
+        body, whole = doc["canonical_solution"], doc["prompt"] + doc["canonical_solution"]
+        broken = "    return None\n"
+        program = TASKS["humaneval"].program
+        out.append((f"{item.id} raw", program(item, body, False), program(item, broken, False)))
+        # a chat answer that repeats the function, minus the problem's imports, then talks on
+        whole_no_imports = "\n".join(
+            ln for ln in whole.splitlines() if not ln.startswith(("from ", "import "))
+        )
+        out.append((f"{item.id} chat", program(item, whole_no_imports + "\n```\nThis works because...", True),
+                    program(item, doc["prompt"] + broken + "```", True)))  # fmt: skip
+        out.append(
+            (
+                f"{item.id} body",
+                program(item, body + "```", True),
+                program(item, broken + "```", True),
+            )
+        )
+    for item in TASKS["mbpp"].load()[:n]:
+        code = mbpp[item.id]["code"]
+        name = code.split("def ", 1)[1].split("(", 1)[0]
+        broken = f"def {name}(*args):\n    return None\n```"
+        program = TASKS["mbpp"].program
+        out.append(
+            (f"mbpp {item.id}", program(item, code + "\n```", True), program(item, broken, True))
+        )
+    return out
+
+
+def _check_programs(programs):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from genforge.evals.sandbox import run_python
+
+    with ThreadPoolExecutor(2) as pool:
+        good = list(pool.map(run_python, [p for _, p, _ in programs]))
+        bad = list(pool.map(run_python, [p for _, _, p in programs]))
+    for (label, _, _), g, b in zip(programs, good, bad, strict=True):
+        assert g.passed, f"{label}: the reference solution failed: {g.status} {g.stderr[-500:]}"
+        assert not b.passed, f"{label}: a wrong solution passed"
+
+
+def test_reference_solutions_pass_and_wrong_ones_fail():
+    _check_programs(_programs(6))
+
+
+@pytest.mark.slow
+def test_every_reference_solution_passes():
+    """All 164 HumanEval and 500 MBPP reference solutions pass their tests as the harness runs them."""
+    _check_programs(_programs(None))
