@@ -129,25 +129,23 @@ def _limited(items: list[Item], limit: int | None) -> list[Item]:
 
 def _shots_for(task: MultipleChoice, items: list[Item], k: int, seed: int):
     """item -> the few-shot prefix written before each of its choices."""
-    if k == 0 and task.header is None:
-        return lambda item: ""
     pools: dict[str, list[Item]] = {}
-    if task.shots_source and k:
-        for item in task.items(task.shots_source):
-            pools.setdefault(item.group, []).append(item)
-        if any(len(p) < k for p in pools.values()):
-            raise GenforgeError(f"{task.name} has {min(map(len, pools.values()))} examples per "
-                                f"subject for few-shot prompts; use --shots {min(map(len, pools.values()))} or fewer.")  # fmt: skip
+    for item in task.items(task.shots_source) if task.shots_source and k else items if k else []:
+        pools.setdefault(item.group, []).append(item)
+    fewest = min((len(p) for p in pools.values()), default=k)
+    if task.shots_source and fewest < k:
+        raise GenforgeError(f"{task.name} has {fewest} examples per subject for few-shot prompts; "
+                            f"use --shots {fewest} or fewer.")  # fmt: skip
 
     def prefix(item: Item) -> str:
-        if task.shots_source:
-            examples = pools.get(item.group, [])[:k]  # the standard: the first k of the dev split
-        elif k:
-            others = [o for o in items if o.group == item.group and o.id != item.id]
-            examples = random.Random(f"{seed}:{task.name}:{item.id}").sample(others, k)
-        else:
-            examples = []
         head = task.header(item.group) if task.header else ""
+        if not k:
+            return head
+        if task.shots_source:  # the standard: the first k of the subject's dev split
+            examples = pools[item.group][:k]
+        else:  # k other items of the split, the same ones on every run whatever --limit is
+            rng = random.Random(f"{seed}:{task.name}:{item.id}")
+            examples = [o for o in rng.sample(pools[item.group], k + 1) if o.id != item.id][:k]
         return head + "".join(e.shot() + "\n\n" for e in examples)
 
     return prefix
@@ -157,12 +155,10 @@ def _multiple_choice(llm, task: MultipleChoice, *, limit, shots, seed, chat, bar
     every = task.items()
     items = _limited(every, limit)
     prefix = _shots_for(task, every, shots, seed)
-    pairs, owner = [], []
-    for n, item in enumerate(items):
+    pairs = []
+    for item in items:
         p = prefix(item)
-        for context, continuation in item.pairs:
-            pairs.append((p + context, continuation))
-            owner.append(n)
+        pairs += [(p + context, continuation) for context, continuation in item.pairs]
     bar.reset(total=len(items))
     ends = list(itertools.accumulate(len(item.pairs) for item in items))
     scored = 0

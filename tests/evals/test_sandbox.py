@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from genforge.errors import GenforgeError
-from genforge.evals import sandbox
+from genforge.evals import guard, sandbox
 from genforge.evals.sandbox import SandboxResult, run_python
 
 SECRET = "TOPSECRET-5d0c2f"  # written outside the sandbox; must never reach the output
@@ -55,7 +55,8 @@ def test_failing_assert_fails_with_its_traceback():
     result = run("assert sorted([3, 1]) == [3, 1], 'not sorted'")
     assert (result.status, result.passed, result.returncode) == ("failed", False, 1)
     assert "AssertionError: not sorted" in result.stderr
-    assert "program.py" in result.stderr and "sandbox.py" not in result.stderr
+    assert "program.py" in result.stderr
+    assert "sandbox.py" not in result.stderr and "guard.py" not in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -208,18 +209,18 @@ def test_the_guard_ignores_what_the_program_rebinds(outside):
 def test_the_guard_s_functions_cannot_be_replaced():
     result = run("""
         import sys
-        bootstrap = sys._getframe(1).f_globals  # the sandbox module that runs this program
+        bootstrap = sys._getframe(1).f_globals  # the guard's module, which runs this program
         bootstrap["_inside"].__code__ = (lambda path, roots: True).__code__
     """)
     assert result.status == "blocked", result.stderr
 
 
 def test_the_guard_reads_no_name_the_program_could_rebind():
-    guard = sandbox._make_guard("/sandbox", ("/usr",), (), "/sandbox/program.py")
-    functions, pending = [], [guard]
-    while pending:  # the guard and every function of ours bound in its defaults, transitively
+    hook = guard._make_guard("/sandbox", ("/usr",), (), "/sandbox/program.py")
+    functions, pending = [], [hook]
+    while pending:  # the hook and every function of ours bound in its defaults, transitively
         function = pending.pop()
-        if function.__code__.co_filename == sandbox.__file__ and function not in functions:
+        if function.__code__.co_filename == guard.__file__ and function not in functions:
             functions.append(function)
             pending += [d for d in function.__defaults__ or () if isinstance(d, types.FunctionType)]
     assert {"guard", "_open_refusal", "_resolve", "_as_path", "_refuse"} <= {
