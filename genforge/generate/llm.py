@@ -6,6 +6,7 @@ import logging
 import queue
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -230,17 +231,29 @@ class LLM:
             TokenStream(self.engine, req, out)
             for req, out in zip(self.engine.submit_all(jobs), outs, strict=True)
         ]
+
+        def collect(ids: list[int], tokens: TokenStream) -> Completion:
+            parts, n, reason = [], 0, "length"
+            for d in stream_text(tokens, self.tokenizer.stream(), eos, params.stop):
+                parts.append(d.text)
+                n += len(d.token_ids)
+                reason = d.finish_reason or reason
+            return Completion("".join(parts), reason, len(ids), n)
+
+        # Every running request needs a reader: stop strings are found by the text layer, and a
+        # request nobody reads would run on to max_tokens. Requests are admitted in order, so
+        # readers taken in order are always on the ones the engine is running.
+        readers = ThreadPoolExecutor(2 * self.engine.scheduler.max_batch)
         try:
-            for ids, tokens in zip(prompts, streams, strict=True):
-                parts, n, reason = [], 0, "length"
-                for d in stream_text(tokens, self.tokenizer.stream(), eos, params.stop):
-                    parts.append(d.text)
-                    n += len(d.token_ids)
-                    reason = d.finish_reason or reason
-                yield Completion("".join(parts), reason, len(ids), n)
+            futures = [
+                readers.submit(collect, *pair) for pair in zip(prompts, streams, strict=True)
+            ]
+            for future in futures:
+                yield future.result()
         finally:
             for tokens in streams:
                 tokens.close()
+            readers.shutdown(cancel_futures=True)
 
     def complete(self, prompt_ids: list[int], **sampling) -> Completion:
         """Completion with its finish reason and token counts, from token ids."""
