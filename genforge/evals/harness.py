@@ -278,14 +278,15 @@ def _code(llm, task: Code, *, limit, shots, seed, chat, bar, workers):
         pending = []
         for item, text, done in zip(items, texts, runs, strict=True):
             program = task.program(item, done.text, chat)
+            # Programs run while later answers are still being generated.
             pending.append((item, text, done, program, pool.submit(run_python, program)))
+            bar.update()
         records = []
         for item, text, done, program, future in pending:
             result = future.result()
             records.append({"id": item.id, "prompt": text, "completion": done.text,
                             "program": program, "status": result.status,
                             "stderr": result.stderr[-2000:], "correct": result.passed})  # fmt: skip
-            bar.update()
     return _accuracy(records, ("correct",), ("pass@1",)), records
 
 
