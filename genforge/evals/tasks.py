@@ -15,6 +15,7 @@ prompt or a parsing rule does, and is recorded in the results file.
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -274,8 +275,32 @@ def _mbpp() -> list[Item]:
 
 
 def _code_block(text: str) -> str:
-    """The code of a completion that was started inside a ``` block: up to the closing fence."""
-    return text.split("```", 1)[0]
+    """The definitions of a completion that was started inside a ``` block, up to the closing fence.
+
+    Chat models like to show their function at work after defining it (prints, their own asserts,
+    an `if __name__ == "__main__":` demo). That code is not the answer, and a wrong expectation of
+    its own would fail a right function, so only imports, definitions and assignments are kept (as
+    evalplus sanitizes). An answer cut off mid-statement keeps its longest part that parses; one
+    that never parses (e.g. a bare function body) is kept as written.
+    """
+    code = text.split("```", 1)[0]
+    lines = code.splitlines()
+    for end in range(len(lines), 0, -1):  # an answer cut off at max_tokens: its longest whole part
+        try:
+            tree = ast.parse("\n".join(lines[:end]))
+            break
+        except SyntaxError:
+            continue
+    else:
+        return code
+    keep = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,
+            ast.Assign, ast.AnnAssign)  # fmt: skip
+    parts = []
+    for node in tree.body:
+        if isinstance(node, keep):
+            start = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
+            parts.append("\n".join(lines[start - 1 : node.end_lineno]))
+    return "\n".join(parts) + "\n"
 
 
 def _humaneval_program(item: Item, completion: str, chat: bool) -> str:
@@ -302,13 +327,14 @@ GENERATION = [
 ]  # fmt: skip
 CODE = [
     Code("humaneval", "HumanEval", _humaneval, lambda item: item.extra["signature"], _humaneval_program,
-         stop=("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"),
+         stop=("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"), version=2,
          prompt_format="chat: the problem in a code block, the answer started with a ```python "
-                       "fence; raw: the function's signature and docstring continued"),
+                       "fence, its definitions kept; raw: the function's signature and docstring "
+                       "continued"),
     Code("mbpp", "MBPP", _mbpp, lambda item: f"{item.prompt}\n{CODE_ANSWER_PREFIX}", _mbpp_program,
-         stop=("\n```",),
+         stop=("\n```",), version=2,
          prompt_format="the problem and its first test, answer started with a ```python fence "
-                       "(evalplus style); all three tests run"),
+                       "(evalplus style), its definitions kept; all three tests run"),
 ]  # fmt: skip
 
 TASKS = {t.name: t for t in [*MULTIPLE_CHOICE, *GENERATION, *CODE]}

@@ -287,3 +287,22 @@ def test_reference_solutions_pass_and_wrong_ones_fail():
 def test_every_reference_solution_passes():
     """All 164 HumanEval and 500 MBPP reference solutions pass their tests as the harness runs them."""
     _check_programs(_programs(None))
+
+
+def test_chat_answers_keep_their_definitions_only():
+    """A model that tests its own function with a wrong expectation, prints a demo, or runs out of
+    tokens mid-line still gets its function judged by the task's tests, not its own."""
+    from genforge.evals.sandbox import run_python
+
+    humaneval, _ = _references()
+    item = TASKS["humaneval"].load()[2]  # truncate_number: 4.2 -> 0.2 is not exact in floats
+    whole = humaneval[item.id]["prompt"] + humaneval[item.id]["canonical_solution"]
+    chatty = (
+        whole
+        + '\nassert truncate_number(4.2) == 0.2\nprint(truncate_number(3.5))\nif __name__ == "__main__":\n    raise SystemExit(1)\n```'
+    )
+    cut_off = whole + "\nprint(truncate_number([1.0, 2.0, 3.0,"
+    for answer in (chatty, cut_off):
+        program = TASKS["humaneval"].program(item, answer, True)
+        assert "assert truncate_number(4.2)" not in program and "print(" not in program
+        assert run_python(program).passed
