@@ -66,6 +66,8 @@ def evaluate(
         raise GenforgeError(f"--limit must be at least 1, got {limit}.")
     if shots is not None and shots < 0:
         raise GenforgeError(f"--shots must be 0 or more, got {shots}.")
+    if workers < 1:
+        raise GenforgeError(f"--workers must be at least 1, got {workers}.")
     tasks = resolve(tasks)
     results = {
         "genforge_version": _version(),
@@ -274,7 +276,7 @@ def _code(llm, task: Code, *, limit, shots, seed, chat, bar, workers):
         stop = list(task.stop)
     bar.reset(total=len(items))
     runs = llm.complete_many(prompts, temperature=0, max_tokens=task.max_tokens, stop=stop)
-    with ThreadPoolExecutor(max(1, workers)) as pool:
+    with ThreadPoolExecutor(workers) as pool:
         pending = []
         for item, text, done in zip(items, texts, runs, strict=True):
             program = task.program(item, done.text, chat)
