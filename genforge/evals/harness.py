@@ -134,10 +134,11 @@ def _shots_for(task: MultipleChoice, items: list[Item], k: int, seed: int):
     pools: dict[str, list[Item]] = {}
     for item in task.items(task.shots_source) if task.shots_source and k else items if k else []:
         pools.setdefault(item.group, []).append(item)
-    fewest = min((len(p) for p in pools.values()), default=k)
-    if task.shots_source and fewest < k:
-        raise GenforgeError(f"{task.name} has {fewest} examples per subject for few-shot prompts; "
-                            f"use --shots {fewest} or fewer.")  # fmt: skip
+    # From the item's own split, an item is never its own example: one fewer to choose from.
+    most = min((len(p) for p in pools.values()), default=k) - (0 if task.shots_source else 1)
+    if k > most:
+        raise GenforgeError(f"{task.name} has {most} examples per group for few-shot prompts; "
+                            f"use --shots {most} or fewer.")  # fmt: skip
 
     def prefix(item: Item) -> str:
         head = task.header(item.group) if task.header else ""
