@@ -136,7 +136,7 @@ def _shots_for(task: MultipleChoice, items: list[Item], k: int, seed: int):
         pools.setdefault(item.group, []).append(item)
     # From the item's own split, an item is never its own example: one fewer to choose from.
     most = min((len(p) for p in pools.values()), default=k) - (0 if task.shots_source else 1)
-    if k > most:
+    if k and k > most:
         raise GenforgeError(f"{task.name} has {most} examples per group for few-shot prompts; "
                             f"use --shots {most} or fewer.")  # fmt: skip
 
