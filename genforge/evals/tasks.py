@@ -288,7 +288,8 @@ def _code_block(text: str) -> str:
     for end in range(len(lines), 0, -1):  # an answer cut off at max_tokens: its longest whole part
         try:
             tree = ast.parse("\n".join(lines[:end]))
-            break
+            if tree.body:  # a blank or comment-only start is not a salvaged answer
+                break
         except SyntaxError:
             continue
     else:
