@@ -537,21 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("tasks", nargs="?", metavar="TASK[,TASK...]",
                    help="task names (see --list), or a text file / folder / prepared data set for perplexity")  # fmt: skip
     _add_model_args(p, dtype="fp32")
-    p.add_argument("--limit", type=int, default=None, metavar="N",
-                   help="the first N items of each task (of each subject for MMLU; documents "
-                        "for perplexity); default: all")  # fmt: skip
-    p.add_argument("--shots", type=int, default=None, metavar="K",
-                   help="few-shot examples in each prompt (default: the task's own, see --list)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=1234,
-                   help="seed for choosing few-shot examples (default: 1234)")  # fmt: skip
-    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
-                   help="prompt generation tasks through the model's chat template (default: "
-                        "on for code tasks when the model has a template, off otherwise)")  # fmt: skip
-    p.add_argument("--workers", type=int, default=2, metavar="N",
-                   help="sandboxed programs run at once for code tasks (default: 2)")  # fmt: skip
-    p.add_argument("--output", metavar="FILE",
-                   help="write the results and every item's record as JSON")  # fmt: skip
-    p.add_argument("--list", action="store_true", help="list the tasks and exit")
+    from genforge.evals.harness import add_arguments  # no torch: --help stays fast
+
+    add_arguments(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("pull", help="download and verify named models into the local cache",

@@ -29,6 +29,25 @@ from genforge.evals.tasks import TASKS, Code, Generation, Item, MultipleChoice, 
 WINDOW = 2048  # perplexity: tokens scored per window at most
 
 
+def add_arguments(p) -> None:
+    """The flags of `genforge eval` beyond the model ones."""
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="the first N items of each task (of each subject for MMLU; documents "
+                        "for perplexity); default: all")  # fmt: skip
+    p.add_argument("--shots", type=int, default=None, metavar="K",
+                   help="few-shot examples in each prompt (default: the task's own, see --list)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=1234,
+                   help="seed for choosing few-shot examples (default: 1234)")  # fmt: skip
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                   help="prompt generation tasks through the model's chat template (default: "
+                        "on for code tasks when the model has a template, off otherwise)")  # fmt: skip
+    p.add_argument("--workers", type=int, default=2, metavar="N",
+                   help="sandboxed programs run at once for code tasks (default: 2)")  # fmt: skip
+    p.add_argument("--output", metavar="FILE",
+                   help="write the results and every item's record as JSON")  # fmt: skip
+    p.add_argument("--list", action="store_true", help="list the tasks and exit")
+
+
 def resolve(spec: str | list) -> list:
     """Task objects for names like "hellaswag,mmlu"; an existing file or folder is a perplexity task."""
     names = spec.split(",") if isinstance(spec, str) else list(spec)
