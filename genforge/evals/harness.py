@@ -9,6 +9,7 @@ few-shot examples are drawn from a seeded generator per item, and batches are fo
 
 from __future__ import annotations
 
+import argparse
 import bisect
 import hashlib
 import itertools
