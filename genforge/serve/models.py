@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from genforge import hub
 from genforge.errors import GenforgeError
-from genforge.serve import embeddings
+from genforge.rag import embed as embeddings
 from genforge.serve.errors import APIError
 
 log = logging.getLogger(__name__)

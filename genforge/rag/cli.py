@@ -1,0 +1,170 @@
+"""`genforge rag index | search | ask`: the command-line verbs over genforge.rag (imports stay lazy)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from genforge.errors import GenforgeError
+
+
+def _store_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", required=True, metavar="FILE|URL",
+                   help="the index: a SQLite file (created when missing) or postgresql://user@host/db")  # fmt: skip
+
+
+def _search_args(p: argparse.ArgumentParser, k: int) -> None:
+    p.add_argument("-k", type=int, default=k, help=f"how many chunks to retrieve (default: {k})")
+    p.add_argument("--mode", default="hybrid", choices=["hybrid", "dense", "bm25"],
+                   help="vectors, keywords (BM25), or both fused by reciprocal rank (default: hybrid)")  # fmt: skip
+    p.add_argument("--path", default=None, metavar="GLOB",
+                   help="only chunks whose source path matches this glob, e.g. '*/docs/*.md'")  # fmt: skip
+
+
+def add_parser(sub, add_model_args: Callable, load: Callable) -> None:
+    p = sub.add_parser("rag", help="index your documents, search them, ask questions with citations",
+                       description="Retrieval-augmented generation over your own files.")  # fmt: skip
+    rsub = p.add_subparsers(dest="rag_verb", metavar="VERB", required=True)
+
+    r = rsub.add_parser("index", help="index files and folders (incremental: only changes are redone)",
+                        description="Read .txt .md .rst .html .pdf .jsonl and source files, chunk "
+                        "them by structure, embed and store them. Unchanged files are skipped, "
+                        "changed ones re-indexed, deleted ones removed.")  # fmt: skip
+    r.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
+    _store_arg(r)
+    r.add_argument("--embedder", default=None, metavar="NAME|DIR",
+                   help="embedding model for a new store: all-minilm-l6-v2 (default) or a "
+                        "sentence-transformers folder")  # fmt: skip
+    r.add_argument(
+        "--chunk-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="largest chunk, in the embedder's tokens, for a new store (default: 200)",
+    )
+    r.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tokens of whole lines a chunk repeats from the one before (default: 32)",
+    )
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_index)
+
+    r = rsub.add_parser("search", help="the chunks that best match a query",
+                        description="Search an index: prints the best chunks with their source and "
+                        "line span, or JSON with --json.")  # fmt: skip
+    r.add_argument("query")
+    _store_arg(r)
+    _search_args(r, k=5)
+    r.add_argument(
+        "--rerank",
+        default=None,
+        metavar="DIR",
+        help="rerank the candidates with this cross-encoder model folder",
+    )
+    r.add_argument(
+        "--json",
+        action="store_true",
+        help='print [{"source", "start_line", "end_line", "score", "text"}, ...]',
+    )
+    r.set_defaults(func=cmd_search)
+
+    r = rsub.add_parser("ask", help="answer a question from the index, citing sources [1]",
+                        description="Retrieve chunks for the question and stream an answer grounded "
+                        "in them, with numbered citations mapped to file and lines.")  # fmt: skip
+    r.add_argument("question")
+    _store_arg(r)
+    add_model_args(r)
+    _search_args(r, k=4)
+    r.add_argument(
+        "--min-similarity",
+        type=float,
+        default=None,
+        metavar="X",
+        help="chunks less similar to the question than this are not used (default: 0.25)",
+    )
+    r.add_argument(
+        "--json", action="store_true", help="print the answer, citations and chunks as JSON"
+    )
+    r.set_defaults(func=lambda args: cmd_ask(args, load))
+
+
+def _open(args):
+    from genforge.rag.store import open_store
+
+    return open_store(args.store)
+
+
+def cmd_index(args) -> int:
+    from genforge.rag.ingest import Settings, index
+
+    given = (args.embedder, args.chunk_tokens, args.overlap)
+    settings = None
+    if any(v is not None for v in given):
+        d = Settings()
+        settings = Settings(args.embedder or d.embedder, args.chunk_tokens or d.max_tokens,
+                            d.overlap if args.overlap is None else args.overlap)  # fmt: skip
+    with _open(args) as store:
+        report = index(args.paths, store, settings, progress=not args.quiet)
+        print(report.summary())
+        stats = store.stats()
+    print(f"{args.store}: {stats['files']} files, {stats['chunks']} chunks")
+    return 0
+
+
+def _retriever(store, args):
+    from genforge.rag.retrieve import Retriever
+
+    return Retriever(store, reranker=getattr(args, "rerank", None))
+
+
+def cmd_search(args) -> int:
+    with _open(args) as store:
+        hits = _retriever(store, args).search(args.query, k=args.k, mode=args.mode, path=args.path)
+    if args.json:
+        print(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))
+        return 0
+    if not hits:
+        print("no matching chunks")
+    for n, h in enumerate(hits, start=1):
+        print(f"[{n}] {h.where(Path.cwd())}  score {h.score:.4f}  similarity {h.similarity:.3f}")
+        print("    " + h.chunk.text.strip().replace("\n", "\n    ")[:600] + "\n")
+    return 0
+
+
+def cmd_ask(args, load: Callable) -> int:
+    from genforge.rag.answer import MIN_SIMILARITY, Answer, stream_answer
+
+    if args.min_similarity is not None and not -1 <= args.min_similarity <= 1:
+        raise GenforgeError(
+            f"--min-similarity is a cosine similarity in [-1, 1], got {args.min_similarity}."
+        )
+    with _open(args) as store:
+        retriever = _retriever(store, args)
+        llm = load(args)
+        answer = None
+        for item in stream_answer(
+            llm, retriever, args.question, k=args.k, mode=args.mode, path=args.path,
+            min_similarity=MIN_SIMILARITY if args.min_similarity is None else args.min_similarity,
+        ):  # fmt: skip
+            if isinstance(item, Answer):
+                answer = item
+            elif not args.json:
+                sys.stdout.write(item)
+                sys.stdout.flush()
+    if args.json:
+        print(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
+        return 0
+    print()
+    if answer.chunks:
+        print("\nSources:")
+        numbers = {c.number for c in answer.citations}
+        for n, h in enumerate(answer.chunks, start=1):
+            mark = "cited" if n in numbers else "not cited"
+            print(f"[{n}] {h.where(Path.cwd())} ({mark})")
+    return 0

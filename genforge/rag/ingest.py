@@ -1,0 +1,238 @@
+"""Ingest: files and folders -> chunks -> vectors -> a store, incrementally.
+
+Each file's content hash decides its fate: unchanged files are skipped, changed ones re-chunked, a
+new path whose content matches a vanished one is a rename (its chunks move, nothing is embedded),
+files gone from an indexed folder are removed. Chunks whose text the store already holds reuse their
+vectors, so an edit re-embeds only the chunks it touched. Files are written in batches, one
+transaction each: a crash loses at most the batch in flight, and a rerun skips what was committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from genforge.errors import GenforgeError
+from genforge.rag.chunk import Chunk, chunk_blocks
+from genforge.rag.documents import DocumentError, kind_of, read_blocks
+from genforge.rag.embed import NAME, Embedder
+from genforge.rag.store import Store
+
+log = logging.getLogger(__name__)
+
+# Folders that hold tooling, not documents.
+SKIP_DIRS = frozenset({".git", ".hg", ".svn", ".venv", "venv", "node_modules", "__pycache__",
+                       ".mypy_cache", ".pytest_cache", ".ruff_cache", ".tox", "build", "dist"})  # fmt: skip
+MAX_FILE_BYTES = 50 * 2**20
+
+
+@dataclass
+class Settings:
+    """How an index is built; fixed when the store is created (a query must embed the same way)."""
+
+    embedder: str = (
+        NAME  # the embedding model: the packaged default or a sentence-transformers folder
+    )
+    max_tokens: int = 200  # chunk size bound, in the embedder's tokens
+    overlap: int = 32  # tokens of whole lines repeated from the previous chunk of a section
+
+    def as_meta(self) -> dict[str, str]:
+        return {
+            "embedder": self.embedder,
+            "max_tokens": str(self.max_tokens),
+            "overlap": str(self.overlap),
+        }
+
+
+@dataclass
+class Report:
+    """What an ingest did, for the summary line and for tests."""
+
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    renamed: list[tuple[str, str]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+    chunks: int = 0  # chunks written
+    embedded: int = 0  # of which newly embedded (the rest reused stored vectors)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        parts = [f"{len(self.added)} added", f"{len(self.updated)} updated"]
+        if self.renamed:
+            parts.append(f"{len(self.renamed)} renamed")
+        parts += [
+            f"{len(self.removed)} removed",
+            f"{self.unchanged} unchanged",
+            f"{len(self.skipped)} skipped",
+        ]
+        line = (
+            ", ".join(parts) + f"; {self.chunks} chunks written ({self.embedded} embedded) "
+            f"in {self.seconds:.1f}s"
+        )
+        reasons = Counter(why for _, why in self.skipped)
+        return "\n".join([line] + [f"  skipped {n}: {why}" for why, n in reasons.most_common()])
+
+
+def embed_text(chunk: Chunk) -> str:
+    """What is embedded for a chunk: its section's heading gives a short passage its context."""
+    return f"{chunk.heading}\n{chunk.text}" if chunk.heading else chunk.text
+
+
+def chunk_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def prepare(store: Store, settings: Settings | None, embedder: Embedder | None = None) -> Embedder:
+    """Check (or, for a new store, record) the settings; returns the store's embedder."""
+    meta = store.meta()
+    if "embedder" in meta:
+        built = Settings(meta["embedder"], int(meta["max_tokens"]), int(meta["overlap"]))
+        if settings is not None and settings != built:
+            raise GenforgeError(
+                f"{store.location} was built with embedder {built.embedder}, {built.max_tokens}-token "
+                f"chunks and {built.overlap} overlap; index into a new store to change them."
+            )
+        settings = built
+    settings = settings or Settings()
+    if not settings.max_tokens >= 16 or not 0 <= settings.overlap < settings.max_tokens // 2:
+        raise GenforgeError("chunk tokens must be at least 16 and overlap less than half of them.")
+    embedder = embedder or Embedder(settings.embedder)
+    if "embedder" not in meta:
+        store.create_vectors(embedder.dimensions)
+        store.set_meta({**settings.as_meta(), "dimensions": str(embedder.dimensions)})
+    return embedder
+
+
+def discover(paths: list[str | Path], report: Report) -> tuple[list[Path], list[Path]]:
+    """(the files to index, the roots they came from); unsupported files go to `report.skipped`."""
+    files, roots = [], []
+    for p in paths:
+        path = Path(p).expanduser()
+        if not path.exists():
+            raise GenforgeError(f"{p} does not exist; give files or folders to index.")
+        path = path.resolve()
+        roots.append(path)
+        if path.is_file():
+            candidates = [path]
+        else:
+            candidates = []
+            for folder, dirs, names in os.walk(
+                path
+            ):  # symlinked folders are not followed: no loops
+                dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
+                candidates += [Path(folder, n) for n in sorted(names) if not n.startswith(".")]
+        for f in candidates:
+            if kind_of(f) is None:
+                report.skipped.append((str(f), f"unsupported type ({f.suffix or 'no suffix'})"))
+            else:
+                files.append(f)
+    return list(dict.fromkeys(files)), roots
+
+
+def _under(path: str, roots: list[Path]) -> bool:
+    return any(path == str(r) or path.startswith(str(r) + os.sep) for r in roots)
+
+
+@dataclass
+class _Pending:
+    path: str
+    sha256: str
+    kind: str
+    chunks: list[Chunk]
+    new: bool
+
+
+def index(
+    paths: list[str | Path], store: Store, settings: Settings | None = None, *,
+    embedder: Embedder | None = None, progress: bool = True, batch_chunks: int = 256,
+) -> Report:  # fmt: skip
+    """Bring `store` up to date with the files under `paths`; returns what was done."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    report = Report()
+    embedder = prepare(store, settings, embedder)
+    meta = store.meta()
+    max_tokens, overlap = int(meta["max_tokens"]), int(meta["overlap"])
+    files, roots = discover(paths, report)
+    stored = store.files()
+    gone = {p: h for p, h in stored.items() if _under(p, roots) and not Path(p).is_file()}
+    gone_by_hash = {h: p for p, h in gone.items()}
+    pending: list[_Pending] = []
+    bar = tqdm(files, desc="index", unit="file", disable=not progress, leave=False)
+    for f in bar:
+        path = str(f)
+        try:
+            if f.stat().st_size > MAX_FILE_BYTES:
+                raise DocumentError(f"larger than {MAX_FILE_BYTES >> 20} MB")
+            data = f.read_bytes()
+        except (OSError, DocumentError) as e:
+            report.skipped.append((path, f"unreadable ({getattr(e, 'strerror', None) or e})"))
+            continue
+        sha = hashlib.sha256(data).hexdigest()
+        if stored.get(path) == sha:
+            report.unchanged += 1
+            continue
+        if path not in stored and sha in gone_by_hash:
+            old = gone_by_hash.pop(sha)
+            del gone[old]
+            store.rename_file(old, path)
+            report.renamed.append((old, path))
+            continue
+        try:
+            blocks = read_blocks(f, data)
+            chunks = chunk_blocks(blocks, embedder.count_tokens, max_tokens, overlap)
+        except DocumentError as e:
+            report.skipped.append((path, str(e)))
+            continue
+        if not chunks:
+            report.skipped.append((path, "no text to index"))
+            continue
+        pending.append(_Pending(path, sha, kind_of(f), chunks, path not in stored))
+        if sum(len(p.chunks) for p in pending) >= batch_chunks:
+            _write(pending, store, embedder, report)
+            bar.set_postfix(chunks=report.chunks)
+            pending = []
+    _write(pending, store, embedder, report)
+    bar.close()
+    for path in gone:
+        store.remove_file(path)
+        report.removed.append(path)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _write(pending: list[_Pending], store: Store, embedder: Embedder, report: Report) -> None:
+    """Embed what the store lacks and write these files in one transaction."""
+    if not pending:
+        return
+    texts = [embed_text(c) for p in pending for c in p.chunks]
+    hashes = [chunk_hash(t) for t in texts]
+    known = store.vectors_by_hash(hashes)
+    todo = list(dict.fromkeys(h for h in hashes if h not in known))
+    if todo:
+        first = {h: t for t, h in zip(texts, hashes, strict=True)}
+        fresh = embedder.encode([first[h] for h in todo])
+        known.update(zip(todo, fresh, strict=True))
+    vectors = np.stack([known[h] for h in hashes])
+    at = 0
+    with store.transaction():
+        for p in pending:
+            n = len(p.chunks)
+            store.add_file(
+                p.path, p.sha256, p.kind, p.chunks, hashes[at : at + n], vectors[at : at + n]
+            )
+            at += n
+    for p in pending:
+        (report.added if p.new else report.updated).append(p.path)
+    report.chunks += len(texts)
+    report.embedded += len(todo)
