@@ -71,7 +71,12 @@ class Embedder:
         from tokenizers import Tokenizer
 
         file = self.path / "tokenizer.json"
-        return Tokenizer.from_file(str(file)) if file.is_file() else None
+        if not file.is_file():
+            return None
+        tok = Tokenizer.from_file(str(file))
+        tok.no_padding()  # sentence-transformers files pad (and cut) every text to a fixed length
+        tok.no_truncation()
+        return tok
 
     @property
     def max_tokens(self) -> int:

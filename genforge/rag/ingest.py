@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 SKIP_DIRS = frozenset({".git", ".hg", ".svn", ".venv", "venv", "node_modules", "__pycache__",
                        ".mypy_cache", ".pytest_cache", ".ruff_cache", ".tox", "build", "dist"})  # fmt: skip
 MAX_FILE_BYTES = 50 * 2**20
+# Bumped whenever reading or chunking changes what a file becomes: stores built before re-chunk
+# every file on their next index run (unchanged chunk texts keep their vectors).
+CHUNKING = "1"
 
 
 @dataclass
@@ -108,7 +111,9 @@ def prepare(store: Store, settings: Settings | None, embedder: Embedder | None =
     embedder = embedder or Embedder(settings.embedder)
     if "embedder" not in meta:
         store.create_vectors(embedder.dimensions)
-        store.set_meta({**settings.as_meta(), "dimensions": str(embedder.dimensions)})
+        store.set_meta(
+            {**settings.as_meta(), "dimensions": str(embedder.dimensions), "chunking": CHUNKING}
+        )
     return embedder
 
 
@@ -165,6 +170,8 @@ def index(
     max_tokens, overlap = int(meta["max_tokens"]), int(meta["overlap"])
     files, roots = discover(paths, report)
     stored = store.files()
+    if store.meta().get("chunking") != CHUNKING:
+        stored = {p: "" for p in stored}  # every file counts as changed
     gone = {p: h for p, h in stored.items() if _under(p, roots) and not Path(p).is_file()}
     gone_by_hash = {h: p for p, h in gone.items()}
     pending: list[_Pending] = []
@@ -207,6 +214,7 @@ def index(
     for path in gone:
         store.remove_file(path)
         report.removed.append(path)
+    store.set_meta({"chunking": CHUNKING})
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -240,6 +240,7 @@ class SQLiteStore(Store):
             if not self.meta():
                 self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
         if self.meta().get("schema") != SCHEMA_VERSION:
+            self.db.close()
             raise GenforgeError(
                 f"--store {self.location} was written by another genforge version; index into a new file."
             )
