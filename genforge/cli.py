@@ -215,7 +215,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise GenforgeError(f"{flag} must be at least 1, got {value}.")
     _check_port(args.host, args.port)
     from genforge.serve.models import Registry, Upstream
+    from genforge.serve.rag import parse_root, parse_stores
 
+    rag_stores, rag_root = parse_stores(args.rag_store), parse_root(args.rag_root)
     up_key = args.upstream_api_key or os.environ.get("GENFORGE_UPSTREAM_API_KEY")
     upstreams = [Upstream.parse(u, up_key) for u in args.upstream]
     api_key = args.api_key or os.environ.get("GENFORGE_API_KEY") or None
@@ -235,7 +237,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     registry = Registry(names, load_options=options, idle_unload=args.idle_unload,
                         upstreams=upstreams, preloaded=preloaded)  # fmt: skip
     config = ServeConfig(api_key=api_key, max_body_bytes=args.max_body_bytes,
-                         max_tokens=args.max_tokens, cors_origins=args.cors_origin)  # fmt: skip
+                         max_tokens=args.max_tokens, cors_origins=args.cors_origin,
+                         rag_stores=rag_stores, rag_root=rag_root)  # fmt: skip
     print(f"genforge: serving {', '.join(names + [u.url for u in upstreams])} on "
           f"http://{args.host}:{args.port} (web UI at /, API at /v1)", file=sys.stderr)  # fmt: skip
     uvicorn.run(create_app(registry, config), host=args.host, port=args.port, log_level="warning",
@@ -468,6 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unload a model unused for this long (default: keep models loaded)")  # fmt: skip
     p.add_argument("--max-batch", type=int, default=None, metavar="N",
                    help="requests decoded together (default: 32)")  # fmt: skip
+    p.add_argument("--rag-store", action="append", default=[], metavar="[NAME=]FILE|URL",
+                   help="a document index (SQLite file or postgresql:// URL) for /v1/rag and chats "
+                        "with rag (repeatable; the first is the default; NAME: the file's stem)")  # fmt: skip
+    p.add_argument("--rag-root", default=".", metavar="DIR",
+                   help="the folder under which clients may index files (default: .)")  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("tokenizer", help="train a tokenizer on your own text",

@@ -1,4 +1,5 @@
-"""The FastAPI application: OpenAI routes, health, metrics, the web UI, and what guards them.
+"""The FastAPI application: OpenAI routes, document-store routes, health, metrics, the web UI, and
+what guards them.
 
 Guards are plain ASGI middleware (so streamed responses and client disconnects pass through
 untouched): a bearer-token check when an API key is set (everything but `/health` and the UI's static
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -24,18 +26,28 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genforge.errors import GenforgeError
+from genforge.rag.answer import NO_ANSWER
 from genforge.serve import openai
 from genforge.serve.errors import APIError, bad_request, error_body
 from genforge.serve.metrics import Metrics
 from genforge.serve.models import Registry
+from genforge.serve.rag import NO_STORE, DocumentStores, StoreSpec, rag_fields
 from genforge.serve.runs import cancel
-from genforge.serve.schemas import ChatRequest, CompletionRequest, EmbeddingRequest
+from genforge.serve.schemas import (
+    ChatRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    RagIndexRequest,
+    RagSearchRequest,
+)
 from genforge.serve.upstream import Forwarder
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
-POST_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+POST_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rag/search",
+               "/v1/rag/index")  # fmt: skip
 
 
 @dataclass
@@ -44,12 +56,19 @@ class ServeConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     max_tokens: int = 4096  # the most tokens one completion may ask for
     cors_origins: list[str] = field(default_factory=list)
+    rag_stores: list[StoreSpec] = field(default_factory=list)  # the first is the default
+    rag_root: Path = field(default_factory=Path.cwd)  # the folder the API may index under
 
 
 def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI:
     config = config or ServeConfig()
     metrics = Metrics()
     forwarder = Forwarder()
+    documents = (
+        DocumentStores(config.rag_stores, config.rag_root, registry.embedder)
+        if config.rag_stores
+        else None
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -61,6 +80,8 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
         if unloader:
             unloader.cancel()
         await forwarder.close()
+        if documents:
+            documents.close()
         registry.close()
 
     app = FastAPI(title="genforge", lifespan=lifespan, docs_url="/docs", redoc_url=None)
@@ -153,9 +174,7 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
                 stream = _guarded_stream(result, release)
                 first = await stream.__anext__()
                 return StreamingResponse(
-                    _prepend(first, stream),
-                    media_type="text/event-stream",
-                    headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+                    _prepend(first, stream), media_type="text/event-stream", headers=SSE_HEADERS
                 )
             release()
             return result
@@ -163,8 +182,34 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
             release()
             raise
 
+    async def grounded_chat(request: Request, body: ChatRequest):
+        """A chat whose last user message is answered from a document store (see serve/rag.py)."""
+        if documents is None:
+            raise bad_request(NO_STORE, param="rag")
+        if up := registry.upstream_for(body.model):
+            raise bad_request(
+                f"rag grounds chats of local models only; {body.model} is forwarded to {up.url}.",
+                param="rag",
+            )
+        if body.model not in registry.loaded and not registry.loadable(body.model):
+            raise registry.not_found(body.model)
+        grounded, hits = await documents.ground(body)
+        if not hits:  # the documents say nothing about it: the model is not asked
+            reply = openai.canned_chat(body.model, NO_ANSWER, body, rag_fields([], NO_ANSWER))
+            if body.stream:
+                return StreamingResponse(reply, media_type="text/event-stream", headers=SSE_HEADERS)
+            return reply
+
+        def cited_by_first_choice(texts: list[str]) -> dict:
+            return rag_fields(hits, texts[0])
+
+        run = functools.partial(openai.chat, extra=cited_by_first_choice)
+        return await generation(request, grounded, "/v1/chat/completions", run)
+
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
+        if body.rag is not None:
+            return await _until_disconnect(request, grounded_chat(request, body))
         return await _until_disconnect(
             request, generation(request, body, "/v1/chat/completions", openai.chat)
         )
@@ -202,6 +247,28 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
         ]
         usage = {"prompt_tokens": n_tokens, "total_tokens": n_tokens}
         return {"object": "list", "data": data, "model": body.model, "usage": usage}
+
+    # -- document stores ---------------------------------------------------------------------------
+
+    def stores() -> DocumentStores:
+        if documents is None:
+            raise bad_request(NO_STORE)
+        return documents
+
+    @app.get("/v1/rag/stores")
+    async def list_stores():
+        if documents is None:
+            return {"object": "list", "data": [], "root": None}
+        return {"object": "list", "data": await documents.describe(), "root": str(documents.root)}
+
+    @app.post("/v1/rag/search")
+    async def rag_search(body: RagSearchRequest):
+        hits = await stores().search(body.query, body.store, body.k, body.mode, body.path)
+        return {"object": "list", "data": [h.to_dict() for h in hits]}
+
+    @app.post("/v1/rag/index")
+    async def rag_index(body: RagIndexRequest):
+        return await stores().index(body.paths, body.store)
 
     @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     async def unknown_route(path: str, request: Request):
@@ -388,7 +455,8 @@ class _Metrics:
             await self.app(scope, receive, send_status)
         finally:
             path = scope["path"]
-            route = path if path in (*POST_ROUTES, "/v1/models", "/health", "/metrics") else "other"
+            named = (*POST_ROUTES, "/v1/models", "/v1/rag/stores", "/health", "/metrics")
+            route = path if path in named else "other"
             if path.startswith("/v1/models/"):
                 route = "/v1/models/{id}"
             self.metrics.requests.labels(route, str(status)).inc()

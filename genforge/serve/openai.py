@@ -11,7 +11,7 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from genforge.errors import GenforgeError
@@ -209,9 +209,13 @@ def _usage(runs: list[Run], prompt: int | None = None) -> dict:
 # -- chat ------------------------------------------------------------------------------------------
 
 
-async def chat(llm, body: ChatRequest, limit: int, runs: list[Run]) -> Any:
+async def chat(
+    llm, body: ChatRequest, limit: int, runs: list[Run],
+    extra: Callable[[list[str]], dict] | None = None,
+) -> Any:  # fmt: skip
     """Check the request and start it (its choices go into `runs`): the response body, or an
-    async iterator of SSE events."""
+    async iterator of SSE events. `extra(texts of the choices)` gives fields added to the response
+    (to a stream's last chunk)."""
     # Off the event loop: rendering, tokenizing and compiling a grammar can take a while.
     prompt = await asyncio.to_thread(chat_prompt, llm, body)
     check_ids(llm, prompt.ids)
@@ -230,9 +234,12 @@ async def chat(llm, body: ChatRequest, limit: int, runs: list[Run]) -> Any:
     ]
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _chat_sse(head, streams, runs, include_usage, logprobs is not None)
+        return _chat_sse(head, streams, runs, include_usage, logprobs is not None, extra)
     choices = await _gather([_collect_chat(s, logprobs is not None) for s in streams])
-    return {**head, "object": "chat.completion", "choices": choices, "usage": _usage(runs)}
+    response = {**head, "object": "chat.completion", "choices": choices, "usage": _usage(runs)}
+    if extra is not None:
+        response.update(extra([c["message"]["content"] or "" for c in choices]))
+    return response
 
 
 async def _chat_choice(llm, prompt: ChatPrompt, params, logprobs, index, run):
@@ -314,20 +321,52 @@ async def _merge(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int, Any]]
             t.cancel()
 
 
-async def _chat_sse(head, streams, runs, include_usage: bool, with_logprobs: bool):
+async def _chat_sse(head, streams, runs, include_usage: bool, with_logprobs: bool, extra=None):
     chunk = {**head, "object": "chat.completion.chunk"}
-    extra = {"usage": None} if include_usage else {}
+    usage = {"usage": None} if include_usage else {}
     for i in range(len(streams)):  # the role first, as OpenAI does
         delta = {"role": "assistant", "content": ""}
-        yield sse({**chunk, "choices": [_chunk_choice(i, delta, None, None)], **extra})
+        yield sse({**chunk, "choices": [_chunk_choice(i, delta, None, None)], **usage})
+    texts = [""] * len(streams)
     async for i, (piece, finish) in _merge(streams):
+        texts[i] += piece["content"]
         delta = {"content": piece["content"]} if piece["content"] or not finish else {}
         if "tool_calls" in piece:
             delta = {"tool_calls": piece["tool_calls"]}
         lps = {"content": piece["logprobs"]} if with_logprobs else None
-        yield sse({**chunk, "choices": [_chunk_choice(i, delta, lps, finish)], **extra})
+        yield sse({**chunk, "choices": [_chunk_choice(i, delta, lps, finish)], **usage})
+    tail = extra(texts) if extra is not None else {}
     if include_usage:
-        yield sse({**chunk, "choices": [], "usage": _usage(runs)})
+        yield sse({**chunk, "choices": [], "usage": _usage(runs), **tail})
+    elif tail:
+        yield sse({**chunk, "choices": [], **tail})
+    yield SSE_DONE
+
+
+def canned_chat(model: str, text: str, body: ChatRequest, extra: dict) -> Any:
+    """A chat answer known without running a model, in the shapes a generated one has (a body,
+    or SSE events), with `extra` fields added (to a stream's last chunk)."""
+    head = {"id": _id("chatcmpl"), "created": int(time.time()), "model": model}
+    usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    if not body.stream:
+        message = {"role": "assistant", "content": text}
+        choices = [
+            {"index": i, "message": message, "logprobs": None, "finish_reason": "stop"}
+            for i in range(body.n)
+        ]
+        return {**head, "object": "chat.completion", "choices": choices, "usage": usage, **extra}
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return _canned_sse(head, text, body.n, usage if include_usage else None, extra)
+
+
+async def _canned_sse(head, text: str, n: int, usage: dict | None, extra: dict):
+    chunk = {**head, "object": "chat.completion.chunk"}
+    nothing = {} if usage is None else {"usage": None}
+    for i in range(n):
+        for delta, finish in (({"role": "assistant", "content": ""}, None),
+                              ({"content": text}, None), ({}, "stop")):  # fmt: skip
+            yield sse({**chunk, "choices": [_chunk_choice(i, delta, None, finish)], **nothing})
+    yield sse({**chunk, "choices": [], **({} if usage is None else {"usage": usage}), **extra})
     yield SSE_DONE
 
 

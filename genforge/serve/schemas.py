@@ -54,6 +54,16 @@ class Sampling(_Body):
     repetition_penalty: float | None = Field(None, gt=0, le=10)
 
 
+class RagOptions(_Body):
+    """Ground a chat in a document store (an extension: `extra_body={"rag": {...}}`)."""
+
+    store: str | None = None  # default: the server's first --rag-store
+    k: int = Field(4, ge=1, le=50)
+    mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
+    path: str | None = None  # a glob on the source path
+    min_similarity: float | None = Field(None, ge=-1, le=1)  # default: genforge.rag.answer's
+
+
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
@@ -63,6 +73,7 @@ class ChatRequest(Sampling):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool = True
     response_format: ResponseFormat | None = None
+    rag: RagOptions | None = None
 
 
 class CompletionRequest(Sampling):
@@ -79,3 +90,16 @@ class EmbeddingRequest(_Body):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None
+
+
+class RagSearchRequest(_Body):
+    query: str
+    store: str | None = None
+    k: int = Field(5, ge=1, le=50)
+    mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
+    path: str | None = None
+
+
+class RagIndexRequest(_Body):
+    paths: list[str] = Field(min_length=1, max_length=1000)
+    store: str | None = None

@@ -1,5 +1,6 @@
 // genforge web UI: a chat client for the server's own OpenAI-compatible API (same origin).
 // Plain JS modules, no build step. Conversations, settings and the API key live in localStorage.
+import { initDocuments } from "./documents.js";
 import { renderMarkdown } from "./markdown.js";
 
 const STORE = {
@@ -529,3 +530,4 @@ if (!current()) state.currentId = null;
 renderList();
 renderMessages();
 loadModels();
+initDocuments({ api, serverEvents, samplingOptions, chatModel: () => ui.model.value, ApiError });
