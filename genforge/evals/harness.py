@@ -25,7 +25,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from genforge.errors import GenforgeError
-from genforge.evals.tasks import TASKS, Code, Generation, Item, MultipleChoice, Perplexity
+from genforge.evals import rag
+from genforge.evals.tasks import TASKS as BENCHMARKS
+from genforge.evals.tasks import Code, Generation, Item, MultipleChoice, Perplexity
+
+TASKS = {**BENCHMARKS, **{t.name: t for t in rag.RAG_TASKS}}
 
 WINDOW = 2048  # perplexity: tokens scored per window at most
 
@@ -60,6 +64,8 @@ def resolve(spec: str | list) -> list:
             continue
         elif name in TASKS:
             out.append(TASKS[name])
+        elif name == "rag":  # both question sets
+            out += rag.RAG_TASKS
         elif Path(name).exists():
             out.append(Perplexity(f"perplexity:{Path(name).name}", str(Path(name))))
         else:
@@ -102,6 +108,7 @@ def evaluate(
         "generation": _generation,
         "code": _code,
         "perplexity": _perplexity,
+        "retrieval": rag.run,
     }
     for task in tasks:
         k = task.shots if shots is None else shots

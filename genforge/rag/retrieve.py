@@ -20,6 +20,7 @@ from genforge.rag.store import Store, StoredChunk, query_terms
 
 MODES = ("hybrid", "dense", "bm25")
 RRF_K = 60
+CANDIDATES = 50  # chunks taken from each list before fusion or reranking
 
 
 @dataclass
@@ -92,7 +93,8 @@ class Retriever:
             raise GenforgeError(f"k must be at least 1, got {k}.")
         if not query.strip():
             raise GenforgeError("the query is empty; ask something.")
-        n = candidates or max(4 * k, 20)
+        # A fixed depth, not one that grows with k: the top 3 are the same whether 3 or 10 are asked for.
+        n = max(candidates or CANDIDATES, k)
         vector = self.embedder.encode([query])[0]
         ranked: list[tuple[int, float]]
         if mode == "dense":
