@@ -54,6 +54,17 @@ def store(request, tmp_path):
             _drop_tables(url)
 
 
+@pytest.fixture(params=["sqlite", "pgvector"])
+def location(request, tmp_path):
+    """Where an index goes: a SQLite file, or a real PostgreSQL + pgvector database (same tests)."""
+    if request.param == "sqlite":
+        yield tmp_path / "index.sqlite"
+        return
+    url = request.getfixturevalue("postgres_url")
+    yield url
+    _drop_tables(url)
+
+
 def _drop_tables(url: str) -> None:
     import psycopg
 

@@ -95,8 +95,8 @@ def search(store_path, embedder, query, **kw):
 
 
 @pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
-def test_each_mode_finds_the_passage_a_question_is_about(corpus, tmp_path, embedder, mode):
-    db = tmp_path / "index.sqlite"
+def test_each_mode_finds_the_passage_a_question_is_about(corpus, location, embedder, mode):
+    db = location
     report = run_index([corpus], db, embedder)
     assert len(report.added) == 4 and not report.skipped
     cases = {
@@ -111,8 +111,8 @@ def test_each_mode_finds_the_passage_a_question_is_about(corpus, tmp_path, embed
         assert best.chunk.start <= line <= best.chunk.end
 
 
-def test_search_json_shape_and_path_filter(corpus, tmp_path, embedder):
-    db = tmp_path / "index.sqlite"
+def test_search_json_shape_and_path_filter(corpus, location, embedder):
+    db = location
     run_index([corpus], db, embedder)
     hits = search(db, embedder, "plants and soil", k=10, path="*/garden/*")
     assert hits and all("/garden/" in h.chunk.source for h in hits)
@@ -123,8 +123,8 @@ def test_search_json_shape_and_path_filter(corpus, tmp_path, embedder):
     assert record["text"].split()[0] in passage and record["text"].split()[-1] in passage
 
 
-def test_reindexing_is_incremental_edit_delete_rename(corpus, tmp_path, embedder):
-    db = tmp_path / "index.sqlite"
+def test_reindexing_is_incremental_edit_delete_rename(corpus, location, embedder):
+    db = location
     first = run_index([corpus], db, embedder)
     again = run_index([corpus], db, embedder)
     assert again.unchanged == 4 and again.chunks == 0 and again.embedded == 0
