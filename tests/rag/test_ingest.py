@@ -291,3 +291,34 @@ def test_a_store_built_by_an_older_chunker_is_rechunked(corpus, tmp_path, embedd
     assert len(report.updated) == 4 and report.unchanged == 0
     assert report.chunks == first.chunks and report.embedded == 0  # same texts: vectors reused
     assert run_index([corpus], db, embedder).unchanged == 4
+
+
+def test_ask_cli_answers_with_sources_or_says_it_does_not_know(corpus, tmp_path, smollm2_path):
+    db = tmp_path / "index.sqlite"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "genforge", "rag"]
+    out = subprocess.run(cmd + ["index", str(corpus), "--store", str(db), "--quiet"],
+                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    ask = cmd + [
+        "ask",
+        "--store",
+        str(db),
+        "-m",
+        str(smollm2_path),
+        "-k",
+        "2",
+        "--max-tokens",
+        "40",
+    ]
+    out = subprocess.run(ask + ["How many hours of sun do tomatoes need?", "--json"],
+                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["answer"].strip() and answer["chunks"][0]["source"].endswith("tomatoes.md")
+    sources = {c["source"] for c in answer["chunks"]}
+    assert all(c["source"] in sources for c in answer["citations"])
+    out = subprocess.run(ask + ["What is the airspeed of an unladen swallow?"],
+                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("I don't know") and "Sources:" not in out.stdout
