@@ -12,7 +12,7 @@ cache, where a rerun finds the index up to date.
 A retrieved chunk is a hit when it covers the question's paragraph (and, for SQuAD, contains one of
 the reference answers: the answer-recall rule of open-domain QA). Per mode (dense, BM25, hybrid):
 recall@1/5/10 and MRR@10. With a model, each question is also answered through
-`genforge.rag.answer` (hybrid, k=4; the first 200 questions, generation being slow): `faithfulness`
+`genforge.rag.answer` (hybrid, k=4; the first 100 questions, generation being slow): `faithfulness`
 is the share of questions whose cited chunks are hits, `cited` the share of answers citing
 anything, `answer_match` the share whose text contains a reference answer as words (case-folded;
 "yes"/"no" for BoolQ).
@@ -49,7 +49,7 @@ class Retrieval:
         "overlap 32); answers: genforge.rag.answer, hybrid, k=4"
     )
     answer_k: int = 4
-    answered: int = 200  # questions also answered by the model (the first ones): generation is slow
+    answered: int = 100  # questions also answered by the model (the first ones): generation is slow
 
 
 def _fold(text: str) -> str:
