@@ -257,22 +257,24 @@ def test_a_process_killed_inside_a_write_leaves_the_previous_index(corpus, tmp_p
         assert len(store.files()) == 4
 
 
+def rag_cli(*args) -> subprocess.CompletedProcess:
+    """`genforge rag ARGS...` in a fresh process, as a user would run it."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "genforge", "rag", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
 def test_search_cli_prints_json(corpus, tmp_path):
     db = tmp_path / "index.sqlite"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "genforge", "rag"]
-    out = subprocess.run(cmd + ["index", str(corpus), "--store", str(db), "--quiet"],
-                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    out = rag_cli("index", corpus, "--store", db, "--quiet")
     assert out.returncode == 0, out.stderr
     assert "4 added" in out.stdout and "4 files" in out.stdout
-    out = subprocess.run(cmd + ["search", "pruning tomato suckers", "--store", str(db), "--json", "-k", "2"],
-                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    out = rag_cli("search", "pruning tomato suckers", "--store", db, "--json", "-k", "2")
     assert out.returncode == 0, out.stderr
     hits = json.loads(out.stdout)
     assert len(hits) == 2 and hits[0]["source"].endswith("tomatoes.md")
     assert "suckers" in hits[0]["text"]
-    out = subprocess.run(cmd + ["search", "x", "--store", str(tmp_path / "empty.sqlite")],
-                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    out = rag_cli("search", "x", "--store", tmp_path / "empty.sqlite")
     assert (
         out.returncode == 1 and "holds no index yet" in out.stderr and "Traceback" not in out.stderr
     )
@@ -295,30 +297,15 @@ def test_a_store_built_by_an_older_chunker_is_rechunked(corpus, tmp_path, embedd
 
 def test_ask_cli_answers_with_sources_or_says_it_does_not_know(corpus, tmp_path, smollm2_path):
     db = tmp_path / "index.sqlite"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "genforge", "rag"]
-    out = subprocess.run(cmd + ["index", str(corpus), "--store", str(db), "--quiet"],
-                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    out = rag_cli("index", corpus, "--store", db, "--quiet")
     assert out.returncode == 0, out.stderr
-    ask = cmd + [
-        "ask",
-        "--store",
-        str(db),
-        "-m",
-        str(smollm2_path),
-        "-k",
-        "2",
-        "--max-tokens",
-        "40",
-    ]
-    out = subprocess.run(ask + ["How many hours of sun do tomatoes need?", "--json"],
-                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    ask = ["ask", "--store", db, "-m", smollm2_path, "-k", "2", "--max-tokens", "40"]
+    out = rag_cli(*ask, "How many hours of sun do tomatoes need?", "--json")
     assert out.returncode == 0, out.stderr
     answer = json.loads(out.stdout)
     assert answer["answer"].strip() and answer["chunks"][0]["source"].endswith("tomatoes.md")
     sources = {c["source"] for c in answer["chunks"]}
     assert all(c["source"] in sources for c in answer["citations"])
-    out = subprocess.run(ask + ["What is the airspeed of an unladen swallow?"],
-                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    out = rag_cli(*ask, "What is the airspeed of an unladen swallow?")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("I don't know") and "Sources:" not in out.stdout

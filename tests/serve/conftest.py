@@ -7,11 +7,17 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
 API_KEY = "test-key"
+CHROMIUM = Path("/usr/bin/chromium")
+# Headless, and nothing that reaches for the network (it is closed here: chromium would retry forever).
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]  # fmt: skip
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 MODEL = "smollm2-135m-instruct"
 
 
@@ -78,3 +84,19 @@ def metric(server: Server, name: str, labels: str = "") -> float:
         if line.startswith(key + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium driven by Playwright (its own browser download does not work offline)."""
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing; `make test` installs it (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -10,7 +10,6 @@ Screenshots of each test's last state go to tests/artifacts/, with the server's 
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
@@ -20,13 +19,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from conftest import ARTIFACTS
+from playwright.sync_api import Page
 
 MODEL = "smollm2-135m-instruct"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]  # fmt: skip
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 API_KEY = "webui-test-key"  # the page must ask for it, keep it, and send it
 HEALTH_TIMEOUT_S = 120
 ANSWER_TIMEOUT_MS = 120_000
@@ -52,19 +48,6 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
             pass
         time.sleep(0.25)
     pytest.fail(f"genforge serve did not answer /health in {HEALTH_TIMEOUT_S} s")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} is missing; `make test` installs it (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

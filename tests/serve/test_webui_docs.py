@@ -6,22 +6,16 @@ was given; document text (untrusted) is shown as text only. Screenshots go to te
 from __future__ import annotations
 
 import json
-import os
 import re
-from pathlib import Path
 
 import pytest
-from conftest import MODEL, Server
+from conftest import ARTIFACTS, MODEL, Server
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("apsw")
 
 from genforge.rag.embed import available  # noqa: E402
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]  # fmt: skip
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 API_KEY = "docs-ui-key"
 ANSWER_TIMEOUT_MS = 120_000
 RAILWAYS = """\
@@ -56,19 +50,6 @@ def server_url(root, smollm2_path):
     yield s.url
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "webui-docs-server.log").write_text(s.stop())
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} is missing; `make test` installs it (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
