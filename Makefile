@@ -7,7 +7,7 @@ DEFAULT_MODEL := smollm2-135m-instruct
 # Set-up output goes to stderr so that `echo "question" | make run` prints only the answer.
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run rag-setup serve test test-slow lint format setup setup-dev model browser bench bench-serve bench-train bench-eval eval recipe clean help
+.PHONY: run rag-setup serve test test-slow lint format setup setup-dev model browser bench bench-serve bench-train bench-eval bench-rag eval recipe clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -102,6 +102,11 @@ eval: $(VENV)/.installed-eval model  ## set up the evaluation data, then run gen
 # e.g. make bench-eval BENCH_EVAL_ARGS="--items 50 --rounds 3"
 bench-eval: $(VENV)/.installed-dev model  ## HellaSwag items/s: genforge eval vs transformers, into RESULTS.md
 	$(PY) benchmarks/eval_speed.py $(BENCH_EVAL_ARGS)
+
+# e.g. make bench-rag BENCH_RAG_ARGS="--rounds 3 --queries 300"; the first run builds and caches a
+# 100k-chunk index (~/.cache/genforge/bench/rag-100k): hours on 2 cores, resumable. --quick: a smoke run.
+bench-rag: $(VENV)/.installed-dev  ## ingest vs raw embedding, query latency on 100k chunks, into RESULTS.md
+	$(PY) benchmarks/rag_speed.py $(BENCH_RAG_ARGS)
 
 # e.g. make bench-train BENCH_TRAIN_ARGS="--rounds 5 --no-compile"
 bench-train: $(VENV)/.installed-dev  ## genforge's training step vs a nanoGPT-style reference loop, into RESULTS.md
