@@ -96,20 +96,24 @@ class Retriever:
         # A fixed depth, not one that grows with k: the top 3 are the same whether 3 or 10 are asked for.
         n = max(candidates or CANDIDATES, k)
         vector = self.embedder.encode([query])[0]
-        ranked: list[tuple[int, float]]
-        if mode == "dense":
-            ranked = self.store.dense(vector, n, path)
-        elif mode == "bm25":
-            ranked = self.store.keyword(query_terms(query), n, path)
-        else:
+        dense: list[tuple[int, float]] = []
+        if mode != "bm25":
             dense = self.store.dense(vector, n, path)
+        if mode == "dense":
+            ranked = dense
+        else:
             keyword = self.store.keyword(query_terms(query), n, path)
-            ranked = fuse([[i for i, _ in dense], [i for i, _ in keyword]])[:n]
+            ranked = (
+                keyword
+                if mode == "bm25"
+                else fuse([[i for i, _ in dense], [i for i, _ in keyword]])[:n]
+            )
         if self.reranker is None:
             ranked = ranked[:k]
         ids = [i for i, _ in ranked]
         chunks = {c.id: c for c in self.store.get(ids)}
-        sims = self.store.similarities(ids, vector)
+        sims = dict(dense)  # the dense list already has them: only BM25-only hits are looked up
+        sims.update(self.store.similarities([i for i in ids if i not in sims], vector))
         hits = [Hit(chunks[i], s, sims.get(i, 0.0)) for i, s in ranked if i in chunks]
         if self.reranker is not None and hits:
             scores = self.reranker.predict(
