@@ -62,7 +62,12 @@ class Embedder:
     @cached_property
     def model(self):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from sentence_transformers import SentenceTransformer
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise GenforgeError(
+                "embeddings need sentence-transformers; pip install 'genforge[embed]'."
+            ) from None
 
         return SentenceTransformer(str(self.path), device="cpu", local_files_only=True)
 
