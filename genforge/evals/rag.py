@@ -13,8 +13,9 @@ A retrieved chunk is a hit when it covers the question's paragraph (and, for SQu
 the reference answers: the answer-recall rule of open-domain QA). Per mode (dense, BM25, hybrid):
 recall@1/5/10 and MRR@10. With a model, each question is also answered through
 `genforge.rag.answer` (hybrid, k=4; the first 100 questions, generation being slow): `faithfulness`
-is the share of questions whose cited chunks are hits, `cited` the share of answers citing
-anything, `answer_match` the share whose text contains a reference answer as words (case-folded;
+is the share of questions whose cited chunks are hits, `cited` the share of answers with any
+citation (written by the model, or else attributed by `genforge.rag.answer.attribute`), `marked` the
+share where the model wrote the `[n]` markers itself, `answer_match` the share whose text contains a reference answer as words (case-folded;
 "yes"/"no" for BoolQ).
 """
 
@@ -187,6 +188,8 @@ def run(llm, task: Retrieval, *, limit, shots, seed, chat, bar, workers, home: P
                 faithful = any(_is_hit(c, source, needed) for c in cited)
                 values.setdefault("faithfulness", []).append(float(faithful))
                 values.setdefault("cited", []).append(float(bool(answer.citations)))
+                marked = any(not c.inferred for c in answer.citations)  # the model wrote [n]
+                values.setdefault("marked", []).append(float(marked))
                 folded = _fold(answer.text)
                 matched = any(re.search(rf"\b{re.escape(_fold(a))}\b", folded) for a in answers)
                 values.setdefault("answer_match", []).append(float(matched))

@@ -169,8 +169,8 @@ def cmd_ask(args, cli) -> int:
     print()
     if answer.chunks:
         print("\nSources:")
-        numbers = {c.number for c in answer.citations}
+        how = {c.number: "supports the answer" if c.inferred else "cited" for c in answer.citations}
         for n, h in enumerate(answer.chunks, start=1):
-            mark = "cited" if n in numbers else "not cited"
+            mark = how.get(n, "not cited")
             print(f"[{n}] {h.where(Path.cwd())} ({mark})")
     return 0

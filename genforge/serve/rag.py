@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from genforge.errors import GenforgeError
-from genforge.rag.answer import MIN_SIMILARITY, SYSTEM, build_messages, cited, relevant
+from genforge.rag.answer import MIN_SIMILARITY, SYSTEM, build_messages, citations, relevant
 from genforge.serve.errors import APIError, bad_request
 from genforge.serve.schemas import ChatRequest, ContentPart, Message
 
@@ -339,6 +339,6 @@ def grounded_messages(messages: list[Message], hits: list[Hit]) -> list[Message]
 def rag_fields(hits: list[Hit], answer: str) -> dict:
     """The extra response fields: the sources `answer` cites and the passages the model was given."""
     return {
-        "citations": [c.to_dict() for c in cited(answer, hits)],
+        "citations": [c.to_dict() for c in citations(answer, hits)],
         "rag_chunks": [h.to_dict() for h in hits],
     }

@@ -141,3 +141,23 @@ def test_real_model_answers_from_an_index(tmp_path, smollm2):
         for c in answer.citations:
             assert c.source in {h.chunk.source for h in answer.chunks}
         assert ask(smollm2, retriever, "How do I change a car tyre?", k=2).text == NO_ANSWER
+
+
+def test_answers_without_markers_get_the_sources_that_support_them():
+    hits = [
+        hit(1, "Bread is baked at 250 degrees for forty minutes.", "/d/bread.md", 1, 2),
+        hit(2, "The Liverpool and Manchester Railway opened in 1830.", "/d/rail.md", 5, 6),
+    ]
+    answer = ask(
+        ScriptedLLM("The Liverpool and Manchester Railway opened in 1830."),
+        FixedRetriever(hits),
+        "When?",
+    )
+    assert [(c.number, c.source, c.inferred) for c in answer.citations] == [(2, "/d/rail.md", True)]
+    # Written markers win, and are not marked inferred; an unsupported answer gets no citation.
+    answer = ask(ScriptedLLM("It opened in 1830 [2]."), FixedRetriever(hits), "When?")
+    assert [(c.number, c.inferred) for c in answer.citations] == [(2, False)]
+    answer = ask(
+        ScriptedLLM("Penguins cannot fly but swim very well."), FixedRetriever(hits), "Birds?"
+    )
+    assert answer.citations == []

@@ -195,7 +195,14 @@ def test_chat_with_rag_is_grounded_and_cites(rag_client, root):
     assert chunks[0]["source"] == str(root / "docs/trains.md") and "1830" in chunks[0]["text"]
     # The model saw the passages: its prompt is far longer than the question alone.
     assert full.usage.prompt_tokens > 100
-    assert [(c["number"], c["source"]) for c in citations] == _expected_citations(text, chunks)
+    if written := _expected_citations(text, chunks):  # the model's own [n] markers
+        assert [(c["number"], c["source"], c["inferred"]) for c in citations] == [
+            (*w, False) for w in written
+        ]
+    else:  # none written: the sources that support the answer, found by genforge, say so
+        assert all(
+            c["inferred"] and c["source"] == chunks[c["number"] - 1]["source"] for c in citations
+        )
 
     chunks_seen = list(
         rag_client.chat.completions.create(
