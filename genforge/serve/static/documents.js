@@ -216,7 +216,8 @@ export function initDocuments({ api, serverEvents, samplingOptions, chatModel, A
   }
 
   function renderSources() {
-    const cited = new Set(state.citations.map((c) => c.number));
+    // number -> how: written by the model, or attributed by genforge (no marker in the answer)
+    const cited = new Map(state.citations.map((c) => [c.number, c.inferred ? "supports the answer" : "cited"]));
     ui.sourcesTitle.hidden = !state.chunks.length;
     ui.sources.replaceChildren(
       ...state.chunks.map((chunk, i) => {
@@ -226,7 +227,7 @@ export function initDocuments({ api, serverEvents, samplingOptions, chatModel, A
           li.classList.add("cited");
           const mark = document.createElement("span");
           mark.className = "cited-mark";
-          mark.textContent = "cited";
+          mark.textContent = cited.get(i + 1);
           li.append(mark);
         }
         return li;
