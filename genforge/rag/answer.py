@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from genforge.rag.retrieve import Hit, Retriever
+from genforge.rag.store import STOPWORDS
 
 # Measured on 20 SQuAD questions with Qwen2.5-Coder-0.5B: an example marker in the instructions
 # ("like [1] or [2][3]") made half the answers nothing but markers (8/20 held the answer); asking for
@@ -79,37 +80,32 @@ def cited(text: str, hits: list[Hit]) -> list[Citation]:
     numbers = []
     for group in re.findall(r"\[(\d+(?:\s*,\s*\d+)*)\]", text):
         numbers += [int(n) for n in re.split(r"\s*,\s*", group)]
-    out = []
-    for n in dict.fromkeys(numbers):
-        if 1 <= n <= len(hits):
-            c = hits[n - 1].chunk
-            out.append(Citation(n, c.source, c.start, c.end, c.unit, c.text))
-    return out
+    return [_citation(n, hits) for n in dict.fromkeys(numbers) if 1 <= n <= len(hits)]
+
+
+def _citation(n: int, hits: list[Hit], inferred: bool = False) -> Citation:
+    c = hits[n - 1].chunk
+    return Citation(n, c.source, c.start, c.end, c.unit, c.text, inferred)
 
 
 def _content_words(text: str) -> set[str]:
-    from genforge.rag.store import STOPWORDS
-
     return {w for w in re.findall(r"\w+", text.lower()) if len(w) > 1 and w not in STOPWORDS}
 
 
 def attribute(text: str, hits: list[Hit], min_overlap: float = 0.5) -> list[Citation]:
     """Sources that support an answer written without markers: for each sentence, the source holding
     the largest share of its content words, when that share is at least `min_overlap`."""
+    sources = [_content_words(h.chunk.text) for h in hits]  # once, not once per sentence
     numbers = []
     for sentence in re.split(r"(?<=[.!?])\s+", text):
         words = _content_words(sentence)
         if len(words) < 2:
             continue
-        shares = [len(words & _content_words(h.chunk.text)) / len(words) for h in hits]
+        shares = [len(words & source) / len(words) for source in sources]
         best = max(range(len(hits)), key=lambda i: shares[i], default=None)
         if best is not None and shares[best] >= min_overlap:
             numbers.append(best + 1)
-    out = []
-    for n in dict.fromkeys(numbers):
-        c = hits[n - 1].chunk
-        out.append(Citation(n, c.source, c.start, c.end, c.unit, c.text, inferred=True))
-    return out
+    return [_citation(n, hits, inferred=True) for n in dict.fromkeys(numbers)]
 
 
 def citations(text: str, hits: list[Hit]) -> list[Citation]:

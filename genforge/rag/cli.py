@@ -23,6 +23,15 @@ def _search_args(p: argparse.ArgumentParser, k: int) -> None:
                    help="only chunks whose source path matches this glob, e.g. '*/docs/*.md'")  # fmt: skip
 
 
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    """`genforge serve`'s document-store flags (read by genforge.serve.rag)."""
+    p.add_argument("--rag-store", action="append", default=[], metavar="[NAME=]FILE|URL",
+                   help="a document index (SQLite file or postgresql:// URL) for /v1/rag and chats "
+                        "with rag (repeatable; the first is the default; NAME: the file's stem)")  # fmt: skip
+    p.add_argument("--rag-root", default=".", metavar="DIR",
+                   help="the folder under which clients may index files (default: .)")  # fmt: skip
+
+
 def add_parser(sub, cli) -> None:
     """Add `genforge rag`; `cli` is genforge.cli, for the shared model and sampling flags."""
     p = sub.add_parser("rag", help="index your documents, search them, ask questions with citations",
