@@ -206,10 +206,26 @@ def worker(args) -> None:
 
 
 def spawn(part: str, peer: str, dtype: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--worker", peer, "--part", part, "--dtype", dtype,
-           "--runs", str(args.runs), "--new-tokens", str(args.new_tokens),
-           "--batch-sizes", args.batch_sizes, "--system-tokens", str(args.system_tokens),
-           "--eval-tokens", str(args.eval_tokens)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        peer,
+        "--part",
+        part,
+        "--dtype",
+        dtype,
+        "--runs",
+        str(args.runs),
+        "--new-tokens",
+        str(args.new_tokens),
+        "--batch-sizes",
+        args.batch_sizes,
+        "--system-tokens",
+        str(args.system_tokens),
+        "--eval-tokens",
+        str(args.eval_tokens),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in out.stdout.splitlines():
@@ -380,9 +396,12 @@ def memory_section(results: dict, file_mb: float) -> list[str]:
         target = memory_target_mb(file_mb, kv) if kv is not None else None
         lines.append(
             f"| {part} | {peer} | {dtype} | {res['peak_rss_mb']:.0f} | "
-            + (f"{kv:.0f} | {target:.0f} | {'yes' if res['peak_rss_mb'] <= target else 'no'} |"
-               if target else "— | — | — |")
-        )  # fmt: skip
+            + (
+                f"{kv:.0f} | {target:.0f} | {'yes' if res['peak_rss_mb'] <= target else 'no'} |"
+                if target
+                else "— | — | — |"
+            )
+        )
     return [*lines, ""]
 
 
@@ -391,19 +410,34 @@ def targets_section(results: dict, file_mb: float) -> list[str]:
     for (part, peer, dtype), res in results.items():
         if part == "prefix" and peer == "genforge":
             measured = statistics.median(r["ratio"] for r in res["runs"])
-            rows.append((f"prefix cache: warm TTFT <= {PREFIX_WARM_TARGET}x cold", dtype,
-                         f"{measured:.2f}x", f"<= {PREFIX_WARM_TARGET:.2f}x",
-                         measured <= PREFIX_WARM_TARGET))  # fmt: skip
+            rows.append(
+                (
+                    f"prefix cache: warm TTFT <= {PREFIX_WARM_TARGET}x cold",
+                    dtype,
+                    f"{measured:.2f}x",
+                    f"<= {PREFIX_WARM_TARGET:.2f}x",
+                    measured <= PREFIX_WARM_TARGET,
+                )
+            )
     serving = {}  # dtype -> (part, result) of the genforge process with the highest peak
-    candidates = [(d, part, r) for (part, peer, d), r in results.items()
-                  if peer == "genforge" and part != "quality"]  # fmt: skip
+    candidates = [
+        (d, part, r)
+        for (part, peer, d), r in results.items()
+        if peer == "genforge" and part != "quality"
+    ]
     for dtype, part, res in sorted(candidates, key=lambda c: c[2]["peak_rss_mb"]):
         serving[dtype] = (part, res)
     for dtype, (part, res) in serving.items():
         target = memory_target_mb(file_mb, res["kv_mb"])
-        rows.append(("peak RSS <= 1.3 x GGUF + KV + 300 MB", dtype,
-                     f"{res['peak_rss_mb']:.0f} MB ({part})", f"<= {target:.0f} MB",
-                     res["peak_rss_mb"] <= target))  # fmt: skip
+        rows.append(
+            (
+                "peak RSS <= 1.3 x GGUF + KV + 300 MB",
+                dtype,
+                f"{res['peak_rss_mb']:.0f} MB ({part})",
+                f"<= {target:.0f} MB",
+                res["peak_rss_mb"] <= target,
+            )
+        )
     if not rows:
         return []
     lines = [

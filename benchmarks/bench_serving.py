@@ -88,8 +88,12 @@ def llama_server_aggregate(
 ) -> dict:
     # The server has no ignore_eos; a -1e9 bias on the end tokens does the same (a Python logits
     # processor on its side). Its default repeat_penalty is 1.1; 1.0 keeps it plain greedy.
-    body = {"max_tokens": new_tokens, "temperature": 0, "repeat_penalty": 1.0,
-            "logit_bias": {str(t): -1e9 for t in tokenizer.eos_ids}}  # fmt: skip
+    body = {
+        "max_tokens": new_tokens,
+        "temperature": 0,
+        "repeat_penalty": 1.0,
+        "logit_bias": {str(t): -1e9 for t in tokenizer.eos_ids},
+    }
     with llama_server(gguf, n_ctx=2048) as (url, pid):
 
         def group(tag: str, n: int) -> dict:
@@ -114,9 +118,24 @@ def post_completion(url: str, body: dict) -> int:
 def llama_server(gguf: Path, n_ctx: int) -> Iterator[tuple[str, int]]:
     """Start llama-cpp-python's server on a free local port; yield its URL and pid."""
     port = free_port()
-    cmd = [sys.executable, str(HERE / "llama_server.py"), "--model", str(gguf),
-           "--n_threads", "2", "--n_threads_batch", "2", "--n_ctx", str(n_ctx),
-           "--interrupt_requests", "False", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(HERE / "llama_server.py"),
+        "--model",
+        str(gguf),
+        "--n_threads",
+        "2",
+        "--n_threads_batch",
+        "2",
+        "--n_ctx",
+        str(n_ctx),
+        "--interrupt_requests",
+        "False",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with server_process(cmd, f"http://127.0.0.1:{port}") as (url, pid):
         yield url, pid
 
@@ -188,9 +207,16 @@ def prefix_runs(ttft: Callable[[list[int]], dict], tokenizer, systems: list[str]
     for r, system in enumerate(systems):
         cold = ttft(tokenizer.encode_chat(chat(f"cold{r}", 0, system)))
         warm = ttft(tokenizer.encode_chat(chat(f"warm{r}", 1, system)))
-        runs.append({"cold_s": cold["ttft_s"], "warm_s": warm["ttft_s"], "ratio": warm["ttft_s"] / cold["ttft_s"],
-                     "prompt_tokens": warm["prompt_tokens"], "cold_reused": cold["reused"],
-                     "warm_reused": warm["reused"]})  # fmt: skip
+        runs.append(
+            {
+                "cold_s": cold["ttft_s"],
+                "warm_s": warm["ttft_s"],
+                "ratio": warm["ttft_s"] / cold["ttft_s"],
+                "prompt_tokens": warm["prompt_tokens"],
+                "cold_reused": cold["reused"],
+                "warm_reused": warm["reused"],
+            }
+        )
     return runs
 
 
@@ -289,9 +315,13 @@ def aggregate_section(results: dict, batch_sizes: str, new_tokens: int) -> list[
         lines.append(
             f"| {peer} | {dtype} | " + " | ".join(cells) + f" | {t[sizes[-1]] / t[sizes[0]]:.2f}x |"
         )
-    short = [f"{peer} {dtype} N={n}: {r['tokens']} of {int(n) * new_tokens} tokens"
-             for (peer, dtype), res in rows.items() for n in sizes for r in res["aggregate"][n]
-             if r["tokens"] < int(n) * new_tokens]  # fmt: skip
+    short = [
+        f"{peer} {dtype} N={n}: {r['tokens']} of {int(n) * new_tokens} tokens"
+        for (peer, dtype), res in rows.items()
+        for n in sizes
+        for r in res["aggregate"][n]
+        if r["tokens"] < int(n) * new_tokens
+    ]
     if short:
         lines += [
             "",

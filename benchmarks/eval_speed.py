@@ -122,8 +122,11 @@ def measure(engines: list[Engine], items: int, rounds: int, warmup: int) -> None
             if e.predictions and predictions != e.predictions:
                 sys.exit(f"{e.name} {e.dtype} predicted differently in round {r + 1}")
             e.predictions = predictions
-        print(f"round {r + 1}: " + ", ".join(f"{e.name} {e.dtype} {e.speeds[-1]:.2f} items/s"
-                                             for e in engines), file=sys.stderr)  # fmt: skip
+        print(
+            f"round {r + 1}: "
+            + ", ".join(f"{e.name} {e.dtype} {e.speeds[-1]:.2f} items/s" for e in engines),
+            file=sys.stderr,
+        )
 
 
 def main() -> None:
@@ -141,8 +144,10 @@ def main() -> None:
     from genforge.evals.tasks import TASKS
 
     load = os.getloadavg()[0]
-    llms = [genforge.load(MODEL, dtype=d, threads=args.threads, progress=False)
-            for d in args.dtypes.split(",")]  # fmt: skip
+    llms = [
+        genforge.load(MODEL, dtype=d, threads=args.threads, progress=False)
+        for d in args.dtypes.split(",")
+    ]
     hf = transformers_engine(args.batch, llms[0].encode_pair)  # both score the same token ids
     ours = [genforge_engine(llm) for llm in llms]
     engines = [ours[0], hf, *ours[1:]]
@@ -178,22 +183,33 @@ def section(engines: list[Engine], hf: Engine, gold: list[int], args, load: floa
         "",
         "| engine | dtype | items/s (median) | min-max | vs transformers | acc |",
         "|---|---|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     for e in engines:
         mid = statistics.median(e.speeds)
-        lines.append(f"| {e.name} | {e.dtype} | {mid:.2f} | {min(e.speeds):.2f}-{max(e.speeds):.2f} "
-                     f"| {mid / base:.2f}x | {accuracy(e.predictions, gold):.2f} |")  # fmt: skip
+        lines.append(
+            f"| {e.name} | {e.dtype} | {mid:.2f} | {min(e.speeds):.2f}-{max(e.speeds):.2f} "
+            f"| {mid / base:.2f}x | {accuracy(e.predictions, gold):.2f} |"
+        )
     fp32 = next((e for e in engines if e.name == "genforge" and e.dtype == "fp32"), None)
     if fp32:
         same = sum(a == b for a, b in zip(fp32.predictions, hf.predictions, strict=True))
-        lines += ["", f"genforge fp32 and transformers pick the same ending on {same}/{len(gold)} "
-                      "items."]  # fmt: skip
+        lines += [
+            "",
+            f"genforge fp32 and transformers pick the same ending on {same}/{len(gold)} items.",
+        ]
     auto = next((e for e in engines if e.name == "genforge" and e.dtype == AUTO_DTYPE), None)
     if fp32 and auto and auto is not fp32:
         r = statistics.median(auto.speeds) / statistics.median(fp32.speeds)
-        lines += ["", f"`--dtype auto` ({AUTO_DTYPE}) scores at {r:.2f}x the speed of fp32"
-                      + (": scoring is prompt processing, where this CPU runs fp32 fastest (compare "
-                         "the prefill column of the single-stream table)." if r < 1 else ".")]  # fmt: skip
+        lines += [
+            "",
+            f"`--dtype auto` ({AUTO_DTYPE}) scores at {r:.2f}x the speed of fp32"
+            + (
+                ": scoring is prompt processing, where this CPU runs fp32 fastest (compare "
+                "the prefill column of the single-stream table)."
+                if r < 1
+                else "."
+            ),
+        ]
     lines += [
         "",
         "Why they differ: genforge scores each context once and its four endings together in one "

@@ -50,8 +50,11 @@ QUICK = {"ingest_files": 6, "index_chunks": 400, "queries": 20}  # embedding: ~1
 def stdlib_files(tests: bool = False) -> list[Path]:
     """The stdlib's .py files without site-packages; tests=True: only test/ and idlelib/."""
     parts = {f: set(f.relative_to(STDLIB).parts[:-1]) for f in sorted(STDLIB.rglob("*.py"))}
-    return [f for f, p in parts.items()
-            if "site-packages" not in p and bool(p & {"test", "idlelib"}) == tests]  # fmt: skip
+    return [
+        f
+        for f, p in parts.items()
+        if "site-packages" not in p and bool(p & {"test", "idlelib"}) == tests
+    ]
 
 
 def docs_files() -> list[Path]:
@@ -129,8 +132,10 @@ def timed_ingest(files: list[Path], path: Path, embedder, chunks: int, texts: in
     with open_store(path) as store:
         report = index(files, store, embedder=embedder, progress=False)
     if report.chunks != chunks or report.embedded != texts or report.skipped:
-        sys.exit(f"ingest wrote {report.chunks} chunks ({report.embedded} embedded, "
-                 f"{len(report.skipped)} skipped), the chunk pass {chunks} ({texts})")  # fmt: skip
+        sys.exit(
+            f"ingest wrote {report.chunks} chunks ({report.embedded} embedded, "
+            f"{len(report.skipped)} skipped), the chunk pass {chunks} ({texts})"
+        )
     return report.seconds
 
 
@@ -148,21 +153,26 @@ def measure_ingest(files: list[Path], embedder, rounds: int, tmp: Path) -> tuple
         row: dict = {"chunks": n, "texts": len(texts)}
         for step in ("ingest", "raw") if r % 2 == 0 else ("raw", "ingest"):
             if step == "ingest":
-                row["ingest_s"] = timed_ingest(files, tmp / f"ingest-{r}.sqlite", embedder, n,
-                                               len(texts))  # fmt: skip
+                row["ingest_s"] = timed_ingest(
+                    files, tmp / f"ingest-{r}.sqlite", embedder, n, len(texts)
+                )
             else:
                 t0 = time.perf_counter()
                 vectors = embedder.encode(texts, batch_size=64)
                 row["embed_s"] = time.perf_counter() - t0
         no_model = copy.copy(embedder)  # the same tokenizer, so the same chunks
         no_model.encode = functools.partial(looked_up, dict(zip(texts, vectors, strict=True)))
-        row["no_model_s"] = timed_ingest(files, tmp / f"no-model-{r}.sqlite", no_model, n,
-                                         len(texts))  # fmt: skip
+        row["no_model_s"] = timed_ingest(
+            files, tmp / f"no-model-{r}.sqlite", no_model, n, len(texts)
+        )
         _, row["chunk_s"] = chunk_pass(files, embedder)
         row["share"] = (n / row["ingest_s"]) / (len(texts) / row["embed_s"])
         rows.append(row)
-        print(f"round {r + 1}: ingest {n / row['ingest_s']:.1f} chunks/s, raw encode "
-              f"{len(texts) / row['embed_s']:.1f}, share {row['share']:.2f}", file=sys.stderr)  # fmt: skip
+        print(
+            f"round {r + 1}: ingest {n / row['ingest_s']:.1f} chunks/s, raw encode "
+            f"{len(texts) / row['embed_s']:.1f}, share {row['share']:.2f}",
+            file=sys.stderr,
+        )
     return rows, files
 
 
@@ -305,7 +315,7 @@ def ingest_lines(rows: list[dict], files: list[Path]) -> list[str]:
         f"writes {write_s:.1f} s ({write_s / whole:.0%}; an ingest whose encode looks the vectors "
         f"up, less the chunking), embedding {embed_s:.1f} s ({embed_s / whole:.0%}; the rest, in "
         f"calls of ~256 chunks: raw encode took {raw_s:.1f} s).",
-    ]  # fmt: skip
+    ]
 
 
 def query_lines(q: dict, info: dict, n: int, k: int, warmup: int, examples: list[str]) -> list[str]:
@@ -327,26 +337,34 @@ def query_lines(q: dict, info: dict, n: int, k: int, warmup: int, examples: list
         + f"in {info['seconds'] / 60:,.1f} min "
         f"(started {info['started']}, CPU: {info['cpu']}), kept in `{info['folder']}`.",
         "",
-        f"{n} queries (first sentences of stdlib docstrings, e.g. \"{examples[0]}\"), k={k}, one "
+        f'{n} queries (first sentences of stdlib docstrings, e.g. "{examples[0]}"), k={k}, one '
         f"client thread, every query through each path in turn, after {warmup} warm-up queries. "
         "A search embeds the query (in every mode: each hit carries its cosine similarity), asks "
         "the store for 50 candidates per list, then fetches the chunks' text.",
         "",
         "| query path | p50 ms | p99 ms | mean ms | p50 vs numpy |",
         "|---|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     for name, xs in ms.items():
         p50, p99 = np.percentile(xs, 50), np.percentile(xs, 99)
         vs = f"{p50 / ref:.1f}x" if name in (VEC, NUMPY) else "—"  # the like-for-like pair
         lines.append(f"| {name} | {p50:.1f} | {p99:.1f} | {statistics.mean(xs):.1f} | {vs} |")
-    return lines + ["", f"sqlite-vec and numpy find the same top-{k} similarities on "
-                        f"{q['same']}/{n} queries (both are exact searches)."]  # fmt: skip
+    return lines + [
+        "",
+        f"sqlite-vec and numpy find the same top-{k} similarities on "
+        f"{q['same']}/{n} queries (both are exact searches).",
+    ]
 
 
 def section(args, threads, load, rows, files, q, info, queries) -> list[str]:
-    command = "python benchmarks/rag_speed.py" + " --quick" * args.quick + (
-        f" --ingest-files {args.ingest_files} --rounds {args.rounds} --queries {len(queries)}"
-        f" --index-vectors {args.index_vectors}")  # fmt: skip
+    command = (
+        "python benchmarks/rag_speed.py"
+        + " --quick" * args.quick
+        + (
+            f" --ingest-files {args.ingest_files} --rounds {args.rounds} --queries {len(queries)}"
+            f" --index-vectors {args.index_vectors}"
+        )
+    )
     return [
         HEADING,
         "",
@@ -360,7 +378,7 @@ def section(args, threads, load, rows, files, q, info, queries) -> list[str]:
         "",
         *query_lines(q, info, len(queries), args.k, args.warmup, queries),
         "",
-    ]  # fmt: skip
+    ]
 
 
 def main() -> None:
@@ -371,9 +389,13 @@ def main() -> None:
     ap.add_argument("--index-dir", type=Path, default=Path("~/.cache/genforge/bench/rag-100k"))
     ap.add_argument("--rebuild", action="store_true", help="build the query index anew")
     ap.add_argument("--build-batch", type=int, default=64, help="texts per forward, index build")
-    ap.add_argument("--index-vectors", choices=["model", "random"], default="model",
-                    help="the query index's chunk vectors: the embedder's, or random unit vectors "
-                         "(search time is the same; the build takes minutes instead of hours)")  # fmt: skip
+    ap.add_argument(
+        "--index-vectors",
+        choices=["model", "random"],
+        default="model",
+        help="the query index's chunk vectors: the embedder's, or random unit vectors "
+        "(search time is the same; the build takes minutes instead of hours)",
+    )
     ap.add_argument("--queries", type=int, default=200, help="timed queries")
     ap.add_argument("--warmup", type=int, default=5, help="untimed queries first")
     ap.add_argument("-k", type=int, default=5, help="hits per query")
@@ -402,8 +424,9 @@ def main() -> None:
         folder = Path(tmp, "index") if args.quick else args.index_dir.expanduser()
         if args.index_vectors == "random" and not args.quick:
             folder = folder.with_name(folder.name + "-random")
-        info = build_index(folder, args.index_chunks, embedder, args.build_batch, args.rebuild,
-                           args.index_vectors)  # fmt: skip
+        info = build_index(
+            folder, args.index_chunks, embedder, args.build_batch, args.rebuild, args.index_vectors
+        )
         queries = docstring_queries(args.queries)
         with open_store(folder / "index.sqlite") as store:
             q = measure_queries(store, embedder, queries, args.k, args.warmup)

@@ -179,8 +179,20 @@ def summary(load: Load, idle_mb: float, peak_mb: float) -> dict:
 
 
 def genforge_command(port: int) -> list[str]:
-    return [sys.executable, "-m", "genforge", "serve", "-m", MODEL, "--threads", "2",
-            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "genforge",
+        "serve",
+        "-m",
+        MODEL,
+        "--threads",
+        "2",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
 
 
 def run_server(name: str, args, gguf: Path, end_ids: frozenset[int]) -> dict:
@@ -236,8 +248,10 @@ def main() -> None:
 
 def section(results: dict, args) -> list[str]:
     base = results.get("llama.cpp server", {}).get("tps")
-    command = (f"python benchmarks/serve_load.py --clients {args.clients} "
-               f"--duration {args.duration:g} --max-tokens {args.max_tokens}")  # fmt: skip
+    command = (
+        f"python benchmarks/serve_load.py --clients {args.clients} "
+        f"--duration {args.duration:g} --max-tokens {args.max_tokens}"
+    )
     lines = [
         SERVE_LOAD_HEADING,
         "",
@@ -267,8 +281,10 @@ def section(results: dict, args) -> list[str]:
             f"| {name} | {r['requests']} | {r['tokens']} | {r['wall_s']:.1f} | {r['tps']:.1f} | "
             f"{p50} | {p99} | {r['errors']} | {r['idle_rss_mb']:.0f} | {r['peak_rss_mb']:.0f} | {vs} |"
         )
-    counted = {f"{name}: {', '.join(f'{how} ({n})' for how, n in r['counted'].items())}"
-               for name, r in results.items()}  # fmt: skip
+    counted = {
+        f"{name}: {', '.join(f'{how} ({n})' for how, n in r['counted'].items())}"
+        for name, r in results.items()
+    }
     return [*lines, "", "Tokens counted from: " + "; ".join(sorted(counted)) + ".", ""]
 
 

@@ -111,8 +111,9 @@ def reference_variant(name: str, compile: bool, bf16: bool) -> Variant:
     rest = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-        lr=6e-4, betas=(0.9, 0.95),
-    )  # fmt: skip
+        lr=6e-4,
+        betas=(0.9, 0.95),
+    )
     net = torch.compile(model) if compile else model
     gen = torch.Generator().manual_seed(0)
 
@@ -150,11 +151,16 @@ def random_data_folder(root: Path) -> Path:
     for split, n in (("train", 1 << 21), ("val", 1 << 14)):
         rng.integers(0, VOCAB, n, dtype=np.uint16).tofile(data / f"{split}_000.bin")
     manifest = {
-        "version": 1, "dtype": "uint16", "vocab_size": VOCAB, "eos_id": 0,
+        "version": 1,
+        "dtype": "uint16",
+        "vocab_size": VOCAB,
+        "eos_id": 0,
         "tokenizer": "tokenizer",
-        "shards": {s: [{"file": f"{s}_000.bin", "tokens": n}]
-                   for s, n in (("train", 1 << 21), ("val", 1 << 14))},
-    }  # fmt: skip
+        "shards": {
+            s: [{"file": f"{s}_000.bin", "tokens": n}]
+            for s, n in (("train", 1 << 21), ("val", 1 << 14))
+        },
+    }
     (data / "manifest.json").write_text(json.dumps(manifest))
     return data
 
@@ -163,8 +169,15 @@ def genforge_variant(name: str, data: Path, root: Path, **options) -> Variant:
     from genforge.train.config import TrainConfig
     from genforge.train.loop import Trainer
 
-    cfg = TrainConfig(data=str(data), out=str(root / name.replace(" ", "_")), depth=DEPTH,
-                      seq_len=SEQ, batch_size=BATCH, steps=10_000, **options)  # fmt: skip
+    cfg = TrainConfig(
+        data=str(data),
+        out=str(root / name.replace(" ", "_")),
+        depth=DEPTH,
+        seq_len=SEQ,
+        batch_size=BATCH,
+        steps=10_000,
+        **options,
+    )
     trainer = Trainer(cfg)
     assert trainer.model_cfg.dim == WIDTH and trainer.model_cfg.n_heads == HEADS
     return Variant(name, trainer.train_step)
@@ -188,10 +201,18 @@ def measure(variants: list[Variant], steps: int, rounds: int, warmup: int) -> di
             for _ in range(steps):
                 v.step()
             speeds[v.name].append(steps * BATCH * SEQ / (time.perf_counter() - t))
-        print(f"round {r + 1}: " + ", ".join(f"{k} {s[-1]:.0f}" for k, s in speeds.items()),
-              file=sys.stderr)  # fmt: skip
-    return {v.name: {"tokens_per_s": statistics.median(speeds[v.name]), "first_s": v.first_s,
-                     "rounds": speeds[v.name]} for v in variants}  # fmt: skip
+        print(
+            f"round {r + 1}: " + ", ".join(f"{k} {s[-1]:.0f}" for k, s in speeds.items()),
+            file=sys.stderr,
+        )
+    return {
+        v.name: {
+            "tokens_per_s": statistics.median(speeds[v.name]),
+            "first_s": v.first_s,
+            "rounds": speeds[v.name],
+        }
+        for v in variants
+    }
 
 
 def main() -> None:
@@ -201,8 +222,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
-    ap.add_argument("--bf16", choices=["auto", "yes", "no"], default="auto",
-                    help="bf16 autocast variants: auto = only where the CPU has native bf16")  # fmt: skip
+    ap.add_argument(
+        "--bf16",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="bf16 autocast variants: auto = only where the CPU has native bf16",
+    )
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="RESULTS.md to update")
     args = ap.parse_args()
 
@@ -221,8 +246,9 @@ def main() -> None:
         ]
         if not args.no_compile:
             variants.append(reference_variant("reference fp32 compile", compile=True, bf16=False))
-            variants.append(genforge_variant("genforge fp32 compile", data, root, compile=True,
-                                             dtype="fp32"))  # fmt: skip
+            variants.append(
+                genforge_variant("genforge fp32 compile", data, root, compile=True, dtype="fp32")
+            )
         if bf16:
             variants.append(reference_variant("reference bf16 eager", compile=False, bf16=True))
             variants.append(genforge_variant("genforge bf16", data, root, dtype="bf16"))
@@ -243,15 +269,22 @@ def section(results: dict, args, bf16: bool) -> list[str]:
         f"{DEPTH} layers, {WIDTH} wide, {HEADS} heads, vocab {VOCAB:,}, batch {BATCH} x {SEQ} "
         f"tokens, AdamW + clipping, {args.threads} threads, CPU: {cpu_description()}. "
         f"Median of {args.rounds} interleaved rounds of {args.steps} steps after {args.warmup} "
-        "warm-up steps." + ("" if bf16 else " No bf16 variants: this CPU has no native bf16 "
-                            "(emulated bf16 autocast is several times slower than fp32 here)."),
+        "warm-up steps."
+        + (
+            ""
+            if bf16
+            else " No bf16 variants: this CPU has no native bf16 "
+            "(emulated bf16 autocast is several times slower than fp32 here)."
+        ),
         "",
         "| variant | tokens/s | vs reference fp32 eager | first step s |",
         "|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     for name, r in results.items():
-        lines.append(f"| {name} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / ref:.2f}x | "
-                     f"{r['first_s']:.1f} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / ref:.2f}x | "
+            f"{r['first_s']:.1f} |"
+        )
     lines += [
         "",
         f"Targets: genforge's defaults >= 1.3x the fp32-eager reference: **{gf / ref:.2f}x** "

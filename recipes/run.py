@@ -37,8 +37,14 @@ class Recipe:
 
 
 # Both recipes train the same small model; they differ in corpus, steps and prompts.
-SMALL = {"depth": 4, "seq-len": 256, "batch-size": 16, "eval-every": 100, "eval-tokens": 32768,
-         "sample-tokens": 40}  # fmt: skip
+SMALL = {
+    "depth": 4,
+    "seq-len": 256,
+    "batch-size": 16,
+    "eval-every": 100,
+    "eval-tokens": 32768,
+    "sample-tokens": 40,
+}
 
 RECIPES = {
     "pydocs-tiny": Recipe(
@@ -78,11 +84,27 @@ def run(name: str, root: Path) -> dict:
     tok, data, run_dir = work / "tokenizer", work / "data", work / "run"
     t0 = time.perf_counter()
     if not (tok / "tokenizer.json").exists():
-        genforge("tokenizer", "train", recipe.corpus, "--vocab-size", str(recipe.vocab_size),
-                 "--out", str(tok))  # fmt: skip
+        genforge(
+            "tokenizer",
+            "train",
+            recipe.corpus,
+            "--vocab-size",
+            str(recipe.vocab_size),
+            "--out",
+            str(tok),
+        )
     if not (data / "manifest.json").exists():
-        genforge("data", "prepare", recipe.corpus, "--tokenizer", str(tok), "--out", str(data),
-                 "--val-fraction", str(recipe.val_fraction))  # fmt: skip
+        genforge(
+            "data",
+            "prepare",
+            recipe.corpus,
+            "--tokenizer",
+            str(tok),
+            "--out",
+            str(data),
+            "--val-fraction",
+            str(recipe.val_fraction),
+        )
     resume = ["--resume"] if (run_dir / "checkpoints").is_dir() else []
     genforge("train", "--data", str(data), "--out", str(run_dir), *flags(recipe.train), *resume)
     minutes = (time.perf_counter() - t0) / 60
@@ -102,9 +124,15 @@ def evaluate(recipe: Recipe, run_dir: Path) -> dict:
         llm.generate(p, max_tokens=recipe.max_tokens, temperature=0.8, top_k=40, seed=i)
         for i, p in enumerate(recipe.prompts)
     ]
-    return {"val_bpb": final["val_bpb"], "val_loss": final["val_loss"], "step": final["step"],
-            "tokens": train["tokens"], "tokens_per_s": train["tokens_per_s"],
-            "params": llm.config.n_params, "samples": list(zip(recipe.prompts, samples, strict=True))}  # fmt: skip
+    return {
+        "val_bpb": final["val_bpb"],
+        "val_loss": final["val_loss"],
+        "step": final["step"],
+        "tokens": train["tokens"],
+        "tokens_per_s": train["tokens_per_s"],
+        "params": llm.config.n_params,
+        "samples": list(zip(recipe.prompts, samples, strict=True)),
+    }
 
 
 def section(name: str, r: dict) -> list[str]:

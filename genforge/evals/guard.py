@@ -100,29 +100,59 @@ _DENIED_EVENTS = frozenset(
     {
         # Processes (_posixsubprocess.fork_exec, os.mknod, os.mkfifo and os.pidfd_open are raised
         # by _disable_unaudited's stand-ins).
-        "os.system", "os.exec", "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn",
-        "subprocess.Popen", "pty.spawn", "_posixsubprocess.fork_exec",
+        "os.system",
+        "os.exec",
+        "os.fork",
+        "os.forkpty",
+        "os.posix_spawn",
+        "os.spawn",
+        "subprocess.Popen",
+        "pty.spawn",
+        "_posixsubprocess.fork_exec",
         # Other processes and the kernel.
-        "os.kill", "os.killpg", "resource.prlimit", "os.mknod", "os.mkfifo", "os.pidfd_open",
+        "os.kill",
+        "os.killpg",
+        "resource.prlimit",
+        "os.mknod",
+        "os.mkfifo",
+        "os.pidfd_open",
         # A link could lead the path checks astray; a fixed working directory keeps relative
         # paths checkable.
-        "os.link", "os.symlink", "os.chdir",
+        "os.link",
+        "os.symlink",
+        "os.chdir",
         # Reaching the guard's objects; bytecode from elsewhere than the compiler.
-        "gc.get_objects", "gc.get_referrers", "gc.get_referents", "marshal.load",
+        "gc.get_objects",
+        "gc.get_referrers",
+        "gc.get_referents",
+        "marshal.load",
         # A subinterpreter would start without the guard.
         "cpython.PyInterpreterState_New",
         "webbrowser.open",
     }
-)  # fmt: skip
+)
 _DENIED_PREFIXES = ("socket.", "ctypes.", "sqlite3.", "syslog.")
 # Modules with native access that no audit event covers (ctypes, cffi), that make processes, or
 # that reach files and sockets from C (sqlite, dbm, readline, tk, shared memory, account files).
 _DENIED_MODULES = frozenset(
     {
-        "ctypes", "_ctypes", "cffi", "_cffi_backend", "_posixsubprocess", "_posixshmem",
-        "_sqlite3", "_dbm", "_gdbm", "readline", "_tkinter", "ossaudiodev", "pwd", "grp", "spwd",
+        "ctypes",
+        "_ctypes",
+        "cffi",
+        "_cffi_backend",
+        "_posixsubprocess",
+        "_posixshmem",
+        "_sqlite3",
+        "_dbm",
+        "_gdbm",
+        "readline",
+        "_tkinter",
+        "ossaudiodev",
+        "pwd",
+        "grp",
+        "spwd",
     }
-)  # fmt: skip
+)
 _DENIED_MODULE_PREFIXES = ("ctypes.", "_ctypes", "cffi.", "_test", "_xx")
 _READ_EVENTS = frozenset({"os.listdir", "os.scandir", "os.getxattr", "os.listxattr"})
 # Events that change a path: ((index of the path argument, index of its dir_fd or None), ...).
@@ -197,12 +227,24 @@ def _resolve(
 
 
 def _as_path(
-    arg, _type=type, _str=str, _bytes=bytes, _int=int, _issubclass=issubclass, _copy=str.__str__,
-    _decode=bytes.decode, _readlink=os.readlink, _OSError=OSError, _entry=os.DirEntry,
-    _entry_path=os.DirEntry.__fspath__, _pathlib=_PATHLIB_CLASSES,
-    _fspath=pathlib.PurePath.__fspath__, _to_str=pathlib.PurePath.__str__,
-    _pathlib_names=_PATHLIB_NAMES, _builtin_names=_BUILTIN_NAMES,
-):  # fmt: skip
+    arg,
+    _type=type,
+    _str=str,
+    _bytes=bytes,
+    _int=int,
+    _issubclass=issubclass,
+    _copy=str.__str__,
+    _decode=bytes.decode,
+    _readlink=os.readlink,
+    _OSError=OSError,
+    _entry=os.DirEntry,
+    _entry_path=os.DirEntry.__fspath__,
+    _pathlib=_PATHLIB_CLASSES,
+    _fspath=pathlib.PurePath.__fspath__,
+    _to_str=pathlib.PurePath.__str__,
+    _pathlib_names=_PATHLIB_NAMES,
+    _builtin_names=_BUILTIN_NAMES,
+):
     """`arg` as an exact str, the path the audited call used; None if that cannot be known."""
     kind = _type(arg)
     if kind is _entry:
@@ -243,10 +285,22 @@ def _describe(path, real):
 
 
 def _open_refusal(
-    args, policy, _type=type, _str=str, _int=int, _issubclass=issubclass, _as_path=_as_path,
-    _resolve=_resolve, _inside=_inside, _describe=_describe, _stat=os.stat, _isdir=stat.S_ISDIR,
-    _OSError=OSError, _write_flags=_OPEN_WRITE_FLAGS, _write_letters=frozenset("wax+"),
-):  # fmt: skip
+    args,
+    policy,
+    _type=type,
+    _str=str,
+    _int=int,
+    _issubclass=issubclass,
+    _as_path=_as_path,
+    _resolve=_resolve,
+    _inside=_inside,
+    _describe=_describe,
+    _stat=os.stat,
+    _isdir=stat.S_ISDIR,
+    _OSError=OSError,
+    _write_flags=_OPEN_WRITE_FLAGS,
+    _write_letters=frozenset("wax+"),
+):
     workdir, roots, readable, _ = policy
     target, mode, flags = args
     if _issubclass(_type(target), _int):
@@ -271,9 +325,18 @@ def _open_refusal(
 
 
 def _path_refusal(
-    event, args, policy, _reads=_READ_EVENTS, _changes=_CHANGE_EVENTS, _type=type, _int=int,
-    _as_path=_as_path, _resolve=_resolve, _inside=_inside, _describe=_describe,
-):  # fmt: skip
+    event,
+    args,
+    policy,
+    _reads=_READ_EVENTS,
+    _changes=_CHANGE_EVENTS,
+    _type=type,
+    _int=int,
+    _as_path=_as_path,
+    _resolve=_resolve,
+    _inside=_inside,
+    _describe=_describe,
+):
     workdir, roots, _, _ = policy
     if event in _reads:
         if args[0] is None:
@@ -296,9 +359,14 @@ def _path_refusal(
 
 
 def _import_refusal(
-    args, policy, _modules=_DENIED_MODULES, _prefixes=_DENIED_MODULE_PREFIXES, _as_path=_as_path,
-    _resolve=_resolve, _inside=_inside,
-):  # fmt: skip
+    args,
+    policy,
+    _modules=_DENIED_MODULES,
+    _prefixes=_DENIED_MODULE_PREFIXES,
+    _as_path=_as_path,
+    _resolve=_resolve,
+    _inside=_inside,
+):
     name = _as_path(args[0])
     if name is None or name in _modules or name.startswith(_prefixes):
         return f"{name!r}: this module is not available in the sandbox"
@@ -311,9 +379,15 @@ def _import_refusal(
 
 
 def _marshal_refusal(
-    data, caller, policy, _code=_COMPILE_BYTECODE, _open_code=io.open_code, _as_path=_as_path,
-    _resolve=_resolve, _inside=_inside,
-):  # fmt: skip
+    data,
+    caller,
+    policy,
+    _code=_COMPILE_BYTECODE,
+    _open_code=io.open_code,
+    _as_path=_as_path,
+    _resolve=_resolve,
+    _inside=_inside,
+):
     """Unmarshal only what a cached module of the Python installation holds on disk."""
     if caller.f_code is not _code:
         return "only the import system may unmarshal code"
@@ -329,9 +403,13 @@ def _marshal_refusal(
 
 
 def _setattr_refusal(
-    args, _type=type, _str=str, _function=types.FunctionType, _names=_PROTECTED_ATTRIBUTES,
+    args,
+    _type=type,
+    _str=str,
+    _function=types.FunctionType,
+    _names=_PROTECTED_ATTRIBUTES,
     _ours=__file__,
-):  # fmt: skip
+):
     """The guard's functions keep their code and defaults (the program's may change theirs)."""
     target, name = args[0], args[1]
     if _type(target) is _function and _type(name) is _str and name in _names:
@@ -342,9 +420,16 @@ def _setattr_refusal(
 
 
 def _refuse(
-    event, detail, policy, _getframe=sys._getframe, _write=os.write, _exit=os._exit,
-    _type=type, _str=str, _status=BLOCKED_EXIT,
-):  # fmt: skip
+    event,
+    detail,
+    policy,
+    _getframe=sys._getframe,
+    _write=os.write,
+    _exit=os._exit,
+    _type=type,
+    _str=str,
+    _status=BLOCKED_EXIT,
+):
     """Say what was refused, and where in the program, then end the program."""
     line, frame = "", _getframe(1)
     while frame is not None:
@@ -364,12 +449,23 @@ def _make_guard(workdir: str, roots: tuple[str, ...], readable: tuple[str, ...],
     policy = (workdir, roots, readable, program)  # strs in tuples: nothing in it can change
 
     def guard(
-        event, args, _policy=policy, _denied=_DENIED_EVENTS, _prefixes=_DENIED_PREFIXES,
-        _paths=_PATH_EVENTS, _getframe=sys._getframe, _open=_open_refusal, _path=_path_refusal,
-        _import=_import_refusal, _marshal=_marshal_refusal, _setattr=_setattr_refusal,
-        _refuse=_refuse, _error=SandboxImportError, _coroutine=types.coroutine.__code__,
+        event,
+        args,
+        _policy=policy,
+        _denied=_DENIED_EVENTS,
+        _prefixes=_DENIED_PREFIXES,
+        _paths=_PATH_EVENTS,
+        _getframe=sys._getframe,
+        _open=_open_refusal,
+        _path=_path_refusal,
+        _import=_import_refusal,
+        _marshal=_marshal_refusal,
+        _setattr=_setattr_refusal,
+        _refuse=_refuse,
+        _error=SandboxImportError,
+        _coroutine=types.coroutine.__code__,
         _unix=socket.AF_UNIX,
-    ):  # fmt: skip
+    ):
         if event == "socket.__new__" and args[1] == _unix:
             return  # a socketpair (asyncio's event loop makes one); connect and bind stay refused
         if event in _denied or event.startswith(_prefixes):

@@ -36,20 +36,41 @@ WINDOW = 2048  # perplexity: tokens scored per window at most
 
 def add_arguments(p) -> None:
     """The flags of `genforge eval` beyond the model ones."""
-    p.add_argument("--limit", type=int, default=None, metavar="N",
-                   help="the first N items of each task (of each subject for MMLU; documents "
-                        "for perplexity); default: all")  # fmt: skip
-    p.add_argument("--shots", type=int, default=None, metavar="K",
-                   help="few-shot examples in each prompt (default: the task's own, see --list)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=1234,
-                   help="seed for choosing few-shot examples (default: 1234)")  # fmt: skip
-    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
-                   help="prompt generation tasks through the model's chat template (default: "
-                        "on for code tasks when the model has a template, off otherwise)")  # fmt: skip
-    p.add_argument("--workers", type=int, default=2, metavar="N",
-                   help="sandboxed programs run at once for code tasks (default: 2)")  # fmt: skip
-    p.add_argument("--output", metavar="FILE",
-                   help="write the results and every item's record as JSON")  # fmt: skip
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the first N items of each task (of each subject for MMLU; documents "
+        "for perplexity); default: all",
+    )
+    p.add_argument(
+        "--shots",
+        type=int,
+        default=None,
+        metavar="K",
+        help="few-shot examples in each prompt (default: the task's own, see --list)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=1234, help="seed for choosing few-shot examples (default: 1234)"
+    )
+    p.add_argument(
+        "--chat",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="prompt generation tasks through the model's chat template (default: "
+        "on for code tasks when the model has a template, off otherwise)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="sandboxed programs run at once for code tasks (default: 2)",
+    )
+    p.add_argument(
+        "--output", metavar="FILE", help="write the results and every item's record as JSON"
+    )
     p.add_argument("--list", action="store_true", help="list the tasks and exit")
 
 
@@ -79,9 +100,16 @@ def resolve(spec: str | list) -> list:
 
 
 def evaluate(
-    llm, tasks: str | list, *, limit: int | None = None, shots: int | None = None,
-    seed: int = 1234, chat: bool | None = None, progress: bool = True, workers: int = 2,
-) -> dict:  # fmt: skip
+    llm,
+    tasks: str | list,
+    *,
+    limit: int | None = None,
+    shots: int | None = None,
+    seed: int = 1234,
+    chat: bool | None = None,
+    progress: bool = True,
+    workers: int = 2,
+) -> dict:
     """Run `tasks` on `llm`; see the module docstring for what comes back.
 
     limit: items per task (per subject for MMLU, documents for perplexity); shots: few-shot
@@ -122,11 +150,17 @@ def evaluate(
             )
         seconds = time.perf_counter() - t0
         results["tasks"][task.name] = {
-            "title": task.title, "kind": task.kind, "version": task.version,
-            "prompt_format": task.prompt_format, "shots": k, "chat": use_chat, "n": len(records),
-            **summary, "seconds": round(seconds, 2),
+            "title": task.title,
+            "kind": task.kind,
+            "version": task.version,
+            "prompt_format": task.prompt_format,
+            "shots": k,
+            "chat": use_chat,
+            "n": len(records),
+            **summary,
+            "seconds": round(seconds, 2),
             "items_per_second": round(len(records) / seconds, 3) if seconds else None,
-        }  # fmt: skip
+        }
         results["items"][task.name] = records
     return results
 
@@ -164,8 +198,10 @@ def _shots_for(task: MultipleChoice, items: list[Item], k: int, seed: int):
     # From the item's own split, an item is never its own example: one fewer to choose from.
     most = min((len(p) for p in pools.values()), default=k) - (0 if task.shots_source else 1)
     if k and k > most:
-        raise GenforgeError(f"{task.name} has {most} examples per group for few-shot prompts; "
-                            f"use --shots {most} or fewer.")  # fmt: skip
+        raise GenforgeError(
+            f"{task.name} has {most} examples per group for few-shot prompts; "
+            f"use --shots {most} or fewer."
+        )
 
     def prefix(item: Item) -> str:
         head = task.header(item.group) if task.header else ""
@@ -209,15 +245,24 @@ def _multiple_choice(llm, task: MultipleChoice, *, limit, shots, seed, chat, bar
         norm = [s.logprob / max(1, len(c)) for s, (_, c) in zip(got, item.pairs, strict=True)]
         pred, pred_norm = _argmax(lls), _argmax(norm)
         contexts = {ctx for ctx, _ in item.pairs}
-        records.append({
-            "id": item.id, "group": item.group,
-            "prompt": pairs[i - len(item.pairs)][0] if len(contexts) == 1
-                      else [pairs[j][0] for j in range(i - len(item.pairs), i)],
-            "choices": [c for _, c in item.pairs], "logprobs": lls, "logprobs_per_char": norm,
-            "greedy": [s.greedy for s in got], "gold": item.gold,
-            "prediction": pred, "prediction_norm": pred_norm,
-            "correct": pred == item.gold, "correct_norm": pred_norm == item.gold,
-        })  # fmt: skip
+        records.append(
+            {
+                "id": item.id,
+                "group": item.group,
+                "prompt": pairs[i - len(item.pairs)][0]
+                if len(contexts) == 1
+                else [pairs[j][0] for j in range(i - len(item.pairs), i)],
+                "choices": [c for _, c in item.pairs],
+                "logprobs": lls,
+                "logprobs_per_char": norm,
+                "greedy": [s.greedy for s in got],
+                "gold": item.gold,
+                "prediction": pred,
+                "prediction_norm": pred_norm,
+                "correct": pred == item.gold,
+                "correct_norm": pred_norm == item.gold,
+            }
+        )
         by_group.setdefault(item.group, []).append(records[-1])
     summary = _accuracy(records, ("correct", "correct_norm"), ("acc", "acc_norm"))
     if len(by_group) > 1:
@@ -256,7 +301,9 @@ def _generation(llm, task: Generation, *, limit, shots, seed, chat, bar, workers
     items, examples = task.load()
     items = items[:limit] if limit else items
     if shots > len(examples):
-        raise GenforgeError(f"{task.name} has {len(examples)} few-shot examples; use --shots {len(examples)} or fewer.")  # fmt: skip
+        raise GenforgeError(
+            f"{task.name} has {len(examples)} few-shot examples; use --shots {len(examples)} or fewer."
+        )
     examples = examples[:shots]
     prompts, texts = [], []
     for item in items:
@@ -264,8 +311,10 @@ def _generation(llm, task: Generation, *, limit, shots, seed, chat, bar, workers
             messages = []
             for ex in examples:
                 question, answer = ex.split("\nAnswer:", 1)
-                messages += [{"role": "user", "content": question},
-                             {"role": "assistant", "content": answer.strip()}]  # fmt: skip
+                messages += [
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": answer.strip()},
+                ]
             question = item.prompt.removesuffix("\nAnswer:")
             prompts.append(_chat_ids(llm, [*messages, {"role": "user", "content": question}]))
             texts.append(question)
@@ -279,9 +328,17 @@ def _generation(llm, task: Generation, *, limit, shots, seed, chat, bar, workers
     runs = llm.complete_many(prompts, temperature=0, max_tokens=task.max_tokens, stop=stop)
     for item, text, done in zip(items, texts, runs, strict=True):
         found, correct = task.check(done.text, item)
-        records.append({"id": item.id, "prompt": text, "output": done.text,
-                        "finish_reason": done.finish_reason, "extracted": found,
-                        "gold": item.gold, "correct": correct})  # fmt: skip
+        records.append(
+            {
+                "id": item.id,
+                "prompt": text,
+                "output": done.text,
+                "finish_reason": done.finish_reason,
+                "extracted": found,
+                "gold": item.gold,
+                "correct": correct,
+            }
+        )
         bar.update()
     return _accuracy(records, ("correct",), ("exact_match",)), records
 
@@ -314,9 +371,17 @@ def _code(llm, task: Code, *, limit, shots, seed, chat, bar, workers):
         records = []
         for item, text, done, program, future in pending:
             result = future.result()
-            records.append({"id": item.id, "prompt": text, "completion": done.text,
-                            "program": program, "status": result.status,
-                            "stderr": result.stderr[-2000:], "correct": result.passed})  # fmt: skip
+            records.append(
+                {
+                    "id": item.id,
+                    "prompt": text,
+                    "completion": done.text,
+                    "program": program,
+                    "status": result.status,
+                    "stderr": result.stderr[-2000:],
+                    "correct": result.passed,
+                }
+            )
     return _accuracy(records, ("correct",), ("pass@1",)), records
 
 
@@ -371,7 +436,9 @@ def _perplexity(llm, task: Perplexity, *, limit, shots, seed, chat, bar, workers
         {"id": name, "bytes": len(text.encode()), "tokens": ntok[i], "nll": nll[i]}
         for i, (name, text) in enumerate(docs)
     ]
-    total_bytes, total_tokens, total_nll = (sum(r[k] for r in records) for k in ("bytes", "tokens", "nll"))  # fmt: skip
+    total_bytes, total_tokens, total_nll = (
+        sum(r[k] for r in records) for k in ("bytes", "tokens", "nll")
+    )
     metrics = {
         "bits_per_byte": total_nll / math.log(2) / total_bytes,
         "token_perplexity": math.exp(total_nll / total_tokens),
@@ -387,10 +454,15 @@ def _perplexity(llm, task: Perplexity, *, limit, shots, seed, chat, bar, workers
 def model_record(llm) -> dict:
     path = Path(llm.checkpoint.path)
     return {
-        "name": llm.name, "path": str(path), "sha256": weights_sha256(path),
-        "format": llm.checkpoint.format, "quantization": llm.checkpoint.quantization,
-        "dtype": llm.dtype, "arch": llm.config.arch, "params": llm.config.n_params,
-    }  # fmt: skip
+        "name": llm.name,
+        "path": str(path),
+        "sha256": weights_sha256(path),
+        "format": llm.checkpoint.format,
+        "quantization": llm.checkpoint.quantization,
+        "dtype": llm.dtype,
+        "arch": llm.config.arch,
+        "params": llm.config.n_params,
+    }
 
 
 def weights_sha256(path: Path) -> str:

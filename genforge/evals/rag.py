@@ -167,8 +167,14 @@ def run(llm, task: Retrieval, *, limit, shots, seed, chat, bar, workers, home: P
             source = where[(item.extra["file"], item.extra["paragraph"])]
             answers = item.extra["answers"]
             needed = answers if task.answer_in_chunk else None
-            record = {"id": item.id, "question": item.prompt, "answers": answers,
-                      "source": source[0], "line": source[1], "rank": {}}  # fmt: skip
+            record = {
+                "id": item.id,
+                "question": item.prompt,
+                "answers": answers,
+                "source": source[0],
+                "line": source[1],
+                "rank": {},
+            }
             for mode in MODES:
                 hits = retriever.search(item.prompt, k=max(KS), mode=mode)
                 rank = next(
@@ -193,8 +199,12 @@ def run(llm, task: Retrieval, *, limit, shots, seed, chat, bar, workers, home: P
                 folded = _fold(answer.text)
                 matched = any(re.search(rf"\b{re.escape(_fold(a))}\b", folded) for a in answers)
                 values.setdefault("answer_match", []).append(float(matched))
-                record.update(answer=answer.text, citations=[c.number for c in answer.citations],
-                              faithful=faithful, answer_match=matched)  # fmt: skip
+                record.update(
+                    answer=answer.text,
+                    citations=[c.number for c in answer.citations],
+                    faithful=faithful,
+                    answer_match=matched,
+                )
             records.append(record)
             bar.update(1)
     metrics = {name: sum(v) / len(v) for name, v in values.items()}

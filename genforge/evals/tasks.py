@@ -190,24 +190,56 @@ def _mmlu_header(subject: str) -> str:
 
 QA = '"Question: {question}\\nAnswer:" -> " {choice}"'
 MULTIPLE_CHOICE = [
-    MultipleChoice("hellaswag", "HellaSwag", "hellaswag/none/validation", _hellaswag,
-                   prompt_format='"{activity}: {context}" -> " {ending}"'),
+    MultipleChoice(
+        "hellaswag",
+        "HellaSwag",
+        "hellaswag/none/validation",
+        _hellaswag,
+        prompt_format='"{activity}: {context}" -> " {ending}"',
+    ),
     MultipleChoice("arc_easy", "ARC-Easy", "ai2_arc/ARC-Easy/validation", _arc, prompt_format=QA),
-    MultipleChoice("arc_challenge", "ARC-Challenge", "ai2_arc/ARC-Challenge/validation", _arc,
-                   prompt_format=QA),
+    MultipleChoice(
+        "arc_challenge", "ARC-Challenge", "ai2_arc/ARC-Challenge/validation", _arc, prompt_format=QA
+    ),
     MultipleChoice("piqa", "PIQA", "piqa/plain_text/validation", _piqa, prompt_format=QA),
-    MultipleChoice("winogrande", "WinoGrande", "winogrande/winogrande_xl/validation", _winogrande,
-                   prompt_format="sentence up to the blank, filled with each option -> the rest"),
-    MultipleChoice("boolq", "BoolQ", "boolq/none/validation", _boolq,
-                   prompt_format='"{passage}\\nQuestion: {question}?\\nAnswer:" -> " no" | " yes"'),
-    MultipleChoice("openbookqa", "OpenBookQA", "openbookqa/main/validation", _openbookqa,
-                   prompt_format='"{question}" -> " {choice}"'),
-    MultipleChoice("sciq", "SciQ", "sciq/none/validation", _sciq,
-                   prompt_format='"{support}\\nQuestion: {question}\\nAnswer:" -> " {choice}"'),
-    MultipleChoice("mmlu", "MMLU (cloze, 57 subjects)", "hails/mmlu_no_train/{group}/test", _mmlu,
-                   shots_source="hails/mmlu_no_train/{group}/dev", header=_mmlu_header,
-                   prompt_format="subject header, then " + QA),
-]  # fmt: skip
+    MultipleChoice(
+        "winogrande",
+        "WinoGrande",
+        "winogrande/winogrande_xl/validation",
+        _winogrande,
+        prompt_format="sentence up to the blank, filled with each option -> the rest",
+    ),
+    MultipleChoice(
+        "boolq",
+        "BoolQ",
+        "boolq/none/validation",
+        _boolq,
+        prompt_format='"{passage}\\nQuestion: {question}?\\nAnswer:" -> " no" | " yes"',
+    ),
+    MultipleChoice(
+        "openbookqa",
+        "OpenBookQA",
+        "openbookqa/main/validation",
+        _openbookqa,
+        prompt_format='"{question}" -> " {choice}"',
+    ),
+    MultipleChoice(
+        "sciq",
+        "SciQ",
+        "sciq/none/validation",
+        _sciq,
+        prompt_format='"{support}\\nQuestion: {question}\\nAnswer:" -> " {choice}"',
+    ),
+    MultipleChoice(
+        "mmlu",
+        "MMLU (cloze, 57 subjects)",
+        "hails/mmlu_no_train/{group}/test",
+        _mmlu,
+        shots_source="hails/mmlu_no_train/{group}/dev",
+        header=_mmlu_header,
+        prompt_format="subject header, then " + QA,
+    ),
+]
 
 
 # -- generation: GSM8K -------------------------------------------------------------------------
@@ -216,10 +248,14 @@ MULTIPLE_CHOICE = [
 def _gsm8k() -> tuple[list[Item], list[str]]:
     reqs = data.requests("gsm8k", "gold_bpb_5shot")
     items = [
-        Item(str(r["doc"]["id"]), "gsm8k", gold=r["doc"]["short_answer"],
-             prompt=_qa(r["doc"]["question"]))
+        Item(
+            str(r["doc"]["id"]),
+            "gsm8k",
+            gold=r["doc"]["short_answer"],
+            prompt=_qa(r["doc"]["question"]),
+        )
         for r in reqs
-    ]  # fmt: skip
+    ]
     # The chain-of-thought examples (Wei et al. 2022) open every request's context.
     shots = reqs[0]["request"]["context"].split("\n\n")[:-1]
     return items, shots
@@ -255,12 +291,18 @@ CODE_ANSWER_PREFIX = (
 
 def _humaneval() -> list[Item]:
     return [
-        Item(r["doc"]["task_id"], "humaneval", prompt=CODE_INSTRUCTION.format(
-                 problem=r["doc"]["prompt"].strip()),
-             extra={"test": r["doc"]["test"], "entry_point": r["doc"]["entry_point"],
-                    "signature": r["doc"]["prompt"]})
+        Item(
+            r["doc"]["task_id"],
+            "humaneval",
+            prompt=CODE_INSTRUCTION.format(problem=r["doc"]["prompt"].strip()),
+            extra={
+                "test": r["doc"]["test"],
+                "entry_point": r["doc"]["entry_point"],
+                "signature": r["doc"]["prompt"],
+            },
+        )
         for r in data.requests("codex_humaneval", "gold_bpb_0shot")
-    ]  # fmt: skip
+    ]
 
 
 def _mbpp() -> list[Item]:
@@ -269,8 +311,14 @@ def _mbpp() -> list[Item]:
         doc = r["doc"]
         problem = f"{doc['text']}\n{doc['test_list'][0]}"
         tests = "\n".join([doc["test_setup_code"], *doc["test_list"]])
-        items.append(Item(str(doc["task_id"]), "mbpp", prompt=CODE_INSTRUCTION.format(problem=problem),
-                          extra={"test": tests}))  # fmt: skip
+        items.append(
+            Item(
+                str(doc["task_id"]),
+                "mbpp",
+                prompt=CODE_INSTRUCTION.format(problem=problem),
+                extra={"test": tests},
+            )
+        )
     return items
 
 
@@ -294,8 +342,15 @@ def _code_block(text: str) -> str:
             continue
     else:
         return code
-    keep = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,
-            ast.Assign, ast.AnnAssign)  # fmt: skip
+    keep = (
+        ast.Import,
+        ast.ImportFrom,
+        ast.FunctionDef,
+        ast.AsyncFunctionDef,
+        ast.ClassDef,
+        ast.Assign,
+        ast.AnnAssign,
+    )
     parts = []
     for node in tree.body:
         if isinstance(node, keep):
@@ -321,21 +376,42 @@ def _mbpp_program(item: Item, completion: str, chat: bool) -> str:
 
 
 GENERATION = [
-    Generation("gsm8k", "GSM8K", _gsm8k, _gsm8k_check, stop=("Question:", "\n\n"), shots=5,
-               prompt_format='chain-of-thought examples, then "Question: {question}\\nAnswer:"; '
-                             "the number after 'the answer is' (else the last number) must equal "
-                             "the reference"),
-]  # fmt: skip
+    Generation(
+        "gsm8k",
+        "GSM8K",
+        _gsm8k,
+        _gsm8k_check,
+        stop=("Question:", "\n\n"),
+        shots=5,
+        prompt_format='chain-of-thought examples, then "Question: {question}\\nAnswer:"; '
+        "the number after 'the answer is' (else the last number) must equal "
+        "the reference",
+    ),
+]
 CODE = [
-    Code("humaneval", "HumanEval", _humaneval, lambda item: item.extra["signature"], _humaneval_program,
-         stop=("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"), version=2,
-         prompt_format="chat: the problem in a code block, the answer started with a ```python "
-                       "fence, its definitions kept; raw: the function's signature and docstring "
-                       "continued"),
-    Code("mbpp", "MBPP", _mbpp, lambda item: f"{item.prompt}\n{CODE_ANSWER_PREFIX}", _mbpp_program,
-         stop=("\n```",), version=2,
-         prompt_format="the problem and its first test, answer started with a ```python fence "
-                       "(evalplus style), its definitions kept; all three tests run"),
-]  # fmt: skip
+    Code(
+        "humaneval",
+        "HumanEval",
+        _humaneval,
+        lambda item: item.extra["signature"],
+        _humaneval_program,
+        stop=("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"),
+        version=2,
+        prompt_format="chat: the problem in a code block, the answer started with a ```python "
+        "fence, its definitions kept; raw: the function's signature and docstring "
+        "continued",
+    ),
+    Code(
+        "mbpp",
+        "MBPP",
+        _mbpp,
+        lambda item: f"{item.prompt}\n{CODE_ANSWER_PREFIX}",
+        _mbpp_program,
+        stop=("\n```",),
+        version=2,
+        prompt_format="the problem and its first test, answer started with a ```python fence "
+        "(evalplus style), its definitions kept; all three tests run",
+    ),
+]
 
 TASKS = {t.name: t for t in [*MULTIPLE_CHOICE, *GENERATION, *CODE]}

@@ -74,9 +74,15 @@ class Engine:
     """
 
     def __init__(
-        self, model: Transformer, context_length: int | None = None, *, max_batch: int = 32,
-        step_tokens: int = 512, kv_tokens: int | None = None, prefix_cache: bool = True,
-    ):  # fmt: skip
+        self,
+        model: Transformer,
+        context_length: int | None = None,
+        *,
+        max_batch: int = 32,
+        step_tokens: int = 512,
+        kv_tokens: int | None = None,
+        prefix_cache: bool = True,
+    ):
         self.model = model
         limit = model.cfg.max_seq_len
         self.context_length = min(context_length or limit, limit)
@@ -113,9 +119,14 @@ class Engine:
         return max_tokens
 
     def add_request(
-        self, prompt_ids: list[int], params: SamplingParams, eos_ids: frozenset[int] = frozenset(),
-        *, constraint: Constraint | None = None, logprobs: int | None = None,
-    ) -> Request:  # fmt: skip
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        eos_ids: frozenset[int] = frozenset(),
+        *,
+        constraint: Constraint | None = None,
+        logprobs: int | None = None,
+    ) -> Request:
         """Queue a request; it runs from the next `step()`.
 
         constraint: a grammar the output must follow (genforge.generate.structured); logprobs:
@@ -133,9 +144,13 @@ class Engine:
             counts = torch.zeros(vocab, dtype=torch.int32)
         context = torch.tensor(prompt_ids) if params.repetition_penalty != 1.0 else None
         state = _SamplerState(
-            params, make_generator(params.seed), context, counts, constraint=constraint,
+            params,
+            make_generator(params.seed),
+            context,
+            counts,
+            constraint=constraint,
             logprobs=logprobs,
-        )  # fmt: skip
+        )
         req = Request(list(prompt_ids), max_new, params, frozenset(eos_ids), state=state)
         with self._lock:
             self.scheduler.add(req)
@@ -149,9 +164,12 @@ class Engine:
                 self._emit(req, _DONE)
 
     def loglikelihood(
-        self, requests: list[tuple[list[int], list[int]]], *, batch_tokens: int = 2048,
+        self,
+        requests: list[tuple[list[int], list[int]]],
+        *,
+        batch_tokens: int = 2048,
         progress=None,
-    ) -> list[Scored]:  # fmt: skip
+    ) -> list[Scored]:
         """Log-likelihood of each (context ids, continuation ids) under the model, batched through
         this engine's KV cache (genforge.generate.score). Generation waits between batches."""
         check_requests(requests, self.context_length)
@@ -160,9 +178,13 @@ class Engine:
         for i in range(0, len(requests), step):
             with self._lock, torch.inference_mode():
                 out += loglikelihood(
-                    self.model, self.cache, self.pool, requests[i : i + step],
-                    batch_tokens=batch_tokens, progress=progress,
-                )  # fmt: skip
+                    self.model,
+                    self.cache,
+                    self.pool,
+                    requests[i : i + step],
+                    batch_tokens=batch_tokens,
+                    progress=progress,
+                )
         return out
 
     def reset_prefix_cache(self) -> None:
@@ -298,9 +320,12 @@ class Engine:
         return reqs
 
     def generate(
-        self, prompt_ids: list[int], params: SamplingParams, eos_ids: frozenset[int] = frozenset(),
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        eos_ids: frozenset[int] = frozenset(),
         **options,
-    ) -> TokenStream:  # fmt: skip
+    ) -> TokenStream:
         """Iterate over sampled token ids; the last one is an eos id if the model ended the sequence.
 
         The request is checked (and refused with a clear error) and queued when this is called;

@@ -57,9 +57,16 @@ class LLM:
     """A loaded model with its tokenizer and engine."""
 
     def __init__(
-        self, name: str, checkpoint, model, tokenizer, context_length: int | None = None,
-        sampling_defaults: dict | None = None, dtype: str = "fp32", engine_options: dict | None = None,
-    ):  # fmt: skip
+        self,
+        name: str,
+        checkpoint,
+        model,
+        tokenizer,
+        context_length: int | None = None,
+        sampling_defaults: dict | None = None,
+        dtype: str = "fp32",
+        engine_options: dict | None = None,
+    ):
         self.name, self.checkpoint, self.dtype = name, checkpoint, dtype
         self.model, self.tokenizer = model, tokenizer
         self.engine = Engine(model, context_length, **(engine_options or {}))
@@ -101,9 +108,14 @@ class LLM:
         return Completion("".join(parts), reason, len(prompt_ids), n)
 
     def generate(
-        self, prompt: str | list[str], *, stream: bool = False, json_schema: dict | None = None,
-        grammar: Grammar | str | None = None, **sampling,
-    ) -> str | list[str] | Iterator[str]:  # fmt: skip
+        self,
+        prompt: str | list[str],
+        *,
+        stream: bool = False,
+        json_schema: dict | None = None,
+        grammar: Grammar | str | None = None,
+        **sampling,
+    ) -> str | list[str] | Iterator[str]:
         """Raw completion of `prompt` (no chat template). With stream=True, yields text pieces.
 
         A list of prompts is generated as one batch (they share the engine's forward passes) and
@@ -127,10 +139,15 @@ class LLM:
         return self._collect(ids, params, grammar).text
 
     def chat_prompt(
-        self, messages: list[dict] | str, *, tools: list[dict] | None = None,
-        tool_choice: str | dict = "auto", json_schema: dict | None = None,
-        grammar: Grammar | str | None = None, parallel_tool_calls: bool = True,
-    ) -> ChatPrompt:  # fmt: skip
+        self,
+        messages: list[dict] | str,
+        *,
+        tools: list[dict] | None = None,
+        tool_choice: str | dict = "auto",
+        json_schema: dict | None = None,
+        grammar: Grammar | str | None = None,
+        parallel_tool_calls: bool = True,
+    ) -> ChatPrompt:
         """Render a chat with the model's template, and the grammar its answer must follow.
 
         tools: OpenAI-style function tools; tool_choice "auto" (answer or call), "required" (call
@@ -169,19 +186,30 @@ class LLM:
         return ChatPrompt(ids, grammar, chosen)
 
     def chat(
-        self, messages: list[dict] | str, *, stream: bool = False, tools: list[dict] | None = None,
-        tool_choice: str | dict = "auto", parallel_tool_calls: bool = True,
-        json_schema: dict | None = None, grammar: Grammar | str | None = None, **sampling,
-    ) -> str | Iterator[str]:  # fmt: skip
+        self,
+        messages: list[dict] | str,
+        *,
+        stream: bool = False,
+        tools: list[dict] | None = None,
+        tool_choice: str | dict = "auto",
+        parallel_tool_calls: bool = True,
+        json_schema: dict | None = None,
+        grammar: Grammar | str | None = None,
+        **sampling,
+    ) -> str | Iterator[str]:
         """Answer the conversation `messages` (or one user message) with the model's chat template.
 
         With tools, a call comes back as `<tool_call>{"name", "arguments"}</tool_call>` text:
         `genforge.generate.structured.parse_tool_calls` splits it out.
         """
         prompt = self.chat_prompt(
-            messages, tools=tools, tool_choice=tool_choice, json_schema=json_schema,
-            grammar=grammar, parallel_tool_calls=parallel_tool_calls,
-        )  # fmt: skip
+            messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            json_schema=json_schema,
+            grammar=grammar,
+            parallel_tool_calls=parallel_tool_calls,
+        )
         params = self.sampling_params(**sampling)
         if stream:
             return (d.text for d in self._run(prompt.ids, params, prompt.grammar) if d.text)
@@ -206,9 +234,7 @@ class LLM:
         keep = self.context_length - len(cont)
         return ctx[-keep:] if keep > 0 else ctx[-1:], cont
 
-    def loglikelihood(
-        self, pairs: list[tuple[str, str]], *, progress=None
-    ) -> list[Scored]:  # fmt: skip
+    def loglikelihood(self, pairs: list[tuple[str, str]], *, progress=None) -> list[Scored]:
         """log p(continuation | context) for each (context, continuation) text pair, batched.
 
         progress: called with the number of pairs finished after each batch.

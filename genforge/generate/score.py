@@ -58,10 +58,14 @@ def check_requests(requests: list[tuple[list[int], list[int]]], context_length: 
 
 
 def loglikelihood(
-    model: Transformer, cache: PagedKVCache, pool: BlockPool,
-    requests: list[tuple[list[int], list[int]]], *, batch_tokens: int = 2048,
+    model: Transformer,
+    cache: PagedKVCache,
+    pool: BlockPool,
+    requests: list[tuple[list[int], list[int]]],
+    *,
+    batch_tokens: int = 2048,
     progress: Callable[[int], None] | None = None,
-) -> list[Scored]:  # fmt: skip
+) -> list[Scored]:
     """Score each (context ids, continuation ids) request; results in the same order.
 
     batch_tokens: tokens per forward pass (contexts and continuations are separate passes);

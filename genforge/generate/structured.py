@@ -168,9 +168,12 @@ def tool_call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def tool_call_grammar(
-    tools: list[dict[str, Any]], required: bool, answer: Grammar | None = None, tokenizer=None,
+    tools: list[dict[str, Any]],
+    required: bool,
+    answer: Grammar | None = None,
+    tokenizer=None,
     parallel: bool = True,
-) -> Grammar:  # fmt: skip
+) -> Grammar:
     """Calls of `tools` (one or more, newline-separated); with required=False, or an answer instead:
     one matching `answer` (a JSON schema grammar), or else any text that does not start with a
     tool call, so a model that begins a call is held to the schema from its first token.

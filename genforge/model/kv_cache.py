@@ -7,8 +7,16 @@ import torch.nn.functional as F
 
 
 class KVCache:
-    def __init__(self, n_layers: int, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):  # fmt: skip
+    def __init__(
+        self,
+        n_layers: int,
+        batch: int,
+        n_kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ):
         shape = (batch, n_kv_heads, max_len, head_dim)
         # empty, not zeros: only written positions are ever read, and untouched pages cost no memory.
         self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
@@ -36,8 +44,15 @@ class PagedKVCache:
     holds the tensors. They are `torch.empty`: pages the pool never touches cost no memory.
     """
 
-    def __init__(self, n_layers: int, n_blocks: int, block_size: int, n_kv_heads: int,
-                 head_dim: int, dtype: torch.dtype = torch.float32):  # fmt: skip
+    def __init__(
+        self,
+        n_layers: int,
+        n_blocks: int,
+        block_size: int,
+        n_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+    ):
         shape = (n_blocks * block_size, n_kv_heads, head_dim)
         self.k = [torch.empty(shape, dtype=dtype) for _ in range(n_layers)]
         self.v = [torch.empty(shape, dtype=dtype) for _ in range(n_layers)]
@@ -65,8 +80,12 @@ class PagedBatch:
     chunk gets its own causal call.
     """
 
-    def __init__(self, cache: PagedKVCache, seqs: list[tuple[list[int], int, int, bool]],
-                 sliding_window: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        cache: PagedKVCache,
+        seqs: list[tuple[list[int], int, int, bool]],
+        sliding_window: int | None = None,
+    ):
         self.cache, bs = cache, cache.block_size
         positions, slots, offsets = [], [], []
         self.decode_rows: list[int] = []
@@ -152,8 +171,13 @@ class PagedBatch:
                 kc, vc = pool_k.index_select(0, keys), pool_v.index_select(0, keys)
             mask = masks[kind]
             y = F.scaled_dot_product_attention(
-                qc, kc.transpose(0, 1).unsqueeze(0), vc.transpose(0, 1).unsqueeze(0),
-                attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=gqa,
-            )  # fmt: skip
+                qc,
+                kc.transpose(0, 1).unsqueeze(0),
+                vc.transpose(0, 1).unsqueeze(0),
+                attn_mask=mask,
+                is_causal=mask is None,
+                scale=scale,
+                enable_gqa=gqa,
+            )
             out[a:b] = y[0].transpose(0, 1)
         return out

@@ -130,9 +130,14 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, start_pos, k, v)  # (B, Hkv, start_pos + T, D)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, scale=self.scale,
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=mask is None and T > 1,
+            scale=self.scale,
             enable_gqa=self.n_heads != self.n_kv_heads,
-        )  # fmt: skip
+        )
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 

@@ -118,9 +118,16 @@ def relevant(hits: list[Hit], min_similarity: float = MIN_SIMILARITY) -> list[Hi
 
 
 def stream_answer(
-    llm, retriever: Retriever, question: str, *, k: int = 4, mode: str = "hybrid",
-    path: str | None = None, min_similarity: float = MIN_SIMILARITY, **sampling,
-) -> Iterator[str | Answer]:  # fmt: skip
+    llm,
+    retriever: Retriever,
+    question: str,
+    *,
+    k: int = 4,
+    mode: str = "hybrid",
+    path: str | None = None,
+    min_similarity: float = MIN_SIMILARITY,
+    **sampling,
+) -> Iterator[str | Answer]:
     """Yields the answer's text as it is generated, then the whole `Answer` as the last item."""
     hits = relevant(retriever.search(question, k=k, mode=mode, path=path), min_similarity)
     if not hits:

@@ -11,42 +11,73 @@ from genforge.errors import GenforgeError
 
 
 def _store_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", required=True, metavar="FILE|URL",
-                   help="the index: a SQLite file (created when missing) or postgresql://user@host/db")  # fmt: skip
+    p.add_argument(
+        "--store",
+        required=True,
+        metavar="FILE|URL",
+        help="the index: a SQLite file (created when missing) or postgresql://user@host/db",
+    )
 
 
 def _search_args(p: argparse.ArgumentParser, k: int) -> None:
     p.add_argument("-k", type=int, default=k, help=f"how many chunks to retrieve (default: {k})")
-    p.add_argument("--mode", default="hybrid", choices=["hybrid", "dense", "bm25"],
-                   help="vectors, keywords (BM25), or both fused by reciprocal rank (default: hybrid)")  # fmt: skip
-    p.add_argument("--path", default=None, metavar="GLOB",
-                   help="only chunks whose source path matches this glob, e.g. '*/docs/*.md'")  # fmt: skip
+    p.add_argument(
+        "--mode",
+        default="hybrid",
+        choices=["hybrid", "dense", "bm25"],
+        help="vectors, keywords (BM25), or both fused by reciprocal rank (default: hybrid)",
+    )
+    p.add_argument(
+        "--path",
+        default=None,
+        metavar="GLOB",
+        help="only chunks whose source path matches this glob, e.g. '*/docs/*.md'",
+    )
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     """`genforge serve`'s document-store flags (read by genforge.serve.rag)."""
-    p.add_argument("--rag-store", action="append", default=[], metavar="[NAME=]FILE|URL",
-                   help="a document index (SQLite file or postgresql:// URL) for /v1/rag and chats "
-                        "with rag (repeatable; the first is the default; NAME: the file's stem)")  # fmt: skip
-    p.add_argument("--rag-root", default=".", metavar="DIR",
-                   help="the folder under which clients may index files (default: .)")  # fmt: skip
+    p.add_argument(
+        "--rag-store",
+        action="append",
+        default=[],
+        metavar="[NAME=]FILE|URL",
+        help="a document index (SQLite file or postgresql:// URL) for /v1/rag and chats "
+        "with rag (repeatable; the first is the default; NAME: the file's stem)",
+    )
+    p.add_argument(
+        "--rag-root",
+        default=".",
+        metavar="DIR",
+        help="the folder under which clients may index files (default: .)",
+    )
 
 
 def add_parser(sub, cli) -> None:
     """Add `genforge rag`; `cli` is genforge.cli, for the shared model and sampling flags."""
-    p = sub.add_parser("rag", help="index your documents, search them, ask questions with citations",
-                       description="Retrieval-augmented generation over your own files.")  # fmt: skip
+    p = sub.add_parser(
+        "rag",
+        help="index your documents, search them, ask questions with citations",
+        description="Retrieval-augmented generation over your own files.",
+    )
     rsub = p.add_subparsers(dest="rag_verb", metavar="VERB", required=True)
 
-    r = rsub.add_parser("index", help="index files and folders (incremental: only changes are redone)",
-                        description="Read .txt .md .rst .html .pdf .jsonl and source files, chunk "
-                        "them by structure, embed and store them. Unchanged files are skipped, "
-                        "changed ones re-indexed, deleted ones removed.")  # fmt: skip
+    r = rsub.add_parser(
+        "index",
+        help="index files and folders (incremental: only changes are redone)",
+        description="Read .txt .md .rst .html .pdf .jsonl and source files, chunk "
+        "them by structure, embed and store them. Unchanged files are skipped, "
+        "changed ones re-indexed, deleted ones removed.",
+    )
     r.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
     _store_arg(r)
-    r.add_argument("--embedder", default=None, metavar="NAME|DIR",
-                   help="embedding model for a new store: all-minilm-l6-v2 (default) or a "
-                        "sentence-transformers folder")  # fmt: skip
+    r.add_argument(
+        "--embedder",
+        default=None,
+        metavar="NAME|DIR",
+        help="embedding model for a new store: all-minilm-l6-v2 (default) or a "
+        "sentence-transformers folder",
+    )
     r.add_argument(
         "--chunk-tokens",
         type=int,
@@ -64,9 +95,12 @@ def add_parser(sub, cli) -> None:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_index)
 
-    r = rsub.add_parser("search", help="the chunks that best match a query",
-                        description="Search an index: prints the best chunks with their source and "
-                        "line span, or JSON with --json.")  # fmt: skip
+    r = rsub.add_parser(
+        "search",
+        help="the chunks that best match a query",
+        description="Search an index: prints the best chunks with their source and "
+        "line span, or JSON with --json.",
+    )
     r.add_argument("query")
     _store_arg(r)
     _search_args(r, k=5)
@@ -83,9 +117,12 @@ def add_parser(sub, cli) -> None:
     )
     r.set_defaults(func=cmd_search)
 
-    r = rsub.add_parser("ask", help="answer a question from the index, citing sources [1]",
-                        description="Retrieve chunks for the question and stream an answer grounded "
-                        "in them, with numbered citations mapped to file and lines.")  # fmt: skip
+    r = rsub.add_parser(
+        "ask",
+        help="answer a question from the index, citing sources [1]",
+        description="Retrieve chunks for the question and stream an answer grounded "
+        "in them, with numbered citations mapped to file and lines.",
+    )
     r.add_argument("question")
     _store_arg(r)
     cli._add_model_args(r)
@@ -117,8 +154,11 @@ def cmd_index(args) -> int:
     settings = None
     if any(v is not None for v in given):
         d = Settings()
-        settings = Settings(args.embedder or d.embedder, args.chunk_tokens or d.max_tokens,
-                            d.overlap if args.overlap is None else args.overlap)  # fmt: skip
+        settings = Settings(
+            args.embedder or d.embedder,
+            args.chunk_tokens or d.max_tokens,
+            d.overlap if args.overlap is None else args.overlap,
+        )
     with _open(args) as store:
         report = index(args.paths, store, settings, progress=not args.quiet)
         print(report.summary())
@@ -163,10 +203,15 @@ def cmd_ask(args, cli) -> int:
         llm = cli._load(args)
         answer = None
         for item in stream_answer(
-            llm, retriever, args.question, k=args.k, mode=args.mode, path=args.path,
+            llm,
+            retriever,
+            args.question,
+            k=args.k,
+            mode=args.mode,
+            path=args.path,
             min_similarity=MIN_SIMILARITY if args.min_similarity is None else args.min_similarity,
             **sampling,
-        ):  # fmt: skip
+        ):
             if isinstance(item, Answer):
                 answer = item
             elif not args.json:

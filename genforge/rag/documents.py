@@ -45,10 +45,17 @@ class DocumentError(GenforgeError):
 _CODE = ".py .pyi .js .mjs .cjs .ts .tsx .jsx .c .h .cc .cpp .cxx .hpp .hh .java .go .rs .rb .php"
 _CODE += " .sh .bash .zsh .swift .kt .kts .scala .cs .lua .sql .toml .yaml .yml .json"
 SUFFIXES: dict[str, str] = {
-    ".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown", ".rst": "rst",
-    ".html": "html", ".htm": "html", ".pdf": "pdf", ".jsonl": "jsonl",
+    ".txt": "text",
+    ".text": "text",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".rst": "rst",
+    ".html": "html",
+    ".htm": "html",
+    ".pdf": "pdf",
+    ".jsonl": "jsonl",
     **dict.fromkeys(_CODE.split(), "code"),
-}  # fmt: skip
+}
 
 
 def kind_of(path: Path) -> str | None:

@@ -28,8 +28,23 @@ from genforge.rag.store import Store
 log = logging.getLogger(__name__)
 
 # Folders that hold tooling, not documents.
-SKIP_DIRS = frozenset({".git", ".hg", ".svn", ".venv", "venv", "node_modules", "__pycache__",
-                       ".mypy_cache", ".pytest_cache", ".ruff_cache", ".tox", "build", "dist"})  # fmt: skip
+SKIP_DIRS = frozenset(
+    {
+        ".git",
+        ".hg",
+        ".svn",
+        ".venv",
+        "venv",
+        "node_modules",
+        "__pycache__",
+        ".mypy_cache",
+        ".pytest_cache",
+        ".ruff_cache",
+        ".tox",
+        "build",
+        "dist",
+    }
+)
 MAX_FILE_BYTES = 50 * 2**20
 # Bumped whenever reading or chunking changes what a file becomes: stores built before re-chunk
 # every file on their next index run (unchanged chunk texts keep their vectors).
@@ -157,9 +172,14 @@ class _Pending:
 
 
 def index(
-    paths: list[str | Path], store: Store, settings: Settings | None = None, *,
-    embedder: Embedder | None = None, progress: bool = True, batch_chunks: int = 256,
-) -> Report:  # fmt: skip
+    paths: list[str | Path],
+    store: Store,
+    settings: Settings | None = None,
+    *,
+    embedder: Embedder | None = None,
+    progress: bool = True,
+    batch_chunks: int = 256,
+) -> Report:
     """Bring `store` up to date with the files under `paths`; returns what was done."""
     from tqdm import tqdm
 

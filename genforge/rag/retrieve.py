@@ -32,10 +32,15 @@ class Hit:
     def to_dict(self) -> dict:
         c = self.chunk
         return {
-            "source": c.source, "start_line": c.start, "end_line": c.end, "unit": c.unit,
-            "heading": c.heading, "score": round(self.score, 6),
-            "similarity": round(self.similarity, 6), "text": c.text,
-        }  # fmt: skip
+            "source": c.source,
+            "start_line": c.start,
+            "end_line": c.end,
+            "unit": c.unit,
+            "heading": c.heading,
+            "score": round(self.score, 6),
+            "similarity": round(self.similarity, 6),
+            "text": c.text,
+        }
 
     def where(self, relative_to: Path | None = None) -> str:
         """`path:12-30` (lines) or `path p. 3-4` (PDF pages), relative to a folder when inside it."""
@@ -83,9 +88,13 @@ class Retriever:
         return CrossEncoder(str(path), device="cpu", local_files_only=True)
 
     def search(
-        self, query: str, k: int = 5, mode: str = "hybrid", path: str | None = None,
+        self,
+        query: str,
+        k: int = 5,
+        mode: str = "hybrid",
+        path: str | None = None,
         candidates: int | None = None,
-    ) -> list[Hit]:  # fmt: skip
+    ) -> list[Hit]:
         """The k best chunks for `query`. path: a glob on the source path (`*/docs/*.md`)."""
         if mode not in MODES:
             raise GenforgeError(f"mode must be one of {', '.join(MODES)}, got {mode!r}.")

@@ -118,9 +118,14 @@ class Store(ABC):
 
     @abstractmethod
     def add_file(
-        self, path: str, sha256: str, kind: str, chunks: list[Chunk], hashes: list[str],
+        self,
+        path: str,
+        sha256: str,
+        kind: str,
+        chunks: list[Chunk],
+        hashes: list[str],
         vectors: np.ndarray,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Index `path` as these chunks (with their text hashes and vectors), replacing any old ones."""
 
     @abstractmethod

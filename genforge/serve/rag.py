@@ -63,9 +63,13 @@ class StoreSpec:
             return cls(name or urlsplit(location).path.strip("/") or "postgres", location)
         path = Path(location).expanduser()
         if path.is_dir():
-            raise GenforgeError(f"--rag-store {location} is a folder; give a file name such as docs.sqlite.")  # fmt: skip
+            raise GenforgeError(
+                f"--rag-store {location} is a folder; give a file name such as docs.sqlite."
+            )
         if not path.parent.is_dir():
-            raise GenforgeError(f"the folder of --rag-store {location} does not exist; create it first.")  # fmt: skip
+            raise GenforgeError(
+                f"the folder of --rag-store {location} does not exist; create it first."
+            )
         return cls(name or path.stem, str(path.resolve()))
 
 
@@ -112,9 +116,11 @@ class DocumentStores:
     """The server's named stores (the first is the default) and the folder it may index."""
 
     def __init__(
-        self, specs: list[StoreSpec], root: Path,
+        self,
+        specs: list[StoreSpec],
+        root: Path,
         shared_embedder: Callable[[str], Awaitable[Embedder]],
-    ):  # fmt: skip
+    ):
         self.root = Path(root).resolve()
         self.entries = {s.name: _Entry(s) for s in specs}
         self.default = specs[0].name
@@ -126,9 +132,12 @@ class DocumentStores:
         name = self.default if name is None else name
         if name not in self.entries:
             raise APIError(
-                404, f"There is no document store {name!r}; this server has "
-                f"{', '.join(map(repr, self.entries))}.", param="store", code="store_not_found",
-            )  # fmt: skip
+                404,
+                f"There is no document store {name!r}; this server has "
+                f"{', '.join(map(repr, self.entries))}.",
+                param="store",
+                code="store_not_found",
+            )
         return self.entries[name]
 
     async def _store(self, entry: _Entry) -> Store:
@@ -183,9 +192,13 @@ class DocumentStores:
         return f"{self.root}{os.sep}{path}"
 
     async def search(
-        self, query: str, store: str | None = None, k: int = 5, mode: str = "hybrid",
+        self,
+        query: str,
+        store: str | None = None,
+        k: int = 5,
+        mode: str = "hybrid",
         path: str | None = None,
-    ) -> list[Hit]:  # fmt: skip
+    ) -> list[Hit]:
         retriever = await self._retriever(store)
         return await asyncio.to_thread(
             retriever.search, query, k=k, mode=mode, path=self.glob(path)
@@ -196,9 +209,14 @@ class DocumentStores:
         for name, entry in self.entries.items():
             stats = await asyncio.to_thread((await self._store(entry)).stats)
             out.append(
-                {"id": name, "location": public_location(entry.spec.location), **stats,
-                 "default": name == self.default, "indexing": entry.indexing.locked()}
-            )  # fmt: skip
+                {
+                    "id": name,
+                    "location": public_location(entry.spec.location),
+                    **stats,
+                    "default": name == self.default,
+                    "indexing": entry.indexing.locked(),
+                }
+            )
         return out
 
     async def index(self, paths: list[str], name: str | None = None) -> dict:
@@ -210,9 +228,12 @@ class DocumentStores:
         store = await self._store(entry)
         if not entry.indexing.acquire(blocking=False):
             raise APIError(
-                409, f"The document store {entry.spec.name!r} is already indexing; try again when "
-                "that run has finished.", param="store", code="already_indexing",
-            )  # fmt: skip
+                409,
+                f"The document store {entry.spec.name!r} is already indexing; try again when "
+                "that run has finished.",
+                param="store",
+                code="already_indexing",
+            )
         try:
             meta = await asyncio.to_thread(store.meta)
             embedder = await self.embedder(meta.get("embedder", NAME))
@@ -234,14 +255,20 @@ class DocumentStores:
         # Shielded: a client that leaves does not stop the run (nor leave the store locked).
         report, stats = await asyncio.shield(asyncio.to_thread(run))
         return {
-            "store": entry.spec.name, "summary": report.summary(), "added": len(report.added),
-            "updated": len(report.updated), "renamed": len(report.renamed),
-            "removed": len(report.removed), "unchanged": report.unchanged,
+            "store": entry.spec.name,
+            "summary": report.summary(),
+            "added": len(report.added),
+            "updated": len(report.updated),
+            "renamed": len(report.renamed),
+            "removed": len(report.removed),
+            "unchanged": report.unchanged,
             "skipped": [{"path": p, "reason": why} for p, why in report.skipped],
-            "chunks": report.chunks, "embedded": report.embedded,
-            "seconds": round(report.seconds, 3), "files": stats["files"],
+            "chunks": report.chunks,
+            "embedded": report.embedded,
+            "seconds": round(report.seconds, 3),
+            "files": stats["files"],
             "total_chunks": stats["chunks"],
-        }  # fmt: skip
+        }
 
     def checked(self, given: str) -> Path:
         """`given` resolved under the root: 403 outside it, 400 if missing (in a worker thread)."""
@@ -250,16 +277,22 @@ class DocumentStores:
         path = (self.root / given).resolve()  # an absolute `given` replaces the root
         if not path.is_relative_to(self.root):
             raise APIError(
-                403, f"{given} is outside the folder this server may index ({self.root}); "
-                "give a path under it.", param="paths", code="outside_root",
-            )  # fmt: skip
+                403,
+                f"{given} is outside the folder this server may index ({self.root}); "
+                "give a path under it.",
+                param="paths",
+                code="outside_root",
+            )
         if not path.exists():
             raise bad_request(f"{given} does not exist under {self.root}.", param="paths")
         if link := self._link_out(path):
             raise APIError(
-                403, f"{link} links to a file outside {self.root}; remove the link or index a "
-                "folder without it.", param="paths", code="outside_root",
-            )  # fmt: skip
+                403,
+                f"{link} links to a file outside {self.root}; remove the link or index a "
+                "folder without it.",
+                param="paths",
+                code="outside_root",
+            )
         return path
 
     def _link_out(self, folder: Path) -> Path | None:
@@ -311,7 +344,10 @@ def last_question(messages: list[Message]) -> tuple[int, str]:
             continue
         if isinstance(m.content, list):
             if any(p.type != "text" for p in m.content):
-                raise bad_request("rag answers text questions; the last user message has other parts.", param="messages")  # fmt: skip
+                raise bad_request(
+                    "rag answers text questions; the last user message has other parts.",
+                    param="messages",
+                )
             return i, "".join(p.text or "" for p in m.content)
         return i, m.content or ""
     raise bad_request("rag needs a user message to answer.", param="messages")

@@ -42,9 +42,12 @@ class Run:
 
 
 async def submit(
-    llm, jobs: list[tuple[list[int], SamplingParams]], grammar: Grammar | None = None,
-    logprobs: int | None = None, runs: list[Run] | None = None,
-) -> list[Run]:  # fmt: skip
+    llm,
+    jobs: list[tuple[list[int], SamplingParams]],
+    grammar: Grammar | None = None,
+    logprobs: int | None = None,
+    runs: list[Run] | None = None,
+) -> list[Run]:
     """Queue every choice of an API request at once (the engine admits them at the same step).
 
     The runs are appended to `runs` as soon as they exist, so that whoever owns that list can
@@ -59,11 +62,17 @@ async def submit(
     def queue() -> None:  # in a worker thread: building matchers and taking the engine lock block
         requests = llm.engine.submit_all(
             [
-                {"prompt_ids": ids, "params": params, "eos_ids": eos, "out": run.sink,
-                 "constraint": llm.constraint(grammar), "logprobs": logprobs}
+                {
+                    "prompt_ids": ids,
+                    "params": params,
+                    "eos_ids": eos,
+                    "out": run.sink,
+                    "constraint": llm.constraint(grammar),
+                    "logprobs": logprobs,
+                }
                 for run, (ids, params) in zip(new, jobs, strict=True)
             ]
-        )  # fmt: skip
+        )
         for run, req in zip(new, requests, strict=True):
             run.request = req
 

@@ -39,9 +39,14 @@ def latest(run: str | Path) -> Path | None:
 
 
 def save(
-    run: str | Path, step: int, model_state: dict[str, torch.Tensor], cfg: ModelConfig,
-    tokenizer_dir: str | Path, train_state: dict, keep: int,
-) -> Path:  # fmt: skip
+    run: str | Path,
+    step: int,
+    model_state: dict[str, torch.Tensor],
+    cfg: ModelConfig,
+    tokenizer_dir: str | Path,
+    train_state: dict,
+    keep: int,
+) -> Path:
     path = Path(run) / CHECKPOINTS / f"step_{step:07d}"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_hf(

@@ -42,8 +42,21 @@ class TrainConfig:
     resume: bool = False  # continue the run in `out` from its newest checkpoint
 
     # Fields that define the run: a resumed run must have the same ones, or it is another run.
-    IDENTITY = ("depth", "seq_len", "batch_size", "grad_accum", "steps", "lr", "warmup",
-                "schedule", "min_lr_frac", "weight_decay", "clip", "seed", "fsdp")  # fmt: skip
+    IDENTITY = (
+        "depth",
+        "seq_len",
+        "batch_size",
+        "grad_accum",
+        "steps",
+        "lr",
+        "warmup",
+        "schedule",
+        "min_lr_frac",
+        "weight_decay",
+        "clip",
+        "seed",
+        "fsdp",
+    )
 
     def check(self) -> None:
         """Refuse values no run can use, naming the flag (library callers get the CLI's checks)."""
@@ -72,19 +85,32 @@ class TrainConfig:
             if f.name == "data":
                 parser.add_argument(flag, required=True, metavar="DIR", help=text)
             elif f.name == "out":
-                parser.add_argument(flag, default=None, metavar="DIR",
-                                    help=f"{text} (default: runs/NAME, NAME from --data)")  # fmt: skip
+                parser.add_argument(
+                    flag,
+                    default=None,
+                    metavar="DIR",
+                    help=f"{text} (default: runs/NAME, NAME from --data)",
+                )
             elif f.name == "sample_prompts":
-                parser.add_argument("--sample-prompt", dest=f.name, action="append",
-                                    metavar="TEXT", help=f"{text} (repeatable)")  # fmt: skip
+                parser.add_argument(
+                    "--sample-prompt",
+                    dest=f.name,
+                    action="append",
+                    metavar="TEXT",
+                    help=f"{text} (repeatable)",
+                )
             elif f.type == "bool":
                 parser.add_argument(flag, action="store_true", help=text)
             else:
                 kind = {"int": int, "float": float, "str": str}[f.type]
                 default = f.default if f.default is not MISSING else None
-                parser.add_argument(flag, type=kind, default=default,
-                                    metavar="NAME" if kind is str else f.type.upper(),
-                                    help=f"{text} (default: {default})")  # fmt: skip
+                parser.add_argument(
+                    flag,
+                    type=kind,
+                    default=default,
+                    metavar="NAME" if kind is str else f.type.upper(),
+                    help=f"{text} (default: {default})",
+                )
 
     @classmethod
     def from_args(cls, args) -> TrainConfig:
@@ -114,10 +140,18 @@ def model_config(depth: int, vocab_size: int, seq_len: int) -> ModelConfig:
     dim = HEAD_DIM * depth
     hidden = math.ceil(dim * 8 / 3 / 64) * 64  # gated MLP with the parameters of a 4x plain one
     return ModelConfig(
-        arch="llama", vocab_size=vocab_size, dim=dim, n_layers=depth, n_heads=depth,
-        n_kv_heads=depth, hidden_dim=hidden, norm_eps=1e-5, max_seq_len=seq_len,
-        rope_theta=10000.0, tie_embeddings=True,
-    )  # fmt: skip
+        arch="llama",
+        vocab_size=vocab_size,
+        dim=dim,
+        n_layers=depth,
+        n_heads=depth,
+        n_kv_heads=depth,
+        hidden_dim=hidden,
+        norm_eps=1e-5,
+        max_seq_len=seq_len,
+        rope_theta=10000.0,
+        tie_embeddings=True,
+    )
 
 
 def peak_lr(cfg: TrainConfig, model: ModelConfig) -> float:

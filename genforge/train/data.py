@@ -59,9 +59,12 @@ class _ShardWriter:
 
 
 def prepare(
-    sources: list[str], out: str | Path, tokenizer_dir: str | Path, val_fraction: float = 0.01,
+    sources: list[str],
+    out: str | Path,
+    tokenizer_dir: str | Path,
+    val_fraction: float = 0.01,
     progress: bool = True,
-) -> dict:  # fmt: skip
+) -> dict:
     """Tokenize `sources` into shards in `out` with the tokenizer folder `tokenizer_dir`."""
     from genforge.tokenizer import Tokenizer
     from genforge.train.tokenizer import EOS

@@ -163,8 +163,13 @@ class Trainer:
             )
         if self.world.main:
             self.run.mkdir(parents=True, exist_ok=True)
-            info = {"train": asdict(self.cfg), "model": asdict(self.model_cfg),
-                    "world_size": self.world.size, "steps": self.steps, "lr": self.lr}  # fmt: skip
+            info = {
+                "train": asdict(self.cfg),
+                "model": asdict(self.model_cfg),
+                "world_size": self.world.size,
+                "steps": self.steps,
+                "lr": self.lr,
+            }
             tmp = self.run / f".{RUN_FILE}.tmp"
             tmp.write_text(json.dumps(info, indent=2))
             os.replace(tmp, self.run / RUN_FILE)
@@ -248,8 +253,18 @@ class Trainer:
             nats = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
             nats = nats.view_as(y) * weight
             nbytes = self.bytes_of[y] * weight
-            sums += torch.stack([nats.sum(), weight.expand_as(y).sum(),
-                                 (nats * (nbytes > 0)).sum(), nbytes.sum()]).double().cpu()  # fmt: skip
+            sums += (
+                torch.stack(
+                    [
+                        nats.sum(),
+                        weight.expand_as(y).sum(),
+                        (nats * (nbytes > 0)).sum(),
+                        nbytes.sum(),
+                    ]
+                )
+                .double()
+                .cpu()
+            )
         nats, count, nats_b, nbytes = distributed.total(sums.tolist(), world)
         return {"val_loss": nats / max(count, 1), "val_bpb": nats_b / math.log(2) / max(nbytes, 1)}
 
@@ -294,8 +309,15 @@ class Trainer:
                 "world_size": self.world.size,
                 "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
             }
-            path = checkpoint.save(self.run, self.step, model_state, self.model_cfg,
-                                   self.tokenizer_dir, state, self.cfg.keep)  # fmt: skip
+            path = checkpoint.save(
+                self.run,
+                self.step,
+                model_state,
+                self.model_cfg,
+                self.tokenizer_dir,
+                state,
+                self.cfg.keep,
+            )
         distributed.barrier(self.world)
         return path
 
@@ -311,8 +333,13 @@ class Trainer:
         every["sample"] = cfg.sample_every or every["eval"]
         every["save"] = cfg.save_every or every["eval"]
         tokens_per_step = self.tokens_per_step
-        bar = tqdm(total=self.steps, initial=self.step, unit="step", dynamic_ncols=True,
-                   disable=not (progress and world.main))  # fmt: skip
+        bar = tqdm(
+            total=self.steps,
+            initial=self.step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (progress and world.main),
+        )
         result, stop = {}, _StopFlag(world)
         window_t, window_steps = 0.0, 0
         while self.step < self.steps and not stop.requested:
@@ -331,10 +358,17 @@ class Trainer:
             bar.update(1)
             bar.set_postfix_str(self._progress(loss, speed), refresh=False)
             if self.step % every["log"] == 0 or last:
-                self.metrics.write({"kind": "train", "step": self.step, "loss": loss,
-                                    "lr": self.optimizer.param_groups[0]["lr"],
-                                    "tokens": self.step * tokens_per_step,
-                                    "tokens_per_s": speed, "elapsed_s": self.elapsed})  # fmt: skip
+                self.metrics.write(
+                    {
+                        "kind": "train",
+                        "step": self.step,
+                        "loss": loss,
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "tokens": self.step * tokens_per_step,
+                        "tokens_per_s": speed,
+                        "elapsed_s": self.elapsed,
+                    }
+                )
                 window_t, window_steps = 0.0, 0
             result |= {"loss": loss, "tokens_per_s": speed}
             result |= self._periodic(every, last, bar)
@@ -342,24 +376,36 @@ class Trainer:
         stop.restore()
         if stop.requested and self.step < self.steps:
             result["interrupted"] = True
-        return result | {"step": self.step, "steps": self.steps, "run": str(self.run),
-                         "main": world.main}  # fmt: skip
+        return result | {
+            "step": self.step,
+            "steps": self.steps,
+            "run": str(self.run),
+            "main": world.main,
+        }
 
     def _periodic(self, every: dict, last: bool, bar) -> dict:
         out = {}
         if self.step % every["eval"] == 0 or last:
             out = self.evaluate() if self.val_ids else {}
             if out and self.world.main:
-                self.metrics.write({"kind": "eval", "step": self.step,
-                                    "tokens": self.step * self.tokens_per_step,
-                                    **out})  # fmt: skip
-                bar.write(f"step {self.step}: val loss {out['val_loss']:.4f}, "
-                          f"{out['val_bpb']:.3f} bits per byte")  # fmt: skip
+                self.metrics.write(
+                    {
+                        "kind": "eval",
+                        "step": self.step,
+                        "tokens": self.step * self.tokens_per_step,
+                        **out,
+                    }
+                )
+                bar.write(
+                    f"step {self.step}: val loss {out['val_loss']:.4f}, "
+                    f"{out['val_bpb']:.3f} bits per byte"
+                )
         if self.step % every["sample"] == 0 or last:
             for i, prompt in enumerate(self.prompts()):
                 text = self.sample(prompt, self.cfg.sample_tokens, self.cfg.seed + self.step + i)
-                self.metrics.write({"kind": "sample", "step": self.step, "prompt": prompt,
-                                    "text": text})  # fmt: skip
+                self.metrics.write(
+                    {"kind": "sample", "step": self.step, "prompt": prompt, "text": text}
+                )
                 if self.world.main:
                     bar.write(f"sample: {text!r}")
         if self.step % every["save"] == 0 or last:
@@ -369,8 +415,11 @@ class Trainer:
         return out
 
     def _progress(self, loss: float, speed: float) -> str:
-        parts = [f"loss {loss:.3f}", f"lr {self.optimizer.param_groups[0]['lr']:.2e}",
-                 f"{speed:,.0f} tok/s"]  # fmt: skip
+        parts = [
+            f"loss {loss:.3f}",
+            f"lr {self.optimizer.param_groups[0]['lr']:.2e}",
+            f"{speed:,.0f} tok/s",
+        ]
         if self.world.device.type == "cuda":
             name = torch.cuda.get_device_name(self.world.device)
             peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)

@@ -57,8 +57,12 @@ def plot(run: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     ax.plot([r["tokens"] for r in train], [r["loss"] for r in train], label="train loss", lw=1)
     if evals:
-        ax.plot([r["tokens"] for r in evals], [r["val_loss"] for r in evals], "o-",
-                label="validation loss")  # fmt: skip
+        ax.plot(
+            [r["tokens"] for r in evals],
+            [r["val_loss"] for r in evals],
+            "o-",
+            label="validation loss",
+        )
     ax.set_xlabel("tokens")
     ax.set_ylabel("loss (nats per token)")
     ax.set_title(str(run))

@@ -107,9 +107,13 @@ def genforge_state(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, t
 
 
 def write_hf(
-    state: dict[str, torch.Tensor], cfg: ModelConfig, tokenizer_dir: str | Path, out: str | Path,
-    dtype: torch.dtype = torch.float32, extra: dict[str, Callable[[Path], object]] | None = None,
-) -> Path:  # fmt: skip
+    state: dict[str, torch.Tensor],
+    cfg: ModelConfig,
+    tokenizer_dir: str | Path,
+    out: str | Path,
+    dtype: torch.dtype = torch.float32,
+    extra: dict[str, Callable[[Path], object]] | None = None,
+) -> Path:
     """Write a Hugging Face model folder at `out` atomically (temp folder, then rename).
 
     `extra` maps more file names to functions that write them (e.g. training state next to the
@@ -171,9 +175,13 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def write_gguf(
-    state: dict[str, torch.Tensor], cfg: ModelConfig, tokenizer_dir: str | Path, out: str | Path,
-    dtype: str = "f32", name: str | None = None,
-) -> Path:  # fmt: skip
+    state: dict[str, torch.Tensor],
+    cfg: ModelConfig,
+    tokenizer_dir: str | Path,
+    out: str | Path,
+    dtype: str = "f32",
+    name: str | None = None,
+) -> Path:
     """Write a GGUF file at `out` atomically (temp file, then rename) that llama.cpp loads.
 
     Matrices are stored in `dtype` ("f32", "f16" or "bf16"); norms and biases stay f32, as

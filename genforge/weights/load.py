@@ -113,9 +113,11 @@ def _converter(cfg: ModelConfig, dtype, convert, fuse) -> Converter:
 
 
 def load_gguf(
-    path: str | Path, dtype: torch.dtype = torch.float32, convert: ConverterFactory | None = None,
+    path: str | Path,
+    dtype: torch.dtype = torch.float32,
+    convert: ConverterFactory | None = None,
     fuse: Callable[[tuple[int, ...]], bool] | None = None,
-) -> Checkpoint:  # fmt: skip
+) -> Checkpoint:
     """Read a GGUF file; each tensor goes through `convert(config)` as soon as it is dequantized.
 
     With `fuse` (a `fusable` predicate, see `fusing`), projections come out stacked for inference.
@@ -142,9 +144,11 @@ def load_gguf(
 
 
 def load_hf_dir(
-    path: str | Path, dtype: torch.dtype = torch.float32, convert: ConverterFactory | None = None,
+    path: str | Path,
+    dtype: torch.dtype = torch.float32,
+    convert: ConverterFactory | None = None,
     fuse: Callable[[tuple[int, ...]], bool] | None = None,
-) -> Checkpoint:  # fmt: skip
+) -> Checkpoint:
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -179,9 +183,11 @@ def load_hf_dir(
 
 
 def load_checkpoint(
-    path: str | Path, dtype: torch.dtype = torch.float32, convert: ConverterFactory | None = None,
+    path: str | Path,
+    dtype: torch.dtype = torch.float32,
+    convert: ConverterFactory | None = None,
     fuse: Callable[[tuple[int, ...]], bool] | None = None,
-) -> Checkpoint:  # fmt: skip
+) -> Checkpoint:
     path = Path(path)
     if path.is_dir():
         return load_hf_dir(path, dtype, convert, fuse)

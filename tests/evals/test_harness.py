@@ -184,10 +184,23 @@ def test_an_empty_text_file_is_refused(tiny_model_dir, tmp_path):
 def test_cli_writes_a_table_and_an_auditable_record(smollm2_path, tmp_path):
     out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "genforge", "eval", "piqa", "--limit", "3", "-m", str(smollm2_path),
-         "--output", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "genforge",
+            "eval",
+            "piqa",
+            "--limit",
+            "3",
+            "-m",
+            str(smollm2_path),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "| piqa | acc |" in proc.stdout and "| piqa | acc_norm |" in proc.stdout
     res = json.loads(out.read_text())
@@ -208,8 +221,12 @@ def test_cli_writes_a_table_and_an_auditable_record(smollm2_path, tmp_path):
     ],
 )
 def test_cli_errors_are_one_line(args, message):
-    proc = subprocess.run([sys.executable, "-m", "genforge", "eval", *args],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "genforge", "eval", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 1
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -246,8 +263,13 @@ def _programs(n: int | None):
         whole_no_imports = "\n".join(
             ln for ln in whole.splitlines() if not ln.startswith(("from ", "import "))
         )
-        out.append((f"{item.id} chat", program(item, whole_no_imports + "\n```\nThis works because...", True),
-                    program(item, doc["prompt"] + broken + "```", True)))  # fmt: skip
+        out.append(
+            (
+                f"{item.id} chat",
+                program(item, whole_no_imports + "\n```\nThis works because...", True),
+                program(item, doc["prompt"] + broken + "```", True),
+            )
+        )
         out.append(
             (
                 f"{item.id} body",

@@ -46,8 +46,17 @@ def test_metrics_on_a_small_real_index(tmp_path):
     small = ({k: files[k] for k in keep}, [i for i in items if i.extra["file"] in keep])
     task = rag.Retrieval("tiny", "three SQuAD articles", lambda: small, answer_in_chunk=True)
     with tqdm(disable=True) as bar:
-        summary, records = rag.run(CitingLLM(), task, limit=30, shots=0, seed=0, chat=False,
-                                   bar=bar, workers=1, home=tmp_path)  # fmt: skip
+        summary, records = rag.run(
+            CitingLLM(),
+            task,
+            limit=30,
+            shots=0,
+            seed=0,
+            chat=False,
+            bar=bar,
+            workers=1,
+            home=tmp_path,
+        )
     m = summary["metrics"]
     assert len(records) == 30
     for mode in rag.MODES:

@@ -28,9 +28,10 @@ pytestmark = pytest.mark.slow
 transformers = pytest.importorskip("transformers")
 # The keyword that passes a KV cache in and out of forward (renamed in transformers 5).
 _CACHE = next(
-    k for k in ("cache", "past_key_values")
+    k
+    for k in ("cache", "past_key_values")
     if k in inspect.signature(transformers.LlamaForCausalLM.forward).parameters
-)  # fmt: skip
+)
 
 ITEMS = 50
 # Measured max |genforge - transformers| per choice over the 50 items: 6.5e-5 (mmlu, piqa; the
@@ -144,7 +145,9 @@ def test_scores_match_transformers(name, smollm2, hf_smollm2, record_property):
             argmax_checked += 1
             assert r["prediction"] == hf_lls.index(top[0]), r["id"]
     record_property("max_abs_diff", max(diffs))
-    print(f"{name}: max |diff| {max(diffs):.2e} over {len(diffs)} choices; prediction checked on "
-          f"{argmax_checked}/{ITEMS} items, greedy on {greedy_checked}/{len(diffs)} choices")  # fmt: skip
+    print(
+        f"{name}: max |diff| {max(diffs):.2e} over {len(diffs)} choices; prediction checked on "
+        f"{argmax_checked}/{ITEMS} items, greedy on {greedy_checked}/{len(diffs)} choices"
+    )
     # Near-ties are rare: the checks must have covered nearly everything.
     assert argmax_checked >= 0.9 * ITEMS and greedy_checked >= 0.95 * len(diffs)

@@ -117,9 +117,17 @@ def test_unknown_option_is_an_error():
 
 @pytest.mark.parametrize(
     "top_k,top_p,min_p,temperature",
-    [(0, 0.95, 0.0, 0.7), (0, 0.5, 0.05, 1.0), (40, 0.95, 0.05, 0.8), (20, 0.8, 0.0, 0.7),
-     (0, 1.0, 0.1, 1.0), (0, 1.0, 0.0, 1.3), (5, 1.0, 0.0, 1.0), (0, 0.9999, 0.0, 2.0)],
-)  # fmt: skip
+    [
+        (0, 0.95, 0.0, 0.7),
+        (0, 0.5, 0.05, 1.0),
+        (40, 0.95, 0.05, 0.8),
+        (20, 0.8, 0.0, 0.7),
+        (0, 1.0, 0.1, 1.0),
+        (0, 1.0, 0.0, 1.3),
+        (5, 1.0, 0.0, 1.0),
+        (0, 0.9999, 0.0, 2.0),
+    ],
+)
 def test_fast_candidates_match_the_reference_filter(top_k, top_p, min_p, temperature):
     from genforge.generate.sampling import candidates
 

@@ -57,9 +57,13 @@ def test_streamed_schema_output(smollm2):
 
 def test_required_tool_call_parses(smollm2):
     out = smollm2.chat(
-        "Search the web for the tallest mountain.", tools=[TOOL], tool_choice="required",
-        temperature=1.0, seed=3, max_tokens=200,
-    )  # fmt: skip
+        "Search the web for the tallest mountain.",
+        tools=[TOOL],
+        tool_choice="required",
+        temperature=1.0,
+        seed=3,
+        max_tokens=200,
+    )
     text, calls = parse_tool_calls(out)
     assert text == "" and calls
     for call in calls:
@@ -120,7 +124,7 @@ def test_inline_tools_for_templates_without_tool_support():
                     "function": {"name": "search", "arguments": '{"query": "cats"}'},
                 }
             ],
-        },  # fmt: skip
+        },
         {"role": "tool", "tool_call_id": "1", "content": "many cats"},
     ]
     out = inline_tools(messages, [TOOL])

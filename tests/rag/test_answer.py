@@ -46,8 +46,10 @@ def test_citations_map_numbers_to_source_and_lines():
     hits = [hit(1, "alpha", "/d/a.md", 1, 4), hit(2, "beta", "/d/b.md", 10, 20), hit(3, "gamma")]
     got = cited("Beta holds [2], as does alpha [1, 2]; see also [7] and [2][3].", hits)
     assert [(c.number, c.source, c.start_line, c.end_line) for c in got] == [
-        (2, "/d/b.md", 10, 20), (1, "/d/a.md", 1, 4), (3, "/docs/a.md", 1, 3),
-    ]  # fmt: skip
+        (2, "/d/b.md", 10, 20),
+        (1, "/d/a.md", 1, 4),
+        (3, "/docs/a.md", 1, 3),
+    ]
 
 
 def test_ask_returns_answer_citations_and_chunks():
@@ -119,11 +121,13 @@ def test_real_model_answers_from_an_index(tmp_path, smollm2):
     if not available():
         pytest.skip("the embedding model is not installed")
     (tmp_path / "docs").mkdir()
-    (tmp_path / "docs/capital.md").write_text(textwrap.dedent("""\
+    (tmp_path / "docs/capital.md").write_text(
+        textwrap.dedent("""\
         # Ruritania
 
         The capital of Ruritania is Strelsau, a city on the river Elphberg.
-        """))  # fmt: skip
+        """)
+    )
     (tmp_path / "docs/bread.md").write_text("# Bread\n\nKnead the dough for ten minutes.\n")
     with open_store(tmp_path / "i.sqlite") as store:
         index([tmp_path / "docs"], store, progress=False)

@@ -254,7 +254,11 @@ def test_python_long_class_is_split_into_methods():
     methods = "".join(f"\n    def m{i}(self):\n" + "        x = 1\n" * 8 for i in range(8))
     source = f'class Big:\n    """Many methods."""\n    size = 3\n{methods}'
     blocks = read_blocks(Path("big.py"), source.encode())
-    assert spans(blocks)[:3] == [(1, 3, "class Big"), (5, 13, "class Big > def m0"), (15, 23, "class Big > def m1")]  # fmt: skip
+    assert spans(blocks)[:3] == [
+        (1, 3, "class Big"),
+        (5, 13, "class Big > def m0"),
+        (15, 23, "class Big > def m1"),
+    ]
     assert [b.heading for b in blocks[3:]] == [f"class Big > def m{i}" for i in range(2, 8)]
 
 
@@ -363,7 +367,9 @@ def test_an_enormous_line_is_cut_by_words_then_characters():
 def test_each_line_is_counted_once():
     source = numbered_lines(300, width=7)
     calls = []
-    chunk_blocks(read_blocks(Path("x.txt"), source.encode()), lambda s: calls.append(s) or words(s), 40, 12)  # fmt: skip
+    chunk_blocks(
+        read_blocks(Path("x.txt"), source.encode()), lambda s: calls.append(s) or words(s), 40, 12
+    )
     assert len(calls) == 300
 
 

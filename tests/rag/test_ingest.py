@@ -237,7 +237,7 @@ def test_a_process_killed_inside_a_write_leaves_the_previous_index(corpus, tmp_p
         SQLiteStore.add_file = add_file
         store = open_store({str(db)!r})
         ingest.index([{str(corpus)!r}], store, progress=False, batch_chunks=1)
-        """)  # fmt: skip
+        """)
     proc = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
     )

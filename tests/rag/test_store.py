@@ -14,9 +14,17 @@ from genforge.rag.store import open_store, query_terms
 
 DIMENSIONS = 8  # the `store` fixture's vectors
 PATHS = [
-    "/docs/a.md", "/docs/b.md", "/docs/guide/c.md", "/docs/readme.txt", "/src/b1.txt",
-    "/src/b2.txt", "/src/bb.txt", "/lib/a1.txt", "/lib/ab.txt", "/notes/b9.txt",
-]  # fmt: skip
+    "/docs/a.md",
+    "/docs/b.md",
+    "/docs/guide/c.md",
+    "/docs/readme.txt",
+    "/src/b1.txt",
+    "/src/b2.txt",
+    "/src/bb.txt",
+    "/lib/a1.txt",
+    "/lib/ab.txt",
+    "/notes/b9.txt",
+]
 
 
 @dataclass(frozen=True)
@@ -135,10 +143,12 @@ def test_keyword_search_ranks_the_chunk_with_the_rare_terms_first(store):
 
 def test_a_heading_match_beats_a_body_match(store):
     add(
-        store, "/roses.md",
+        store,
+        "/roses.md",
         ["cut just above an outward facing bud", "we talked about pruning among other things"],
-        unit_vectors(2), headings=["Pruning roses", "Garden notes"],
-    )  # fmt: skip
+        unit_vectors(2),
+        headings=["Pruning roses", "Garden notes"],
+    )
     got = store.keyword(["pruning"], 5)
     assert [store.get([i])[0].heading for i, _ in got] == ["Pruning roses", "Garden notes"]
 
@@ -269,14 +279,68 @@ def test_meta_persists_and_another_schema_version_is_refused(store):
 
 # -- PostgreSQL only ------------------------------------------------------------------------------------
 GLOB_CASES = [
-    "*", "?", "a*", "*.md", "a?b", "[ab]", "[^ab]", "[!a]", "[a-c]", "[c-a]", "[a-]", "[-a]",
-    "[]a]", "[^]a]", "[a-c-e]", "[", "a[b", "[]", "[[]", "[\\]", "a.b", "a+b", "(x)", "\\", "$^",
-    "x{1}", "%_", "é*", "*[é]", "[a-c]*[!x]",
-]  # fmt: skip
+    "*",
+    "?",
+    "a*",
+    "*.md",
+    "a?b",
+    "[ab]",
+    "[^ab]",
+    "[!a]",
+    "[a-c]",
+    "[c-a]",
+    "[a-]",
+    "[-a]",
+    "[]a]",
+    "[^]a]",
+    "[a-c-e]",
+    "[",
+    "a[b",
+    "[]",
+    "[[]",
+    "[\\]",
+    "a.b",
+    "a+b",
+    "(x)",
+    "\\",
+    "$^",
+    "x{1}",
+    "%_",
+    "é*",
+    "*[é]",
+    "[a-c]*[!x]",
+]
 GLOB_STRINGS = [
-    "", "a", "b", "c", "d", "e", "-", "]", "[", "!", "^", "\\", "x", "ab", "axb", "aab", "a.b", "a+b",
-    "(x)", "$^", "x{1}", "xx", "%_", "a%", "é", "éa", "aé", "/docs/a.md", "a\nb",
-]  # fmt: skip
+    "",
+    "a",
+    "b",
+    "c",
+    "d",
+    "e",
+    "-",
+    "]",
+    "[",
+    "!",
+    "^",
+    "\\",
+    "x",
+    "ab",
+    "axb",
+    "aab",
+    "a.b",
+    "a+b",
+    "(x)",
+    "$^",
+    "x{1}",
+    "xx",
+    "%_",
+    "a%",
+    "é",
+    "éa",
+    "aé",
+    "/docs/a.md",
+    "a\nb",
+]
 
 
 def test_glob_regex_matches_what_sqlite_glob_matches(postgres_url):

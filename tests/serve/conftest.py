@@ -15,8 +15,14 @@ import pytest
 API_KEY = "test-key"
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless, and nothing that reaches for the network (it is closed here: chromium would retry forever).
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 MODEL = "smollm2-135m-instruct"
 
@@ -36,8 +42,11 @@ class Server:
         env = {**os.environ, "GENFORGE_API_KEY": ""}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "genforge", "serve", "--port", str(self.port), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -64,8 +73,18 @@ class Server:
 @pytest.fixture(scope="session")
 def server(smollm2_path):
     """One server for the API tests: an API key, small limits to test them, the default model."""
-    s = Server("-m", MODEL, "--api-key", API_KEY, "--max-tokens", "512",
-               "--max-body-bytes", "65536", "--ctx", "1024")  # fmt: skip
+    s = Server(
+        "-m",
+        MODEL,
+        "--api-key",
+        API_KEY,
+        "--max-tokens",
+        "512",
+        "--max-body-bytes",
+        "65536",
+        "--ctx",
+        "1024",
+    )
     yield s
     s.stop()
 

@@ -132,7 +132,7 @@ def test_chat_n_streams_every_choice(client):
             seed=3,
             stream=True,
             stream_options={"include_usage": True},
-        )  # fmt: skip
+        )
     )
     by_choice = {0: "", 1: ""}
     for c in chunks:
@@ -184,9 +184,13 @@ def test_chat_logit_bias_bans_a_token(client, smollm2_path):
     tok = Tokenizer.from_gguf_metadata(read_gguf(smollm2_path).metadata)
     token_id = tok.encode(first, add_special=False)[0]
     banned = client.chat.completions.create(
-        model=MODEL, messages=HI, temperature=0, max_tokens=1, logprobs=True,
+        model=MODEL,
+        messages=HI,
+        temperature=0,
+        max_tokens=1,
+        logprobs=True,
         logit_bias={str(token_id): -100},
-    )  # fmt: skip
+    )
     assert banned.choices[0].logprobs.content[0].token != first
 
 
@@ -201,9 +205,14 @@ def test_json_schema_always_validates(client):
     outputs = []
     for seed in range(3):
         r = client.chat.completions.create(
-            model=MODEL, temperature=1.0, n=8, seed=seed * 100, max_tokens=200, response_format=fmt,
+            model=MODEL,
+            temperature=1.0,
+            n=8,
+            seed=seed * 100,
+            max_tokens=200,
+            response_format=fmt,
             messages=[{"role": "user", "content": "Invent a person. Answer in JSON."}],
-        )  # fmt: skip
+        )
         outputs += [c.message.content for c in r.choices if c.finish_reason == "stop"]
     assert len(outputs) >= 20
     for text in outputs:
@@ -213,18 +222,27 @@ def test_json_schema_always_validates(client):
 def test_json_schema_streamed(client):
     fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}
     chunks = client.chat.completions.create(
-        model=MODEL, temperature=0.8, seed=1, max_tokens=200, response_format=fmt, stream=True,
+        model=MODEL,
+        temperature=0.8,
+        seed=1,
+        max_tokens=200,
+        response_format=fmt,
+        stream=True,
         messages=[{"role": "user", "content": "A person as JSON."}],
-    )  # fmt: skip
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     jsonschema.validate(json.loads(text), PERSON)
 
 
 def test_json_object(client):
     r = client.chat.completions.create(
-        model=MODEL, temperature=1.0, seed=5, max_tokens=120, response_format={"type": "json_object"},
+        model=MODEL,
+        temperature=1.0,
+        seed=5,
+        max_tokens=120,
+        response_format={"type": "json_object"},
         messages=[{"role": "user", "content": "List three fruits in JSON."}],
-    )  # fmt: skip
+    )
     assert isinstance(json.loads(r.choices[0].message.content), dict)
 
 
@@ -258,9 +276,14 @@ ASK = [{"role": "user", "content": "What is the weather in Paris and the time in
 def test_tool_choice_required_gives_valid_calls(client):
     for seed in range(4):
         r = client.chat.completions.create(
-            model=MODEL, messages=ASK, tools=[WEATHER, TIME], tool_choice="required",
-            temperature=1.0, seed=seed, max_tokens=150,
-        )  # fmt: skip
+            model=MODEL,
+            messages=ASK,
+            tools=[WEATHER, TIME],
+            tool_choice="required",
+            temperature=1.0,
+            seed=seed,
+            max_tokens=150,
+        )
         choice = r.choices[0]
         if choice.finish_reason == "length":
             continue
@@ -270,9 +293,13 @@ def test_tool_choice_required_gives_valid_calls(client):
 
 def test_named_tool_choice(client):
     r = client.chat.completions.create(
-        model=MODEL, messages=ASK, tools=[WEATHER, TIME], temperature=0, max_tokens=150,
+        model=MODEL,
+        messages=ASK,
+        tools=[WEATHER, TIME],
+        temperature=0,
+        max_tokens=150,
         tool_choice={"type": "function", "function": {"name": "get_time"}},
-    )  # fmt: skip
+    )
     calls = r.choices[0].message.tool_calls
     _check_calls(calls, [TIME])
     assert {c.function.name for c in calls} == {"get_time"}
@@ -288,7 +315,7 @@ def test_tool_calls_streamed(client):
             temperature=0,
             max_tokens=150,
             stream=True,
-        )  # fmt: skip
+        )
     )
     calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
@@ -309,13 +336,17 @@ def test_tool_result_round_trip(client):
                     },
                 }
             ],
-        },  # fmt: skip
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature": 21}'},
     ]
     r = client.chat.completions.create(
-        model=MODEL, messages=messages, tools=[WEATHER], tool_choice="none", temperature=0,
+        model=MODEL,
+        messages=messages,
+        tools=[WEATHER],
+        tool_choice="none",
+        temperature=0,
         max_tokens=30,
-    )  # fmt: skip
+    )
     assert r.choices[0].message.content and not r.choices[0].message.tool_calls
 
 
@@ -363,8 +394,11 @@ def test_embeddings_float_and_base64(server, client):
     assert vecs.shape == (3, 384)
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-4)
     assert vecs[0] @ vecs[1] > vecs[0] @ vecs[2] + 0.2
-    raw = _post(server, "/v1/embeddings",
-                {"model": "all-minilm-l6-v2", "input": texts[0], "encoding_format": "base64"})  # fmt: skip
+    raw = _post(
+        server,
+        "/v1/embeddings",
+        {"model": "all-minilm-l6-v2", "input": texts[0], "encoding_format": "base64"},
+    )
     b64 = np.frombuffer(base64.b64decode(raw.json()["data"][0]["embedding"]), dtype="<f4")
     assert np.allclose(b64, vecs[0], atol=1e-6)
     assert r.usage.prompt_tokens > 0
@@ -399,9 +433,16 @@ def test_error_paths(server, client):
     assert "512" in e.value.body["message"] and e.value.body["param"] == "max_tokens"
 
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL, messages=HI, max_tokens=500, n=1,
-                                       stop=None, temperature=0, seed=1,
-                                       extra_body={"messages": [{"role": "user", "content": "x " * 700}]})  # fmt: skip
+        client.chat.completions.create(
+            model=MODEL,
+            messages=HI,
+            max_tokens=500,
+            n=1,
+            stop=None,
+            temperature=0,
+            seed=1,
+            extra_body={"messages": [{"role": "user", "content": "x " * 700}]},
+        )
     assert e.value.body["code"] == "context_length_exceeded"
 
     with pytest.raises(openai.BadRequestError) as e:
@@ -416,12 +457,28 @@ def test_error_paths(server, client):
     assert _error(_post(server, "/v1/chat/completions", big), 413)["code"] == "request_too_large"
     _error(_post(server, "/v1/nothing-here", {}), 404)
     _error(httpx.get(f"{server.url}/v1/chat/completions", headers=_auth()), 405)
-    err = _error(_post(server, "/v1/chat/completions", {"model": MODEL, "messages": HI,
-                                                        "logit_bias": {"999999": 1}}), 400)  # fmt: skip
+    err = _error(
+        _post(
+            server,
+            "/v1/chat/completions",
+            {"model": MODEL, "messages": HI, "logit_bias": {"999999": 1}},
+        ),
+        400,
+    )
     assert err["param"] == "logit_bias"
-    err = _error(_post(server, "/v1/chat/completions", {"model": MODEL, "messages": HI,
-                                                        "tools": [WEATHER],
-                                                        "tool_choice": {"type": "function", "function": {"name": "nope"}}}), 400)  # fmt: skip
+    err = _error(
+        _post(
+            server,
+            "/v1/chat/completions",
+            {
+                "model": MODEL,
+                "messages": HI,
+                "tools": [WEATHER],
+                "tool_choice": {"type": "function", "function": {"name": "nope"}},
+            },
+        ),
+        400,
+    )
     assert "nope" in err["message"]
     err = _error(
         _post(server, "/v1/embeddings", {"model": "all-minilm-l6-v2", "input": "w " * 400}), 400
@@ -449,8 +506,13 @@ def _wait_idle(server, timeout=30):
 
 
 def test_client_disconnect_cancels_generation(server):
-    body = {"model": MODEL, "messages": HI, "max_tokens": 500, "stream": True,
-            "logit_bias": {"2": -100, "0": -100}}  # fmt: skip
+    body = {
+        "model": MODEL,
+        "messages": HI,
+        "max_tokens": 500,
+        "stream": True,
+        "logit_bias": {"2": -100, "0": -100},
+    }
     with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, headers=_auth()) as r:
         lines = r.iter_lines()
         for _ in range(6):
@@ -473,9 +535,13 @@ def test_non_streamed_disconnect_cancels(server):
 def test_metrics(server, client):
     client.chat.completions.create(model=MODEL, messages=HI, max_tokens=4)
     text = httpx.get(f"{server.url}/metrics", headers=_auth()).text
-    for name in ("genforge_http_requests_total", "genforge_prompt_tokens_total",
-                 "genforge_time_to_first_token_seconds_bucket",
-                 "genforge_request_duration_seconds_bucket", "genforge_engine_requests"):  # fmt: skip
+    for name in (
+        "genforge_http_requests_total",
+        "genforge_prompt_tokens_total",
+        "genforge_time_to_first_token_seconds_bucket",
+        "genforge_request_duration_seconds_bucket",
+        "genforge_engine_requests",
+    ):
         assert name in text
     assert metric(server, "genforge_completion_tokens_total", f'model="{MODEL}"') > 0
 
@@ -485,8 +551,9 @@ def test_metrics(server, client):
 
 def test_upstream_forwarding(server, client):
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    front = Server("--upstream", f"{server.url}", "--upstream", f"gone={dead}",
-                   "--upstream-api-key", API_KEY)  # fmt: skip
+    front = Server(
+        "--upstream", f"{server.url}", "--upstream", f"gone={dead}", "--upstream-api-key", API_KEY
+    )
     try:
         via = openai.OpenAI(
             base_url=f"{front.url}/v1", api_key="unused", max_retries=0, timeout=120

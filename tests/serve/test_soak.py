@@ -26,8 +26,14 @@ IDLE_GAUGES = (
     'genforge_engine_requests{state="running"}',
     'genforge_engine_requests{state="waiting"}',
 )
-QUESTIONS = ["What is a hash table?", "Name three rivers.", "Why is the sky blue?",
-             "Write a haiku about rain.", "What does a compiler do?", "Explain recursion."]  # fmt: skip
+QUESTIONS = [
+    "What is a hash table?",
+    "Name three rivers.",
+    "Why is the sky blue?",
+    "Write a haiku about rain.",
+    "What does a compiler do?",
+    "Explain recursion.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +75,15 @@ def wait_until_idle(url: str) -> dict[str, float]:
 
 async def one_chat(client, url: str, rng: random.Random, ban: dict, outcome: dict) -> None:
     """A streamed chat; about half the time the client closes it after a random number of chunks."""
-    body = {"model": MODEL, "stream": True, "max_tokens": MAX_TOKENS, "temperature": 0.7,
-            "seed": rng.randrange(2**31), "logit_bias": ban,
-            "messages": [{"role": "user", "content": rng.choice(QUESTIONS)}]}  # fmt: skip
+    body = {
+        "model": MODEL,
+        "stream": True,
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0.7,
+        "seed": rng.randrange(2**31),
+        "logit_bias": ban,
+        "messages": [{"role": "user", "content": rng.choice(QUESTIONS)}],
+    }
     # end tokens are banned, so every reply has MAX_TOKENS chunks or more and a cut lands mid-stream
     cut = rng.randint(1, MAX_TOKENS // 2) if rng.random() < 0.5 else None
     chunks = 0

@@ -56,8 +56,18 @@ def server_url(smollm2_path):
     ARTIFACTS.mkdir(exist_ok=True)
     log = ARTIFACTS / "webui-server.log"
     port = _free_port()
-    cmd = [sys.executable, "-m", "genforge", "serve", "-m", MODEL, "--port", str(port),
-           "--api-key", API_KEY]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "genforge",
+        "serve",
+        "-m",
+        MODEL,
+        "--port",
+        str(port),
+        "--api-key",
+        API_KEY,
+    ]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -249,10 +259,15 @@ print("<script>window.hacked = 3</script>")  # {"a_very_long_line" * 12}
 
 
 def _seed_conversation(page: Page, content: str) -> None:
-    conversation = {"id": "seeded", "title": "Seeded", "created": 0, "messages": [
-        {"role": "user", "content": "Show me markdown."},
-        {"role": "assistant", "content": content, "stats": "12 tokens"},
-    ]}  # fmt: skip
+    conversation = {
+        "id": "seeded",
+        "title": "Seeded",
+        "created": 0,
+        "messages": [
+            {"role": "user", "content": "Show me markdown."},
+            {"role": "assistant", "content": content, "stats": "12 tokens"},
+        ],
+    }
     page.evaluate(
         """c => { localStorage.setItem('genforge.conversations', JSON.stringify([c]));
                   localStorage.setItem('genforge.current', c.id); }""",

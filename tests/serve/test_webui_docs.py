@@ -45,8 +45,16 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server_url(root, smollm2_path):
-    s = Server("-m", MODEL, "--api-key", API_KEY, "--rag-store", str(root / "ui.sqlite"),
-               "--rag-root", str(root))  # fmt: skip
+    s = Server(
+        "-m",
+        MODEL,
+        "--api-key",
+        API_KEY,
+        "--rag-store",
+        str(root / "ui.sqlite"),
+        "--rag-root",
+        str(root),
+    )
     yield s.url
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "webui-docs-server.log").write_text(s.stop())
@@ -81,7 +89,9 @@ def _open_documents(page) -> None:
     page.click("#view-docs")
     assert page.is_hidden("#chat-view") and page.is_visible("#docs")
     assert page.get_attribute("#view-docs", "aria-pressed") == "true"
-    page.wait_for_function("/passages indexed/.test(document.querySelector('#index-summary').textContent)")  # fmt: skip
+    page.wait_for_function(
+        "/passages indexed/.test(document.querySelector('#index-summary').textContent)"
+    )
 
 
 def _index(page, path: str) -> str:

@@ -10,10 +10,35 @@ from genforge.train import tokenizer as bpe
 from genforge.train.data import prepare
 
 WORDS = (
-    "model", "data", "token", "layer", "train", "loss", "value", "graph", "tensor", "batch",
-    "step", "window", "cache", "function", "class", "module", "return", "import", "print",
-    "list", "dict", "string", "number", "queue", "socket", "thread", "buffer", "parser",
-)  # fmt: skip
+    "model",
+    "data",
+    "token",
+    "layer",
+    "train",
+    "loss",
+    "value",
+    "graph",
+    "tensor",
+    "batch",
+    "step",
+    "window",
+    "cache",
+    "function",
+    "class",
+    "module",
+    "return",
+    "import",
+    "print",
+    "list",
+    "dict",
+    "string",
+    "number",
+    "queue",
+    "socket",
+    "thread",
+    "buffer",
+    "parser",
+)
 
 
 def tiny_corpus_texts(n_docs: int = 400, seed: int = 0) -> list[str]:

@@ -29,10 +29,18 @@ def corpus(tmp_path):
     (root / "copy.txt").write_text(PROSE[0])  # an exact duplicate
     (root / "image.txt").write_bytes(b"\x89PNG\x00\x00binary")
     (root / "chat.jsonl").write_text(
-        json.dumps({"text": "A line of JSONL text."}) + "\n\n"
-        + json.dumps({"messages": [{"role": "user", "content": "Hi"},
-                                   {"role": "assistant", "content": "Hello!"}]}) + "\n"
-    )  # fmt: skip
+        json.dumps({"text": "A line of JSONL text."})
+        + "\n\n"
+        + json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello!"},
+                ]
+            }
+        )
+        + "\n"
+    )
     (root / ".hidden").mkdir()
     (root / ".hidden" / "secret.txt").write_text("never read")
     return root
@@ -73,8 +81,13 @@ def test_trained_tokenizer_round_trips_any_text(tmp_path):
     folder = _tokenizer(tmp_path, 320)
     tok = Tokenizer.from_dir(folder)
     assert tok.vocab_size == 320
-    for text in ["The quick brown fox.", "  indented\n\tcode = {'a': 1}\r\n", "naïve café ✓ 😀 日本語",
-                 "<|endoftext|> in the middle", ""]:  # fmt: skip
+    for text in [
+        "The quick brown fox.",
+        "  indented\n\tcode = {'a': 1}\r\n",
+        "naïve café ✓ 😀 日本語",
+        "<|endoftext|> in the middle",
+        "",
+    ]:
         assert tok.decode(tok.encode(text), skip_special=False) == text
     assert bpe.bytes_per_token(Tokenizer.from_dir(folder).hf, PROSE) > 2  # it learned merges
     prompt = tok.apply_chat_template([{"role": "user", "content": "hi"}])

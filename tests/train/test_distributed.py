@@ -27,15 +27,25 @@ from genforge.train.metrics import METRICS
 
 STEPS, GLOBAL_BATCH = 8, 8
 # 65 validation windows: an odd count, so one rank's share is padded with a zero-weight row.
-RUN = dict(depth=2, seq_len=32, steps=STEPS, log_every=1, eval_every=4, eval_tokens=65 * 32,
-           sample_tokens=8, dtype="fp32")  # fmt: skip
+RUN = dict(
+    depth=2,
+    seq_len=32,
+    steps=STEPS,
+    log_every=1,
+    eval_every=4,
+    eval_tokens=65 * 32,
+    sample_tokens=8,
+    dtype="fp32",
+)
 # Adam divides by sqrt(v), so reduction-order noise in a near-zero gradient moves a weight by up to
 # ~1e-5 after 8 steps; a real bug (a missed all-reduce, wrong rows, a shard-local clip) moves
 # weights by about the learning rate (3.5e-3 at depth 2).
 WEIGHTS_TOL = dict(rtol=1e-4, atol=1e-4)
 # Each 2-process run's micro-batch shape; FSDP's also exercises accumulation without gradient sync.
-SHAPES = {"ddp": dict(batch_size=4, grad_accum=1, fsdp=False),
-          "fsdp": dict(batch_size=2, grad_accum=2, fsdp=True)}  # fmt: skip
+SHAPES = {
+    "ddp": dict(batch_size=4, grad_accum=1, fsdp=False),
+    "fsdp": dict(batch_size=2, grad_accum=2, fsdp=True),
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +53,50 @@ def data(tmp_path_factory):
     """A prepared data folder (vocab 384) over ~200 KB of random sentences."""
     root = tmp_path_factory.mktemp("dist")
     rng = random.Random(0)
-    words = ["river", "stone", "light", "garden", "window", "engine", "number", "letter",
-             "silver", "market", "quiet", "rapid", "green", "north", "paper", "winter", "sound",
-             "bridge", "forest", "mirror", "the", "a", "of", "and", "to", "in", "is", "was", "it",
-             "for", "on", "with", "as", "by", "at"]  # fmt: skip
+    words = [
+        "river",
+        "stone",
+        "light",
+        "garden",
+        "window",
+        "engine",
+        "number",
+        "letter",
+        "silver",
+        "market",
+        "quiet",
+        "rapid",
+        "green",
+        "north",
+        "paper",
+        "winter",
+        "sound",
+        "bridge",
+        "forest",
+        "mirror",
+        "the",
+        "a",
+        "of",
+        "and",
+        "to",
+        "in",
+        "is",
+        "was",
+        "it",
+        "for",
+        "on",
+        "with",
+        "as",
+        "by",
+        "at",
+    ]
     texts = []
     for _ in range(200):
-        lines = [" ".join(rng.choices(words, k=rng.randint(4, 14))).capitalize()
-                 + f"{rng.choice('.!?')} {rng.randint(0, 999)}"
-                 for _ in range(rng.randint(10, 30))]  # fmt: skip
+        lines = [
+            " ".join(rng.choices(words, k=rng.randint(4, 14))).capitalize()
+            + f"{rng.choice('.!?')} {rng.randint(0, 999)}"
+            for _ in range(rng.randint(10, 30))
+        ]
         texts.append("\n".join(lines) + "\n")
     corpus = root / "corpus"
     corpus.mkdir()
@@ -66,18 +111,35 @@ def data(tmp_path_factory):
 def single(data, tmp_path_factory):
     """The reference: one process, 2 micro-batches of 4 rows per step."""
     out = tmp_path_factory.mktemp("single") / "run"
-    train(TrainConfig(data=str(data), out=str(out), batch_size=4, grad_accum=2, **RUN),
-          progress=False)  # fmt: skip
+    train(
+        TrainConfig(data=str(data), out=str(out), batch_size=4, grad_accum=2, **RUN), progress=False
+    )
     return out
 
 
 def torchrun(data, out, *flags: str, batch_size: int, grad_accum: int, fsdp: bool) -> None:
     """`genforge train` in 2 processes, one thread each (the gloo backend on CPU)."""
     args = [f"--{k.replace('_', '-')}={v}" for k, v in RUN.items()]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "genforge", "train", "--data", str(data), "--out", str(out), *args,
-           f"--batch-size={batch_size}", f"--grad-accum={grad_accum}",
-           *(["--fsdp"] if fsdp else []), *flags]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "genforge",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *args,
+        f"--batch-size={batch_size}",
+        f"--grad-accum={grad_accum}",
+        *(["--fsdp"] if fsdp else []),
+        *flags,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]

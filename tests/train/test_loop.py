@@ -30,8 +30,13 @@ def losses(run) -> dict[int, float]:
 
 def cli(*args: str, env_threads: int = 1) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": str(env_threads)}
-    return subprocess.Popen([sys.executable, "-m", "genforge", "train", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "genforge", "train", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_loss_falls_and_the_run_is_usable(tiny_data, tmp_path):
@@ -56,9 +61,26 @@ def test_loss_falls_and_the_run_is_usable(tiny_data, tmp_path):
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_data, tmp_path):
-    args = ["--data", str(tiny_data), "--depth", "2", "--seq-len", "32", "--batch-size", "8",
-            "--steps", "40", "--log-every", "1", "--eval-every", "5", "--sample-every", "100",
-            "--eval-tokens", "512"]  # fmt: skip
+    args = [
+        "--data",
+        str(tiny_data),
+        "--depth",
+        "2",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "8",
+        "--steps",
+        "40",
+        "--log-every",
+        "1",
+        "--eval-every",
+        "5",
+        "--sample-every",
+        "100",
+        "--eval-tokens",
+        "512",
+    ]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     p = cli(*args, "--out", str(whole))
     assert p.wait(timeout=300) == 0, p.stderr.read()
@@ -86,8 +108,22 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_data, tmp_path):
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tiny_data, tmp_path):
     run = tmp_path / "run"
-    args = ["--data", str(tiny_data), "--out", str(run), "--depth", "2", "--seq-len", "32",
-            "--steps", "100000", "--eval-every", "100000", "--sample-every", "100000"]  # fmt: skip
+    args = [
+        "--data",
+        str(tiny_data),
+        "--out",
+        str(run),
+        "--depth",
+        "2",
+        "--seq-len",
+        "32",
+        "--steps",
+        "100000",
+        "--eval-every",
+        "100000",
+        "--sample-every",
+        "100000",
+    ]
     p = cli(*args)
     deadline = time.time() + 120
     while not (run / METRICS).exists() and time.time() < deadline:

@@ -37,9 +37,19 @@ def tokenizer_dir(tmp_path_factory):
 def _model(vocab_size: int, arch: str = "llama", seed: int = 0) -> Transformer:
     """A random 2-layer model with grouped-query attention and non-trivial norms (and biases)."""
     qwen2 = arch == "qwen2"
-    cfg = ModelConfig(arch=arch, vocab_size=vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
-                      hidden_dim=128, max_seq_len=256, rope_theta=5000.0, qkv_bias=qwen2,
-                      tie_embeddings=not qwen2)  # fmt: skip
+    cfg = ModelConfig(
+        arch=arch,
+        vocab_size=vocab_size,
+        dim=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        hidden_dim=128,
+        max_seq_len=256,
+        rope_theta=5000.0,
+        qkv_bias=qwen2,
+        tie_embeddings=not qwen2,
+    )
     torch.manual_seed(seed)
     model = Transformer(cfg).eval()
     with torch.no_grad():

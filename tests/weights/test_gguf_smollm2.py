@@ -49,8 +49,10 @@ def test_greedy_continuation_matches_transformers(smollm2, hf_smollm2):
         ours = list(smollm2.engine.generate(ids, params, smollm2.tokenizer.eos_ids))
         with torch.no_grad():
             out = hf_smollm2.generate(
-                torch.tensor([ids]), max_new_tokens=24, do_sample=False,
+                torch.tensor([ids]),
+                max_new_tokens=24,
+                do_sample=False,
                 eos_token_id=sorted(smollm2.tokenizer.eos_ids),
-            )  # fmt: skip
+            )
         theirs = out[0, len(ids) :].tolist()
         assert ours == theirs, prompt
