@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bench_engine import cpu_description, write_section
 
-# What `genforge train` runs with (genforge.use_active_omp_wait), for both loops alike.
+# What `genforge train` runs with (genforge.cli.train.OMP_WAIT_POLICY), for both loops alike.
 os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 
 HERE = Path(__file__).parent

@@ -7,6 +7,9 @@ import os
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for a model hub
+# The engine runs in-process here, in its own thread: as a program using the library should, set
+# the OpenMP wait policy before torch is imported (docs/engine.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from genforge import hub
 

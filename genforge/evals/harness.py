@@ -9,7 +9,6 @@ few-shot examples are drawn from a seeded generator per item, and batches are fo
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import hashlib
 import itertools
@@ -32,46 +31,6 @@ from genforge.evals.tasks import Code, Generation, Item, MultipleChoice, Perplex
 TASKS = {**BENCHMARKS, **{t.name: t for t in rag.RAG_TASKS}}
 
 WINDOW = 2048  # perplexity: tokens scored per window at most
-
-
-def add_arguments(p) -> None:
-    """The flags of `genforge eval` beyond the model ones."""
-    p.add_argument(
-        "--limit",
-        type=int,
-        default=None,
-        metavar="N",
-        help="the first N items of each task (of each subject for MMLU; documents "
-        "for perplexity); default: all",
-    )
-    p.add_argument(
-        "--shots",
-        type=int,
-        default=None,
-        metavar="K",
-        help="few-shot examples in each prompt (default: the task's own, see --list)",
-    )
-    p.add_argument(
-        "--seed", type=int, default=1234, help="seed for choosing few-shot examples (default: 1234)"
-    )
-    p.add_argument(
-        "--chat",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="prompt generation tasks through the model's chat template (default: "
-        "on for code tasks when the model has a template, off otherwise)",
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=2,
-        metavar="N",
-        help="sandboxed programs run at once for code tasks (default: 2)",
-    )
-    p.add_argument(
-        "--output", metavar="FILE", help="write the results and every item's record as JSON"
-    )
-    p.add_argument("--list", action="store_true", help="list the tasks and exit")
 
 
 def resolve(spec: str | list) -> list:

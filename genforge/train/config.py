@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass
 
 from genforge.errors import GenforgeError
 from genforge.model.config import ModelConfig
@@ -75,64 +75,6 @@ class TrainConfig:
             raise GenforgeError(f'--schedule must be "cosine" or "wsd", got {self.schedule!r}.')
         if self.dtype not in ("auto", "bf16", "fp32"):
             raise GenforgeError(f'--dtype must be "auto", "bf16" or "fp32", got {self.dtype!r}.')
-
-    @classmethod
-    def add_arguments(cls, parser) -> None:
-        """One command-line flag per field, its help text from the field's comment."""
-        help_text = cls.field_help()
-        for f in fields(cls):
-            flag, text = "--" + f.name.replace("_", "-"), help_text[f.name].replace("%", "%%")
-            if f.name == "data":
-                parser.add_argument(flag, required=True, metavar="DIR", help=text)
-            elif f.name == "out":
-                parser.add_argument(
-                    flag,
-                    default=None,
-                    metavar="DIR",
-                    help=f"{text} (default: runs/NAME, NAME from --data)",
-                )
-            elif f.name == "sample_prompts":
-                parser.add_argument(
-                    "--sample-prompt",
-                    dest=f.name,
-                    action="append",
-                    metavar="TEXT",
-                    help=f"{text} (repeatable)",
-                )
-            elif f.type == "bool":
-                parser.add_argument(flag, action="store_true", help=text)
-            else:
-                kind = {"int": int, "float": float, "str": str}[f.type]
-                default = f.default if f.default is not MISSING else None
-                parser.add_argument(
-                    flag,
-                    type=kind,
-                    default=default,
-                    metavar="NAME" if kind is str else f.type.upper(),
-                    help=f"{text} (default: {default})",
-                )
-
-    @classmethod
-    def from_args(cls, args) -> TrainConfig:
-        """The config parsed flags describe (`add_arguments`); `out` defaults to runs/NAME."""
-        from pathlib import Path
-
-        values = {f.name: getattr(args, f.name) for f in fields(cls)}
-        values["out"] = values["out"] or str(Path("runs") / Path(args.data).resolve().name)
-        values["sample_prompts"] = tuple(values["sample_prompts"] or ())
-        return cls(**values)
-
-    @classmethod
-    def field_help(cls) -> dict[str, str]:
-        """Each field's comment, for the CLI's help text (read from this file's source)."""
-        import inspect
-
-        out = {}
-        for line in inspect.getsource(cls).splitlines():
-            name, sep, rest = line.strip().partition(":")
-            if sep and "#" in rest and name.isidentifier():
-                out[name] = rest.split("#", 1)[1].strip()
-        return {f.name: out.get(f.name, "") for f in fields(cls)}
 
 
 def model_config(depth: int, vocab_size: int, seq_len: int) -> ModelConfig:

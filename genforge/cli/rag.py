@@ -1,4 +1,4 @@
-"""`genforge rag index | search | ask`: the command-line verbs over genforge.rag (imports stay lazy)."""
+"""`genforge rag index | search | ask`: the command-line verbs over genforge.rag."""
 
 from __future__ import annotations
 
@@ -7,7 +7,26 @@ import json
 import sys
 from pathlib import Path
 
+from genforge.cli.flags import (
+    DEFAULT_MAX_TOKENS,
+    add_model_args,
+    add_sampling_args,
+    load_model,
+    sampling_kwargs,
+)
 from genforge.errors import GenforgeError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "rag",
+        help="index your documents, search them, ask questions with citations",
+        description="Retrieval-augmented generation over your own files.",
+    )
+    rsub = p.add_subparsers(dest="rag_verb", metavar="VERB", required=True)
+    _add_index_parser(rsub)
+    _add_search_parser(rsub)
+    _add_ask_parser(rsub)
 
 
 def _store_arg(p: argparse.ArgumentParser) -> None:
@@ -35,33 +54,7 @@ def _search_args(p: argparse.ArgumentParser, k: int) -> None:
     )
 
 
-def add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    """`genforge serve`'s document-store flags (read by genforge.serve.rag)."""
-    p.add_argument(
-        "--rag-store",
-        action="append",
-        default=[],
-        metavar="[NAME=]FILE|URL",
-        help="a document index (SQLite file or postgresql:// URL) for /v1/rag and chats "
-        "with rag (repeatable; the first is the default; NAME: the file's stem)",
-    )
-    p.add_argument(
-        "--rag-root",
-        default=".",
-        metavar="DIR",
-        help="the folder under which clients may index files (default: .)",
-    )
-
-
-def add_parser(sub, cli) -> None:
-    """Add `genforge rag`; `cli` is genforge.cli, for the shared model and sampling flags."""
-    p = sub.add_parser(
-        "rag",
-        help="index your documents, search them, ask questions with citations",
-        description="Retrieval-augmented generation over your own files.",
-    )
-    rsub = p.add_subparsers(dest="rag_verb", metavar="VERB", required=True)
-
+def _add_index_parser(rsub) -> None:
     r = rsub.add_parser(
         "index",
         help="index files and folders (incremental: only changes are redone)",
@@ -93,8 +86,10 @@ def add_parser(sub, cli) -> None:
         help="tokens of whole lines a chunk repeats from the one before (default: 32)",
     )
     r.add_argument("--quiet", action="store_true", help="no progress bar")
-    r.set_defaults(func=cmd_index)
+    r.set_defaults(func=run_index)
 
+
+def _add_search_parser(rsub) -> None:
     r = rsub.add_parser(
         "search",
         help="the chunks that best match a query",
@@ -115,8 +110,10 @@ def add_parser(sub, cli) -> None:
         action="store_true",
         help='print [{"source", "start_line", "end_line", "score", "text"}, ...]',
     )
-    r.set_defaults(func=cmd_search)
+    r.set_defaults(func=run_search)
 
+
+def _add_ask_parser(rsub) -> None:
     r = rsub.add_parser(
         "ask",
         help="answer a question from the index, citing sources [1]",
@@ -125,8 +122,8 @@ def add_parser(sub, cli) -> None:
     )
     r.add_argument("question")
     _store_arg(r)
-    cli._add_model_args(r)
-    cli._add_sampling_args(r)
+    add_model_args(r)
+    add_sampling_args(r)
     _search_args(r, k=4)
     r.add_argument(
         "--min-similarity",
@@ -138,16 +135,22 @@ def add_parser(sub, cli) -> None:
     r.add_argument(
         "--json", action="store_true", help="print the answer, citations and chunks as JSON"
     )
-    r.set_defaults(func=lambda args: cmd_ask(args, cli))
+    r.set_defaults(func=run_ask)
 
 
-def _open(args):
+def _open(args: argparse.Namespace):
     from genforge.rag.store import open_store
 
     return open_store(args.store)
 
 
-def cmd_index(args) -> int:
+def _retriever(store, args: argparse.Namespace):
+    from genforge.rag.retrieve import Retriever
+
+    return Retriever(store, reranker=getattr(args, "rerank", None))
+
+
+def run_index(args: argparse.Namespace) -> int:
     from genforge.rag.ingest import Settings, index
 
     given = (args.embedder, args.chunk_tokens, args.overlap)
@@ -167,13 +170,7 @@ def cmd_index(args) -> int:
     return 0
 
 
-def _retriever(store, args):
-    from genforge.rag.retrieve import Retriever
-
-    return Retriever(store, reranker=getattr(args, "rerank", None))
-
-
-def cmd_search(args) -> int:
+def run_search(args: argparse.Namespace) -> int:
     with _open(args) as store:
         hits = _retriever(store, args).search(args.query, k=args.k, mode=args.mode, path=args.path)
     if args.json:
@@ -187,20 +184,18 @@ def cmd_search(args) -> int:
     return 0
 
 
-def cmd_ask(args, cli) -> int:
+def run_ask(args: argparse.Namespace) -> int:
     from genforge.rag.answer import MIN_SIMILARITY, Answer, stream_answer
 
     if args.min_similarity is not None and not -1 <= args.min_similarity <= 1:
         raise GenforgeError(
             f"--min-similarity is a cosine similarity in [-1, 1], got {args.min_similarity}."
         )
-    sampling = cli._sampling_kwargs(args)
-    sampling.setdefault(
-        "max_tokens", cli.DEFAULT_MAX_TOKENS
-    )  # a small model can loop without a cap
+    sampling = sampling_kwargs(args)
+    sampling.setdefault("max_tokens", DEFAULT_MAX_TOKENS)  # a small model can loop without a cap
     with _open(args) as store:
         retriever = _retriever(store, args)
-        llm = cli._load(args)
+        llm = load_model(args)
         answer = None
         for item in stream_answer(
             llm,

@@ -1,0 +1,143 @@
+"""Flag groups that several verbs share, declared once: the model to load and how to sample.
+
+Each group comes with the function that reads it back from the parsed arguments. Nothing here
+imports torch: the model stack is imported only when a verb loads a model.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from genforge.errors import GenforgeError
+from genforge.hub import DEFAULT_MODEL  # stdlib-only module: --help stays fast
+
+DEFAULT_MAX_TOKENS = 1024
+
+SAMPLING_FLAGS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "max_tokens",
+    "stop",
+)
+
+
+def add_model_args(p: argparse.ArgumentParser, many: bool = False, dtype: str = "auto") -> None:
+    """-m/--model (repeatable with `many`), --dtype, --ctx and --threads."""
+    if many:
+        p.add_argument(
+            "-m",
+            "--model",
+            action="append",
+            default=None,
+            metavar="NAME",
+            help="a model to serve (repeatable; the first is the default): a name (see "
+            f"`genforge models`), a .gguf file or a model folder (default: {DEFAULT_MODEL})",
+        )
+    else:
+        p.add_argument(
+            "-m",
+            "--model",
+            default=DEFAULT_MODEL,
+            help="model name (see `genforge models`), a .gguf file, or a Hugging Face "
+            f"model folder (default: {DEFAULT_MODEL})",
+        )
+    p.add_argument(
+        "--dtype",
+        default=dtype,
+        choices=["auto", "fp32", "bf16", "int8", "int4"],
+        help="weights: fp32 or bf16, or int8 / int4 weight-only quantized with bf16 "
+        f"activations; auto picks the measured best (default: {dtype})",
+    )
+    p.add_argument(
+        "--ctx",
+        type=int,
+        default=None,
+        metavar="N",
+        help="context length in tokens (default: the model's own)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for the matmuls (default: one per physical core)",
+    )
+
+
+def check_model_args(args: argparse.Namespace) -> None:
+    """Refuse a --ctx or --threads no model can use, before anything loads."""
+    if args.ctx is not None and args.ctx < 1:
+        raise GenforgeError(f"--ctx must be a positive number of tokens, got {args.ctx}.")
+    if args.threads is not None and args.threads < 1:
+        raise GenforgeError(f"--threads must be at least 1, got {args.threads}.")
+
+
+def load_model(args: argparse.Namespace):
+    """The model the model flags name; a bad name or path fails before torch is imported."""
+    from genforge import hub
+
+    check_model_args(args)
+    hub.resolve(args.model)
+    from genforge.generate.llm import load
+
+    return load(args.model, dtype=args.dtype, context_length=args.ctx, threads=args.threads)
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """--temperature, --top-p, ..., --max-tokens and --stop, in a "sampling" group."""
+    g = p.add_argument_group(
+        "sampling",
+        "defaults: the model authors' recommended settings for named models, "
+        "else temperature 0.8, top-k 40, top-p 0.95, min-p 0.05",
+    )
+    g.add_argument("--temperature", type=float, help="randomness; 0 = greedy")
+    g.add_argument("--top-p", type=float, help="nucleus sampling mass in (0, 1]")
+    g.add_argument("--top-k", type=int, help="keep the k most likely tokens; 0 = off")
+    g.add_argument(
+        "--min-p", type=float, help="drop tokens below min-p x the top probability; 0 = off"
+    )
+    g.add_argument(
+        "--repetition-penalty", type=float, help="penalise tokens already in the context; 1 = off"
+    )
+    g.add_argument(
+        "--presence-penalty", type=float, help="penalise tokens generated at least once, [-2, 2]"
+    )
+    g.add_argument(
+        "--frequency-penalty", type=float, help="penalise tokens per time generated, [-2, 2]"
+    )
+    g.add_argument("--seed", type=int, help="random seed; the same seed gives the same output")
+    g.add_argument(
+        "--max-tokens",
+        type=int,
+        help=f"most new tokens per answer (default: {DEFAULT_MAX_TOKENS}, or what is left of the "
+        "context if less; a small model can loop forever without a cap)",
+    )
+    g.add_argument(
+        "--stop",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="stop when this text is generated (repeatable); it is not printed",
+    )
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    """The sampling flags given, as keyword arguments; bad values fail before the model loads."""
+    kwargs = {n: getattr(args, n) for n in SAMPLING_FLAGS if getattr(args, n) is not None}
+    from genforge.generate.sampling import SamplingParams
+
+    SamplingParams.from_kwargs(**kwargs)
+    return kwargs
+
+
+def capped(llm, n_prompt: int, sampling: dict) -> dict:
+    """Without --max-tokens, cap an answer at DEFAULT_MAX_TOKENS or the rest of the context."""
+    if sampling.get("max_tokens") is not None or n_prompt >= llm.context_length:
+        return sampling  # an explicit value (or an overlong prompt) meets the engine's own check
+    return {**sampling, "max_tokens": min(DEFAULT_MAX_TOKENS, llm.context_length - n_prompt)}

@@ -1,0 +1,207 @@
+"""`genforge serve`: the OpenAI-compatible HTTP API and web UI over genforge.serve."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from genforge.cli.flags import add_model_args, check_model_args
+from genforge.errors import GenforgeError
+from genforge.hub import DEFAULT_MODEL
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="OpenAI-compatible HTTP API and web UI",
+        description="Serve models over an OpenAI-compatible HTTP API (/v1/chat/"
+        "completions, /v1/completions, /v1/embeddings, /v1/models), with a web UI "
+        "at / and Prometheus metrics at /metrics.",
+    )
+    add_model_args(p, many=True)
+    _add_server_args(p)
+    _add_upstream_args(p)
+    _add_rag_args(p)
+    p.set_defaults(func=run)
+
+
+def _add_server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1, this machine only)",
+    )
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument(
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help="require 'Authorization: Bearer KEY' on every route but /health "
+        "(default: $GENFORGE_API_KEY; none if unset)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="the most tokens one request may generate (default: 4096)",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=4 * 1024 * 1024,
+        metavar="N",
+        help="largest request body accepted (default: 4 MiB)",
+    )
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="allow browser requests from this origin (repeatable; default: none)",
+    )
+
+
+def _add_upstream_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="[NAME=]URL",
+        help="forward requests for NAME (or every model URL serves) to that "
+        "OpenAI-compatible server (repeatable)",
+    )
+    p.add_argument(
+        "--upstream-api-key",
+        default=None,
+        metavar="KEY",
+        help="bearer key sent upstream (default: $GENFORGE_UPSTREAM_API_KEY)",
+    )
+    p.add_argument(
+        "--idle-unload",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="unload a model unused for this long (default: keep models loaded)",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="requests decoded together (default: 32)",
+    )
+
+
+def _add_rag_args(p: argparse.ArgumentParser) -> None:
+    """The document-store flags (read by genforge.serve.rag.parse_stores and parse_root)."""
+    p.add_argument(
+        "--rag-store",
+        action="append",
+        default=[],
+        metavar="[NAME=]FILE|URL",
+        help="a document index (SQLite file or postgresql:// URL) for /v1/rag and chats "
+        "with rag (repeatable; the first is the default; NAME: the file's stem)",
+    )
+    p.add_argument(
+        "--rag-root",
+        default=".",
+        metavar="DIR",
+        help="the folder under which clients may index files (default: .)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    names = args.model or ([] if args.upstream else [DEFAULT_MODEL])
+    _check_flags(args)
+    from genforge.serve.models import Registry, Upstream
+    from genforge.serve.rag import parse_root, parse_stores
+
+    rag_stores, rag_root = parse_stores(args.rag_store), parse_root(args.rag_root)
+    up_key = args.upstream_api_key or os.environ.get("GENFORGE_UPSTREAM_API_KEY")
+    upstreams = [Upstream.parse(u, up_key) for u in args.upstream]
+    api_key = args.api_key or os.environ.get("GENFORGE_API_KEY") or None
+    if args.host not in LOOPBACK and not api_key:
+        print(
+            f"genforge: warning: serving on {args.host} without --api-key: anyone who can reach "
+            "this machine can use it.",
+            file=sys.stderr,
+        )
+    import logging
+
+    import uvicorn
+
+    from genforge.generate.llm import load
+    from genforge.serve.app import ServeConfig, create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    engine = {"max_batch": args.max_batch} if args.max_batch else {}
+    options = {"dtype": args.dtype, "context_length": args.ctx, "threads": args.threads, **engine}
+    # Loaded before the server starts, so that a broken model is one clear error, not a traceback.
+    preloaded = {name: load(name, **options) for name in names}
+    registry = Registry(
+        names,
+        load_options=options,
+        idle_unload=args.idle_unload,
+        upstreams=upstreams,
+        preloaded=preloaded,
+    )
+    config = ServeConfig(
+        api_key=api_key,
+        max_body_bytes=args.max_body_bytes,
+        max_tokens=args.max_tokens,
+        cors_origins=args.cors_origin,
+        rag_stores=rag_stores,
+        rag_root=rag_root,
+    )
+    print(
+        f"genforge: serving {', '.join(names + [u.url for u in upstreams])} on "
+        f"http://{args.host}:{args.port} (web UI at /, API at /v1)",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        create_app(registry, config),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Refuse impossible numbers and an address that cannot be bound, before loading anything."""
+    for flag, value, low in (
+        ("--port", args.port, 0),
+        ("--max-tokens", args.max_tokens, 1),
+        ("--max-body-bytes", args.max_body_bytes, 1024),
+    ):
+        if value < low:
+            raise GenforgeError(f"{flag} must be at least {low}, got {value}.")
+    check_model_args(args)
+    if args.max_batch is not None and args.max_batch < 1:
+        raise GenforgeError(f"--max-batch must be at least 1, got {args.max_batch}.")
+    _check_port(args.host, args.port)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail before loading anything if the address cannot be bound."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise GenforgeError(f"--host {host} is not an address of this machine.") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise GenforgeError(
+                f"cannot listen on {host}:{port} ({e.strerror.lower()}); pick another --port "
+                "or stop what uses it."
+            ) from None
