@@ -52,7 +52,8 @@ def _disable_unaudited() -> None:
     import posix
 
     _posixsubprocess.fork_exec = _refusing("_posixsubprocess.fork_exec")
-    for name in ("mknod", "mkfifo", "pidfd_open"):
+    # memfd_create: memory held in a file descriptor, which the address-space limit does not count.
+    for name in ("mknod", "mkfifo", "pidfd_open", "memfd_create"):
         if hasattr(posix, name):
             setattr(posix, name, _refusing(f"os.{name}"))
             setattr(os, name, getattr(posix, name))
@@ -98,8 +99,8 @@ def _run_program(program: str) -> None:
 # Refused whatever their arguments.
 _DENIED_EVENTS = frozenset(
     {
-        # Processes (_posixsubprocess.fork_exec, os.mknod, os.mkfifo and os.pidfd_open are raised
-        # by _disable_unaudited's stand-ins).
+        # Processes (_posixsubprocess.fork_exec, os.mknod, os.mkfifo, os.pidfd_open and
+        # os.memfd_create are raised by _disable_unaudited's stand-ins).
         "os.system",
         "os.exec",
         "os.fork",
@@ -116,6 +117,7 @@ _DENIED_EVENTS = frozenset(
         "os.mknod",
         "os.mkfifo",
         "os.pidfd_open",
+        "os.memfd_create",
         # A link could lead the path checks astray; a fixed working directory keeps relative
         # paths checkable.
         "os.link",

@@ -11,15 +11,20 @@ each layer holds where an inner one is bypassed or not available:
    stderr into unlinked files. A wall-clock timeout in the parent kills the whole process group.
 2. Resource limits: address space, CPU seconds, file size (which also bounds the output), no core
    files and, for ordinary users, the number of processes (the kernel does not count root's).
-3. Kernel isolation, each step skipped silently where the kernel refuses it: a network namespace
+   The parent measures the sandbox folder every 0.1 s and once more after the end: past
+   `memory_mb` of allocated blocks or _FOLDER_ENTRIES entries the program is killed and the run
+   is "memory" (the folder may be on tmpfs, which is memory that RLIMIT_AS does not count).
+3. Kernel isolation, each step skipped where the kernel refuses it: a network namespace
    of its own (no interfaces but a loopback that is down; a user namespace too for ordinary
-   users), no_new_privs, a Landlock domain (read only the Python installation and the system
+   users), no_new_privs, a seccomp filter (no memfd_create or memfd_secret: memory that RLIMIT_AS
+   does not count), a Landlock domain (read only the Python installation and the system
    libraries, write only the sandbox, no TCP, no signals out of the domain) and no capabilities.
    This takes ctypes, which would let the program get around the audit hook, so it is done in a
    first interpreter that then execs the second one, where the program runs.
 4. An audit hook (PEP 578), always: installed before the program is compiled and impossible to
-   remove, it refuses sockets, processes, ctypes, reading outside the sandbox and the Python
-   installation, changing anything outside the sandbox, and bytecode the compiler did not make.
+   remove, it refuses sockets, processes, ctypes, memfd_create, reading outside the sandbox and
+   the Python installation, changing anything outside the sandbox, and bytecode the compiler did
+   not make.
    A refusal ends the program at once (exit status 97) with a "sandbox: refused ..." line on
    stderr, since an exception could be caught and the attempt retried; only a refused import
    raises (SandboxImportError), because libraries try optional imports and carry on without.
@@ -27,8 +32,8 @@ each layer holds where an inner one is bypassed or not available:
 Layer 4, the guard, is genforge/evals/guard.py. The child's two stages are scripts, this file and
 then that one, so that their code stays ordinary, linted Python.
 
-Not enforced: disk use beyond the size of each file (the timeout bounds it); and an audit hook is
-no sandbox on its own (PEP 578 says so): a CPython memory-safety bug, or builtin modules that
+Not enforced: disk use between two measures of the folder; and an audit hook is no sandbox on
+its own (PEP 578 says so): a CPython memory-safety bug, or builtin modules that
 importlib can instantiate a second time (posix.mknod, _signal.pidfd_send_signal), reach past it.
 Layer 3 is what holds then, so run where the kernel allows it (Landlock: Linux 5.13+).
 """
@@ -36,6 +41,7 @@ Layer 3 is what holds then, so run where the kernel allows it (Landlock: Linux 5
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import math
 import os
@@ -50,6 +56,8 @@ from dataclasses import dataclass
 
 _OUTPUT_LIMIT = 4096  # bytes kept of stdout (its head) and of stderr (its tail)
 _FILE_LIMIT = 16 * 2**20  # the largest file the program may write, its output included
+_FOLDER_ENTRIES = 10_000  # files and folders the program may keep in its folder
+_FOLDER_CHECK_SECONDS = 0.1  # how often the parent measures the folder while the program runs
 _MIN_MEMORY_MB = 64  # the interpreter alone maps about 20 MB before the program starts
 # -S: no site module, so no .pth file runs (stage two puts site-packages on sys.path itself);
 # -B: no .pyc written; -u: output survives a kill.
@@ -106,8 +114,9 @@ def run_python(code: str, *, timeout: float = 10.0, memory_mb: int = 1024) -> Sa
                 stderr=err,
                 start_new_session=True,
             )
+            folder_limit = memory_mb * 2**20
             try:
-                timed_out = _wait_for_exit(proc.pid, timeout)
+                ending = _wait_for_exit(proc.pid, timeout, workdir, folder_limit)
             finally:
                 # Not reaped yet, so its pid, which is also the group's id, cannot have been
                 # taken by an unrelated process. Kills whatever it started, even after it exited.
@@ -116,10 +125,18 @@ def run_python(code: str, *, timeout: float = 10.0, memory_mb: int = 1024) -> Sa
                 proc.wait()
             seconds = time.monotonic() - start
             stdout, stderr = _head(out), _tail(err)
+        if ending is None and _folder_over(workdir, folder_limit):  # exact: nothing runs there now
+            ending = "folder"
     finally:
         _remove_tree(workdir)
+    timed_out = ending == "timeout"
     returncode = None if timed_out else proc.returncode
-    return SandboxResult(_status(proc.returncode, timed_out), returncode, stdout, stderr, seconds)
+    status = "memory" if ending == "folder" else _status(proc.returncode, timed_out)
+    if ending == "folder":
+        stderr += (
+            f"sandbox: the program's folder grew past {memory_mb} MB or {_FOLDER_ENTRIES} entries\n"
+        )
+    return SandboxResult(status, returncode, stdout, stderr, seconds)
 
 
 def _child_environment(workdir: str) -> dict[str, str]:
@@ -129,17 +146,69 @@ def _child_environment(workdir: str) -> dict[str, str]:
     return {"PATH": os.defpath, "HOME": workdir, "TMPDIR": workdir, **threads}
 
 
-def _wait_for_exit(pid: int, timeout: float) -> bool:
-    """Wait for the child to end, without reaping it; True if the timeout ran out first."""
-    deadline = time.monotonic() + timeout
+def _wait_for_exit(pid: int, timeout: float, workdir: str, folder_limit: int) -> str | None:
+    """Wait for the child to end, without reaping it. None when it did; "timeout" when the
+    timeout ran out first, "folder" when its folder outgrew the limit (checked every 0.1 s)."""
+    start = time.monotonic()
+    deadline, next_check = start + timeout, start + _FOLDER_CHECK_SECONDS
     delay = 0.001
     while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return True
-        time.sleep(min(delay, remaining))
+        now = time.monotonic()
+        if now >= deadline:
+            return "timeout"
+        if now >= next_check:
+            if _folder_over(workdir, folder_limit):
+                return "folder"
+            next_check = time.monotonic() + _FOLDER_CHECK_SECONDS
+        time.sleep(min(delay, deadline - now))
         delay = min(2 * delay, 0.02)
-    return False
+    return None
+
+
+def _folder_over(path: str, limit: int) -> bool:
+    """Whether the folder holds more than `limit` bytes (allocated, so a sparse file counts what
+    it holds) or _FOLDER_ENTRIES entries. A walk by descriptors, one open at a time, so that no
+    depth of nesting or length of path stops it; a folder it cannot open counts as too big."""
+    total, entries = 0, 0
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False  # not there: nothing held
+    try:
+        pending: list[list[str] | None] = [None]  # per level: sub-folders to visit, None: unlisted
+        while pending:
+            if pending[-1] is None:
+                pending[-1] = []
+                with os.scandir(fd) as listing:
+                    for entry in listing:
+                        entries += 1
+                        try:
+                            info = entry.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue  # removed meanwhile by the running program
+                        total += info.st_blocks * 512
+                        if stat.S_ISDIR(info.st_mode):
+                            pending[-1].append(entry.name)
+                if total > limit or entries > _FOLDER_ENTRIES:
+                    return True
+            elif pending[-1]:
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                try:
+                    fd = _replace_fd(fd, os.open(pending[-1].pop(), flags, dir_fd=fd))
+                except OSError as error:
+                    if error.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                        continue  # removed or replaced meanwhile
+                    raise
+                pending.append(None)
+            else:
+                pending.pop()
+                if pending:
+                    fd = _replace_fd(fd, os.open("..", os.O_RDONLY | os.O_CLOEXEC, dir_fd=fd))
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _status(returncode: int, timed_out: bool) -> str:
@@ -155,6 +224,11 @@ def _status(returncode: int, timed_out: bool) -> str:
     if returncode in (MEMORY_EXIT, -signal.SIGKILL):
         return "memory"
     return "failed"
+
+
+def _replace_fd(old: int, new: int) -> int:
+    os.close(old)
+    return new
 
 
 def _head(f: io.BufferedRandom) -> str:
@@ -186,6 +260,10 @@ def _remove_tree(path: str) -> None:
 
 _CLONE_NEWNET, _CLONE_NEWUSER = 0x40000000, 0x10000000
 _PR_SET_NO_NEW_PRIVS, _PR_CAPBSET_DROP = 38, 24
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+# machine: (AUDIT_ARCH_*, (memfd_create, memfd_secret)): memory in a file, which RLIMIT_AS does not
+# count (seccomp_data: the call's number at offset 0, the architecture at 4).
+_SECCOMP_DENIED = {"x86_64": (0xC000003E, (319, 447)), "aarch64": (0xC00000B7, (279, 447))}
 _LANDLOCK_CREATE_RULESET, _LANDLOCK_ADD_RULE, _LANDLOCK_RESTRICT_SELF = 444, 445, 446
 # Landlock file rights (linux/landlock.h): ABI 1 has bits 0-12, then REFER (2), TRUNCATE (3),
 # IOCTL_DEV (5). EXECUTE stays unhandled: stage one execs Python, and what the program might run
@@ -268,6 +346,8 @@ def _isolate(workdir: str, roots: tuple[str, ...]) -> list[str]:
             applied.append("network namespace")
         if libc.prctl(_PR_SET_NO_NEW_PRIVS, *[ctypes.c_ulong(x) for x in (1, 0, 0, 0)]) == 0:
             applied.append("no_new_privs")
+            if _seccomp(ctypes, libc):
+                applied.append("seccomp")
             abi = _landlock(ctypes, libc, workdir, roots)
             if abi:
                 applied.append(f"landlock abi {abi}")
@@ -297,6 +377,27 @@ def _unshare_network(libc) -> bool:
         except OSError:
             pass  # unmapped ids cannot create files in the sandbox, but are no less isolated
     return True
+
+
+def _seccomp(ctypes, libc) -> bool:
+    """A seccomp filter that refuses (EPERM) the system calls that hold memory the address-space
+    limit does not count, and any call made through another architecture's entry point."""
+    numbers = _SECCOMP_DENIED.get(os.uname().machine)
+    if numbers is None:
+        return False
+    arch, denied = numbers
+    ld_abs, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, JGE, BPF_RET|K
+    allow, refuse = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+    n = len(denied)
+    program = [(ld_abs, 0, 0, 4), (jeq, 0, n + 3, arch), (ld_abs, 0, 0, 0)]  # arch, then nr
+    program.append((jge, n + 1, 0, 0x40000000))  # x32 system calls on x86_64
+    program += [(jeq, n - i, 0, number) for i, number in enumerate(denied)]
+    program += [(ret, 0, 0, allow), (ret, 0, 0, refuse)]
+    filters = b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
+    buffer = ctypes.create_string_buffer(filters)
+    fprog = struct.pack("@HP", len(program), ctypes.addressof(buffer))  # struct sock_fprog
+    args = [ctypes.c_ulong(x) for x in (_SECCOMP_MODE_FILTER, 0, 0)]
+    return libc.prctl(_PR_SET_SECCOMP, args[0], ctypes.c_char_p(fprog), args[1], args[2]) == 0
 
 
 def _landlock(ctypes, libc, workdir: str, roots: tuple[str, ...]) -> int:

@@ -381,3 +381,46 @@ def test_kernel_layers_hold_without_the_audit_hook(outside, tmp_path):
         assert lines["signal"] == "refused"
     if "no capabilities" in applied and os.getuid() == 0:
         assert lines["chown"] == "refused"
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        # Memory in a file descriptor: RLIMIT_AS does not count it.
+        "import os\nfds = []\nfor i in range(64):\n    fds.append(os.memfd_create(f'm{i}'))\n"
+        "    os.write(fds[-1], b'x' * 8_000_000)",
+        # The same through the posix module, which the program may reach directly.
+        "import posix\nfd = posix.memfd_create('m')\nfor _ in range(40):\n    posix.write(fd, b'x' * 8_000_000)",
+    ],
+    ids=["os", "posix"],
+)
+def test_memory_held_in_a_memfd_is_blocked(code):
+    result = run_python(code, memory_mb=128)
+    assert result.status == "blocked", result.stderr
+    assert "memfd_create" in result.stderr
+
+
+def test_a_folder_grown_past_the_limit_is_memory():
+    # 192 MB in files of 8 MB each (under the size limit of one file), with 128 MB allowed.
+    result = run(
+        """
+        for i in range(24):
+            with open(f"f{i}", "wb") as f:
+                f.write(b"x" * 8_000_000)
+        print("wrote all")
+    """,
+        memory_mb=128,
+    )
+    assert result.status == "memory", result.stderr
+    assert "folder grew past 128 MB" in result.stderr
+
+
+def test_a_sparse_file_counts_what_it_holds():
+    result = run(
+        """
+        with open("sparse", "wb") as f:
+            f.truncate(16 * 2**20 - 1)  # 16 MB long, nothing written
+    """,
+        memory_mb=64,
+    )
+    assert result.passed, result.stderr
