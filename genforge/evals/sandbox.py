@@ -246,14 +246,65 @@ def _tail(f: io.BufferedRandom) -> str:
 
 
 def _remove_tree(path: str) -> None:
-    """Remove the sandbox, first giving back any permission the program took from its folders."""
-    import shutil  # see run_python
+    """Remove the sandbox folder, whatever the program left there; never raises (a folder that
+    stays is logged), so that one program cannot end a whole evaluation."""
+    import logging  # see run_python
 
-    for root, dirs, _ in os.walk(path):
-        for name in dirs:
-            if not os.path.islink(os.path.join(root, name)):
-                os.chmod(os.path.join(root, name), 0o700)
-    shutil.rmtree(path)
+    try:
+        _flatten_and_remove(path)
+    except OSError as error:
+        logging.getLogger(__name__).warning("could not remove the sandbox folder: %s", error)
+
+
+def _flatten_and_remove(path: str) -> None:
+    """Remove files, and move the folders found in each folder up to the top one, until the top
+    folder is empty: no recursion and no long path, at any depth of nesting; permissions the
+    program took from its folders are given back first."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        top = os.open(path, flags)
+    except FileNotFoundError:
+        return
+    moved = 0  # names for the folders moved up
+    try:
+        os.fchmod(top, 0o700)
+        while entries := _list(top):
+            for name, is_dir in entries:
+                if not is_dir:
+                    os.unlink(name, dir_fd=top)
+                    continue
+                os.chmod(name, 0o700, dir_fd=top)  # a folder, not a link (nothing runs there now)
+                folder = os.open(name, flags, dir_fd=top)
+                try:
+                    for child, child_is_dir in _list(folder):
+                        if child_is_dir:
+                            os.chmod(child, 0o700, dir_fd=folder)  # rename rewrites its ".."
+                            moved = _move_up(folder, child, top, moved)
+                        else:
+                            os.unlink(child, dir_fd=folder)
+                finally:
+                    os.close(folder)
+                os.rmdir(name, dir_fd=top)
+    finally:
+        os.close(top)
+    os.rmdir(path)
+
+
+def _list(folder: int) -> list[tuple[str, bool]]:
+    with os.scandir(folder) as listing:
+        return [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in listing]
+
+
+def _move_up(folder: int, name: str, top: int, moved: int) -> int:
+    """Move folder/name to the top folder under a new name; returns the names used so far."""
+    while True:
+        moved += 1
+        try:
+            os.rename(name, f".removing-{moved}", src_dir_fd=folder, dst_dir_fd=top)
+            return moved
+        except OSError as error:  # the name is taken by a non-empty folder or by a file
+            if error.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise
 
 
 # --- Stage one of the child: limits and kernel isolation, then exec stage two ----------------

@@ -424,3 +424,24 @@ def test_a_sparse_file_counts_what_it_holds():
         memory_mb=64,
     )
     assert result.passed, result.stderr
+
+
+def test_deeply_nested_folders_are_removed_afterwards():
+    # 2,000 levels, each made at the top and moved into the next: deeper than Python's recursion
+    # limit and, at about 12,000 characters, longer than a path may be.
+    result = run("""
+        import os
+
+        print(os.getcwd())
+        os.mkdir("d0")
+        open("d0/file", "w").close()
+        for i in range(1, 2000):
+            os.mkdir(f"d{i}")
+            os.rename(f"d{i - 1}", f"d{i}/d{i - 1}")
+        os.chmod("d1999/d1998", 0o500)
+        os.chmod("d1999", 0)
+    """)
+    workdir = result.stdout.strip()
+    assert result.passed, result.stderr
+    assert os.path.basename(workdir).startswith("genforge-sandbox-")
+    assert not os.path.exists(workdir)
