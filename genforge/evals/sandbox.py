@@ -29,6 +29,13 @@ each layer holds where an inner one is bypassed or not available:
    stderr, since an exception could be caught and the attempt retried; only a refused import
    raises (SandboxImportError), because libraries try optional imports and carry on without.
 
+"passed" cannot be forged by a program that leaves early (os._exit(0), sys.exit(0), a fake marker
+on stdout) and so skips the tests that follow it: the parent writes a random nonce into a file
+outside the sandbox, and only the guard's last step, once the program's code has returned, may read
+it (the audit hook checks the calling frames) and copy it to a file descriptor the parent reads.
+The program may write there too, but cannot know the nonce; trace functions, which could jump over
+lines, are refused.
+
 Layer 4, the guard, is genforge/evals/guard.py. The child's two stages are scripts, this file and
 then that one, so that their code stays ordinary, linted Python.
 
@@ -69,7 +76,9 @@ _GUARD_SCRIPT = os.path.realpath(os.path.join(os.path.dirname(__file__), "guard.
 class SandboxResult:
     """How one program ended."""
 
-    status: str  # "passed", "failed" (non-zero exit), "timeout", "memory" or "blocked"
+    # "passed" (its last line ran, then exit status 0), "failed" (non-zero exit, or it ended
+    # before its last line ran), "timeout", "memory" or "blocked"
+    status: str
     returncode: int | None  # exit status, negative for a signal; None when the timeout killed it
     stdout: str  # the first _OUTPUT_LIMIT bytes
     stderr: str  # the last _OUTPUT_LIMIT bytes, where a traceback ends
@@ -81,10 +90,11 @@ class SandboxResult:
 
 
 def run_python(code: str, *, timeout: float = 10.0, memory_mb: int = 1024) -> SandboxResult:
-    """Run `code` as a Python program in a sandboxed subprocess; safe to call from many threads."""
+    """Run `code` as a Python program in a sandboxed subprocess; safe to call from many threads.
+    "passed" means that its last line ran and it then exited with status 0."""
     # Imported here, not at the top: the child runs this file as a script, where genforge may not
     # be importable and where these modules would only slow down every run.
-    import subprocess
+    import secrets
     import tempfile
 
     from genforge.errors import GenforgeError
@@ -95,48 +105,82 @@ def run_python(code: str, *, timeout: float = 10.0, memory_mb: int = 1024) -> Sa
         raise GenforgeError(f"timeout must be a positive number of seconds, got {timeout!r}.")
     if memory_mb < _MIN_MEMORY_MB:
         raise GenforgeError(f"memory_mb must be at least {_MIN_MEMORY_MB}, got {memory_mb}.")
+    # The proof that the program ran to its end: a nonce in a file that only the guard's last
+    # step may read, once the program's last line has run, and copy into `report`.
+    nonce = secrets.token_hex(16).encode()
     workdir = os.path.realpath(tempfile.mkdtemp(prefix="genforge-sandbox-"))
+    nonce_fd, nonce_path = tempfile.mkstemp(prefix="genforge-sandbox-nonce-")
     try:
+        with os.fdopen(nonce_fd, "wb") as f:
+            f.write(nonce)
         with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8") as f:
             f.write(code)
-        cpu_seconds = math.ceil(timeout) + 1  # a backstop: the wall clock normally ends it first
-        script = os.path.realpath(__file__)
-        command = [sys.executable, *_PYTHON_FLAGS, script, workdir]
-        command += [str(memory_mb), str(cpu_seconds)]
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            start = time.monotonic()
-            proc = subprocess.Popen(
-                command,
-                cwd=workdir,
-                env=_child_environment(workdir),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
+        with (
+            tempfile.TemporaryFile() as out,
+            tempfile.TemporaryFile() as err,
+            tempfile.TemporaryFile() as report,
+        ):
+            returncode, ending, seconds = _execute(
+                workdir, nonce_path, timeout, memory_mb, out, err, report
             )
-            folder_limit = memory_mb * 2**20
-            try:
-                ending = _wait_for_exit(proc.pid, timeout, workdir, folder_limit)
-            finally:
-                # Not reaped yet, so its pid, which is also the group's id, cannot have been
-                # taken by an unrelated process. Kills whatever it started, even after it exited.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            seconds = time.monotonic() - start
             stdout, stderr = _head(out), _tail(err)
-        if ending is None and _folder_over(workdir, folder_limit):  # exact: nothing runs there now
+            report.seek(0)
+            completed = report.read(len(nonce) + 1) == nonce
+        if ending is None and _folder_over(workdir, memory_mb * 2**20):  # exact: all have ended
             ending = "folder"
     finally:
         _remove_tree(workdir)
-    timed_out = ending == "timeout"
-    returncode = None if timed_out else proc.returncode
-    status = "memory" if ending == "folder" else _status(proc.returncode, timed_out)
+        with contextlib.suppress(OSError):
+            os.unlink(nonce_path)
     if ending == "folder":
+        status = "memory"
         stderr += (
             f"sandbox: the program's folder grew past {memory_mb} MB or {_FOLDER_ENTRIES} entries\n"
         )
+    else:
+        status = _status(returncode, ending == "timeout")
+    if status == "passed" and not completed:
+        status = "failed"
+        stderr += "sandbox: the program ended before its last line ran\n"
+    returncode = None if ending == "timeout" else returncode
     return SandboxResult(status, returncode, stdout, stderr, seconds)
+
+
+def _execute(
+    workdir: str,
+    nonce_path: str,
+    timeout: float,
+    memory_mb: int,
+    out: io.BufferedRandom,
+    err: io.BufferedRandom,
+    report: io.BufferedRandom,
+) -> tuple[int, str | None, float]:
+    """Run the child to its end; (exit status, ending as _wait_for_exit says, seconds)."""
+    import subprocess  # see run_python
+
+    cpu_seconds = math.ceil(timeout) + 1  # a backstop: the wall clock normally ends it first
+    command = [sys.executable, *_PYTHON_FLAGS, os.path.realpath(__file__), workdir]
+    command += [str(memory_mb), str(cpu_seconds), nonce_path, str(report.fileno())]
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        command,
+        cwd=workdir,
+        env=_child_environment(workdir),
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=err,
+        pass_fds=(report.fileno(),),
+        start_new_session=True,
+    )
+    try:
+        ending = _wait_for_exit(proc.pid, timeout, workdir, memory_mb * 2**20)
+    finally:
+        # Not reaped yet, so its pid, which is also the group's id, cannot have been
+        # taken by an unrelated process. Kills whatever it started, even after it exited.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return proc.returncode, ending, time.monotonic() - start
 
 
 def _child_environment(workdir: str) -> dict[str, str]:
@@ -330,14 +374,17 @@ _LL_SANDBOX |= _LL_MAKE_DIR | _LL_MAKE_REG | _LL_MAKE_FIFO | _LL_REFER | _LL_TRU
 _SYSTEM_READ = ("/usr", "/lib", "/lib64", "/lib32", "/etc/ld.so.cache", "/etc/localtime")
 
 
-def _isolate_then_run(workdir: str, memory_mb: int, cpu_seconds: int) -> None:
+def _isolate_then_run(
+    workdir: str, memory_mb: int, cpu_seconds: int, nonce_path: str, report_fd: str
+) -> None:
     """Stage one: limits and kernel isolation (inherited across exec), then stage two."""
     _limit_resources(memory_mb, cpu_seconds)
     roots = _python_roots()
-    _isolate(workdir, roots)
+    _isolate(workdir, roots, (nonce_path,))
     # A fresh interpreter, because ctypes, which _isolate needed, would let the program
     # write anywhere in its own memory, the audit hook included.
-    os.execv(sys.executable, [sys.executable, *_PYTHON_FLAGS, _GUARD_SCRIPT, workdir, *roots])
+    args = [sys.executable, *_PYTHON_FLAGS, _GUARD_SCRIPT, workdir, nonce_path, report_fd, *roots]
+    os.execv(sys.executable, args)
 
 
 def _limit_resources(memory_mb: int, cpu_seconds: int) -> None:
@@ -385,8 +432,9 @@ def _python_roots() -> tuple[str, ...]:
     return tuple(sorted(path for path in real if path != "/" and os.path.isdir(path)))
 
 
-def _isolate(workdir: str, roots: tuple[str, ...]) -> list[str]:
-    """Apply what the kernel allows of layer 3; returns the names of the steps that took."""
+def _isolate(workdir: str, roots: tuple[str, ...], readable: tuple[str, ...] = ()) -> list[str]:
+    """Apply what the kernel allows of layer 3; returns the names of the steps that took.
+    `readable`: files outside `roots` that stage two may read."""
     import ctypes  # only here: stage two, where the program runs, must never load it
 
     applied = []
@@ -399,7 +447,7 @@ def _isolate(workdir: str, roots: tuple[str, ...]) -> list[str]:
             applied.append("no_new_privs")
             if _seccomp(ctypes, libc):
                 applied.append("seccomp")
-            abi = _landlock(ctypes, libc, workdir, roots)
+            abi = _landlock(ctypes, libc, workdir, roots, readable)
             if abi:
                 applied.append(f"landlock abi {abi}")
         if _drop_capabilities(ctypes, libc):
@@ -451,7 +499,7 @@ def _seccomp(ctypes, libc) -> bool:
     return libc.prctl(_PR_SET_SECCOMP, args[0], ctypes.c_char_p(fprog), args[1], args[2]) == 0
 
 
-def _landlock(ctypes, libc, workdir: str, roots: tuple[str, ...]) -> int:
+def _landlock(ctypes, libc, workdir: str, roots: tuple[str, ...], readable: tuple[str, ...]) -> int:
     """Read the installation, write the sandbox, nothing else; no TCP and no signals out, where
     the ABI has them. Returns the ABI version enforced, 0 for none."""
     long = ctypes.c_long
@@ -468,7 +516,7 @@ def _landlock(ctypes, libc, workdir: str, roots: tuple[str, ...]) -> int:
     if ruleset < 0:
         return 0
     try:
-        here = (_GUARD_SCRIPT, os.path.realpath(sys.executable))  # what stage two execs
+        here = (_GUARD_SCRIPT, os.path.realpath(sys.executable), *readable)  # what stage two reads
         rules = [(path, _LL_READ_FILE | _LL_READ_DIR) for path in (*roots, *_SYSTEM_READ, *here)]
         rules.append(("/dev/null", _LL_READ_FILE | _LL_WRITE_FILE | _LL_TRUNCATE))
         rules.append((workdir, _LL_SANDBOX))
@@ -513,4 +561,4 @@ def _drop_capabilities(ctypes, libc) -> bool:
 
 
 if __name__ == "__main__":
-    _isolate_then_run(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    _isolate_then_run(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:6])

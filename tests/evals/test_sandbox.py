@@ -12,6 +12,7 @@ import sys
 import textwrap
 import types
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -445,3 +446,58 @@ def test_deeply_nested_folders_are_removed_afterwards():
     assert result.passed, result.stderr
     assert os.path.basename(workdir).startswith("genforge-sandbox-")
     assert not os.path.exists(workdir)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import os\nos._exit(0)",
+        "import sys\nsys.exit(0)",
+        "raise SystemExit",
+        "try:\n    assert solution() == 4\nfinally:\n    raise SystemExit(0)",
+        "import signal\nsignal.raise_signal(signal.SIGTERM)",
+        # A fake report: the marker's look on stdout and stderr, bytes into every descriptor.
+        "import os, sys\nprint('passed')\nprint('sandbox: passed', file=sys.stderr)\n"
+        "for fd in range(256):\n    try:\n        os.write(fd, b'0' * 32)\n    except OSError:\n"
+        "        pass\nos._exit(0)",
+        # What the guard itself calls, rebound before leaving early.
+        "import builtins, os, sys\nbuiltins.exec = builtins.compile = lambda *a, **k: None\n"
+        "os._exit = sys.exit = os.write = lambda *a: None\nraise SystemExit(0)",
+        # The guard's reporting step, called by the program itself.
+        "import os, sys\nrunner = sys._getframe(1)\n"
+        "runner.f_globals['_report_completion'](*runner.f_locals['completion'])\nos._exit(0)",
+        # ... from a thread, where no frame of the program's is its caller.
+        "import os, sys, threading\nrunner = sys._getframe(1)\n"
+        "report = runner.f_globals['_report_completion']\n"
+        "thread = threading.Thread(target=report, args=runner.f_locals['completion'])\n"
+        "thread.start(); thread.join()\nos._exit(0)",
+        # The guard's runner called again, on an empty program that returns at once.
+        "import os, sys\nrunner = sys._getframe(1)\nopen('empty.py', 'w').close()\n"
+        "runner.f_globals['_run_program']('empty.py', runner.f_locals['completion'])\nos._exit(0)",
+        # A trace function could jump over the tests.
+        "import sys\nsys.settrace(lambda frame, event, arg: None)",
+    ],
+    ids=[
+        "os._exit",
+        "sys.exit",
+        "SystemExit",
+        "SystemExit-in-finally",
+        "own-signal",
+        "fake-marker",
+        "rebound-builtins",
+        "report-called",
+        "report-from-a-thread",
+        "runner-called",
+        "settrace",
+    ],
+)
+def test_a_program_that_ends_before_its_tests_does_not_pass(code):
+    program = f"def solution():\n    return 4\n\n{code}\n\nassert solution() == 5  # the tests\n"
+    result = run_python(program)
+    assert result.status in ("failed", "blocked"), result.stderr
+    assert not result.passed
+
+
+def test_the_report_line_is_the_call_that_reports():
+    source = Path(guard.__file__).read_text().splitlines()[guard._REPORT_LINE - 1]
+    assert source.strip().startswith("_report(*completion)")
