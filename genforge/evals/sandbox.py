@@ -58,9 +58,21 @@ import stat
 import struct
 import sys
 import sysconfig
+import threading
 import time
 from dataclasses import dataclass
 
+# The layers, by name: the audit hook (always), then the kernel's, each where it allows it.
+PROTECTIONS = (
+    "audit_hook",
+    "network_namespace",  # no network but a loopback that is down
+    "no_new_privs",  # nothing executed gains privileges (setuid)
+    "seccomp",  # no memfd_create or memfd_secret
+    "landlock",  # read the Python installation, write the sandbox folder, nothing else
+    "landlock_network",  # no TCP bind or connect (Landlock ABI 4, Linux 6.7)
+    "landlock_signals",  # no signals out of the sandbox (Landlock ABI 6, Linux 6.12)
+    "no_capabilities",  # root's capabilities dropped (and the bounding set emptied)
+)
 _OUTPUT_LIMIT = 4096  # bytes kept of stdout (its head) and of stderr (its tail)
 _FILE_LIMIT = 16 * 2**20  # the largest file the program may write, its output included
 _FOLDER_ENTRIES = 10_000  # files and folders the program may keep in its folder
@@ -70,6 +82,9 @@ _MIN_MEMORY_MB = 64  # the interpreter alone maps about 20 MB before the program
 # -B: no .pyc written; -u: output survives a kill.
 _PYTHON_FLAGS = ("-I", "-S", "-B", "-u", "-X", "utf8")
 _GUARD_SCRIPT = os.path.realpath(os.path.join(os.path.dirname(__file__), "guard.py"))  # stage two
+_LOCK = threading.Lock()  # guards the two below, since runs start from many threads
+_PROTECTIONS: dict[str, bool] = {}  # protections(), once known
+_WARNED: set[str] = set()  # the missing protections already logged
 
 
 @dataclass
@@ -94,9 +109,6 @@ def run_python(code: str, *, timeout: float = 10.0, memory_mb: int = 1024) -> Sa
     "passed" means that its last line ran and it then exited with status 0."""
     # Imported here, not at the top: the child runs this file as a script, where genforge may not
     # be importable and where these modules would only slow down every run.
-    import secrets
-    import tempfile
-
     from genforge.errors import GenforgeError
 
     if not isinstance(code, str):
@@ -105,6 +117,43 @@ def run_python(code: str, *, timeout: float = 10.0, memory_mb: int = 1024) -> Sa
         raise GenforgeError(f"timeout must be a positive number of seconds, got {timeout!r}.")
     if memory_mb < _MIN_MEMORY_MB:
         raise GenforgeError(f"memory_mb must be at least {_MIN_MEMORY_MB}, got {memory_mb}.")
+    result, applied = _run(code, timeout, memory_mb)
+    _warn_once_of_missing(applied)
+    return result
+
+
+def protections() -> dict[str, bool]:
+    """Which layers of the sandbox hold here: {name: bool} for each of PROTECTIONS. The audit
+    hook always; the kernel's as stage one of a sandboxed run reports them (one run, the first
+    time this is called in a process)."""
+    with _LOCK:
+        if not _PROTECTIONS:
+            _, applied = _run("pass", 30.0, 256)
+            _PROTECTIONS.update({name: name in applied for name in PROTECTIONS})
+            _PROTECTIONS["audit_hook"] = True
+        return dict(_PROTECTIONS)
+
+
+def _warn_once_of_missing(applied: frozenset[str]) -> None:
+    """Log, once per process for each, the kernel's protections that this run did not get."""
+    import logging  # see run_python
+
+    with _LOCK:
+        missing = [name for name in PROTECTIONS[1:] if name not in applied | _WARNED]
+        _WARNED.update(missing)
+    if missing:
+        logging.getLogger(__name__).warning(
+            "The code sandbox runs without %s on this machine; the audit hook and the other "
+            "layers still apply (see 'The sandbox' in docs/evals.md).",
+            ", ".join(missing),
+        )
+
+
+def _run(code: str, timeout: float, memory_mb: int) -> tuple[SandboxResult, frozenset[str]]:
+    """run_python's work; also returns the protections that stage one applied."""
+    import secrets  # see run_python
+    import tempfile
+
     # The proof that the program ran to its end: a nonce in a file that only the guard's last
     # step may read, once the program's last line has run, and copy into `report`.
     nonce = secrets.token_hex(16).encode()
@@ -125,7 +174,8 @@ def run_python(code: str, *, timeout: float = 10.0, memory_mb: int = 1024) -> Sa
             )
             stdout, stderr = _head(out), _tail(err)
             report.seek(0)
-            completed = report.read(len(nonce) + 1) == nonce
+            applied, _, reported = report.read(4096).partition(b"\n")  # stage one's line first
+            completed = reported == nonce
         if ending is None and _folder_over(workdir, memory_mb * 2**20):  # exact: all have ended
             ending = "folder"
     finally:
@@ -143,7 +193,8 @@ def run_python(code: str, *, timeout: float = 10.0, memory_mb: int = 1024) -> Sa
         status = "failed"
         stderr += "sandbox: the program ended before its last line ran\n"
     returncode = None if ending == "timeout" else returncode
-    return SandboxResult(status, returncode, stdout, stderr, seconds)
+    layers = frozenset(applied.decode("ascii", "replace").split())
+    return SandboxResult(status, returncode, stdout, stderr, seconds), layers
 
 
 def _execute(
@@ -380,7 +431,8 @@ def _isolate_then_run(
     """Stage one: limits and kernel isolation (inherited across exec), then stage two."""
     _limit_resources(memory_mb, cpu_seconds)
     roots = _python_roots()
-    _isolate(workdir, roots, (nonce_path,))
+    applied = _isolate(workdir, roots, (nonce_path,))
+    os.write(int(report_fd), (" ".join(applied) + "\n").encode())  # before the program runs
     # A fresh interpreter, because ctypes, which _isolate needed, would let the program
     # write anywhere in its own memory, the audit hook included.
     args = [sys.executable, *_PYTHON_FLAGS, _GUARD_SCRIPT, workdir, nonce_path, report_fd, *roots]
@@ -433,7 +485,7 @@ def _python_roots() -> tuple[str, ...]:
 
 
 def _isolate(workdir: str, roots: tuple[str, ...], readable: tuple[str, ...] = ()) -> list[str]:
-    """Apply what the kernel allows of layer 3; returns the names of the steps that took.
+    """Apply what the kernel allows of layer 3; returns the PROTECTIONS that took.
     `readable`: files outside `roots` that stage two may read."""
     import ctypes  # only here: stage two, where the program runs, must never load it
 
@@ -442,16 +494,18 @@ def _isolate(workdir: str, roots: tuple[str, ...], readable: tuple[str, ...] = (
         libc = ctypes.CDLL(None, use_errno=True)
         libc.syscall.restype = ctypes.c_long
         if _unshare_network(libc):
-            applied.append("network namespace")
+            applied.append("network_namespace")
         if libc.prctl(_PR_SET_NO_NEW_PRIVS, *[ctypes.c_ulong(x) for x in (1, 0, 0, 0)]) == 0:
             applied.append("no_new_privs")
             if _seccomp(ctypes, libc):
                 applied.append("seccomp")
             abi = _landlock(ctypes, libc, workdir, roots, readable)
             if abi:
-                applied.append(f"landlock abi {abi}")
+                applied.append("landlock")
+                applied += ["landlock_network"] if abi >= 4 else []
+                applied += ["landlock_signals"] if abi >= 6 else []
         if _drop_capabilities(ctypes, libc):
-            applied.append("no capabilities")
+            applied.append("no_capabilities")
     except (OSError, AttributeError):
         pass  # no such libc functions here: the audit hook still applies
     return applied

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dis
+import json
+import logging
 import os
-import re
 import socket
 import stat
 import subprocess
@@ -326,32 +327,48 @@ def test_bad_arguments_raise_a_genforge_error(kwargs):
 
 
 PROBE = """
-import importlib.util, os, socket, sys
+import ctypes, importlib.util, json, os, socket, sys
 
 spec = importlib.util.spec_from_file_location("sandbox_under_test", {module!r})
 sandbox = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(sandbox)
-print("applied:", "; ".join(sandbox._isolate(os.getcwd(), sandbox._python_roots())))
-for name, action in [
-    ("inside", lambda: open("inside.txt", "w").close()),
-    ("read", lambda: open({secret!r}).read()),
-    ("write", lambda: open({marker!r}, "w").close()),
-    ("connect", lambda: socket.create_connection(("127.0.0.1", {port}), timeout=1)),
-    ("signal", lambda: os.kill(os.getppid(), 0)),
-    ("chown", lambda: os.chown("inside.txt", 1, 1)),
-]:
+applied = sandbox._isolate(os.getcwd(), sandbox._python_roots())
+libc = ctypes.CDLL(None)
+
+
+def refused(action):
     try:
         action()
-        print(name, "allowed")
+        return False
     except OSError:
-        print(name, "refused")
+        return True
+
+
+seen = {{
+    "applied": applied,
+    "inside": not refused(lambda: open("inside.txt", "w").close()),
+    "read": refused(lambda: open({secret!r}).read()),
+    "write": refused(lambda: open({marker!r}, "w").close()),
+    "connect": refused(lambda: socket.create_connection(("127.0.0.1", {port}), timeout=1)),
+    "signal": refused(lambda: os.kill(os.getppid(), 0)),
+    "memfd": refused(lambda: os.memfd_create("m")),
+    "chown": refused(lambda: os.chown("inside.txt", 1, 1)),
+    "no_new_privs": libc.prctl(39, 0, 0, 0, 0) == 1,  # PR_GET_NO_NEW_PRIVS
+    "can_chown": libc.prctl(23, 0, 0, 0, 0) == 1,  # PR_CAPBSET_READ, CAP_CHOWN
+}}
+print(json.dumps(seen))
 """
 
 
-def test_kernel_layers_hold_without_the_audit_hook(outside, tmp_path):
-    """Layer 3 alone, in a child that has no guard: what the kernel enforces where it can."""
-    workdir, marker = tmp_path / "work", outside / "marker"
+@pytest.fixture(scope="module")
+def kernel_probe(tmp_path_factory):
+    """What a child that applied layer 3 alone, with no guard, was refused."""
+    tmp_path = tmp_path_factory.mktemp("probe")
+    outside, workdir = tmp_path / "outside", tmp_path / "work"
+    outside.mkdir()
     workdir.mkdir()
+    (outside / "secret-name-93a1.txt").write_text(SECRET)
+    marker = outside / "marker"
     with socket.create_server(("127.0.0.1", 0)) as server:
         probe = PROBE.format(
             module=sandbox.__file__,
@@ -363,25 +380,62 @@ def test_kernel_layers_hold_without_the_audit_hook(outside, tmp_path):
             [sys.executable, "-I", "-c", probe], cwd=workdir, capture_output=True, text=True
         )
         server.settimeout(0.2)
-        lines = dict(line.split(None, 1) for line in done.stdout.splitlines())
-        applied = lines.get("applied:", "")
-        if "network namespace" in applied or "landlock" in applied:
-            with pytest.raises(TimeoutError):
-                server.accept()
+        try:
+            server.accept()
+            connected = True
+        except TimeoutError:
+            connected = False
     assert done.returncode == 0, done.stderr
-    assert lines["inside"] == "allowed"
-    if not applied:
-        pytest.skip("this kernel refuses every isolation step; the audit hook stands alone")
-    if "landlock" in applied:
-        assert (lines["read"], lines["write"], lines["connect"]) == ("refused",) * 3
-        assert not marker.exists() and SECRET not in done.stdout
-    if "network namespace" in applied:
-        assert lines["connect"] == "refused"
-    abi = re.search(r"landlock abi (\d+)", applied)
-    if abi and int(abi.group(1)) >= 6:  # signals scoped to the domain
-        assert lines["signal"] == "refused"
-    if "no capabilities" in applied and os.getuid() == 0:
-        assert lines["chown"] == "refused"
+    seen = json.loads(done.stdout)
+    assert seen["inside"]  # the sandbox folder stays writable
+    return {**seen, "connected": connected, "marker": marker.exists(), "stdout": done.stdout}
+
+
+def test_protections_names_each_layer_and_the_audit_hook_always_holds():
+    found = sandbox.protections()
+    assert list(found) == list(sandbox.PROTECTIONS)
+    assert all(isinstance(value, bool) for value in found.values())
+    assert found["audit_hook"] is True  # asserted in action by every "blocked" test above
+
+
+# Each kernel protection, and what the probe must then have been refused.
+KERNEL_CHECKS = {
+    "network_namespace": lambda seen: seen["connect"] and not seen["connected"],
+    "no_new_privs": lambda seen: seen["no_new_privs"],
+    "seccomp": lambda seen: seen["memfd"],
+    "landlock": lambda seen: seen["read"] and seen["write"] and not seen["marker"],
+    "landlock_network": lambda seen: seen["connect"] and not seen["connected"],
+    "landlock_signals": lambda seen: seen["signal"],
+    "no_capabilities": lambda seen: not seen["can_chown"] and (os.getuid() != 0 or seen["chown"]),
+}
+
+
+def test_every_kernel_protection_has_a_check():
+    assert set(KERNEL_CHECKS) == set(sandbox.PROTECTIONS) - {"audit_hook"}
+
+
+@pytest.mark.parametrize("name", list(KERNEL_CHECKS))
+def test_each_kernel_protection_given_here_holds_without_the_audit_hook(name, kernel_probe):
+    """Layer 3 alone, in a child that has no guard: each protection this kernel gives (as
+    protections() reports it) is applied and refuses what it must."""
+    if not sandbox.protections()[name]:
+        pytest.skip(f"this kernel does not give {name} (see PROTECTIONS in sandbox.py)")
+    assert name in kernel_probe["applied"]
+    assert KERNEL_CHECKS[name](kernel_probe), kernel_probe
+    assert SECRET not in kernel_probe["stdout"]
+
+
+def test_a_missing_protection_is_logged_once(monkeypatch, caplog):
+    monkeypatch.setattr(sandbox, "_WARNED", set())
+    every = frozenset(sandbox.PROTECTIONS)
+    with caplog.at_level(logging.WARNING, logger=sandbox.__name__):
+        for _ in range(3):
+            sandbox._warn_once_of_missing(every - {"landlock", "seccomp"})
+        sandbox._warn_once_of_missing(every)
+    assert [r.getMessage() for r in caplog.records] == [
+        "The code sandbox runs without seccomp, landlock on this machine; the audit hook and the "
+        "other layers still apply (see 'The sandbox' in docs/evals.md)."
+    ]
 
 
 @pytest.mark.parametrize(
