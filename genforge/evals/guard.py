@@ -3,7 +3,8 @@
 It runs inside the child that `genforge/evals/sandbox.py` starts: stage one there sets the limits
 and the kernel isolation, then execs this file as a script, in a fresh interpreter that has never
 loaded ctypes. Here the guard (layer 4 in sandbox.py's docstring) is installed as an audit hook
-(PEP 578) before the program is compiled, and cannot be removed.
+(PEP 578) before the program is compiled, and cannot be removed. When the program's code has
+returned, and only then, the guard's last step hands the parent's nonce back (_report_completion).
 
 The hook runs inside the program's interpreter, so it trusts nothing the program can rebind: the
 functions, builtins and tables it uses are bound as default arguments when it is defined, it calls
