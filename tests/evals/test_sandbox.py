@@ -470,6 +470,12 @@ def test_a_folder_grown_past_the_limit_is_memory():
     assert "folder grew past 128 MB" in result.stderr
 
 
+def test_a_file_past_the_size_limit_cannot_be_written():
+    result = run_python("open('big', 'wb').write(b'x' * 32 * 2**20)", memory_mb=256)
+    assert result.status == "failed", result.stderr
+    assert "OSError: [Errno 27] File too large" in result.stderr  # Python ignores SIGXFSZ
+
+
 def test_a_sparse_file_counts_what_it_holds():
     result = run(
         """
