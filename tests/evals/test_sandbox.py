@@ -219,15 +219,17 @@ def test_the_guard_s_functions_cannot_be_replaced():
 
 def test_the_guard_reads_no_name_the_program_could_rebind():
     hook = guard._make_guard("/sandbox", ("/usr",), (), "/sandbox/program.py")
-    functions, pending = [], [hook]
-    while pending:  # the hook and every function of ours bound in its defaults, transitively
+    # The hook, the step that hands back the nonce, and every function of ours bound in their
+    # defaults, transitively.
+    functions, pending = [], [hook, guard._report_completion]
+    while pending:
         function = pending.pop()
         if function.__code__.co_filename == guard.__file__ and function not in functions:
             functions.append(function)
             pending += [d for d in function.__defaults__ or () if isinstance(d, types.FunctionType)]
-    assert {"guard", "_open_refusal", "_resolve", "_as_path", "_refuse"} <= {
-        f.__name__ for f in functions
-    }
+    names = {f.__name__ for f in functions}
+    assert {"guard", "_open_refusal", "_resolve", "_as_path", "_refuse"} <= names
+    assert {"_completion_refusal", "_report_completion"} <= names
     for function in functions:
         codes = [function.__code__]
         while codes:
