@@ -12,7 +12,7 @@ each layer holds where an inner one is bypassed or not available:
 2. Resource limits: address space, CPU seconds, file size (which also bounds the output), no core
    files and, for ordinary users, the number of processes (the kernel does not count root's).
    The parent measures the sandbox folder every 0.1 s and once more after the end: past
-   `memory_mb` of allocated blocks or _FOLDER_ENTRIES entries the program is killed and the run
+   `memory_mb` of allocated blocks or 10,000 entries the program is killed and the run
    is "memory" (the folder may be on tmpfs, which is memory that RLIMIT_AS does not count).
 3. Kernel isolation, each step skipped where the kernel refuses it: a network namespace
    of its own (no interfaces but a loopback that is down; a user namespace too for ordinary
@@ -36,7 +36,8 @@ it (the audit hook checks the calling frames) and copy it to a file descriptor t
 The program may write there too, but cannot know the nonce; trace functions, which could jump over
 lines, are refused.
 
-Layer 4, the guard, is genforge/evals/guard.py. The child's two stages are scripts, this file and
+Layer 4, the guard, is genforge/evals/guard.py; measuring and removing the folder is
+genforge/evals/workdir.py. The child's two stages are scripts, this file and
 then that one, so that their code stays ordinary, linted Python.
 
 Not enforced: disk use between two measures of the folder; and an audit hook is no sandbox on
@@ -48,7 +49,6 @@ Layer 3 is what holds then, so run where the kernel allows it (Landlock: Linux 5
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import math
 import os
@@ -75,7 +75,6 @@ PROTECTIONS = (
 )
 _OUTPUT_LIMIT = 4096  # bytes kept of stdout (its head) and of stderr (its tail)
 _FILE_LIMIT = 16 * 2**20  # the largest file the program may write, its output included
-_FOLDER_ENTRIES = 10_000  # files and folders the program may keep in its folder
 _FOLDER_CHECK_SECONDS = 0.1  # how often the parent measures the folder while the program runs
 _MIN_MEMORY_MB = 64  # the interpreter alone maps about 20 MB before the program starts
 # -S: no site module, so no .pth file runs (stage two puts site-packages on sys.path itself);
@@ -154,6 +153,8 @@ def _run(code: str, timeout: float, memory_mb: int) -> tuple[SandboxResult, froz
     import secrets  # see run_python
     import tempfile
 
+    from genforge.evals.workdir import MAX_ENTRIES, folder_over, remove_folder
+
     # The proof that the program ran to its end: a nonce in a file that only the guard's last
     # step may read, once the program's last line has run, and copy into `report`.
     nonce = secrets.token_hex(16).encode()
@@ -176,16 +177,16 @@ def _run(code: str, timeout: float, memory_mb: int) -> tuple[SandboxResult, froz
             report.seek(0)
             applied, _, reported = report.read(4096).partition(b"\n")  # stage one's line first
             completed = reported == nonce
-        if ending is None and _folder_over(workdir, memory_mb * 2**20):  # exact: all have ended
+        if ending is None and folder_over(workdir, memory_mb * 2**20):  # exact: all have ended
             ending = "folder"
     finally:
-        _remove_tree(workdir)
+        remove_folder(workdir)
         with contextlib.suppress(OSError):
             os.unlink(nonce_path)
     if ending == "folder":
         status = "memory"
         stderr += (
-            f"sandbox: the program's folder grew past {memory_mb} MB or {_FOLDER_ENTRIES} entries\n"
+            f"sandbox: the program's folder grew past {memory_mb} MB or {MAX_ENTRIES} entries\n"
         )
     else:
         status = _status(returncode, ending == "timeout")
@@ -244,6 +245,8 @@ def _child_environment(workdir: str) -> dict[str, str]:
 def _wait_for_exit(pid: int, timeout: float, workdir: str, folder_limit: int) -> str | None:
     """Wait for the child to end, without reaping it. None when it did; "timeout" when the
     timeout ran out first, "folder" when its folder outgrew the limit (checked every 0.1 s)."""
+    from genforge.evals.workdir import folder_over  # see run_python
+
     start = time.monotonic()
     deadline, next_check = start + timeout, start + _FOLDER_CHECK_SECONDS
     delay = 0.001
@@ -252,58 +255,12 @@ def _wait_for_exit(pid: int, timeout: float, workdir: str, folder_limit: int) ->
         if now >= deadline:
             return "timeout"
         if now >= next_check:
-            if _folder_over(workdir, folder_limit):
+            if folder_over(workdir, folder_limit):
                 return "folder"
             next_check = time.monotonic() + _FOLDER_CHECK_SECONDS
         time.sleep(min(delay, deadline - now))
         delay = min(2 * delay, 0.02)
     return None
-
-
-def _folder_over(path: str, limit: int) -> bool:
-    """Whether the folder holds more than `limit` bytes (allocated, so a sparse file counts what
-    it holds) or _FOLDER_ENTRIES entries. A walk by descriptors, one open at a time, so that no
-    depth of nesting or length of path stops it; a folder it cannot open counts as too big."""
-    total, entries = 0, 0
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False  # not there: nothing held
-    try:
-        pending: list[list[str] | None] = [None]  # per level: sub-folders to visit, None: unlisted
-        while pending:
-            if pending[-1] is None:
-                pending[-1] = []
-                with os.scandir(fd) as listing:
-                    for entry in listing:
-                        entries += 1
-                        try:
-                            info = entry.stat(follow_symlinks=False)
-                        except FileNotFoundError:
-                            continue  # removed meanwhile by the running program
-                        total += info.st_blocks * 512
-                        if stat.S_ISDIR(info.st_mode):
-                            pending[-1].append(entry.name)
-                if total > limit or entries > _FOLDER_ENTRIES:
-                    return True
-            elif pending[-1]:
-                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-                try:
-                    fd = _replace_fd(fd, os.open(pending[-1].pop(), flags, dir_fd=fd))
-                except OSError as error:
-                    if error.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                        continue  # removed or replaced meanwhile
-                    raise
-                pending.append(None)
-            else:
-                pending.pop()
-                if pending:
-                    fd = _replace_fd(fd, os.open("..", os.O_RDONLY | os.O_CLOEXEC, dir_fd=fd))
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
 
 
 def _status(returncode: int, timed_out: bool) -> str:
@@ -321,11 +278,6 @@ def _status(returncode: int, timed_out: bool) -> str:
     return "failed"
 
 
-def _replace_fd(old: int, new: int) -> int:
-    os.close(old)
-    return new
-
-
 def _head(f: io.BufferedRandom) -> str:
     size = f.seek(0, os.SEEK_END)
     f.seek(0)
@@ -338,68 +290,6 @@ def _tail(f: io.BufferedRandom) -> str:
     f.seek(max(0, size - _OUTPUT_LIMIT))
     text = f.read().decode("utf-8", "replace")
     return text if size <= _OUTPUT_LIMIT else f"[{size - _OUTPUT_LIMIT} bytes cut ...]\n{text}"
-
-
-def _remove_tree(path: str) -> None:
-    """Remove the sandbox folder, whatever the program left there; never raises (a folder that
-    stays is logged), so that one program cannot end a whole evaluation."""
-    import logging  # see run_python
-
-    try:
-        _flatten_and_remove(path)
-    except OSError as error:
-        logging.getLogger(__name__).warning("could not remove the sandbox folder: %s", error)
-
-
-def _flatten_and_remove(path: str) -> None:
-    """Remove files, and move the folders found in each folder up to the top one, until the top
-    folder is empty: no recursion and no long path, at any depth of nesting; permissions the
-    program took from its folders are given back first."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        top = os.open(path, flags)
-    except FileNotFoundError:
-        return
-    moved = 0  # names for the folders moved up
-    try:
-        os.fchmod(top, 0o700)
-        while entries := _list(top):
-            for name, is_dir in entries:
-                if not is_dir:
-                    os.unlink(name, dir_fd=top)
-                    continue
-                os.chmod(name, 0o700, dir_fd=top)  # a folder, not a link (nothing runs there now)
-                folder = os.open(name, flags, dir_fd=top)
-                try:
-                    for child, child_is_dir in _list(folder):
-                        if child_is_dir:
-                            os.chmod(child, 0o700, dir_fd=folder)  # rename rewrites its ".."
-                            moved = _move_up(folder, child, top, moved)
-                        else:
-                            os.unlink(child, dir_fd=folder)
-                finally:
-                    os.close(folder)
-                os.rmdir(name, dir_fd=top)
-    finally:
-        os.close(top)
-    os.rmdir(path)
-
-
-def _list(folder: int) -> list[tuple[str, bool]]:
-    with os.scandir(folder) as listing:
-        return [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in listing]
-
-
-def _move_up(folder: int, name: str, top: int, moved: int) -> int:
-    """Move folder/name to the top folder under a new name; returns the names used so far."""
-    while True:
-        moved += 1
-        try:
-            os.rename(name, f".removing-{moved}", src_dir_fd=folder, dst_dir_fd=top)
-            return moved
-        except OSError as error:  # the name is taken by a non-empty folder or by a file
-            if error.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
-                raise
 
 
 # --- Stage one of the child: limits and kernel isolation, then exec stage two ----------------
