@@ -14,36 +14,37 @@ each layer holds where an inner one is bypassed or not available:
    The parent measures the sandbox folder every 0.1 s and once more after the end: past
    `memory_mb` of allocated blocks or 10,000 entries the program is killed and the run
    is "memory" (the folder may be on tmpfs, which is memory that RLIMIT_AS does not count).
-3. Kernel isolation, each step skipped where the kernel refuses it: a network namespace
-   of its own (no interfaces but a loopback that is down; a user namespace too for ordinary
-   users), no_new_privs, a seccomp filter (no memfd_create or memfd_secret: memory that RLIMIT_AS
-   does not count), a Landlock domain (read only the Python installation and the system
-   libraries, write only the sandbox, no TCP, no signals out of the domain) and no capabilities.
-   This takes ctypes, which would let the program get around the audit hook, so it is done in a
-   first interpreter that then execs the second one, where the program runs.
+3. Kernel isolation, each step skipped where the kernel refuses it (logged once per process;
+   protections() says which hold): a network namespace of its own (no interfaces but a loopback
+   that is down; a user namespace too for ordinary users), no_new_privs, a seccomp filter (no
+   memfd_create or memfd_secret: memory that RLIMIT_AS does not count), a Landlock domain (read
+   only the Python installation and the system libraries, write only the sandbox, no TCP, no
+   signals out of the domain) and no capabilities. This takes ctypes, which would let the
+   program get around the audit hook, so it is done in a first interpreter that then execs the
+   second one, where the program runs.
 4. An audit hook (PEP 578), always: installed before the program is compiled and impossible to
-   remove, it refuses sockets, processes, ctypes, memfd_create, reading outside the sandbox and
-   the Python installation, changing anything outside the sandbox, and bytecode the compiler did
-   not make.
-   A refusal ends the program at once (exit status 97) with a "sandbox: refused ..." line on
-   stderr, since an exception could be caught and the attempt retried; only a refused import
-   raises (SandboxImportError), because libraries try optional imports and carry on without.
+   remove, it refuses sockets, processes, ctypes, memfd_create, trace functions, reading outside
+   the sandbox and the Python installation, changing anything outside the sandbox, and bytecode
+   the compiler did not make. A refusal ends the program at once (exit status 97) with a
+   "sandbox: refused ..." line on stderr, since an exception could be caught and the attempt
+   retried; only a refused import raises (SandboxImportError), because libraries try optional
+   imports and carry on without.
 
 "passed" cannot be forged by a program that leaves early (os._exit(0), sys.exit(0), a fake marker
 on stdout) and so skips the tests that follow it: the parent writes a random nonce into a file
-outside the sandbox, and only the guard's last step, once the program's code has returned, may read
-it (the audit hook checks the calling frames) and copy it to a file descriptor the parent reads.
-The program may write there too, but cannot know the nonce; trace functions, which could jump over
-lines, are refused.
+outside the sandbox, and only the guard's last step, once the program's code has returned, may
+read it (the audit hook checks the calling frames) and copy it to a file descriptor that the
+parent reads. The program may write there too, but cannot know the nonce; trace functions, which
+could jump over lines, are refused.
 
-Layer 4, the guard, is genforge/evals/guard.py; measuring and removing the folder is
-genforge/evals/workdir.py. The child's two stages are scripts, this file and
-then that one, so that their code stays ordinary, linted Python.
+Layer 4, the guard, is genforge/evals/guard.py; measuring and removing the folder,
+genforge/evals/workdir.py. The child's two stages are scripts, this file and then the guard, so
+that their code stays ordinary, linted Python.
 
 Not enforced: disk use between two measures of the folder; and an audit hook is no sandbox on
-its own (PEP 578 says so): a CPython memory-safety bug, or builtin modules that
-importlib can instantiate a second time (posix.mknod, _signal.pidfd_send_signal), reach past it.
-Layer 3 is what holds then, so run where the kernel allows it (Landlock: Linux 5.13+).
+its own (PEP 578 says so): a CPython memory-safety bug, or builtin modules that importlib can
+instantiate a second time (posix.mknod, posix.memfd_create, _signal.pidfd_send_signal), reach
+past it. Layer 3 is what holds then, so run where the kernel allows it (Landlock: Linux 5.13+).
 """
 
 from __future__ import annotations
