@@ -3,7 +3,8 @@
 It runs inside the child that `genforge/evals/sandbox.py` starts: stage one there sets the limits
 and the kernel isolation, then execs this file as a script, in a fresh interpreter that has never
 loaded ctypes. Here the guard (layer 4 in sandbox.py's docstring) is installed as an audit hook
-(PEP 578) before the program is compiled, and cannot be removed.
+(PEP 578) before the program is compiled, and cannot be removed. When the program's code has
+returned, and only then, the guard's last step hands the parent's nonce back (_report_completion).
 
 The hook runs inside the program's interpreter, so it trusts nothing the program can rebind: the
 functions, builtins and tables it uses are bound as default arguments when it is defined, it calls
@@ -31,9 +32,10 @@ MEMORY_EXIT = 98  # the program raised MemoryError
 # --- Stage two of the child: the guard, then the program -----------------------------------
 
 
-def _run_sandboxed(workdir: str, roots: tuple[str, ...]) -> None:
+def _run_sandboxed(workdir: str, nonce_path: str, report_fd: int, roots: tuple[str, ...]) -> None:
     """Stage two: the kernel's limits are inherited; install the guard and run the program.
-    `roots`, the Python installation, are the paths stage one's Landlock rules let it read."""
+    `roots`, the Python installation, are the paths stage one's Landlock rules let it read;
+    `nonce_path` and `report_fd`: see _report_completion."""
     if "_ctypes" in sys.modules:
         raise RuntimeError("ctypes is loaded before the guard: the program could get around it")
     _disable_unaudited()
@@ -42,8 +44,9 @@ def _run_sandboxed(workdir: str, roots: tuple[str, ...]) -> None:
     sys.path[:] = [path for path in paths if _inside(os.path.realpath(path), roots)]
     program = os.path.join(workdir, "program.py")
     readable = (os.path.realpath(__file__),)  # this file, for tracebacks that pass the guard
-    sys.addaudithook(_make_guard(workdir, roots, readable, program))
-    _run_program(program)
+    completion = (os.path.realpath(nonce_path), sys._getframe())  # see _completion_refusal
+    sys.addaudithook(_make_guard(workdir, roots, readable, program, completion))
+    _run_program(program, (nonce_path, report_fd))
 
 
 def _disable_unaudited() -> None:
@@ -52,7 +55,8 @@ def _disable_unaudited() -> None:
     import posix
 
     _posixsubprocess.fork_exec = _refusing("_posixsubprocess.fork_exec")
-    for name in ("mknod", "mkfifo", "pidfd_open"):
+    # memfd_create: memory held in a file descriptor, which the address-space limit does not count.
+    for name in ("mknod", "mkfifo", "pidfd_open", "memfd_create"):
         if hasattr(posix, name):
             setattr(posix, name, _refusing(f"os.{name}"))
             setattr(os, name, getattr(posix, name))
@@ -66,8 +70,31 @@ def _refusing(event: str):
     return refuse
 
 
-def _run_program(program: str) -> None:
-    """Compile and run the program as __main__, in a namespace that holds nothing of ours."""
+def _report_completion(
+    nonce_path: str,
+    report_fd: int,
+    *,
+    _open=os.open,
+    _read=os.read,
+    _write=os.write,
+    _close=os.close,
+    _flags=os.O_RDONLY | os.O_CLOEXEC,
+) -> None:
+    """Copy the parent's nonce into the report: proof that the program's last line ran. The
+    guard lets only this call, made by _run_program once the program has returned, open the
+    nonce; the program may write into the report, but cannot know what to write."""
+    fd = _open(nonce_path, _flags)
+    try:
+        nonce = _read(fd, 64)
+    finally:
+        _close(fd)
+    _write(report_fd, nonce)
+
+
+def _run_program(program: str, completion: tuple[str, int], _report=_report_completion) -> None:
+    """Compile and run the program as __main__, in a namespace that holds nothing of ours; when
+    it returns, report its completion. (When it does not, whatever it rebound in this module
+    cannot make this function report: the report is made in the `else` clause only.)"""
     main = types.ModuleType("__main__")
     main.__file__ = program
     main.__builtins__ = builtins
@@ -87,6 +114,12 @@ def _run_program(program: str) -> None:
 
         traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)  # not this frame
         sys.exit(BLOCKED_EXIT if isinstance(exc, SandboxImportError) else 1)
+    else:
+        _report(*completion)  # the function's last line: the guard checks the call comes from it
+
+
+# The line of that call, which the guard requires of the frame that opens the nonce.
+_REPORT_LINE = max(line for _, _, line in _run_program.__code__.co_lines() if line is not None)
 
 
 # --- The guard ----------------------------------------------------------------------------
@@ -98,8 +131,8 @@ def _run_program(program: str) -> None:
 # Refused whatever their arguments.
 _DENIED_EVENTS = frozenset(
     {
-        # Processes (_posixsubprocess.fork_exec, os.mknod, os.mkfifo and os.pidfd_open are raised
-        # by _disable_unaudited's stand-ins).
+        # Processes (_posixsubprocess.fork_exec, os.mknod, os.mkfifo, os.pidfd_open and
+        # os.memfd_create are raised by _disable_unaudited's stand-ins).
         "os.system",
         "os.exec",
         "os.fork",
@@ -116,6 +149,7 @@ _DENIED_EVENTS = frozenset(
         "os.mknod",
         "os.mkfifo",
         "os.pidfd_open",
+        "os.memfd_create",
         # A link could lead the path checks astray; a fixed working directory keeps relative
         # paths checkable.
         "os.link",
@@ -126,6 +160,10 @@ _DENIED_EVENTS = frozenset(
         "gc.get_referrers",
         "gc.get_referents",
         "marshal.load",
+        # A trace function may jump over lines of the program, its tests included.
+        "sys.settrace",
+        "sys.setprofile",
+        "sys.monitoring.register_callback",
         # A subinterpreter would start without the guard.
         "cpython.PyInterpreterState_New",
         "webbrowser.open",
@@ -284,6 +322,28 @@ def _describe(path, real):
     return f"{real!r}: outside the sandbox directory"
 
 
+def _completion_refusal(
+    frame,
+    policy,
+    _report=_report_completion.__code__,
+    _run=_run_program.__code__,
+    _line=_REPORT_LINE,
+):
+    """The nonce may be read only by _report_completion called from the very _run_program call
+    that runs the program (its caller is the frame of _run_sandboxed), at the line after the
+    program returned: no frame of the program's, in any thread, is all three."""
+    caller = frame.f_back
+    if (
+        frame.f_code is _report
+        and caller is not None
+        and caller.f_code is _run
+        and caller.f_back is policy[4][1]
+        and caller.f_lineno == _line
+    ):
+        return None
+    return "the nonce that proves the program ran to its end"
+
+
 def _open_refusal(
     args,
     policy,
@@ -295,13 +355,15 @@ def _open_refusal(
     _resolve=_resolve,
     _inside=_inside,
     _describe=_describe,
+    _completion=_completion_refusal,
+    _getframe=sys._getframe,
     _stat=os.stat,
     _isdir=stat.S_ISDIR,
     _OSError=OSError,
     _write_flags=_OPEN_WRITE_FLAGS,
     _write_letters=frozenset("wax+"),
 ):
-    workdir, roots, readable, _ = policy
+    workdir, roots, readable = policy[0], policy[1], policy[2]
     target, mode, flags = args
     if _issubclass(_type(target), _int):
         return None  # a descriptor: its path was checked when it was opened
@@ -311,6 +373,8 @@ def _open_refusal(
         return _describe(path, real)
     if _inside(real, (workdir,)) or real == "/dev/null":
         return None
+    if policy[4] is not None and real == policy[4][0]:
+        return _completion(_getframe(2), policy)  # 2: past the guard, the frame that opens
     if flags & _write_flags or (_type(mode) is _str and not _write_letters.isdisjoint(mode)):
         return f"{real!r} for writing: only the sandbox directory is writable"
     if not (_inside(real, roots) or real in readable):
@@ -337,7 +401,7 @@ def _path_refusal(
     _inside=_inside,
     _describe=_describe,
 ):
-    workdir, roots, _, _ = policy
+    workdir, roots = policy[0], policy[1]
     if event in _reads:
         if args[0] is None:
             return None  # the working directory
@@ -444,9 +508,17 @@ def _refuse(
     _exit(_status)
 
 
-def _make_guard(workdir: str, roots: tuple[str, ...], readable: tuple[str, ...], program: str):
-    """The audit hook: refuses what the module docstring lists, allows everything else."""
-    policy = (workdir, roots, readable, program)  # strs in tuples: nothing in it can change
+def _make_guard(
+    workdir: str,
+    roots: tuple[str, ...],
+    readable: tuple[str, ...],
+    program: str,
+    completion: tuple[str, types.FrameType] | None = None,
+):
+    """The audit hook: refuses what the module docstring lists, allows everything else.
+    `completion`: the nonce's path and the frame of _run_sandboxed (see _completion_refusal)."""
+    # strs and a frame in tuples: nothing in it can change
+    policy = (workdir, roots, readable, program, completion)
 
     def guard(
         event,
@@ -495,4 +567,4 @@ def _make_guard(workdir: str, roots: tuple[str, ...], readable: tuple[str, ...],
 
 
 if __name__ == "__main__":
-    _run_sandboxed(sys.argv[1], tuple(sys.argv[2:]))
+    _run_sandboxed(sys.argv[1], sys.argv[2], int(sys.argv[3]), tuple(sys.argv[4:]))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dis
+import json
+import logging
 import os
-import re
 import socket
 import stat
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import textwrap
 import types
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -217,15 +219,17 @@ def test_the_guard_s_functions_cannot_be_replaced():
 
 def test_the_guard_reads_no_name_the_program_could_rebind():
     hook = guard._make_guard("/sandbox", ("/usr",), (), "/sandbox/program.py")
-    functions, pending = [], [hook]
-    while pending:  # the hook and every function of ours bound in its defaults, transitively
+    # The hook, the step that hands back the nonce, and every function of ours bound in their
+    # defaults, transitively.
+    functions, pending = [], [hook, guard._report_completion]
+    while pending:
         function = pending.pop()
         if function.__code__.co_filename == guard.__file__ and function not in functions:
             functions.append(function)
             pending += [d for d in function.__defaults__ or () if isinstance(d, types.FunctionType)]
-    assert {"guard", "_open_refusal", "_resolve", "_as_path", "_refuse"} <= {
-        f.__name__ for f in functions
-    }
+    names = {f.__name__ for f in functions}
+    assert {"guard", "_open_refusal", "_resolve", "_as_path", "_refuse"} <= names
+    assert {"_completion_refusal", "_report_completion"} <= names
     for function in functions:
         codes = [function.__code__]
         while codes:
@@ -325,32 +329,48 @@ def test_bad_arguments_raise_a_genforge_error(kwargs):
 
 
 PROBE = """
-import importlib.util, os, socket, sys
+import ctypes, importlib.util, json, os, socket, sys
 
 spec = importlib.util.spec_from_file_location("sandbox_under_test", {module!r})
 sandbox = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(sandbox)
-print("applied:", "; ".join(sandbox._isolate(os.getcwd(), sandbox._python_roots())))
-for name, action in [
-    ("inside", lambda: open("inside.txt", "w").close()),
-    ("read", lambda: open({secret!r}).read()),
-    ("write", lambda: open({marker!r}, "w").close()),
-    ("connect", lambda: socket.create_connection(("127.0.0.1", {port}), timeout=1)),
-    ("signal", lambda: os.kill(os.getppid(), 0)),
-    ("chown", lambda: os.chown("inside.txt", 1, 1)),
-]:
+applied = sandbox._isolate(os.getcwd(), sandbox._python_roots())
+libc = ctypes.CDLL(None)
+
+
+def refused(action):
     try:
         action()
-        print(name, "allowed")
+        return False
     except OSError:
-        print(name, "refused")
+        return True
+
+
+seen = {{
+    "applied": applied,
+    "inside": not refused(lambda: open("inside.txt", "w").close()),
+    "read": refused(lambda: open({secret!r}).read()),
+    "write": refused(lambda: open({marker!r}, "w").close()),
+    "connect": refused(lambda: socket.create_connection(("127.0.0.1", {port}), timeout=1)),
+    "signal": refused(lambda: os.kill(os.getppid(), 0)),
+    "memfd": refused(lambda: os.memfd_create("m")),
+    "chown": refused(lambda: os.chown("inside.txt", 1, 1)),
+    "no_new_privs": libc.prctl(39, 0, 0, 0, 0) == 1,  # PR_GET_NO_NEW_PRIVS
+    "can_chown": libc.prctl(23, 0, 0, 0, 0) == 1,  # PR_CAPBSET_READ, CAP_CHOWN
+}}
+print(json.dumps(seen))
 """
 
 
-def test_kernel_layers_hold_without_the_audit_hook(outside, tmp_path):
-    """Layer 3 alone, in a child that has no guard: what the kernel enforces where it can."""
-    workdir, marker = tmp_path / "work", outside / "marker"
+@pytest.fixture(scope="module")
+def kernel_probe(tmp_path_factory):
+    """What a child that applied layer 3 alone, with no guard, was refused."""
+    tmp_path = tmp_path_factory.mktemp("probe")
+    outside, workdir = tmp_path / "outside", tmp_path / "work"
+    outside.mkdir()
     workdir.mkdir()
+    (outside / "secret-name-93a1.txt").write_text(SECRET)
+    marker = outside / "marker"
     with socket.create_server(("127.0.0.1", 0)) as server:
         probe = PROBE.format(
             module=sandbox.__file__,
@@ -362,22 +382,184 @@ def test_kernel_layers_hold_without_the_audit_hook(outside, tmp_path):
             [sys.executable, "-I", "-c", probe], cwd=workdir, capture_output=True, text=True
         )
         server.settimeout(0.2)
-        lines = dict(line.split(None, 1) for line in done.stdout.splitlines())
-        applied = lines.get("applied:", "")
-        if "network namespace" in applied or "landlock" in applied:
-            with pytest.raises(TimeoutError):
-                server.accept()
+        try:
+            server.accept()
+            connected = True
+        except TimeoutError:
+            connected = False
     assert done.returncode == 0, done.stderr
-    assert lines["inside"] == "allowed"
-    if not applied:
-        pytest.skip("this kernel refuses every isolation step; the audit hook stands alone")
-    if "landlock" in applied:
-        assert (lines["read"], lines["write"], lines["connect"]) == ("refused",) * 3
-        assert not marker.exists() and SECRET not in done.stdout
-    if "network namespace" in applied:
-        assert lines["connect"] == "refused"
-    abi = re.search(r"landlock abi (\d+)", applied)
-    if abi and int(abi.group(1)) >= 6:  # signals scoped to the domain
-        assert lines["signal"] == "refused"
-    if "no capabilities" in applied and os.getuid() == 0:
-        assert lines["chown"] == "refused"
+    seen = json.loads(done.stdout)
+    assert seen["inside"]  # the sandbox folder stays writable
+    return {**seen, "connected": connected, "marker": marker.exists(), "stdout": done.stdout}
+
+
+def test_protections_names_each_layer_and_the_audit_hook_always_holds():
+    found = sandbox.protections()
+    assert list(found) == list(sandbox.PROTECTIONS)
+    assert all(isinstance(value, bool) for value in found.values())
+    assert found["audit_hook"] is True  # asserted in action by every "blocked" test above
+
+
+# Each kernel protection, and what the probe must then have been refused.
+KERNEL_CHECKS = {
+    "network_namespace": lambda seen: seen["connect"] and not seen["connected"],
+    "no_new_privs": lambda seen: seen["no_new_privs"],
+    "seccomp": lambda seen: seen["memfd"],
+    "landlock": lambda seen: seen["read"] and seen["write"] and not seen["marker"],
+    "landlock_network": lambda seen: seen["connect"] and not seen["connected"],
+    "landlock_signals": lambda seen: seen["signal"],
+    "no_capabilities": lambda seen: not seen["can_chown"] and (os.getuid() != 0 or seen["chown"]),
+}
+
+
+def test_every_kernel_protection_has_a_check():
+    assert set(KERNEL_CHECKS) == set(sandbox.PROTECTIONS) - {"audit_hook"}
+
+
+@pytest.mark.parametrize("name", list(KERNEL_CHECKS))
+def test_each_kernel_protection_given_here_holds_without_the_audit_hook(name, kernel_probe):
+    """Layer 3 alone, in a child that has no guard: each protection this kernel gives (as
+    protections() reports it) is applied and refuses what it must."""
+    if not sandbox.protections()[name]:
+        pytest.skip(f"this kernel does not give {name} (see PROTECTIONS in sandbox.py)")
+    assert name in kernel_probe["applied"]
+    assert KERNEL_CHECKS[name](kernel_probe), kernel_probe
+    assert SECRET not in kernel_probe["stdout"]
+
+
+def test_a_missing_protection_is_logged_once(monkeypatch, caplog):
+    monkeypatch.setattr(sandbox, "_WARNED", set())
+    every = frozenset(sandbox.PROTECTIONS)
+    with caplog.at_level(logging.WARNING, logger=sandbox.__name__):
+        for _ in range(3):
+            sandbox._warn_once_of_missing(every - {"landlock", "seccomp"})
+        sandbox._warn_once_of_missing(every)
+    assert [r.getMessage() for r in caplog.records] == [
+        "The code sandbox runs without seccomp, landlock on this machine; the audit hook and the "
+        "other layers still apply (see 'The sandbox' in docs/evals.md)."
+    ]
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        # Memory in a file descriptor: RLIMIT_AS does not count it.
+        "import os\nfds = []\nfor i in range(64):\n    fds.append(os.memfd_create(f'm{i}'))\n"
+        "    os.write(fds[-1], b'x' * 8_000_000)",
+        # The same through the posix module, which the program may reach directly.
+        "import posix\nfd = posix.memfd_create('m')\nfor _ in range(40):\n    posix.write(fd, b'x' * 8_000_000)",
+    ],
+    ids=["os", "posix"],
+)
+def test_memory_held_in_a_memfd_is_blocked(code):
+    result = run_python(code, memory_mb=128)
+    assert result.status == "blocked", result.stderr
+    assert "memfd_create" in result.stderr
+
+
+def test_a_folder_grown_past_the_limit_is_memory():
+    # 192 MB in files of 8 MB each (under the size limit of one file), with 128 MB allowed.
+    result = run(
+        """
+        for i in range(24):
+            with open(f"f{i}", "wb") as f:
+                f.write(b"x" * 8_000_000)
+        print("wrote all")
+    """,
+        memory_mb=128,
+    )
+    assert result.status == "memory", result.stderr
+    assert "folder grew past 128 MB" in result.stderr
+
+
+def test_a_file_past_the_size_limit_cannot_be_written():
+    result = run_python("open('big', 'wb').write(b'x' * 32 * 2**20)", memory_mb=256)
+    assert result.status == "failed", result.stderr
+    assert "OSError: [Errno 27] File too large" in result.stderr  # Python ignores SIGXFSZ
+
+
+def test_a_sparse_file_counts_what_it_holds():
+    result = run(
+        """
+        with open("sparse", "wb") as f:
+            f.truncate(16 * 2**20 - 1)  # 16 MB long, nothing written
+    """,
+        memory_mb=64,
+    )
+    assert result.passed, result.stderr
+
+
+def test_deeply_nested_folders_are_removed_afterwards():
+    # 2,000 levels, each made at the top and moved into the next: deeper than Python's recursion
+    # limit and, at about 12,000 characters, longer than a path may be.
+    result = run("""
+        import os
+
+        print(os.getcwd())
+        os.mkdir("d0")
+        open("d0/file", "w").close()
+        for i in range(1, 2000):
+            os.mkdir(f"d{i}")
+            os.rename(f"d{i - 1}", f"d{i}/d{i - 1}")
+        os.chmod("d1999/d1998", 0o500)
+        os.chmod("d1999", 0)
+    """)
+    workdir = result.stdout.strip()
+    assert result.passed, result.stderr
+    assert os.path.basename(workdir).startswith("genforge-sandbox-")
+    assert not os.path.exists(workdir)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import os\nos._exit(0)",
+        "import sys\nsys.exit(0)",
+        "raise SystemExit",
+        "try:\n    assert solution() == 4\nfinally:\n    raise SystemExit(0)",
+        "import signal\nsignal.raise_signal(signal.SIGTERM)",
+        # A fake report: the marker's look on stdout and stderr, bytes into every descriptor.
+        "import os, sys\nprint('passed')\nprint('sandbox: passed', file=sys.stderr)\n"
+        "for fd in range(256):\n    try:\n        os.write(fd, b'0' * 32)\n    except OSError:\n"
+        "        pass\nos._exit(0)",
+        # What the guard itself calls, rebound before leaving early.
+        "import builtins, os, sys\nbuiltins.exec = builtins.compile = lambda *a, **k: None\n"
+        "os._exit = sys.exit = os.write = lambda *a: None\nraise SystemExit(0)",
+        # The guard's reporting step, called by the program itself.
+        "import os, sys\nrunner = sys._getframe(1)\n"
+        "runner.f_globals['_report_completion'](*runner.f_locals['completion'])\nos._exit(0)",
+        # ... from a thread, where no frame of the program's is its caller.
+        "import os, sys, threading\nrunner = sys._getframe(1)\n"
+        "report = runner.f_globals['_report_completion']\n"
+        "thread = threading.Thread(target=report, args=runner.f_locals['completion'])\n"
+        "thread.start(); thread.join()\nos._exit(0)",
+        # The guard's runner called again, on an empty program that returns at once.
+        "import os, sys\nrunner = sys._getframe(1)\nopen('empty.py', 'w').close()\n"
+        "runner.f_globals['_run_program']('empty.py', runner.f_locals['completion'])\nos._exit(0)",
+        # A trace function could jump over the tests.
+        "import sys\nsys.settrace(lambda frame, event, arg: None)",
+    ],
+    ids=[
+        "os._exit",
+        "sys.exit",
+        "SystemExit",
+        "SystemExit-in-finally",
+        "own-signal",
+        "fake-marker",
+        "rebound-builtins",
+        "report-called",
+        "report-from-a-thread",
+        "runner-called",
+        "settrace",
+    ],
+)
+def test_a_program_that_ends_before_its_tests_does_not_pass(code):
+    program = f"def solution():\n    return 4\n\n{code}\n\nassert solution() == 5  # the tests\n"
+    result = run_python(program)
+    assert result.status in ("failed", "blocked"), result.stderr
+    assert not result.passed
+
+
+def test_the_report_line_is_the_call_that_reports():
+    source = Path(guard.__file__).read_text().splitlines()[guard._REPORT_LINE - 1]
+    assert source.strip().startswith("_report(*completion)")
