@@ -288,6 +288,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         preloaded=preloaded,
     )
     config = ServeConfig(
+        host=args.host,
+        allowed_hosts=args.allowed_host,
         api_key=api_key,
         max_body_bytes=args.max_body_bytes,
         max_tokens=args.max_tokens,
@@ -546,6 +548,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to bind (default: 127.0.0.1, this machine only)",
     )
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="on a loopback --host, answer requests for this Host name too (repeatable; "
+        "default: localhost, 127.x.x.x and [::1] only)",
+    )
     p.add_argument(
         "--api-key",
         default=None,

@@ -19,7 +19,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from genforge.errors import GenforgeError
 from genforge.serve.errors import APIError, bad_request, error_body
 from genforge.serve.metrics import Metrics
-from genforge.serve.middleware import POST_ROUTES, BearerAuth, BodyLimit, RequestMetrics
+from genforge.serve.middleware import (
+    POST_ROUTES,
+    BearerAuth,
+    BodyLimit,
+    HostCheck,
+    RequestMetrics,
+    is_loopback,
+)
 from genforge.serve.models import Registry
 from genforge.serve.rag import DocumentStores, StoreSpec
 from genforge.serve.routes import embeddings, generation, health, models, rag
@@ -30,6 +37,8 @@ STATIC = Path(__file__).parent / "static"
 
 @dataclass
 class ServeConfig:
+    host: str = "127.0.0.1"  # the address bound; on loopback, only loopback Host names are answered
+    allowed_hosts: list[str] = field(default_factory=list)  # other Host names answered on loopback
     api_key: str | None = None
     max_body_bytes: int = 4 * 1024 * 1024
     max_tokens: int = 4096  # the most tokens one completion may ask for
@@ -62,7 +71,7 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
     if STATIC.is_dir():
         app.mount("/", StaticFiles(directory=STATIC, html=True), name="ui")
 
-    # Outermost last: CORS (if any) -> body limit -> auth -> metrics of every request.
+    # Outermost last: Host check (on loopback) -> CORS (if any) -> body limit -> auth -> metrics.
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     if config.api_key:
         app.add_middleware(BearerAuth, key=config.api_key)
@@ -76,6 +85,8 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
             allow_methods=["*"],
             allow_headers=["*"],
         )
+    if is_loopback(config.host):
+        app.add_middleware(HostCheck, allowed=config.allowed_hosts)
     return app
 
 

@@ -1,12 +1,15 @@
 """What guards every request, as plain ASGI middleware (so streamed responses and client
 disconnects pass through untouched): the request counter for `/metrics`, the bearer-token check
-when an API key is set, and the request-body size limit.
+when an API key is set, the request-body size limit, and the `Host` check of a server bound to
+loopback.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
+import socket
 
 from genforge.serve.errors import error_body
 from genforge.serve.metrics import Metrics
@@ -36,6 +39,77 @@ async def _send_error(send, status: int, message: str, code: str | None = None, 
 
 def _header(scope, name: bytes) -> bytes | None:
     return dict(scope.get("headers") or []).get(name)
+
+
+# -- Host check ----------------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` serves this machine only (127.0.0.0/8, ::1, or a name resolving
+    there only)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def host_name(header: str) -> str:
+    """The name in a `Host` header, lower-cased, without port or IPv6 brackets."""
+    header = header.strip().lower()
+    if header.startswith("["):  # [::1] or [::1]:8000
+        return header[1:].partition("]")[0]
+    if header.count(":") == 1:  # name:port (a bare IPv6 address has several colons)
+        header = header.partition(":")[0]
+    return header.rstrip(".")
+
+
+class HostCheck:
+    """Answers only requests whose `Host` is a loopback name (or one allowed by the user).
+
+    A server bound to loopback is reachable by every web page the machine's browser opens: a page
+    on an attacker's domain whose DNS name is re-pointed to 127.0.0.1 (DNS rebinding) sends its
+    own domain as `Host`, which this refuses, before any route reads a file or runs a model.
+    """
+
+    def __init__(self, app, allowed: list[str] = ()):
+        self.app = app
+        self.allowed = {host_name(a) for a in allowed}
+
+    def allows(self, header: bytes | None) -> bool:
+        if header is None:
+            return False
+        name = host_name(header.decode("latin-1"))
+        if name == "localhost" or name in self.allowed:
+            return True
+        try:
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False
+
+    def _message(self, header: bytes | None) -> str:
+        names = ", ".join(["localhost", "127.0.0.1", "[::1]", *sorted(self.allowed)])
+        if header is None:
+            return f"The request has no Host header; this server answers to {names}."
+        shown = header.decode("latin-1")[:100]
+        return (
+            f"This server answers to {names}, not to the Host {shown!r}; to reach it by that "
+            "name, start it with genforge serve --allowed-host NAME."
+        )
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        header = _header(scope, b"host")
+        if not self.allows(header):
+            return await _send_error(send, 400, self._message(header), "invalid_host")
+        return await self.app(scope, receive, send)
 
 
 # -- API key ---------------------------------------------------------------------------------------

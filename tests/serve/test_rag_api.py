@@ -418,7 +418,8 @@ def test_no_store_means_400_and_an_empty_list():
     from genforge.serve.app import ServeConfig, create_app
     from genforge.serve.models import Registry
 
-    with TestClient(create_app(Registry([], allow_load=False), ServeConfig())) as client:
+    app = create_app(Registry([], allow_load=False), ServeConfig())
+    with TestClient(app, base_url="http://127.0.0.1") as client:  # a Host a loopback server answers
         assert client.get("/v1/rag/stores").json() == {"object": "list", "data": [], "root": None}
         body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "rag": {}}
         err = _error(client.post("/v1/chat/completions", json=body), 400)

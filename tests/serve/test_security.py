@@ -1,0 +1,88 @@
+"""The server's guards against hostile clients and web pages, over real HTTP: the Host check of a
+loopback server (DNS rebinding), caps on the work one request may ask for, and errors in OpenAI's
+shape for hostile values."""
+
+from __future__ import annotations
+
+import httpx
+from conftest import API_KEY, Server
+
+AUTH = {"authorization": f"Bearer {API_KEY}"}
+
+
+def _error(response, status) -> dict:
+    assert response.status_code == status, response.text
+    err = response.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"].endswith(".")
+    return err
+
+
+# -- Host check (DNS rebinding) ------------------------------------------------------------------
+
+
+def test_a_loopback_server_answers_loopback_host_names_only(server):
+    port = server.port
+    for host in (
+        "localhost",
+        f"localhost:{port}",
+        "LocalHost",
+        "127.0.0.1",
+        f"127.0.0.1:{port}",
+        f"127.3.2.1:{port}",
+        "[::1]",
+        f"[::1]:{port}",
+    ):
+        r = httpx.get(f"{server.url}/health", headers={"host": host})
+        assert r.status_code == 200, host
+    # A page on another domain whose DNS name was re-pointed to 127.0.0.1 sends its own name.
+    for host in (
+        "evil.example",
+        f"evil.example:{port}",
+        "localhost.evil.example",
+        "127.0.0.1.evil.example",
+        "[::2]",
+        "",
+    ):
+        for method, path in (("GET", "/health"), ("GET", "/v1/models"), ("GET", "/")):
+            r = httpx.request(method, f"{server.url}{path}", headers={"host": host, **AUTH})
+            err = _error(r, 400)
+            assert err["code"] == "invalid_host" and "--allowed-host" in err["message"], host
+    body = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(
+        f"{server.url}/v1/chat/completions", json=body, headers={"host": "evil.example", **AUTH}
+    )
+    assert _error(r, 400)["code"] == "invalid_host"
+
+
+def test_allowed_host_adds_a_name(server):
+    front = Server("--upstream", server.url, "--allowed-host", "gpu-box.lan")
+    try:
+        for host in ("gpu-box.lan", f"gpu-box.lan:{front.port}", "localhost"):
+            assert httpx.get(f"{front.url}/health", headers={"host": host}).status_code == 200
+        err = _error(httpx.get(f"{front.url}/health", headers={"host": "other.lan"}), 400)
+        assert "gpu-box.lan" in err["message"]
+    finally:
+        front.stop()
+
+
+def test_a_server_bound_to_every_address_answers_any_host():
+    from fastapi.testclient import TestClient
+
+    from genforge.serve.app import ServeConfig, create_app
+    from genforge.serve.models import Registry
+
+    config = ServeConfig(host="0.0.0.0")
+    with TestClient(create_app(Registry([], allow_load=False), config)) as client:
+        assert client.get("/health", headers={"host": "box.example"}).status_code == 200
+    with TestClient(create_app(Registry([], allow_load=False), ServeConfig())) as client:
+        _error(client.get("/health", headers={"host": "box.example"}), 400)
+
+
+def test_host_names_and_loopback_addresses():
+    from genforge.serve.middleware import host_name, is_loopback
+
+    assert host_name("LocalHost:8000") == "localhost"
+    assert host_name("[::1]:8000") == host_name("[::1]") == "::1"
+    assert host_name("example.com.") == "example.com"
+    assert all(map(is_loopback, ("127.0.0.1", "127.0.1.1", "::1", "localhost")))
+    assert not any(map(is_loopback, ("0.0.0.0", "::", "192.0.2.7")))
