@@ -26,7 +26,7 @@ from genforge.generate.sampling import SamplingParams
 from genforge.generate.structured import TOOL_CALL_OPEN, parse_tool_calls
 from genforge.serve.errors import bad_request
 from genforge.serve.runs import Run, deltas, submit
-from genforge.serve.schemas import ChatRequest, CompletionRequest, Sampling
+from genforge.serve.schemas import MAX_ITEMS, ChatRequest, CompletionRequest, Sampling
 
 
 def _id(prefix: str) -> str:
@@ -361,12 +361,7 @@ async def chat(
     async iterator of SSE events. `extra(texts of the choices)` gives fields added to the response
     (to a stream's last chunk)."""
     # Off the event loop: rendering, tokenizing and compiling a grammar can take a while.
-    prompt = await asyncio.to_thread(chat_prompt, llm, body)
-    check_ids(llm, prompt.ids)
-    max_tokens = body.max_completion_tokens or body.max_tokens
-    params = [
-        sampling_params(llm, body, len(prompt.ids), max_tokens, limit, i) for i in range(body.n)
-    ]
+    prompt, params = await asyncio.to_thread(_chat_inputs, llm, body, limit)
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     if body.top_logprobs is not None and not body.logprobs:
         raise bad_request("top_logprobs needs logprobs: true.", param="top_logprobs")
@@ -375,6 +370,15 @@ async def chat(
     return await _respond(
         llm, choices, body, jobs, prompt.grammar, logprobs, runs, len(prompt.ids), extra
     )
+
+
+def _chat_inputs(llm, body: ChatRequest, limit: int) -> tuple[ChatPrompt, list[SamplingParams]]:
+    prompt = chat_prompt(llm, body)
+    check_ids(llm, prompt.ids)
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    n_prompt = len(prompt.ids)
+    params = [sampling_params(llm, body, n_prompt, max_tokens, limit, i) for i in range(body.n)]
+    return prompt, params
 
 
 async def _chat_choice(llm, has_tools: bool, params, logprobs, index, run):
@@ -501,6 +505,12 @@ def _prompts(llm, body: CompletionRequest) -> list[tuple[str, list[int]]]:
         raise bad_request("prompt must not be empty.", param="prompt")
     if all(isinstance(t, int) for t in p):
         p = [p]
+    if len(p) > MAX_ITEMS:
+        raise bad_request(
+            f"prompt holds {len(p)} prompts; this server takes at most {MAX_ITEMS} in one "
+            "request: send the rest in further requests.",
+            param="prompt",
+        )
     out = []
     for item in p:
         if isinstance(item, str):
@@ -522,15 +532,20 @@ async def completions(llm, body: CompletionRequest, limit: int, runs: list[Run])
             "not compute; drop one of them.",
             param="echo",
         )
-    prompts = _prompts(llm, body)
-    jobs = [
-        _Job(ids, sampling_params(llm, body, len(ids), body.max_tokens, limit, i), text)
-        for text, ids in prompts
-        for i in range(body.n)
-    ]
-    n_prompt = sum(len(ids) for _, ids in prompts)
+    # Off the event loop: tokenizing hundreds of prompts, or a long one, takes a while.
+    jobs = await asyncio.to_thread(_completion_jobs, llm, body, limit)
+    n_prompt = sum(len(j.ids) for j in jobs[:: body.n])  # each prompt once
     choices = _CompletionChoices(llm, body)
     return await _respond(llm, choices, body, jobs, None, body.logprobs, runs, n_prompt)
+
+
+def _completion_jobs(llm, body: CompletionRequest, limit: int) -> list[_Job]:
+    """Every choice of every prompt, prompt by prompt."""
+    return [
+        _Job(ids, sampling_params(llm, body, len(ids), body.max_tokens, limit, i), text)
+        for text, ids in _prompts(llm, body)
+        for i in range(body.n)
+    ]
 
 
 async def _completion_choice(llm, text: str, params, body: CompletionRequest, run):

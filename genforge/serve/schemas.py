@@ -7,6 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The most prompts one /v1/completions request, and texts one /v1/embeddings request, may hold:
+# each costs model time, and a request must not be able to hold the server for minutes.
+MAX_ITEMS = 400
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")

@@ -4,8 +4,10 @@ shape for hostile values."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
-from conftest import API_KEY, Server
+from conftest import API_KEY, MODEL, Server, metric
 
 AUTH = {"authorization": f"Bearer {API_KEY}"}
 
@@ -47,7 +49,7 @@ def test_a_loopback_server_answers_loopback_host_names_only(server):
             r = httpx.request(method, f"{server.url}{path}", headers={"host": host, **AUTH})
             err = _error(r, 400)
             assert err["code"] == "invalid_host" and "--allowed-host" in err["message"], host
-    body = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "hi"}]}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
     r = httpx.post(
         f"{server.url}/v1/chat/completions", json=body, headers={"host": "evil.example", **AUTH}
     )
@@ -86,3 +88,50 @@ def test_host_names_and_loopback_addresses():
     assert host_name("example.com.") == "example.com"
     assert all(map(is_loopback, ("127.0.0.1", "127.0.1.1", "::1", "localhost")))
     assert not any(map(is_loopback, ("0.0.0.0", "::", "192.0.2.7")))
+
+
+# -- work per request ------------------------------------------------------------------------------
+
+
+def test_prompt_and_input_lists_are_capped(server):
+    prompts = {"model": MODEL, "prompt": ["x"] * 401, "max_tokens": 1}
+    err = _error(httpx.post(f"{server.url}/v1/completions", json=prompts, headers=AUTH), 400)
+    assert err["param"] == "prompt" and "401" in err["message"] and "400" in err["message"]
+    texts = {"model": "all-minilm-l6-v2", "input": ["x"] * 401}
+    err = _error(httpx.post(f"{server.url}/v1/embeddings", json=texts, headers=AUTH), 400)
+    assert err["param"] == "input" and "401" in err["message"] and "400" in err["message"]
+    # One prompt of token ids is one prompt, however long.
+    ids = {"model": MODEL, "prompt": [1] * 500, "max_tokens": 1}
+    r = httpx.post(f"{server.url}/v1/completions", json=ids, headers=AUTH, timeout=120)
+    assert r.status_code == 200, r.text
+
+
+def test_health_answers_while_a_large_request_runs(server):
+    body = {
+        "model": MODEL,
+        "prompt": [f"Item {i}:" for i in range(400)],  # the most one request may hold
+        "max_tokens": 500,
+        "stream": True,
+        "logit_bias": {"2": -100, "0": -100},  # no end of text: 200,000 tokens to generate
+    }
+    url = f"{server.url}/v1/completions"
+    with httpx.stream("POST", url, json=body, headers=AUTH, timeout=120) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()  # kept: a dropped iterator closes the connection
+        next(lines)
+        health = httpx.get(f"{server.url}/health", timeout=120)
+        assert health.status_code == 200 and health.json()["models"] == [MODEL]
+        assert metric(server, "genforge_requests_in_flight") == 1  # still running
+    assert _wait_idle(server)  # and cancelled when its client left
+
+
+def _wait_idle(server, timeout=60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = metric(server, "genforge_requests_in_flight") + metric(
+            server, "genforge_engine_requests", 'state="running"'
+        )
+        if busy == 0:
+            return True
+        time.sleep(0.2)
+    return False

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 
 from genforge.errors import GenforgeError
 from genforge.serve.errors import bad_request
-from genforge.serve.schemas import EmbeddingRequest
+from genforge.serve.schemas import MAX_ITEMS, EmbeddingRequest
 
 router = APIRouter()
 
@@ -25,6 +25,12 @@ async def create_embeddings(body: EmbeddingRequest, request: Request):
         raise bad_request(
             "input must be a non-empty string or list of strings (token ids are not accepted "
             "for this model).",
+            param="input",
+        )
+    if len(texts) > MAX_ITEMS:
+        raise bad_request(
+            f"input holds {len(texts)} texts; this server embeds at most {MAX_ITEMS} in one "
+            "request: send the rest in further requests.",
             param="input",
         )
     if body.dimensions not in (None, embedder.dimensions):
