@@ -90,12 +90,18 @@ def sampling_params(
             frequency_penalty=body.frequency_penalty,
             repetition_penalty=body.repetition_penalty,
             stop=stop or None,
-            seed=None if body.seed is None else body.seed + choice,
+            seed=None if body.seed is None else _int64(body.seed + choice),
             max_tokens=max_tokens if max_tokens is not None else min(limit, ctx - n_prompt),
             logit_bias=bias or None,
         )
     except GenforgeError as e:
         raise bad_request(str(e)) from None
+
+
+def _int64(n: int) -> int:
+    """`n` wrapped into a 64-bit integer: a generator seeded with it draws as one seeded with `n`
+    (torch keeps seeds modulo 2^64), and no seed + choice overflows."""
+    return (n + 2**63) % 2**64 - 2**63
 
 
 def check_ids(llm, ids: list[int]) -> None:

@@ -135,3 +135,18 @@ def _wait_idle(server, timeout=60) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+# -- hostile values --------------------------------------------------------------------------------
+
+
+def test_seeds_outside_64_bits_are_a_400_naming_seed(server):
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    url = f"{server.url}/v1/chat/completions"
+    for seed in (2**63, 2**64, 10**30, -(2**63) - 1):
+        err = _error(httpx.post(url, json={**chat, "seed": seed}, headers=AUTH), 400)
+        assert err["param"] == "seed", seed
+    for seed in (2**63 - 1, -(2**63)):  # the edges, with choices whose seeds pass them
+        r = httpx.post(url, json={**chat, "seed": seed, "n": 3}, headers=AUTH, timeout=120)
+        assert r.status_code == 200, r.text
+        assert len(r.json()["choices"]) == 3
