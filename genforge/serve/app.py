@@ -71,11 +71,13 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
     if STATIC.is_dir():
         app.mount("/", StaticFiles(directory=STATIC, html=True), name="ui")
 
-    # Outermost last: Host check (on loopback) -> CORS (if any) -> body limit -> auth -> metrics.
+    # Outermost last: Host check (on loopback) -> CORS (if any) -> auth -> body limit -> metrics.
+    # The body limit reads the whole body, so it comes after auth: a client without the key gets
+    # its 401 before any of its body is read.
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     if config.api_key:
         app.add_middleware(BearerAuth, key=config.api_key)
-    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

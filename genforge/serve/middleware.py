@@ -148,6 +148,12 @@ class BearerAuth:
 
 
 class BodyLimit:
+    """Reads the whole body before the app sees it, refusing it (413) once it passes the limit.
+
+    Read here rather than counted as the app reads it: an error raised inside the app's read would
+    be caught by FastAPI's body parsing and answered as a 400.
+    """
+
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
 
@@ -157,21 +163,19 @@ class BodyLimit:
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await _send_error(send, 413, self._message(), "request_too_large")
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
+        chunks, size = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await _send_error(send, 413, self._message(), "request_too_large")
+            if message["type"] != "http.request":  # the client left: let the app see it
+                return await self.app(scope, _replay([message], receive), send)
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await _send_error(send, 413, self._message(), "request_too_large")
+            if not message.get("more_body", False):
+                break
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        return await self.app(scope, _replay([body], receive), send)
 
     def _message(self) -> str:
         return (
@@ -180,8 +184,16 @@ class BodyLimit:
         )
 
 
-class _TooLarge(Exception):
-    pass
+def _replay(messages: list[dict], receive):
+    """A `receive` that gives `messages` first, then the client's own (such as its disconnect)."""
+    pending = list(messages)
+
+    async def replayed():
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replayed
 
 
 # -- request counter -------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ shape for hostile values."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -150,3 +151,28 @@ def test_seeds_outside_64_bits_are_a_400_naming_seed(server):
         r = httpx.post(url, json={**chat, "seed": seed, "n": 3}, headers=AUTH, timeout=120)
         assert r.status_code == 200, r.text
         assert len(r.json()["choices"]) == 3
+
+
+def test_an_over_limit_body_is_a_413_with_or_without_content_length(server):
+    url = f"{server.url}/v1/chat/completions"
+    big = json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": "x" * 70000}]}
+    ).encode()
+
+    def chunked():  # no Content-Length: the body arrives in chunks of unknown total
+        for i in range(0, len(big), 8192):
+            yield big[i : i + 8192]
+
+    for content in (big, chunked()):
+        r = httpx.post(url, content=content, headers={**AUTH, "content-type": "application/json"})
+        assert _error(r, 413)["code"] == "request_too_large"
+    small = json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    )
+    r = httpx.post(
+        url,
+        content=iter([small[:10].encode(), small[10:].encode()]),
+        headers={**AUTH, "content-type": "application/json"},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
