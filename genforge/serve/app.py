@@ -129,8 +129,15 @@ async def _invalid(request: Request, exc: RequestValidationError):
     err = exc.errors()[0]
     loc = [str(p) for p in err.get("loc", ()) if p != "body"]
     param = ".".join(loc) or None
-    if err.get("type") == "json_invalid":
-        message = "The request body is not valid JSON."
+    if err.get("type") == "json_invalid":  # its loc is a position in the text, not a field
+        param, position = None, err.get("loc", ())[-1]
+        reason = (err.get("ctx") or {}).get("error", "malformed")
+        where = f" at character {position}" if isinstance(position, int) else ""
+        message = f"The request body is not valid JSON: {reason}{where}."
+    elif param is None:  # the body as a whole: empty, not an object, or not sent as JSON
+        message = (
+            "The request body must be a JSON object, sent with Content-Type: application/json."
+        )
     elif err.get("type") == "missing":
         message = f"Missing required parameter: {param!r}."
     else:

@@ -176,3 +176,14 @@ def test_an_over_limit_body_is_a_413_with_or_without_content_length(server):
         timeout=120,
     )
     assert r.status_code == 200, r.text
+
+
+def test_invalid_json_names_no_param_and_says_where(server):
+    url = f"{server.url}/v1/chat/completions"
+    as_json = {**AUTH, "content-type": "application/json"}
+    err = _error(httpx.post(url, content=b'{"model": x}', headers=as_json), 400)
+    assert err["param"] is None and "not valid JSON" in err["message"]
+    assert "character 10" in err["message"]
+    for body, headers in ((b"[1]", as_json), (b"", as_json), (b'{"model": "m"}', AUTH)):
+        err = _error(httpx.post(url, content=body, headers=headers), 400)
+        assert err["param"] is None and "must be a JSON object" in err["message"], body
