@@ -36,6 +36,14 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="on a loopback --host, answer requests for this Host name too (repeatable; "
+        "default: localhost, 127.x.x.x and [::1] only)",
+    )
+    p.add_argument(
         "--api-key",
         default=None,
         metavar="KEY",
@@ -150,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
         preloaded=preloaded,
     )
     config = ServeConfig(
+        host=args.host,
+        allowed_hosts=args.allowed_host,
         api_key=api_key,
         max_body_bytes=args.max_body_bytes,
         max_tokens=args.max_tokens,

@@ -3,6 +3,10 @@
 Every choice of a request is its own engine request (they are batched together by the engine);
 choice i of a request with `seed` s samples with seed s + i, so `n` choices differ but the request is
 reproducible. Streams are server-sent events ending with `data: [DONE]`.
+
+Chat and completions differ only in how a request becomes prompts and in how a choice's output
+looks (`_ChatChoices`, `_CompletionChoices`); submitting, collecting and streaming is one path,
+`_respond`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from genforge.errors import GenforgeError
@@ -21,7 +26,7 @@ from genforge.generate.sampling import SamplingParams
 from genforge.generate.structured import TOOL_CALL_OPEN, parse_tool_calls
 from genforge.serve.errors import bad_request
 from genforge.serve.runs import Run, deltas, submit
-from genforge.serve.schemas import ChatRequest, CompletionRequest, Sampling
+from genforge.serve.schemas import MAX_ITEMS, ChatRequest, CompletionRequest, Sampling
 
 
 def _id(prefix: str) -> str:
@@ -85,12 +90,18 @@ def sampling_params(
             frequency_penalty=body.frequency_penalty,
             repetition_penalty=body.repetition_penalty,
             stop=stop or None,
-            seed=None if body.seed is None else body.seed + choice,
+            seed=None if body.seed is None else _int64(body.seed + choice),
             max_tokens=max_tokens if max_tokens is not None else min(limit, ctx - n_prompt),
             logit_bias=bias or None,
         )
     except GenforgeError as e:
         raise bad_request(str(e)) from None
+
+
+def _int64(n: int) -> int:
+    """`n` wrapped into a 64-bit integer: a generator seeded with it draws as one seeded with `n`
+    (torch keeps seeds modulo 2^64), and no seed + choice overflows."""
+    return (n + 2**63) % 2**64 - 2**63
 
 
 def check_ids(llm, ids: list[int]) -> None:
@@ -207,16 +218,139 @@ class _ToolSplitter:
         return text, calls
 
 
-def _usage(runs: list[Run], prompt: int | None = None) -> dict:
-    """Token counts; the prompt is counted once (default: the first run's, as all choices share it)."""
-    if prompt is None:
-        prompt = runs[0].n_prompt if runs else 0
+def _usage(runs: list[Run], prompt: int) -> dict:
     completion = sum(r.n_generated for r in runs)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+
+
+# -- the one path of chat and completions -------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    """One choice to generate."""
+
+    ids: list[int]  # the prompt
+    params: SamplingParams
+    text: str = ""  # the prompt as text (completions echo it)
+
+
+class _ChatChoices:
+    """Chat's side of `_respond`: deltas with tool calls held back, `message` objects."""
+
+    prefix, object, chunk_object = "chatcmpl", "chat.completion", "chat.completion.chunk"
+
+    def __init__(self, llm, tools: bool, logprobs: int | None):
+        self.llm, self.tools, self.logprobs = llm, tools, logprobs
+
+    def stream(self, job: _Job, run: Run, index: int):
+        return _chat_choice(self.llm, self.tools, job.params, self.logprobs, index, run)
+
+    def collect(self, stream):
+        return _collect_chat(stream, self.logprobs is not None)
+
+    def opening(self, index: int) -> list[dict]:
+        return [_chunk_choice(index, {"role": "assistant", "content": ""}, None, None)]
+
+    def chunk(self, index: int, piece: dict, finish: str | None) -> dict:
+        delta = {"content": piece["content"]} if piece["content"] or not finish else {}
+        if "tool_calls" in piece:
+            delta = {"tool_calls": piece["tool_calls"]}
+        lps = {"content": piece["logprobs"]} if self.logprobs is not None else None
+        return _chunk_choice(index, delta, lps, finish)
+
+    @staticmethod
+    def piece_text(piece: dict) -> str:
+        return piece["content"]
+
+    @staticmethod
+    def choice_text(choice: dict) -> str:
+        return choice["message"]["content"] or ""
+
+
+class _CompletionChoices:
+    """Completions' side of `_respond`: text (after the echoed prompt), legacy logprobs."""
+
+    prefix, object, chunk_object = "cmpl", "text_completion", "text_completion"
+
+    def __init__(self, llm, body: CompletionRequest):
+        self.llm, self.body = llm, body
+
+    def stream(self, job: _Job, run: Run, index: int):
+        return _completion_choice(self.llm, job.text, job.params, self.body, run)
+
+    def collect(self, stream):
+        return _collect_completion(stream)
+
+    def opening(self, index: int) -> list[dict]:
+        return []
+
+    def chunk(self, index: int, piece: dict, finish: str | None) -> dict:
+        return {
+            "index": index,
+            "text": piece["text"],
+            "logprobs": piece["logprobs"],
+            "finish_reason": finish,
+        }
+
+    @staticmethod
+    def piece_text(piece: dict) -> str:
+        return piece["text"]
+
+    @staticmethod
+    def choice_text(choice: dict) -> str:
+        return choice["text"]
+
+
+async def _respond(
+    llm,
+    choices: _ChatChoices | _CompletionChoices,
+    body: Sampling,
+    jobs: list[_Job],
+    grammar,
+    logprobs: int | None,
+    runs: list[Run],
+    n_prompt: int,
+    extra: Callable[[list[str]], dict] | None = None,
+) -> Any:
+    """Start the jobs (their runs go into `runs`); the response body, or an async iterator of its
+    SSE events. `n_prompt` is counted once in the usage, however many choices share a prompt."""
+    await submit(llm, [(j.ids, j.params) for j in jobs], grammar, logprobs, runs)
+    head = {"id": _id(choices.prefix), "created": int(time.time()), "model": llm.name}
+    streams = [
+        choices.stream(job, run, i) for i, (job, run) in enumerate(zip(jobs, runs, strict=True))
+    ]
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return _sse(choices, head, streams, runs, n_prompt, include_usage, extra)
+    done = await _gather([choices.collect(s) for s in streams])
+    usage = _usage(runs, n_prompt)
+    response = {**head, "object": choices.object, "choices": done, "usage": usage}
+    if extra is not None:
+        response.update(extra([choices.choice_text(c) for c in done]))
+    return response
+
+
+async def _sse(choices, head, streams, runs, n_prompt: int, include_usage: bool, extra=None):
+    chunk = {**head, "object": choices.chunk_object}
+    usage = {"usage": None} if include_usage else {}
+    for i in range(len(streams)):
+        for opening in choices.opening(i):  # chat: the role first, as OpenAI does
+            yield sse({**chunk, "choices": [opening], **usage})
+    texts = [""] * len(streams)
+    async for i, (piece, finish) in _merge(streams):
+        texts[i] += choices.piece_text(piece)
+        yield sse({**chunk, "choices": [choices.chunk(i, piece, finish)], **usage})
+    tail = extra(texts) if extra is not None else {}
+    if include_usage:
+        yield sse({**chunk, "choices": [], "usage": _usage(runs, n_prompt), **tail})
+    elif tail:
+        yield sse({**chunk, "choices": [], **tail})
+    yield SSE_DONE
 
 
 # -- chat ------------------------------------------------------------------------------------------
@@ -233,34 +367,29 @@ async def chat(
     async iterator of SSE events. `extra(texts of the choices)` gives fields added to the response
     (to a stream's last chunk)."""
     # Off the event loop: rendering, tokenizing and compiling a grammar can take a while.
-    prompt = await asyncio.to_thread(chat_prompt, llm, body)
-    check_ids(llm, prompt.ids)
-    max_tokens = body.max_completion_tokens or body.max_tokens
-    params = [
-        sampling_params(llm, body, len(prompt.ids), max_tokens, limit, i) for i in range(body.n)
-    ]
+    prompt, params = await asyncio.to_thread(_chat_inputs, llm, body, limit)
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     if body.top_logprobs is not None and not body.logprobs:
         raise bad_request("top_logprobs needs logprobs: true.", param="top_logprobs")
-    await submit(llm, [(prompt.ids, p) for p in params], prompt.grammar, logprobs, runs)
-    head = {"id": _id("chatcmpl"), "created": int(time.time()), "model": llm.name}
-    streams = [
-        _chat_choice(llm, prompt, p, logprobs, i, r)
-        for i, (p, r) in enumerate(zip(params, runs, strict=True))
-    ]
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _chat_sse(head, streams, runs, include_usage, logprobs is not None, extra)
-    choices = await _gather([_collect_chat(s, logprobs is not None) for s in streams])
-    response = {**head, "object": "chat.completion", "choices": choices, "usage": _usage(runs)}
-    if extra is not None:
-        response.update(extra([c["message"]["content"] or "" for c in choices]))
-    return response
+    jobs = [_Job(prompt.ids, p) for p in params]
+    choices = _ChatChoices(llm, prompt.tools is not None, logprobs)
+    return await _respond(
+        llm, choices, body, jobs, prompt.grammar, logprobs, runs, len(prompt.ids), extra
+    )
 
 
-async def _chat_choice(llm, prompt: ChatPrompt, params, logprobs, index, run):
+def _chat_inputs(llm, body: ChatRequest, limit: int) -> tuple[ChatPrompt, list[SamplingParams]]:
+    prompt = chat_prompt(llm, body)
+    check_ids(llm, prompt.ids)
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    n_prompt = len(prompt.ids)
+    params = [sampling_params(llm, body, n_prompt, max_tokens, limit, i) for i in range(body.n)]
+    return prompt, params
+
+
+async def _chat_choice(llm, has_tools: bool, params, logprobs, index, run):
     """Chat deltas of one choice: {"content"}, then at the end {"tool_calls"} and the finish reason."""
-    tools = _ToolSplitter(prompt.tools is not None)
+    tools = _ToolSplitter(has_tools)
     async for delta, lps in deltas(llm, run, params, logprobs):
         text = tools.push(delta.text)
         finish = delta.finish_reason
@@ -337,28 +466,6 @@ async def _merge(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int, Any]]
             t.cancel()
 
 
-async def _chat_sse(head, streams, runs, include_usage: bool, with_logprobs: bool, extra=None):
-    chunk = {**head, "object": "chat.completion.chunk"}
-    usage = {"usage": None} if include_usage else {}
-    for i in range(len(streams)):  # the role first, as OpenAI does
-        delta = {"role": "assistant", "content": ""}
-        yield sse({**chunk, "choices": [_chunk_choice(i, delta, None, None)], **usage})
-    texts = [""] * len(streams)
-    async for i, (piece, finish) in _merge(streams):
-        texts[i] += piece["content"]
-        delta = {"content": piece["content"]} if piece["content"] or not finish else {}
-        if "tool_calls" in piece:
-            delta = {"tool_calls": piece["tool_calls"]}
-        lps = {"content": piece["logprobs"]} if with_logprobs else None
-        yield sse({**chunk, "choices": [_chunk_choice(i, delta, lps, finish)], **usage})
-    tail = extra(texts) if extra is not None else {}
-    if include_usage:
-        yield sse({**chunk, "choices": [], "usage": _usage(runs), **tail})
-    elif tail:
-        yield sse({**chunk, "choices": [], **tail})
-    yield SSE_DONE
-
-
 def canned_chat(model: str, text: str, body: ChatRequest, extra: dict) -> Any:
     """A chat answer known without running a model, in the shapes a generated one has (a body,
     or SSE events), with `extra` fields added (to a stream's last chunk)."""
@@ -404,6 +511,12 @@ def _prompts(llm, body: CompletionRequest) -> list[tuple[str, list[int]]]:
         raise bad_request("prompt must not be empty.", param="prompt")
     if all(isinstance(t, int) for t in p):
         p = [p]
+    if len(p) > MAX_ITEMS:
+        raise bad_request(
+            f"prompt holds {len(p)} prompts; this server takes at most {MAX_ITEMS} in one "
+            "request: send the rest in further requests.",
+            param="prompt",
+        )
     out = []
     for item in p:
         if isinstance(item, str):
@@ -425,28 +538,23 @@ async def completions(llm, body: CompletionRequest, limit: int, runs: list[Run])
             "not compute; drop one of them.",
             param="echo",
         )
-    prompts = _prompts(llm, body)
-    jobs = []
-    for text, ids in prompts:
-        for i in range(body.n):
-            jobs.append(
-                (text, ids, sampling_params(llm, body, len(ids), body.max_tokens, limit, i))
-            )
-    await submit(llm, [(ids, p) for _, ids, p in jobs], None, body.logprobs, runs)
-    head = {"id": _id("cmpl"), "created": int(time.time()), "model": llm.name}
-    streams = [
-        _completion_choice(llm, text, ids, p, body, r)
-        for (text, ids, p), r in zip(jobs, runs, strict=True)
+    # Off the event loop: tokenizing hundreds of prompts, or a long one, takes a while.
+    jobs = await asyncio.to_thread(_completion_jobs, llm, body, limit)
+    n_prompt = sum(len(j.ids) for j in jobs[:: body.n])  # each prompt once
+    choices = _CompletionChoices(llm, body)
+    return await _respond(llm, choices, body, jobs, None, body.logprobs, runs, n_prompt)
+
+
+def _completion_jobs(llm, body: CompletionRequest, limit: int) -> list[_Job]:
+    """Every choice of every prompt, prompt by prompt."""
+    return [
+        _Job(ids, sampling_params(llm, body, len(ids), body.max_tokens, limit, i), text)
+        for text, ids in _prompts(llm, body)
+        for i in range(body.n)
     ]
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _completion_sse(head, streams, runs, include_usage, prompts)
-    choices = await _gather([_collect_completion(s) for s in streams])
-    usage = _usage(runs, sum(len(ids) for _, ids in prompts))
-    return {**head, "object": "text_completion", "choices": choices, "usage": usage}
 
 
-async def _completion_choice(llm, text, ids, params, body: CompletionRequest, run):
+async def _completion_choice(llm, text: str, params, body: CompletionRequest, run):
     offset = len(text) if body.echo else 0
     if body.echo:
         yield {"text": text, "logprobs": None}, None
@@ -485,15 +593,3 @@ async def _collect_completion(stream) -> dict:
                 logprobs[k] += v
         finish = reason or finish
     return {"index": 0, "text": "".join(text), "logprobs": logprobs, "finish_reason": finish}
-
-
-async def _completion_sse(head, streams, runs, include_usage: bool, prompts):
-    chunk = {**head, "object": "text_completion"}
-    extra = {"usage": None} if include_usage else {}
-    async for i, (piece, finish) in _merge(streams):
-        choice = {"index": i, "text": piece["text"], "logprobs": piece["logprobs"]}
-        yield sse({**chunk, "choices": [{**choice, "finish_reason": finish}], **extra})
-    if include_usage:
-        usage = _usage(runs, sum(len(ids) for _, ids in prompts))
-        yield sse({**chunk, "choices": [], "usage": usage})
-    yield SSE_DONE

@@ -93,9 +93,10 @@ def _is_url(location: str) -> bool:
 
 
 def public_location(location: str) -> str:
-    """The location without a password, fit to show to clients."""
+    """The location fit to show to clients: a file's name, not where it is on the server; a URL
+    without its password."""
     if not _is_url(location):
-        return location
+        return Path(location).name
     parts = urlsplit(location)
     if parts.password is None:
         return location

@@ -7,6 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The most prompts one /v1/completions request, and texts one /v1/embeddings request, may hold:
+# each costs model time, and a request must not be able to hold the server for minutes.
+MAX_ITEMS = 400
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -41,7 +45,7 @@ class Sampling(_Body):
     top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1, le=16)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)  # a 64-bit integer, as OpenAI's
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None

@@ -152,6 +152,14 @@ def test_index_then_search_finds_the_file_and_its_lines(rag_server, root, indexe
     assert stores["data"][0]["chunks"] == indexed["total_chunks"]
 
 
+def test_stores_list_shows_no_server_path_but_the_root(rag_server, root, indexed):
+    r = httpx.get(f"{rag_server.url}/v1/rag/stores", headers=_auth())
+    assert [s["location"] for s in r.json()["data"]] == ["docs.sqlite", "spare.sqlite"]
+    # The stores sit next to the root, not under it: their folder is nowhere in the answer.
+    assert str(root / "docs.sqlite") not in r.text and f'"{root}"' not in r.text
+    assert r.json()["root"] == str(root / "docs")  # the folder clients index under, as they must
+
+
 def test_reindex_is_unchanged_and_sees_edits(rag_server, root, indexed):
     again = _post(rag_server, "/v1/rag/index", {"paths": [str(root / "docs")]}).json()
     assert (again["unchanged"], again["added"], again["chunks"]) == (3, 0, 0)
@@ -388,6 +396,7 @@ def test_store_specs():
 
     assert StoreSpec.parse("/tmp/notes.sqlite") == StoreSpec("notes", "/tmp/notes.sqlite")
     assert StoreSpec.parse("work=/tmp/a.sqlite").name == "work"
+    assert public_location("/srv/genforge/notes.sqlite") == "notes.sqlite"
     url = "postgresql://me:s3cret@db.example:5433/papers"
     assert StoreSpec.parse(url) == StoreSpec("papers", url)
     assert public_location(url) == "postgresql://me:***@db.example:5433/papers"
@@ -418,7 +427,8 @@ def test_no_store_means_400_and_an_empty_list():
     from genforge.serve.app import ServeConfig, create_app
     from genforge.serve.models import Registry
 
-    with TestClient(create_app(Registry([], allow_load=False), ServeConfig())) as client:
+    app = create_app(Registry([], allow_load=False), ServeConfig())
+    with TestClient(app, base_url="http://127.0.0.1") as client:  # a Host a loopback server answers
         assert client.get("/v1/rag/stores").json() == {"object": "list", "data": [], "root": None}
         body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "rag": {}}
         err = _error(client.post("/v1/chat/completions", json=body), 400)
