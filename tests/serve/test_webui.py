@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ARTIFACTS
-from playwright.sync_api import Page
+from playwright.sync_api import Page, expect
 
 MODEL = "smollm2-135m-instruct"
 API_KEY = "webui-test-key"  # the page must ask for it, keep it, and send it
@@ -294,7 +294,8 @@ def test_markdown_renders_without_letting_html_through(page):
     assert code.startswith('print("<script>window.hacked = 3</script>")')
 
     answer.locator(".copy-code").click()
-    assert answer.locator(".copy-code").text_content() == "Copied"
+    # The label changes once the clipboard's promise resolves: wait for it, do not read at once.
+    expect(answer.locator(".copy-code")).to_have_text("Copied")
     assert page.evaluate("navigator.clipboard.readText()") == code
     page.click(f"{LAST_ANSWER} .copy-message")
     assert page.evaluate("navigator.clipboard.readText()") == TRICKY
