@@ -180,6 +180,19 @@ def test_skipped_files_are_reported_with_a_reason(corpus, tmp_path, embedder):
     assert len(report.added) == 4
 
 
+def test_a_fifo_is_reported_and_never_opened(corpus, tmp_path, embedder, fifo):
+    """Reading a FIFO waits for a writer (forever, if none comes): in a folder or named alone,
+    one is skipped with its reason and the run finishes."""
+    db = tmp_path / "index.sqlite"
+    with fifo(corpus / "garden" / "feed.md") as feed:
+        skipped = [(str(feed.resolve()), "not a regular file (a FIFO)")]
+        report = run_index([corpus], db, embedder)
+        assert report.skipped == skipped and len(report.added) == 4
+        alone = run_index([feed], db, embedder)
+        assert alone.skipped == skipped and not alone.added
+    assert "skipped 1: not a regular file (a FIFO)" in report.summary()
+
+
 def test_bad_paths_and_changed_settings_are_one_sentence_errors(corpus, tmp_path, embedder):
     db = tmp_path / "index.sqlite"
     with pytest.raises(GenforgeError, match="does not exist"):
