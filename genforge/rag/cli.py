@@ -142,7 +142,7 @@ def add_parser(sub, cli) -> None:
 
 
 def _open(args):
-    from genforge.rag.store import open_store
+    from genforge.rag.stores import open_store
 
     return open_store(args.store)
 

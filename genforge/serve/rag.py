@@ -144,7 +144,7 @@ class DocumentStores:
     async def _store(self, entry: _Entry) -> Store:
         async with entry.opening:
             if entry.store is None:
-                from genforge.rag.store import open_store
+                from genforge.rag.stores import open_store
 
                 try:
                     entry.store = await asyncio.to_thread(open_store, entry.spec.location)

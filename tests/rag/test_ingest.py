@@ -19,7 +19,7 @@ from genforge.errors import GenforgeError  # noqa: E402
 from genforge.rag import ingest  # noqa: E402
 from genforge.rag.embed import Embedder, available  # noqa: E402
 from genforge.rag.retrieve import Retriever  # noqa: E402
-from genforge.rag.store import open_store  # noqa: E402
+from genforge.rag.stores import open_store  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not available(), reason="the embedding model is not installed")
 
@@ -240,7 +240,8 @@ def test_a_process_killed_inside_a_write_leaves_the_previous_index(corpus, tmp_p
     script = textwrap.dedent(f"""
         import os, signal
         from genforge.rag import ingest
-        from genforge.rag.store import SQLiteStore, open_store
+        from genforge.rag.store import SQLiteStore
+        from genforge.rag.stores import open_store
         real, calls = SQLiteStore.add_file, []
         def add_file(self, *a, **kw):
             calls.append(1)
