@@ -472,4 +472,5 @@ def test_a_fifo_under_the_root_is_skipped_and_the_store_stays_free(rag_server, r
             assert r.json()["files"] == 1
     finally:
         (pipes / "bread.txt").unlink()
+        _post(rag_server, "/v1/rag/index", {"paths": ["pipes"], "store": "spare"})  # empty again
         pipes.rmdir()
