@@ -58,9 +58,10 @@ serve: $(VENV)/.installed-rag model  ## set up, then serve the OpenAI API and we
 run: model  ## set up, then chat with the default model (stdin lines are user turns when piped)
 	@$(GENFORGE) chat -m $(DEFAULT_MODEL)
 
-lint: $(VENV)/.installed-dev  ## ruff check + ruff format --check
+lint: $(VENV)/.installed-dev  ## ruff check + ruff format --check + the import layers (docs/architecture.md)
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
+	@$(VENV)/bin/lint-imports
 
 format: $(VENV)/.installed-dev  ## apply ruff fixes and formatting
 	@$(VENV)/bin/ruff check --fix .

@@ -164,7 +164,7 @@ def accuracy(predictions: list[int], gold: list[int]) -> float:
 
 
 def section(engines: list[Engine], hf: Engine, gold: list[int], args, load: float) -> list[str]:
-    from genforge.generate.llm import AUTO_DTYPE
+    from genforge.generate.loading import AUTO_DTYPE
 
     base = statistics.median(hf.speeds)
     command = f"python benchmarks/eval_speed.py --items {args.items} --rounds {args.rounds}"

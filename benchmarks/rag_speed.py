@@ -127,7 +127,7 @@ def looked_up(known: dict, texts: list[str], batch_size: int = 64):
 
 def timed_ingest(files: list[Path], path: Path, embedder, chunks: int, texts: int) -> float:
     from genforge.rag.ingest import index
-    from genforge.rag.store import open_store
+    from genforge.rag.stores import open_store
 
     with open_store(path) as store:
         report = index(files, store, embedder=embedder, progress=False)
@@ -203,7 +203,7 @@ def build_index(
     from tqdm import tqdm
 
     from genforge.rag.ingest import index
-    from genforge.rag.store import open_store
+    from genforge.rag.stores import open_store
 
     info_file, db = folder / "build.json", folder / "index.sqlite"
     if rebuild:
@@ -412,7 +412,7 @@ def main() -> None:
     import torch
 
     from genforge.rag.embed import Embedder
-    from genforge.rag.store import open_store
+    from genforge.rag.stores import open_store
 
     if args.threads:
         torch.set_num_threads(args.threads)

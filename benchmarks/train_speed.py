@@ -141,7 +141,7 @@ def random_data_folder(root: Path) -> Path:
     """
     import numpy as np
 
-    from genforge.train import tokenizer as bpe
+    from genforge.tokenizer import bpe
 
     data = root / "data"
     data.mkdir()

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from genforge.errors import GenforgeError
+from genforge.runs import model_folder
 
 log = logging.getLogger(__name__)
 
@@ -258,10 +259,8 @@ def resolve(spec: str, *, auto_pull: bool = True, progress: bool = True) -> Path
     if path.is_file():
         return path
     if path.is_dir():
-        if (path / "checkpoints").is_dir() and not (path / "config.json").is_file():
-            from genforge.train.checkpoint import model_folder  # a training run: its newest
-
-            return model_folder(path)
+        if not (path / "config.json").is_file() and (run := model_folder(path)):
+            return run  # a training run: its newest checkpoint
         if not (path / "config.json").is_file():
             raise GenforgeError(
                 f"{path} is a folder without config.json; a model folder needs config.json, "

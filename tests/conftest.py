@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +135,24 @@ def tiny_model_dir(tmp_path_factory):
         )
     )
     return path
+
+
+@contextmanager
+def _fed_fifo(path: Path) -> Iterator[Path]:
+    os.mkfifo(path)
+    writer = threading.Thread(target=path.write_text, args=("fed through a pipe\n",))
+    writer.start()
+    try:
+        yield path
+    finally:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # lets a writer still waiting finish
+        writer.join()
+        os.close(fd)
+        path.unlink()
+
+
+@pytest.fixture
+def fifo():
+    """`with fifo(path):` a FIFO at `path` (removed after the block) with a writer waiting on it:
+    code that wrongly opens it reads a line, and the test fails on that, instead of hanging."""
+    return _fed_fifo

@@ -139,7 +139,7 @@ def _add_ask_parser(rsub) -> None:
 
 
 def _open(args: argparse.Namespace):
-    from genforge.rag.store import open_store
+    from genforge.rag.stores import open_store
 
     return open_store(args.store)
 

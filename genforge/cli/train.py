@@ -183,8 +183,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_tokenizer_train(args: argparse.Namespace) -> int:
-    from genforge.train import tokenizer as bpe
-    from genforge.train.corpus import ReadStats, no_text_error, read_documents, split
+    from genforge.data.corpus import ReadStats, no_text_error, read_documents, split
+    from genforge.tokenizer import bpe
 
     if not 0 <= args.val_fraction < 0.5:
         raise GenforgeError(f"--val-fraction must be in [0, 0.5), got {args.val_fraction}.")
@@ -225,7 +225,7 @@ def _smollm2_tokenizer():
 
 
 def run_data_prepare(args: argparse.Namespace) -> int:
-    from genforge.train.data import prepare
+    from genforge.data.shards import prepare
 
     m = prepare(args.sources, args.out, args.tokenizer, args.val_fraction)
     print(

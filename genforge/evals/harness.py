@@ -23,10 +23,19 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from genforge.data.corpus import read_documents
 from genforge.errors import GenforgeError
 from genforge.evals import rag
+from genforge.evals.sandbox import run_python
+from genforge.evals.tasks import (
+    CODE_ANSWER_PREFIX,
+    Code,
+    Generation,
+    Item,
+    MultipleChoice,
+    Perplexity,
+)
 from genforge.evals.tasks import TASKS as BENCHMARKS
-from genforge.evals.tasks import Code, Generation, Item, MultipleChoice, Perplexity
 
 TASKS = {**BENCHMARKS, **{t.name: t for t in rag.RAG_TASKS}}
 
@@ -303,9 +312,6 @@ def _generation(llm, task: Generation, *, limit, shots, seed, chat, bar, workers
 
 
 def _code(llm, task: Code, *, limit, shots, seed, chat, bar, workers):
-    from genforge.evals.sandbox import run_python
-    from genforge.evals.tasks import CODE_ANSWER_PREFIX
-
     items = task.load()
     items = items[:limit] if limit else items
     if chat:
@@ -350,13 +356,11 @@ def _code(llm, task: Code, *, limit, shots, seed, chat, bar, workers):
 def _documents(path: Path) -> list[tuple[str, str]]:
     """(name, text) of a text file, the text files of a folder, or a prepared data set's
     validation split (its token ids decoded back to text, split at end-of-text)."""
-    from genforge.train.corpus import read_documents
-    from genforge.train.data import MANIFEST
+    # numpy and tokenizers: imported here so that `genforge eval --help` stays fast
+    from genforge.data.shards import MANIFEST, load_manifest, tokens
+    from genforge.tokenizer import Tokenizer
 
     if path.is_dir() and (path / MANIFEST).exists():
-        from genforge.tokenizer import Tokenizer
-        from genforge.train.data import load_manifest, tokens
-
         tok = Tokenizer.from_dir(path / load_manifest(path)["tokenizer"])
         ids = tokens(path, "val").tolist()
         eos = min(tok.eos_ids)

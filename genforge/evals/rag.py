@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from genforge import hub
 from genforge.evals import data
 from genforge.evals.tasks import Item
 
@@ -146,11 +147,11 @@ def _stderr(values: list[float]) -> float:
 
 def run(llm, task: Retrieval, *, limit, shots, seed, chat, bar, workers, home: Path | None = None):
     """The harness runner: (summary with metrics and stderr, one record per question)."""
-    from genforge import hub
+    # numpy and the embedder: imported here so that `genforge eval --help` stays fast
     from genforge.rag.answer import ask
     from genforge.rag.ingest import index
     from genforge.rag.retrieve import Retriever
-    from genforge.rag.store import open_store
+    from genforge.rag.stores import open_store
 
     files, items = task.load()
     items = items[:limit] if limit else items

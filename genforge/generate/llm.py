@@ -1,29 +1,25 @@
-"""The Python API: `genforge.load(name)` gives an `LLM` that completes text and chats."""
+"""The Python API: `genforge.load(name)` gives an `LLM` that completes text and chats.
+
+Loading (resolving the name, choosing the weight format) is `genforge.generate.loading`; this
+module is the facade over it and the engine.
+"""
 
 from __future__ import annotations
 
-import logging
 import queue
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from genforge.errors import GenforgeError
 from genforge.generate.engine import Engine, TokenStream
+from genforge.generate.loading import load_model, resolve_dtype
 from genforge.generate.sampling import SamplingParams
 from genforge.generate.score import Scored
 from genforge.generate.structured import Grammar, inline_tools, tool_call_grammar
 from genforge.generate.text import Delta, stream_text
-
-log = logging.getLogger(__name__)
-
-DTYPES = ("auto", "fp32", "bf16", "int8", "int4")
-# What "auto" means: measured fastest at equal quality, see benchmarks/RESULTS.md.
-AUTO_DTYPE = "int8"
 
 
 @dataclass
@@ -301,47 +297,23 @@ def load(
 ) -> LLM:
     """Load a named model (pulling it if needed), a .gguf file or a Hugging Face model folder.
 
+    dtype: "auto" (int8), "fp32", "bf16", "int8" or "int4" (weight-only quantized).
     threads: CPU threads for PyTorch (process-wide; default: PyTorch's, one per physical core).
     engine_options: `Engine` settings (max_batch, step_tokens, kv_tokens, prefix_cache).
     """
-    from genforge import hub
-    from genforge.tokenizer import Tokenizer
-    from genforge.weights.load import build_model, load_checkpoint
-
-    model = model or hub.DEFAULT_MODEL
-    if dtype not in DTYPES:
-        raise GenforgeError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
+    dtype = resolve_dtype(dtype)
     if threads is not None:
         if threads < 1:
             raise GenforgeError(f"threads must be at least 1, got {threads}.")
         torch.set_num_threads(threads)
-    dtype = AUTO_DTYPE if dtype == "auto" else dtype
-    path = hub.resolve(model, progress=progress)
-    t0 = time.perf_counter()
-    if Path(path).is_dir():  # a folder's tokenizer first: a missing one fails before weights load
-        tokenizer = Tokenizer.from_dir(path)
-    if dtype in ("int8", "int4"):
-        from genforge.model.quant import can_stack, quantize_structure, state_converter
-
-        act = torch.bfloat16  # PyTorch's CPU int kernels are slow with float32 activations
-        ckpt = load_checkpoint(
-            path,
-            convert=lambda cfg: state_converter(dtype, act, cfg.tie_embeddings),
-            fuse=lambda rows: can_stack(dtype, rows),
-        )
-        prepare = lambda m: quantize_structure(m, dtype, act).fuse_projections()  # noqa: E731
-    else:
-        ckpt = load_checkpoint(
-            path, torch.bfloat16 if dtype == "bf16" else torch.float32, fuse=lambda rows: True
-        )
-        prepare = lambda m: m.fuse_projections()  # noqa: E731
-    # Built on `meta` with the fused layout the loader produced, then given the loaded tensors.
-    net = build_model(ckpt, prepare=prepare)
-    ckpt.state = {}  # the model owns the tensors now
-    if ckpt.format == "gguf":
-        tokenizer = Tokenizer.from_gguf_metadata(ckpt.metadata)
-    log.info("loaded %s in %.1fs", model, time.perf_counter() - t0)
-    known = hub.KNOWN.get(model)
-    name = model if known else Path(path).name
-    defaults = dict(known.sampling) if known else None
-    return LLM(name, ckpt, net, tokenizer, context_length, defaults, dtype, engine_options)
+    m = load_model(model, dtype, progress)
+    return LLM(
+        m.name,
+        m.checkpoint,
+        m.model,
+        m.tokenizer,
+        context_length,
+        m.sampling,
+        m.dtype,
+        engine_options,
+    )

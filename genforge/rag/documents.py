@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
+from genforge.data.files import NotText, decode_text
 from genforge.errors import GenforgeError
 
 log = logging.getLogger(__name__)
@@ -88,12 +89,10 @@ def read_blocks(path: Path, data: bytes) -> list[Block]:
 
 
 def _decode(data: bytes) -> str:
-    if b"\x00" in data[:8192]:
-        raise DocumentError("looks binary (NUL bytes in its first 8 KB); UTF-16 text must be UTF-8")
     try:
-        return data.decode("utf-8-sig")  # also plain UTF-8; drops a byte-order mark
-    except UnicodeDecodeError as e:
-        raise DocumentError(f"not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
+        return decode_text(data)
+    except NotText as e:
+        raise DocumentError(str(e)) from None
 
 
 def _text(lines: list[str], start: int, end: int) -> str:

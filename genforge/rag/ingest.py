@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from genforge.data.files import Unreadable, read_regular, walk, why_not_regular
 from genforge.errors import GenforgeError
 from genforge.rag.chunk import Chunk, chunk_blocks
 from genforge.rag.documents import DocumentError, kind_of, read_blocks
@@ -27,24 +28,6 @@ from genforge.rag.store import Store
 
 log = logging.getLogger(__name__)
 
-# Folders that hold tooling, not documents.
-SKIP_DIRS = frozenset(
-    {
-        ".git",
-        ".hg",
-        ".svn",
-        ".venv",
-        "venv",
-        "node_modules",
-        "__pycache__",
-        ".mypy_cache",
-        ".pytest_cache",
-        ".ruff_cache",
-        ".tox",
-        "build",
-        "dist",
-    }
-)
 MAX_FILE_BYTES = 50 * 2**20
 # Bumped whenever reading or chunking changes what a file becomes: stores built before re-chunk
 # every file on their next index run (unchanged chunk texts keep their vectors).
@@ -141,15 +124,13 @@ def discover(paths: list[str | Path], report: Report) -> tuple[list[Path], list[
             raise GenforgeError(f"{p} does not exist; give files or folders to index.")
         path = path.resolve()
         roots.append(path)
-        if path.is_file():
-            candidates = [path]
+        if path.is_dir():
+            candidates = walk(path, lambda f, why: report.skipped.append((str(f), why)))
+        elif why := why_not_regular(path):
+            report.skipped.append((str(path), why))
+            continue
         else:
-            candidates = []
-            for folder, dirs, names in os.walk(
-                path
-            ):  # symlinked folders are not followed: no loops
-                dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
-                candidates += [Path(folder, n) for n in sorted(names) if not n.startswith(".")]
+            candidates = [path]
         for f in candidates:
             if kind_of(f) is None:
                 report.skipped.append((str(f), f"unsupported type ({f.suffix or 'no suffix'})"))
@@ -199,11 +180,9 @@ def index(
     for f in bar:
         path = str(f)
         try:
-            if f.stat().st_size > MAX_FILE_BYTES:
-                raise DocumentError(f"larger than {MAX_FILE_BYTES >> 20} MB")
-            data = f.read_bytes()
-        except (OSError, DocumentError) as e:
-            report.skipped.append((path, f"unreadable ({getattr(e, 'strerror', None) or e})"))
+            data = read_regular(f, MAX_FILE_BYTES)
+        except Unreadable as e:
+            report.skipped.append((path, str(e)))
             continue
         sha = hashlib.sha256(data).hexdigest()
         if stored.get(path) == sha:

@@ -3,7 +3,8 @@
 `SQLiteStore` keeps everything in one file: chunks in a table, BM25 through FTS5 (kept in step by
 triggers), vectors in a sqlite-vec `vec0` table. The stdlib `sqlite3` of many Pythons cannot load
 extensions, so the file is opened with apsw, which can and which brings a current SQLite with FTS5.
-`PgStore` (genforge/rag/pgstore.py) is the same interface over PostgreSQL + pgvector.
+`PgStore` (genforge/rag/pgstore.py) is the same interface over PostgreSQL + pgvector;
+`genforge.rag.stores.open_store` opens either by location.
 
 Writes happen inside `transaction()`: a crash mid-ingest rolls back to the last committed batch, so
 the index is always usable and a rerun picks up where it stopped (unchanged files are skipped).
@@ -167,16 +168,6 @@ class Store(ABC):
 
     def __exit__(self, *exc):
         self.close()
-
-
-def open_store(location: str | Path) -> Store:
-    """A store by location: a PostgreSQL URL, or the path of a SQLite file (created when missing)."""
-    location = str(location)
-    if location.startswith(("postgresql://", "postgres://")):
-        from genforge.rag.pgstore import PgStore
-
-        return PgStore(location)
-    return SQLiteStore(Path(location))
 
 
 def _glob_sql(glob: str | None) -> str:

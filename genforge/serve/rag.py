@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
+from genforge.data.files import walk
 from genforge.errors import GenforgeError
 from genforge.rag.answer import MIN_SIMILARITY, SYSTEM, build_messages, citations, relevant
 from genforge.serve.errors import APIError, bad_request
@@ -144,7 +145,7 @@ class DocumentStores:
     async def _store(self, entry: _Entry) -> Store:
         async with entry.opening:
             if entry.store is None:
-                from genforge.rag.store import open_store
+                from genforge.rag.stores import open_store
 
                 try:
                     entry.store = await asyncio.to_thread(open_store, entry.spec.location)
@@ -298,20 +299,13 @@ class DocumentStores:
 
     def _link_out(self, folder: Path) -> Path | None:
         """A symlinked file under `folder` (as ingest walks it) that points outside the root."""
-        from genforge.rag.ingest import SKIP_DIRS
-
-        if folder.is_file():
+        if not folder.is_dir():
             return None
-        for parent, dirs, names in os.walk(folder):
-            dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.startswith(".")]
-            for n in names:
-                f = Path(parent, n)
-                if (
-                    not n.startswith(".")
-                    and f.is_symlink()
-                    and not f.resolve().is_relative_to(self.root)
-                ):
-                    return f
+        others: list[Path] = []  # not regular files: ingest skips them, but a link out still counts
+        files = list(walk(folder, lambda f, _why: others.append(f)))
+        for f in files + others:
+            if f.is_symlink() and not f.resolve().is_relative_to(self.root):
+                return f
         return None
 
     # -- chat grounding ------------------------------------------------------------------------

@@ -4,12 +4,11 @@
 `genforge chat -m RUN` and transformers load it as it is) and `train_state.pt` (optimizer, step,
 RNG states, the run's config). A checkpoint is written into a hidden temporary folder and renamed
 into place, so a kill at any moment leaves the previous checkpoints whole; then all but the newest
-`keep` are deleted.
+`keep` are deleted. The folder layout (names, which checkpoint is the newest) is `genforge.runs`.
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
@@ -17,25 +16,10 @@ import torch
 
 from genforge.errors import GenforgeError
 from genforge.model.config import ModelConfig
+from genforge.runs import CHECKPOINTS, STATE, checkpoint_name, checkpoints, latest, model_folder
 from genforge.weights.export import genforge_state, write_hf
 
-CHECKPOINTS = "checkpoints"
-STATE = "train_state.pt"
-_NAME = re.compile(r"step_(\d+)$")
-
-
-def checkpoints(run: str | Path) -> list[Path]:
-    """The run's complete checkpoints, oldest first."""
-    folder = Path(run) / CHECKPOINTS
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if _NAME.match(p.name) and (p / STATE).is_file()]
-    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
-
-
-def latest(run: str | Path) -> Path | None:
-    found = checkpoints(run)
-    return found[-1] if found else None
+__all__ = ["CHECKPOINTS", "STATE", "checkpoints", "latest", "load", "model_folder", "save"]
 
 
 def save(
@@ -47,7 +31,7 @@ def save(
     train_state: dict,
     keep: int,
 ) -> Path:
-    path = Path(run) / CHECKPOINTS / f"step_{step:07d}"
+    path = Path(run) / CHECKPOINTS / checkpoint_name(step)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_hf(
         model_state, cfg, tokenizer_dir, path, extra={STATE: lambda p: torch.save(train_state, p)}
@@ -71,14 +55,3 @@ def load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
             "from the one before."
         ) from None
     return weights, state
-
-
-def model_folder(path: str | Path) -> Path | None:
-    """The model folder a run folder stands for (its newest checkpoint), or None if not a run."""
-    path = Path(path)
-    if (path / CHECKPOINTS).is_dir():
-        newest = latest(path)
-        if newest is None:
-            raise GenforgeError(f"{path} is a training run without checkpoints yet; train longer.")
-        return newest
-    return None

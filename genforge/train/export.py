@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from genforge.errors import GenforgeError
-from genforge.train.checkpoint import STATE, model_folder
+from genforge.runs import STATE, model_folder
 from genforge.weights.export import GGUF_DTYPES, write_gguf, write_hf
 from genforge.weights.gguf import GGUF_MAGIC
 from genforge.weights.load import load_hf_dir

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genforge.data.shards import load_manifest
 from genforge.errors import GenforgeError
-from genforge.train.data import load_manifest
 
 
 class TokenWindows:

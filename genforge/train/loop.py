@@ -29,13 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genforge.data.shards import load_manifest
 from genforge.errors import GenforgeError
 from genforge.model.config import ModelConfig
 from genforge.model.kv_cache import KVCache
 from genforge.model.transformer import Transformer
+from genforge.tokenizer import Tokenizer
 from genforge.train import checkpoint, distributed
 from genforge.train.config import TrainConfig, lr_at, model_config, peak_lr, total_steps
-from genforge.train.data import load_manifest
 from genforge.train.distributed import World
 from genforge.train.loader import TokenWindows, TrainBatches, token_bytes, validation_windows
 from genforge.train.metrics import MetricsLog, plot
@@ -99,8 +100,6 @@ def out_of_memory(cfg: TrainConfig, need: int | None = None, have: int | None = 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, world: World | None = None):
-        from genforge.tokenizer import Tokenizer
-
         cfg.check()
         self.cfg, self.world = cfg, world or World()
         self.run = Path(cfg.out)

@@ -21,6 +21,7 @@ import torch
 
 from genforge.errors import GenforgeError
 from genforge.model.config import ModelConfig
+from genforge.tokenizer import Tokenizer
 from genforge.weights.configs import FAMILY_FLAGS
 from genforge.weights.names import GGUF_NAMES, GGUF_TRANSFORMS, HF_NAMES, expand, pattern_of
 
@@ -121,8 +122,6 @@ def write_hf(
     replaced only once the new folder is complete.
     """
     from safetensors.torch import save_file
-
-    from genforge.tokenizer import Tokenizer
 
     out, tokenizer_dir = Path(out), Path(tokenizer_dir)
     tok = Tokenizer.from_dir(tokenizer_dir)
@@ -281,8 +280,6 @@ def _add_hparams(writer, cfg: ModelConfig, name: str, file_type: int) -> None:
 def _add_vocab(writer, tokenizer_dir: Path, vocab_size: int) -> None:
     """llama.cpp's description of a byte-level BPE tokenizer folder (`tokenizer.ggml.*`)."""
     from gguf import TokenType
-
-    from genforge.tokenizer import Tokenizer
 
     tok = Tokenizer.from_dir(tokenizer_dir)
     spec = json.loads((tokenizer_dir / "tokenizer.json").read_text())

@@ -157,8 +157,8 @@ def test_perplexity_of_a_text_file_matches_the_forward_pass(tiny_model_dir, tmp_
 
 
 def test_perplexity_reads_a_prepared_data_set(tmp_path):
-    from genforge.train import tokenizer as bpe
-    from genforge.train.data import prepare
+    from genforge.data.shards import prepare
+    from genforge.tokenizer import bpe
 
     texts = [f"Document {i}: the cache holds {i} blocks of keys.\n" * 3 for i in range(60)]
     corpus = tmp_path / "corpus"

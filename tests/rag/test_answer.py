@@ -116,7 +116,7 @@ def test_real_model_answers_from_an_index(tmp_path, smollm2):
     from genforge.rag.embed import Embedder, available
     from genforge.rag.ingest import index
     from genforge.rag.retrieve import Retriever
-    from genforge.rag.store import open_store
+    from genforge.rag.stores import open_store
 
     if not available():
         pytest.skip("the embedding model is not installed")

@@ -19,7 +19,7 @@ from genforge.errors import GenforgeError  # noqa: E402
 from genforge.rag import ingest  # noqa: E402
 from genforge.rag.embed import Embedder, available  # noqa: E402
 from genforge.rag.retrieve import Retriever  # noqa: E402
-from genforge.rag.store import open_store  # noqa: E402
+from genforge.rag.stores import open_store  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not available(), reason="the embedding model is not installed")
 
@@ -180,6 +180,19 @@ def test_skipped_files_are_reported_with_a_reason(corpus, tmp_path, embedder):
     assert len(report.added) == 4
 
 
+def test_a_fifo_is_reported_and_never_opened(corpus, tmp_path, embedder, fifo):
+    """Reading a FIFO waits for a writer (forever, if none comes): in a folder or named alone,
+    one is skipped with its reason and the run finishes."""
+    db = tmp_path / "index.sqlite"
+    with fifo(corpus / "garden" / "feed.md") as feed:
+        skipped = [(str(feed.resolve()), "not a regular file (a FIFO)")]
+        report = run_index([corpus], db, embedder)
+        assert report.skipped == skipped and len(report.added) == 4
+        alone = run_index([feed], db, embedder)
+        assert alone.skipped == skipped and not alone.added
+    assert "skipped 1: not a regular file (a FIFO)" in report.summary()
+
+
 def test_bad_paths_and_changed_settings_are_one_sentence_errors(corpus, tmp_path, embedder):
     db = tmp_path / "index.sqlite"
     with pytest.raises(GenforgeError, match="does not exist"):
@@ -227,7 +240,8 @@ def test_a_process_killed_inside_a_write_leaves_the_previous_index(corpus, tmp_p
     script = textwrap.dedent(f"""
         import os, signal
         from genforge.rag import ingest
-        from genforge.rag.store import SQLiteStore, open_store
+        from genforge.rag.store import SQLiteStore
+        from genforge.rag.stores import open_store
         real, calls = SQLiteStore.add_file, []
         def add_file(self, *a, **kw):
             calls.append(1)

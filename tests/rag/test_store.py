@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from genforge.errors import GenforgeError
-from genforge.rag.store import open_store, query_terms
+from genforge.rag.store import query_terms
+from genforge.rag.stores import open_store
 
 DIMENSIONS = 8  # the `store` fixture's vectors
 PATHS = [

@@ -464,3 +464,23 @@ def test_index_run_outlives_a_client_that_leaves(rag_server, root, indexed):
     finally:
         late.unlink()
         assert _post(rag_server, "/v1/rag/index", {"paths": ["."]}).json()["removed"] == 1
+
+
+def test_a_fifo_under_the_root_is_skipped_and_the_store_stays_free(rag_server, root, fifo):
+    """Reading a FIFO waits for a writer: it is reported, not read, so the run ends and the
+    store takes the next run (a stuck run would answer 409 already_indexing until a restart)."""
+    pipes = root / "docs/pipes"
+    pipes.mkdir()
+    (pipes / "bread.txt").write_text(BREAD)
+    try:
+        with fifo(pipes / "feed.md") as feed:
+            skipped = [{"path": str(feed), "reason": "not a regular file (a FIFO)"}]
+            for paths in (["pipes"], ["pipes/feed.md"]):
+                r = _post(rag_server, "/v1/rag/index", {"paths": paths, "store": "spare"})
+                assert r.status_code == 200, r.text
+                assert r.json()["skipped"] == skipped
+            assert r.json()["files"] == 1
+    finally:
+        (pipes / "bread.txt").unlink()
+        _post(rag_server, "/v1/rag/index", {"paths": ["pipes"], "store": "spare"})  # empty again
+        pipes.rmdir()

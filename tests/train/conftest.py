@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from genforge.train import tokenizer as bpe
-from genforge.train.data import prepare
+from genforge.data.shards import prepare
+from genforge.tokenizer import bpe
 
 WORDS = (
     "model",

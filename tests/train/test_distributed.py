@@ -18,10 +18,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from genforge.data.shards import prepare
+from genforge.tokenizer import bpe
 from genforge.train import checkpoint, distributed
-from genforge.train import tokenizer as bpe
 from genforge.train.config import TrainConfig
-from genforge.train.data import prepare
 from genforge.train.loop import train
 from genforge.train.metrics import METRICS
 

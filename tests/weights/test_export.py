@@ -10,9 +10,8 @@ from genforge.cli import main
 from genforge.errors import GenforgeError
 from genforge.model.config import ModelConfig
 from genforge.model.transformer import Transformer
-from genforge.tokenizer import Tokenizer
+from genforge.tokenizer import Tokenizer, bpe
 from genforge.train import checkpoint
-from genforge.train import tokenizer as bpe
 from genforge.train.export import export
 from genforge.weights.export import write_gguf, write_hf
 from genforge.weights.gguf import read_gguf

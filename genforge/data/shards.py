@@ -16,9 +16,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from genforge.data.corpus import Document, ReadStats, no_text_error, read_documents, split
 from genforge.errors import GenforgeError
-from genforge.train.corpus import Document, ReadStats, no_text_error, read_documents, split
+from genforge.tokenizer import Tokenizer
+from genforge.tokenizer.bpe import EOS
 
 SHARD_TOKENS = 1 << 26  # 64M tokens: 128 MB per uint16 shard
 MANIFEST = "manifest.json"
@@ -66,9 +69,6 @@ def prepare(
     progress: bool = True,
 ) -> dict:
     """Tokenize `sources` into shards in `out` with the tokenizer folder `tokenizer_dir`."""
-    from genforge.tokenizer import Tokenizer
-    from genforge.train.tokenizer import EOS
-
     if not 0 <= val_fraction < 0.5:
         raise GenforgeError(f"--val-fraction must be in [0, 0.5), got {val_fraction}.")
     tok = Tokenizer.from_dir(tokenizer_dir)
@@ -124,8 +124,6 @@ def _bytes(docs: list[Document]) -> int:
 
 
 def _tokenize(tok, docs: list[Document], eos: int, writer: _ShardWriter, progress, name) -> None:
-    from tqdm import tqdm
-
     bar = tqdm(total=len(docs), desc=f"tokenizing {name}", unit="doc", disable=not progress)
     for start in range(0, len(docs), 256):
         batch = [d.text for d in docs[start : start + 256]]

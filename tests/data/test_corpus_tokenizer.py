@@ -7,11 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from genforge.data.corpus import ReadStats, read_documents, split
+from genforge.data.shards import load_manifest, prepare, tokens
 from genforge.errors import GenforgeError
-from genforge.tokenizer import Tokenizer
-from genforge.train import tokenizer as bpe
-from genforge.train.corpus import ReadStats, read_documents, split
-from genforge.train.data import load_manifest, prepare, tokens
+from genforge.tokenizer import Tokenizer, bpe
 
 PROSE = [
     f"Section {i}. The quick brown fox jumps over the lazy dog while the {w} sleeps.\n"
@@ -57,6 +56,12 @@ def test_read_documents_dedupes_skips_binary_and_reads_jsonl(corpus):
     assert train and val and len(train) + len(val) == len(docs)
     again = split(list(reversed(docs)), 0.2)[1]
     assert {d.digest for d in again} == {d.digest for d in val}  # stable whatever the order
+
+
+def test_a_fifo_in_a_corpus_folder_is_left_out(corpus, fifo):
+    with fifo(corpus / "sub" / "feed.md"):
+        docs = list(read_documents([str(corpus)]))
+    assert len(docs) == len(PROSE) + 2 and not any("pipe" in d.text for d in docs)
 
 
 def test_bad_corpora_are_clear_errors(tmp_path):

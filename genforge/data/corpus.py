@@ -1,7 +1,8 @@
 """Reading a corpus: text files, folders, JSONL and the named corpora that install offline.
 
-Every source becomes `Document`s (text + where it came from). Files that are not UTF-8 text (a NUL
-byte, or bytes that do not decode) are skipped and counted, never fed to a tokenizer. Exact
+Every source becomes `Document`s (text + where it came from). Folders are walked by
+`genforge.data.files.walk` (tooling folders, hidden names and non-regular files such as FIFOs are
+left out); files that are not UTF-8 text are skipped and counted, never fed to a tokenizer. Exact
 duplicates are dropped by a hash of their text; the validation split is chosen by that hash too, so
 the same corpus always splits the same way, whatever order its files are read in.
 """
@@ -10,17 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shutil
+import subprocess
 import sysconfig
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from genforge import hub
+from genforge.data.files import NotText, Unreadable, decode_text, read_regular, walk
 from genforge.errors import GenforgeError
 
 TEXT_SUFFIXES = frozenset(
     (".txt", ".md", ".markdown", ".rst", ".py", ".pyi", ".jsonl", ".text", ".tex", ".html", "")
 )
-SKIP_DIRS = frozenset(("__pycache__", ".git", ".hg", ".svn", "node_modules", ".venv", "venv"))
 
 
 def _pydocs() -> list[Path]:
@@ -41,13 +47,6 @@ def _stdlib() -> list[Path]:
 def _kjv() -> list[Path]:
     """The King James Bible as one text file per book, extracted once from Debian's compressed
     bible-kjv-text with its `bible` reader into the genforge cache."""
-    import re
-    import shutil
-    import subprocess
-    import tempfile
-
-    from genforge import hub
-
     folder = hub.home() / "corpora" / "kjv"
     if folder.is_dir():
         return [folder]
@@ -104,15 +103,8 @@ def _files(source: str) -> list[Path]:
         if root.is_file():
             out.append(root)
         elif root.is_dir():
-            out += sorted(
-                p
-                for p in root.rglob("*")
-                if p.is_file()
-                and not any(
-                    part in SKIP_DIRS or part.startswith(".") for part in p.relative_to(root).parts
-                )
-                and p.suffix.lower() in TEXT_SUFFIXES
-            )
+            # sorted by path parts, as before the walk was shared: the shards' order depends on it
+            out += sorted(p for p in walk(root) if p.suffix.lower() in TEXT_SUFFIXES)
         else:
             known = ", ".join(NAMED)
             raise GenforgeError(
@@ -122,13 +114,12 @@ def _files(source: str) -> list[Path]:
 
 
 def _text(path: Path) -> str | None:
-    data = path.read_bytes()
-    if b"\0" in data[:8192]:
-        return None
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
+        return decode_text(read_regular(path))
+    except NotText:
         return None
+    except Unreadable as e:
+        raise GenforgeError(f"{path} is {e}; fix it or leave it out of the sources.") from None
 
 
 def _jsonl(path: Path, text: str) -> Iterator[str]:

@@ -1,0 +1,80 @@
+"""From a model name or path to a network ready to run: resolve, choose the weight format, build.
+
+Design choices:
+- "auto" means int8: measured fastest at equal quality on CPU (benchmarks/RESULTS.md).
+- int8 and int4 are weight-only, with bf16 activations: PyTorch's CPU int kernels are slow with
+  float32 activations.
+- The network is built on `meta` with the fused projection layout the loader produced, then given
+  the loaded tensors, so no weight is ever held twice.
+- A folder's tokenizer is read before its weights: a missing one fails in a moment, not after a
+  load. A GGUF file's tokenizer comes from its own metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from genforge import hub
+from genforge.errors import GenforgeError
+from genforge.model.quant import can_stack, quantize_structure, state_converter
+from genforge.model.transformer import Transformer
+from genforge.tokenizer import Tokenizer
+from genforge.weights.load import Checkpoint, build_model, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("auto", "fp32", "bf16", "int8", "int4")
+AUTO_DTYPE = "int8"
+QUANT_ACTIVATIONS = torch.bfloat16  # the activation dtype of the int8 / int4 matmuls
+
+
+@dataclass
+class LoadedModel:
+    name: str  # the model's name, or its file or folder name
+    checkpoint: Checkpoint  # format, metadata and config (its tensors now belong to `model`)
+    model: Transformer
+    tokenizer: Tokenizer
+    dtype: str  # the weight format chosen (never "auto")
+    sampling: dict | None  # the model authors' recommended sampling, for a named model
+
+
+def resolve_dtype(dtype: str) -> str:
+    """The weight format `dtype` stands for ("auto" -> the measured default); refuses unknowns."""
+    if dtype not in DTYPES:
+        raise GenforgeError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
+    return AUTO_DTYPE if dtype == "auto" else dtype
+
+
+def load_model(model: str | None = None, dtype: str = "auto", progress: bool = True) -> LoadedModel:
+    """Load a named model (pulling it if needed), a .gguf file, a Hugging Face model folder or a
+    training run (its newest checkpoint) in the weight format `dtype`."""
+    model = model or hub.DEFAULT_MODEL
+    dtype = resolve_dtype(dtype)
+    path = hub.resolve(model, progress=progress)
+    t0 = time.perf_counter()
+    tokenizer = Tokenizer.from_dir(path) if Path(path).is_dir() else None
+    if dtype in ("int8", "int4"):
+        ckpt = load_checkpoint(
+            path,
+            convert=lambda cfg: state_converter(dtype, QUANT_ACTIVATIONS, cfg.tie_embeddings),
+            fuse=lambda rows: can_stack(dtype, rows),
+        )
+        prepare = lambda m: quantize_structure(m, dtype, QUANT_ACTIVATIONS).fuse_projections()  # noqa: E731
+    else:
+        ckpt = load_checkpoint(
+            path, torch.bfloat16 if dtype == "bf16" else torch.float32, fuse=lambda rows: True
+        )
+        prepare = lambda m: m.fuse_projections()  # noqa: E731
+    net = build_model(ckpt, prepare=prepare)
+    ckpt.state = {}  # the model owns the tensors now
+    if ckpt.format == "gguf":
+        tokenizer = Tokenizer.from_gguf_metadata(ckpt.metadata)
+    log.info("loaded %s in %.1fs", model, time.perf_counter() - t0)
+    known = hub.KNOWN.get(model)
+    name = model if known else Path(path).name
+    return LoadedModel(name, ckpt, net, tokenizer, dtype, dict(known.sampling) if known else None)
