@@ -13,13 +13,14 @@ import sys
 
 import pytest
 import torch
+from components import require_module
 
 import genforge
 from genforge.errors import GenforgeError
 from genforge.evals import harness
 from genforge.evals.tasks import TASKS, Item
 
-pytest.importorskip("pyarrow")
+require_module("pyarrow", "eval")
 
 
 # -- multiple choice on the real model -------------------------------------------------------------

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from components import require_module
 
 from genforge.errors import GenforgeError
 from genforge.generate.structured import Grammar, inline_tools, parse_tool_calls, tool_call_grammar
 
-jsonschema = pytest.importorskip("jsonschema")
+jsonschema = require_module("jsonschema")
 
 SCHEMA = {
     "type": "object",

@@ -11,9 +11,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from components import require, require_module
 
-pytest.importorskip("apsw")
-pytest.importorskip("sqlite_vec")
+require_module("apsw", "rag")
+require_module("sqlite_vec", "rag")
 
 from genforge.errors import GenforgeError  # noqa: E402
 from genforge.rag import ingest  # noqa: E402
@@ -21,7 +22,7 @@ from genforge.rag.embed import Embedder, available  # noqa: E402
 from genforge.rag.retrieve import Retriever  # noqa: E402
 from genforge.rag.store import open_store  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not available(), reason="the embedding model is not installed")
+require("embedder", available(), "the embedding model (all-MiniLM-L6-v2)")
 
 DOCS = {
     "garden/tomatoes.md": """\
