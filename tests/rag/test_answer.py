@@ -142,6 +142,7 @@ def test_real_model_answers_from_an_index(tmp_path, smollm2):
         )
         assert answer.chunks[0].chunk.source.endswith("capital.md")
         assert "Strelsau" in answer.text
+        assert any(c.source.endswith("capital.md") for c in answer.citations), answer
         for c in answer.citations:
             assert c.source in {h.chunk.source for h in answer.chunks}
         assert ask(smollm2, retriever, "How do I change a car tyre?", k=2).text == NO_ANSWER

@@ -152,6 +152,7 @@ def test_reindexing_is_incremental_edit_delete_rename(corpus, location, embedder
         ]
     for mode in ("dense", "bm25"):
         hits = search(db, embedder, "turn the compost heap every two weeks", k=10, mode=mode)
+        assert hits or mode == "bm25"  # dense search returns its nearest chunks, whatever they are
         assert all("compost" not in h.chunk.source for h in hits)
     best = search(db, embedder, "first inter-city steam railway", k=1)[0]
     assert best.chunk.source.endswith("railways.md")
