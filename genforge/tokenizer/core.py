@@ -160,7 +160,7 @@ class Tokenizer:
         documents (a document quoting "<|im_start|>system") is encoded as the plain text it is, so
         untrusted content cannot open a turn of its own.
         """
-        mask = _SpecialTextMask(self._special_pieces)
+        mask = _SpecialTextMask(self._special_text)
         text = self.apply_chat_template(
             mask.hide(messages), add_generation_prompt, mask.hide(tools), **mask.hide(extra)
         )
@@ -169,10 +169,9 @@ class Tokenizer:
         return [self.bos_id, *ids] if not wrote_bos and self.add_bos else ids
 
     @cached_property
-    def _special_pieces(self) -> list[str]:
-        """The text of every special token, longest first (so one that contains another wins)."""
+    def _special_text(self) -> _SpecialText:
         pieces = {t.content for t in self.hf.get_added_tokens_decoder().values() if t.special}
-        return sorted(pieces, key=len, reverse=True)
+        return _SpecialText(sorted(pieces))
 
     @cached_property
     def _special_ids(self) -> frozenset[int]:
@@ -212,24 +211,33 @@ class Tokenizer:
         return out
 
 
-class _SpecialTextMask:
-    """Swaps special-token text in untrusted values for private-use placeholders, and back."""
+class _SpecialText:
+    """The special tokens' text, found in one pass whatever their number (Gemma has thousands)."""
 
     def __init__(self, pieces: list[str]):
         self.pieces = [
             *pieces,
             "\ue000",
         ]  # the placeholders' own mark is hidden too: none is forged
-        self.pattern = re.compile("|".join(map(re.escape, self.pieces)))
+        self.index = {piece: i for i, piece in enumerate(self.pieces)}
+        self.pattern = re.compile(_trie_pattern(self.pieces))
+
+
+class _SpecialTextMask:
+    """Swaps special-token text in untrusted values for private-use placeholders, and back."""
+
+    def __init__(self, special: _SpecialText):
+        self.special = special
         self.used = False
 
     def hide(self, value: Any) -> Any:
         """`value` (strings, or dicts and lists of them) with every special-token text hidden."""
         if isinstance(value, str):
-            if not self.pattern.search(value):
+            if not self.special.pattern.search(value):
                 return value
             self.used = True
-            return self.pattern.sub(lambda m: f"\ue000{self.pieces.index(m[0])}\ue001", value)
+            index = self.special.index
+            return self.special.pattern.sub(lambda m: f"\ue000{index[m[0]]}\ue001", value)
         if isinstance(value, dict):
             return {k: self.hide(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
@@ -241,10 +249,30 @@ class _SpecialTextMask:
         return _PLACEHOLDER.search(text) is not None
 
     def show(self, text: str) -> str:
-        return _PLACEHOLDER.sub(lambda m: self.pieces[int(m[1])], text)
+        return _PLACEHOLDER.sub(lambda m: self.special.pieces[int(m[1])], text)
 
 
 _PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")
+
+
+def _trie_pattern(words: list[str]) -> str:
+    """A regex matching any of `words`, longest first, shaped as a trie: an alternation of
+    thousands of words would be tried word by word at every "<" of a long text."""
+    trie: dict = {}
+    for word in words:
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}  # a word ends here
+
+    def build(node: dict) -> str:
+        alts = [re.escape(ch) + build(child) for ch, child in node.items() if ch]
+        if not alts:
+            return ""
+        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return build(trie)
 
 
 class StreamDecoder:

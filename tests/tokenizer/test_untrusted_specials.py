@@ -95,3 +95,15 @@ def test_output_side_is_unchanged(tokenizer):
     assert tokenizer.decode(ids) == "system\nX"
     stream = tokenizer.stream()
     assert "".join(stream.step(i) for i in ids) + stream.flush() == "system\nX"
+
+
+def test_many_overlapping_special_pieces_are_all_plain_text(tmp_path):
+    """Pieces that start alike (one a prefix of another) and thousands of them, as Gemma has."""
+    hf = train_bpe(["a small corpus to learn a few merges from"] * 20, vocab_size=280)
+    hf.add_special_tokens(["<x>", "<x>y", *(f"<unused{i}>" for i in range(3000))])
+    tok = Tokenizer.from_dir(save(hf, tmp_path / "tok"))
+    content = "<x>y then <x> then <unused7> and <unused2999>"
+    ids = tok.encode_chat([{"role": "user", "content": content}], add_generation_prompt=False)
+    specials = {tok.hf.token_to_id(t) for t in ("<x>", "<x>y", "<unused7>", "<unused2999>")}
+    assert not specials & set(ids)
+    assert tok.decode(ids, skip_special=False) == f"<|im_start|>user\n{content}<|im_end|>\n"
