@@ -10,14 +10,15 @@ of 32 along the input dimension, w = (q - 8) * scale + zero, which holds GGUF's 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 QUANT_KINDS = ("int8", "int4")
 INT4_GROUP = 32
-INT4_ROW_BLOCK = 32
-DEQUANT_ROWS = 128  # int8 layers with at least this many input rows use a float32 matmul  # the CPU int4 packing interleaves rows in blocks of this many
+DEQUANT_ROWS = 128  # int8 layers with at least this many input rows use a float32 matmul
 
 
 ROWS_PER_CHUNK = 4096  # quantize big matrices (embeddings, heads) in slices: small temporaries
@@ -48,9 +49,28 @@ def quantize_int4(w: torch.Tensor, group: int = INT4_GROUP) -> dict[str, torch.T
     return {"qweight": packed, "scales": scales_zeros}
 
 
+@functools.cache
+def int4_row_block() -> int | None:
+    """How many rows the CPU int4 packing interleaves: measured, because it follows the vector
+    width ATen picked at run time (32 rows with AVX2 kernels, 64 with AVX-512). None: no block
+    size up to 256 lets separately packed parts be stacked."""
+    q = torch.randint(
+        0, 16, (512, 32), dtype=torch.int32, generator=torch.Generator().manual_seed(0)
+    )
+    pack = torch.ops.aten._convert_weight_to_int4pack_for_cpu
+    whole = pack(q, 1)
+    for rows in (16, 32, 64, 128, 256):  # the packing needs rows in multiples of 16
+        if torch.equal(torch.cat([pack(q[:rows], 1), pack(q[rows:], 1)]), whole):
+            return rows
+    return None
+
+
 def can_stack(kind: str, rows: list[int] | tuple[int, ...]) -> bool:
     """Whether layers with these output sizes can be stacked into one (see QuantLinear.concat)."""
-    return kind != "int4" or all(r % INT4_ROW_BLOCK == 0 for r in rows[:-1])
+    if kind != "int4":
+        return True
+    block = int4_row_block()
+    return block is not None and all(r % block == 0 for r in rows[:-1])
 
 
 class QuantLinear(nn.Module):
@@ -94,7 +114,7 @@ class QuantLinear(nn.Module):
     def concat(cls, mods: list[QuantLinear]) -> QuantLinear | None:
         """One layer computing the outputs of `mods` side by side, or None where the packing
         does not allow it. Rows are stacked: int8 keeps a row per output channel; packed int4 keeps
-        blocks of 32 rows, so every part but the last must have a multiple of 32 outputs."""
+        blocks of `int4_row_block()` rows, so every part but the last must fill whole blocks."""
         kinds = {m.kind for m in mods}
         if len(kinds) != 1:
             return None

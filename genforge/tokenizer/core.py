@@ -8,6 +8,8 @@ turn a chat into a prompt. Everything else is delegated to the `tokenizers.Token
 from __future__ import annotations
 
 import json
+import re
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -152,10 +154,125 @@ class Tokenizer:
         tools: list[dict[str, Any]] | None = None,
         **extra: Any,
     ) -> list[int]:
-        """Render then encode; BOS is prepended only if the template did not write it itself."""
-        text = self.apply_chat_template(messages, add_generation_prompt, tools, **extra)
+        """Render then encode; BOS is prepended only if the template did not write it itself.
+
+        Only the template writes special tokens. Special-token text inside the messages, tools or
+        documents (a document quoting "<|im_start|>system") is encoded as the plain text it is, so
+        untrusted content cannot open a turn of its own.
+        """
+        mask = _SpecialTextMask(self._special_text)
+        text = self.apply_chat_template(
+            mask.hide(messages), add_generation_prompt, mask.hide(tools), **mask.hide(extra)
+        )
         wrote_bos = self._bos_text is not None and text.startswith(self._bos_text)
-        return self.encode(text, add_special=not wrote_bos)
+        ids = self._encode_rendered(text, mask)
+        return [self.bos_id, *ids] if not wrote_bos and self.add_bos else ids
+
+    @cached_property
+    def _special_text(self) -> _SpecialText:
+        pieces = {t.content for t in self.hf.get_added_tokens_decoder().values() if t.special}
+        return _SpecialText(sorted(pieces))
+
+    @cached_property
+    def _special_ids(self) -> frozenset[int]:
+        return frozenset(i for i, t in self.hf.get_added_tokens_decoder().items() if t.special)
+
+    @cached_property
+    def _plain(self) -> HFTokenizer:
+        """A copy of `.hf` that encodes special-token text as ordinary text."""
+        plain = HFTokenizer.from_str(self.hf.to_str())
+        plain.encode_special_tokens = True
+        return plain
+
+    def _encode_rendered(self, text: str, mask: _SpecialTextMask) -> list[int]:
+        """Encode a template's output in which the content's special-token text is still hidden.
+
+        Every special token found is the template's own. The text between two of them is kept as
+        encoded unless it holds hidden special text: then it is encoded again, shown, as plain text.
+        """
+        enc = self.hf.encode(text, add_special_tokens=False)
+        if not mask.used:
+            return enc.ids
+        out: list[int] = []
+        run: list[int] = []  # ids since the last special token
+        start = 0  # where that run's text starts
+        for token_id, (a, b) in [
+            *zip(enc.ids, enc.offsets, strict=True),
+            (None, (len(text), len(text))),
+        ]:
+            if token_id is not None and token_id not in self._special_ids:
+                run.append(token_id)
+                continue
+            span = text[start:a]
+            if mask.hides_text_in(span):
+                run = self._plain.encode(mask.show(span), add_special_tokens=False).ids
+            out += run if token_id is None else [*run, token_id]
+            run, start = [], b
+        return out
+
+
+class _SpecialText:
+    """The special tokens' text, found in one pass whatever their number (Gemma has thousands)."""
+
+    def __init__(self, pieces: list[str]):
+        self.pieces = [
+            *pieces,
+            "\ue000",
+        ]  # the placeholders' own mark is hidden too: none is forged
+        self.index = {piece: i for i, piece in enumerate(self.pieces)}
+        self.pattern = re.compile(_trie_pattern(self.pieces))
+
+
+class _SpecialTextMask:
+    """Swaps special-token text in untrusted values for private-use placeholders, and back."""
+
+    def __init__(self, special: _SpecialText):
+        self.special = special
+        self.used = False
+
+    def hide(self, value: Any) -> Any:
+        """`value` (strings, or dicts and lists of them) with every special-token text hidden."""
+        if isinstance(value, str):
+            if not self.special.pattern.search(value):
+                return value
+            self.used = True
+            index = self.special.index
+            return self.special.pattern.sub(lambda m: f"\ue000{index[m[0]]}\ue001", value)
+        if isinstance(value, dict):
+            return {k: self.hide(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.hide(v) for v in value]
+        return value
+
+    @staticmethod
+    def hides_text_in(text: str) -> bool:
+        return _PLACEHOLDER.search(text) is not None
+
+    def show(self, text: str) -> str:
+        return _PLACEHOLDER.sub(lambda m: self.special.pieces[int(m[1])], text)
+
+
+_PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")
+
+
+def _trie_pattern(words: list[str]) -> str:
+    """A regex matching any of `words`, longest first, shaped as a trie: an alternation of
+    thousands of words would be tried word by word at every "<" of a long text."""
+    trie: dict = {}
+    for word in words:
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}  # a word ends here
+
+    def build(node: dict) -> str:
+        alts = [re.escape(ch) + build(child) for ch, child in node.items() if ch]
+        if not alts:
+            return ""
+        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return build(trie)
 
 
 class StreamDecoder:

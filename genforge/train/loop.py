@@ -31,6 +31,7 @@ from torch import nn
 
 from genforge.data.shards import load_manifest
 from genforge.errors import GenforgeError
+from genforge.generate.sampling import SamplingParams, sample
 from genforge.model.config import ModelConfig
 from genforge.model.kv_cache import KVCache
 from genforge.model.transformer import Transformer
@@ -43,6 +44,8 @@ from genforge.train.metrics import MetricsLog, plot
 
 log = logging.getLogger(__name__)
 RUN_FILE = "run.json"
+# Samples during training: the engine's own sampler, at its default temperature and top-k only.
+SAMPLE_PARAMS = SamplingParams(temperature=0.8, top_k=40, top_p=1.0, min_p=0.0)
 # Dense bf16 peak FLOP/s of common accelerators, for the MFU figure (omitted when unknown).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
 
@@ -279,12 +282,10 @@ class Trainer:
         tokens, out, pos = torch.tensor([ids], device=device), [], 0
         for _ in range(n_tokens):  # a fixed count (no early stop): FSDP ranks must stay in step
             with self._autocast():
-                logits = self.model(tokens, cache, pos)[0, -1].float() / 0.8
+                logits = self.model(tokens, cache, pos)[0, -1].float()
             pos += tokens.shape[1]
-            top = torch.topk(logits, min(40, logits.numel()))
-            pick = top.indices[torch.multinomial(F.softmax(top.values, -1), 1, generator=gen)]
-            out.append(int(pick))
-            tokens = pick.view(1, 1)
+            out.append(sample(logits, SAMPLE_PARAMS, gen))
+            tokens = torch.tensor([[out[-1]]], device=device)
         if self.eos_id in out:
             out = out[: out.index(self.eos_id)]
         return prompt + self.tokenizer.decode(out)

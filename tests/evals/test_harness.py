@@ -13,13 +13,14 @@ import sys
 
 import pytest
 import torch
+from components import require_module
 
 import genforge
 from genforge.errors import GenforgeError
 from genforge.evals import harness
 from genforge.evals.tasks import TASKS, Item
 
-pytest.importorskip("pyarrow")
+require_module("pyarrow", "eval")
 
 
 # -- multiple choice on the real model -------------------------------------------------------------
@@ -47,6 +48,7 @@ def test_multiple_choice_records_add_up(smollm2):
 def test_scores_agree_with_scoring_each_choice_alone(smollm2):
     """Batched scoring (shared contexts, many items per pass) gives what one pair at a time does."""
     res = harness.evaluate(smollm2, "hellaswag", limit=3, progress=False)
+    assert len(res["items"]["hellaswag"]) == 3
     for r in res["items"]["hellaswag"]:
         for choice, lp in zip(r["choices"], r["logprobs"], strict=True):
             (alone,) = smollm2.loglikelihood([(r["prompt"], choice)])
@@ -61,6 +63,7 @@ def test_same_command_same_numbers_and_seeded_shots(smollm2):
     assert [r["logprobs"] for r in ra] == [r["logprobs"] for r in rb]
     assert [r["prompt"] for r in ra] == [r["prompt"] for r in rb]
     assert [r["prompt"] for r in ra] != [r["prompt"] for r in rc]
+    assert len(ra) == 4
     for r in ra:
         examples = r["prompt"].split("\n\n")
         assert len(examples) == 3  # two solved examples, then the question

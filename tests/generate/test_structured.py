@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from components import require_module
 
 from genforge.errors import GenforgeError
 from genforge.generate.structured import Grammar, inline_tools, parse_tool_calls, tool_call_grammar
 
-jsonschema = pytest.importorskip("jsonschema")
+jsonschema = require_module("jsonschema")
 
 SCHEMA = {
     "type": "object",
@@ -144,7 +145,7 @@ def test_logprobs_recorded_per_token(smollm2):
     stream = smollm2.engine.generate(ids, params, logprobs=2)
     tokens = list(stream)
     lps = stream.request.state.token_logprobs
-    assert [t.token for t in lps] == tokens
+    assert tokens and [t.token for t in lps] == tokens
     for t in lps:
         assert t.top[0][0] == t.token and t.logprob == pytest.approx(t.top[0][1])
         assert t.logprob <= 0 and len(t.top) == 2

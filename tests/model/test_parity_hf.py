@@ -2,8 +2,9 @@
 
 import pytest
 import torch
+from components import require_module
 
-transformers = pytest.importorskip("transformers")
+transformers = require_module("transformers")
 
 from genforge.model.kv_cache import KVCache  # noqa: E402
 from genforge.weights.load import build_model, load_hf_dir  # noqa: E402

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from genforge.model.quant import INT4_GROUP, QuantLinear
+from genforge.model.quant import INT4_GROUP, QuantLinear, int4_row_block
 
 
 def q4_1_like_weight(n=64, k=128, seed=0):
@@ -56,7 +56,7 @@ def test_quantized_loading_converts_each_tensor_and_stays_close(tiny_model_dir):
     for kind in ("int8", "int4"):
         m = genforge.load(str(tiny_model_dir), dtype=kind)
         assert m.model.layers[0].mlp.w_gate_up.kind == kind and m.model.output.kind == "int8"
-        # the tiny model's 16-wide k/v rows cannot join int4's 32-row blocks: left unfused
+        # the tiny model's 16-wide k/v rows cannot join int4's 32- or 64-row blocks: left unfused
         assert (m.model.layers[0].attn.wqkv is None) == (kind == "int4")
         assert not any(p.is_meta for p in m.model.parameters())
         with torch.no_grad():
@@ -66,13 +66,17 @@ def test_quantized_loading_converts_each_tensor_and_stays_close(tiny_model_dir):
 
 @pytest.mark.parametrize("kind", ["int8", "int4"])
 def test_concatenated_quantized_layers_equal_the_separate_ones(kind):
-    """Fusing q/k/v (or gate/up) stacks the packed rows: outputs must be bit-identical."""
+    """Fusing q/k/v (or gate/up) stacks the packed rows. Each output column is then computed by the
+    same kernel from the same bytes in the same order as before, so outputs are bit-identical on
+    every CPU; int4 may stack only whole blocks of packed rows, whose size the CPU decides."""
+    block = int4_row_block() if kind == "int4" else 32
+    assert block is not None  # 32 rows with AVX2 kernels, 64 with AVX-512 ones
     torch.manual_seed(0)
     x = torch.randn(3, 64, dtype=torch.bfloat16)
-    for sizes in [(64, 32, 32), (64, 32, 48), (48, 16, 16)]:
+    for sizes in [(2 * block, block, block), (2 * block, block, 48), (48, 16, 16)]:
         parts = [QuantLinear.from_linear(torch.randn(n, 64) * 0.05, kind) for n in sizes]
         fused = QuantLinear.concat(parts)
-        if fused is None:  # int4 packs rows in blocks of 32: not every split can be stacked
+        if fused is None:  # a part that ends inside an int4 block cannot be stacked
             assert kind == "int4" and sizes == (48, 16, 16)
             continue
         assert torch.equal(fused(x), torch.cat([p(x) for p in parts], dim=-1))
@@ -93,3 +97,23 @@ def test_int8_prompt_chunks_use_the_dequantized_weights_and_agree_with_the_kerne
     rows = torch.cat([q(x[i : i + 1]) for i in range(0, DEQUANT_ROWS, 16)]).float()  # the kernel
     torch.testing.assert_close(chunk, reference, atol=2e-2, rtol=1e-2)  # bf16 output rounding
     torch.testing.assert_close(rows, chunk[::16], atol=3e-2, rtol=2e-2)
+
+
+def test_int4_row_block_is_where_packing_can_be_split():
+    """Packing a weight in two parts at the measured block equals packing it whole; half a block
+    does not (that misplaced rows on AVX-512, where blocks are 64 rows, when 32 was assumed)."""
+    block = int4_row_block()
+    w = torch.randn(4 * block, 64) * 0.05
+    whole = QuantLinear.from_linear(w, "int4")
+    split = QuantLinear.concat(
+        [QuantLinear.from_linear(w[:block], "int4"), QuantLinear.from_linear(w[block:], "int4")]
+    )
+    assert torch.equal(split.qweight, whole.qweight) and torch.equal(split.scales, whole.scales)
+    if block > 16:  # the packing takes rows in multiples of 16
+        half = [
+            QuantLinear.from_linear(w[: block // 2], "int4"),
+            QuantLinear.from_linear(w[block // 2 :], "int4"),
+        ]
+        assert QuantLinear.concat(half) is None
+        packed = torch.cat([h.qweight for h in half])
+        assert not torch.equal(packed, whole.qweight)

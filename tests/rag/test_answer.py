@@ -6,6 +6,7 @@ import re
 import textwrap
 
 import pytest
+from components import require, require_module
 
 from genforge.rag.answer import NO_ANSWER, ask, build_messages, cited, quote
 from genforge.rag.retrieve import Hit
@@ -112,14 +113,13 @@ def test_injection_never_reaches_tools_or_the_system_turn():
 
 @pytest.mark.slow
 def test_real_model_answers_from_an_index(tmp_path, smollm2):
-    pytest.importorskip("apsw")
+    require_module("apsw", "rag")
     from genforge.rag.embed import Embedder, available
     from genforge.rag.ingest import index
     from genforge.rag.retrieve import Retriever
     from genforge.rag.stores import open_store
 
-    if not available():
-        pytest.skip("the embedding model is not installed")
+    require("embedder", available(), "the embedding model (all-MiniLM-L6-v2)")
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs/capital.md").write_text(
         textwrap.dedent("""\
@@ -142,6 +142,7 @@ def test_real_model_answers_from_an_index(tmp_path, smollm2):
         )
         assert answer.chunks[0].chunk.source.endswith("capital.md")
         assert "Strelsau" in answer.text
+        assert any(c.source.endswith("capital.md") for c in answer.citations), answer
         for c in answer.citations:
             assert c.source in {h.chunk.source for h in answer.chunks}
         assert ask(smollm2, retriever, "How do I change a car tyre?", k=2).text == NO_ANSWER

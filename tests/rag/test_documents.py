@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from components import require_module
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -168,8 +169,8 @@ def test_html_sections_text_and_source_lines():
 
 
 def test_pdf_one_block_per_page_with_text():
-    fpdf = pytest.importorskip("fpdf")
-    pytest.importorskip("pypdf")
+    fpdf = require_module("fpdf")
+    require_module("pypdf", "rag")
     pdf = fpdf.FPDF()
     pdf.set_font("Helvetica", size=12)
     pdf.add_page()
@@ -186,8 +187,8 @@ def test_pdf_one_block_per_page_with_text():
 
 
 def test_pdf_that_is_broken_locked_or_without_pypdf(monkeypatch):
-    fpdf = pytest.importorskip("fpdf")
-    pytest.importorskip("pypdf")
+    fpdf = require_module("fpdf")
+    require_module("pypdf", "rag")
     junk = b"%PDF-1.7\n" + random.Random(0).randbytes(2000)
     with pytest.raises(DocumentError, match="PDF"):
         read_blocks(Path("broken.pdf"), junk)

@@ -11,9 +11,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from components import require, require_module
 
-pytest.importorskip("apsw")
-pytest.importorskip("sqlite_vec")
+require_module("apsw", "rag")
+require_module("sqlite_vec", "rag")
 
 from genforge.errors import GenforgeError  # noqa: E402
 from genforge.rag import ingest  # noqa: E402
@@ -21,7 +22,7 @@ from genforge.rag.embed import Embedder, available  # noqa: E402
 from genforge.rag.retrieve import Retriever  # noqa: E402
 from genforge.rag.stores import open_store  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not available(), reason="the embedding model is not installed")
+require("embedder", available(), "the embedding model (all-MiniLM-L6-v2)")
 
 DOCS = {
     "garden/tomatoes.md": """\
@@ -151,6 +152,7 @@ def test_reindexing_is_incremental_edit_delete_rename(corpus, location, embedder
         ]
     for mode in ("dense", "bm25"):
         hits = search(db, embedder, "turn the compost heap every two weeks", k=10, mode=mode)
+        assert hits or mode == "bm25"  # dense search returns its nearest chunks, whatever they are
         assert all("compost" not in h.chunk.source for h in hits)
     best = search(db, embedder, "first inter-city steam railway", k=1)[0]
     assert best.chunk.source.endswith("railways.md")

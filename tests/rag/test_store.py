@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from components import require_module
 
 from genforge.errors import GenforgeError
 from genforge.rag.store import query_terms
@@ -368,7 +369,7 @@ def test_glob_regex_escapes_everything_but_the_wildcards():
 
 
 def test_a_server_that_is_not_there_is_a_one_sentence_error_without_the_password():
-    pytest.importorskip("psycopg")
+    require_module("psycopg", "postgres")
     url = "postgresql://bob:s3cret-pw@127.0.0.1:1/notes"
     with pytest.raises(GenforgeError) as caught:
         open_store(url)

@@ -5,6 +5,7 @@ from dataclasses import asdict, replace
 import numpy as np
 import pytest
 import torch
+from components import require_module
 
 from genforge.cli import main
 from genforge.errors import GenforgeError
@@ -70,7 +71,7 @@ def _logits(model: Transformer, ids: list[int]) -> torch.Tensor:
 
 
 def test_hf_export_loads_in_transformers(tokenizer_dir, tmp_path):
-    transformers = pytest.importorskip("transformers")
+    transformers = require_module("transformers")
     ours = Tokenizer.from_dir(tokenizer_dir)
     model = _model(ours.vocab_size)
     out = write_hf(model.state_dict(), model.cfg, tokenizer_dir, tmp_path / "hf")
@@ -89,7 +90,7 @@ def test_hf_export_loads_in_transformers(tokenizer_dir, tmp_path):
 @pytest.fixture
 def llama_cpp(monkeypatch):
     """llama-cpp-python with weight repacking off (its AMX path crashes on some CPUs)."""
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = require_module("llama_cpp", "llama-cpp")
     lib = llama_cpp.llama_cpp
     default_params = lib.llama_model_default_params
 

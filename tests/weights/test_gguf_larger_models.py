@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from components import require_module
 
 import genforge
 from genforge.errors import GenforgeError
@@ -10,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 def _hf_logits(path, ids):
-    transformers = pytest.importorskip("transformers")
+    transformers = require_module("transformers")
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=torch.float32
     ).eval()
