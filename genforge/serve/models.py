@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from genforge import hub
 from genforge.errors import GenforgeError
+from genforge.generate.llm import load as load_llm
 from genforge.rag import embed as embeddings
 from genforge.serve.errors import APIError
 
@@ -88,10 +89,8 @@ class Registry:
         async with lock:
             if name in self.loaded:
                 return self.loaded[name]
-            from genforge.generate.llm import load
-
             log.info("loading %s", name)
-            llm = await asyncio.to_thread(load, name, progress=False, **self.load_options)
+            llm = await asyncio.to_thread(load_llm, name, progress=False, **self.load_options)
             llm.name = name  # requests name it as they asked for it (a path stays a path)
             self.loaded[name] = _Loaded(llm)
             return self.loaded[name]

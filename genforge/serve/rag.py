@@ -30,16 +30,16 @@ from urllib.parse import urlsplit, urlunsplit
 from genforge.data.files import walk
 from genforge.errors import GenforgeError
 from genforge.rag.answer import MIN_SIMILARITY, SYSTEM, build_messages, citations, relevant
+from genforge.rag.embed import NAME, Embedder
+from genforge.rag.ingest import Report, index
+from genforge.rag.retrieve import Hit, Retriever
+from genforge.rag.store import Store
+from genforge.rag.stores import open_store
 from genforge.serve.errors import APIError, bad_request
 from genforge.serve.schemas import ChatRequest, ContentPart, Message
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
-
-    from genforge.rag.embed import Embedder
-    from genforge.rag.ingest import Report
-    from genforge.rag.retrieve import Hit, Retriever
-    from genforge.rag.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +145,6 @@ class DocumentStores:
     async def _store(self, entry: _Entry) -> Store:
         async with entry.opening:
             if entry.store is None:
-                from genforge.rag.stores import open_store
-
                 try:
                     entry.store = await asyncio.to_thread(open_store, entry.spec.location)
                 except GenforgeError as e:
@@ -157,8 +155,6 @@ class DocumentStores:
 
     async def embedder(self, name: str) -> Embedder:
         """The embedding model `name` with its weights loaded (in a thread, once)."""
-        from genforge.rag.embed import NAME, Embedder
-
         async with self._embedder_lock:
             if name not in self._embedders:
                 if name == NAME:
@@ -174,8 +170,6 @@ class DocumentStores:
         store = await self._store(entry)
         async with entry.opening:
             if entry.retriever is None:
-                from genforge.rag.retrieve import Retriever
-
                 meta = await asyncio.to_thread(store.meta)
                 if "embedder" not in meta:
                     raise bad_request(
@@ -223,9 +217,6 @@ class DocumentStores:
 
     async def index(self, paths: list[str], name: str | None = None) -> dict:
         """Index `paths` (relative to the root, or absolute under it) into a store; the report."""
-        from genforge.rag.embed import NAME
-        from genforge.rag.ingest import index
-
         entry = self.entry(name)
         store = await self._store(entry)
         if not entry.indexing.acquire(blocking=False):
