@@ -3,7 +3,8 @@
 - aggregate: N requests at once, each `new_tokens` greedy tokens with end-of-sequence ignored, each a
   distinct short chat (they share only the chat template's default system prompt). genforge runs
   them through its engine in-process, N threads calling `engine.generate` (no HTTP);
-  llama-cpp-python (llama.cpp through its Python binding) through its OpenAI-compatible server, N HTTP clients posting /v1/completions.
+  llama-cpp-python (llama.cpp through its Python binding) through its OpenAI-compatible server,
+  N HTTP clients posting /v1/completions.
   Aggregate tokens/s = completion tokens of all N requests / wall time from first post to last reply.
 - prefix: time to first token of a chat with a long system prompt (cold), then of a second chat with
   the same system prompt and another question (warm). Each run uses a new system prompt, so the cold
@@ -238,7 +239,7 @@ def genforge_prefix(llm, systems: list[str]) -> list[dict]:
 
 
 def llama_cpp_prefix(llm, tokenizer, systems: list[str]) -> list[dict]:
-    """llama-cpp-python's `Llama.generate` keeps the previous prompt's cache and reuses its common prefix."""
+    """llama-cpp-python's `Llama.generate` keeps the previous prompt's cache, reusing its common prefix."""
     previous: list[int] = []
 
     def ttft(ids: list[int]) -> dict:
@@ -291,7 +292,7 @@ def aggregate_section(results: dict, batch_sizes: str, new_tokens: int) -> list[
     }
     base = next((t for (peer, _), t in tps.items() if peer == "llama-cpp-python server"), {})
     lines = [
-        f"## Aggregate decode throughput: N concurrent requests of {new_tokens} new tokens",
+        f"### Aggregate decode throughput: N concurrent requests of {new_tokens} new tokens",
         "",
         "Greedy, end of sequence ignored so that every request makes all its tokens; each request a "
         "distinct short chat (only the chat template's default system prompt is shared). genforge: "
@@ -340,7 +341,7 @@ def prefix_section(results: dict, system_tokens: int) -> list[str]:
     }
     base = next((m for (peer, _), m in med.items() if peer == "llama-cpp-python"), None)
     lines = [
-        f"## Prefix cache: time to first token with a ~{system_tokens}-token system prompt",
+        f"### Prefix cache: time to first token with a ~{system_tokens}-token system prompt",
         "",
         "Cold: a chat with a new system prompt (held-out Python documentation prose); warm: a second "
         "chat with the same system prompt and another question. Each run uses a new system prompt. "

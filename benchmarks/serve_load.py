@@ -1,4 +1,4 @@
-"""Serving under load: concurrent streaming chat clients against genforge's server and llama-cpp-python's.
+"""Serving under load: concurrent streaming chat clients against genforge's and llama-cpp-python's servers.
 
     make bench-serve      # 32 clients for 60 s per server, then rewrites its section of RESULTS.md
     python benchmarks/serve_load.py --clients 4 --duration 10 --out /tmp/r.md
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import bench_serving as serving
-from bench_engine import MODEL, SERVE_LOAD_HEADING, cpu_description, llama_cpp_python, write_section
+from bench_engine import MODEL, SERVE_LOAD_HEADING, llama_cpp_python, provenance, write_section
 
 HERE = Path(__file__).resolve().parent
 SERVERS = ("genforge", "llama-cpp-python server")
@@ -223,6 +223,7 @@ def main() -> None:
     servers = [s for s in args.servers.split(",") if s]
     if unknown := sorted(set(servers) - set(SERVERS)):
         ap.error(f"unknown server {unknown[0]!r}; choose from {', '.join(SERVERS)}")
+    load = os.getloadavg()[0]
 
     from genforge import hub
     from genforge.tokenizer import Tokenizer
@@ -238,7 +239,7 @@ def main() -> None:
         if name == "genforge" and res["errors"]:
             print(f"\n*** genforge: {res['errors']} FAILED REQUESTS ***", file=sys.stderr)
             print("\n".join(res["first_errors"]) + "\n", file=sys.stderr)
-    write_section(args.out, SERVE_LOAD_HEADING, section(results, args))
+    write_section(args.out, SERVE_LOAD_HEADING, section(results, args, load))
     if results.get("genforge", {}).get("errors"):
         sys.exit(1)
 
@@ -246,17 +247,14 @@ def main() -> None:
 # -- RESULTS.md -------------------------------------------------------------------------------
 
 
-def section(results: dict, args) -> list[str]:
+def section(results: dict, args, load: float) -> list[str]:
     base = results.get("llama-cpp-python server", {}).get("tps")
-    command = (
-        f"python benchmarks/serve_load.py --clients {args.clients} "
-        f"--duration {args.duration:g} --max-tokens {args.max_tokens}"
-    )
     lines = [
         SERVE_LOAD_HEADING,
         "",
-        f"Written by `{command}` (`make bench-serve`) on {time.strftime('%Y-%m-%d')}: {MODEL}, "
-        f"2 threads, CPU: {cpu_description()}. Each server alone, as a subprocess: genforge's "
+        provenance(load, "make bench-serve"),
+        "",
+        f"{MODEL}, 2 threads. Each server alone, as a subprocess: genforge's "
         "(`genforge serve --threads 2`, its defaults: `--dtype auto`, `--max-batch 32`) and "
         f"the server of {llama_cpp_python()} (`benchmarks/llama_server.py`, "
         "`--interrupt_requests False`; it serves one request at a time; not llama.cpp's own "
