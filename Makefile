@@ -92,7 +92,7 @@ bench: $(VENV)/.installed-bench model  ## install the peers, run the benchmarks,
 	$(PY) benchmarks/bench_engine.py $(BENCH_ARGS)
 
 # e.g. make bench-serve BENCH_SERVE_ARGS="--clients 8 --duration 20"
-bench-serve: $(VENV)/.installed-bench model  ## genforge's and llama.cpp's servers under 32 streaming clients, into RESULTS.md
+bench-serve: $(VENV)/.installed-bench model  ## genforge's and llama-cpp-python's servers under 32 streaming clients, into RESULTS.md
 	$(PY) benchmarks/serve_load.py $(BENCH_SERVE_ARGS)
 
 # e.g. make eval EVAL_ARGS="hellaswag,arc_easy --limit 200 --output results.json"

@@ -1,4 +1,4 @@
-"""Speed, memory and quality of genforge's engine next to llama.cpp and transformers.
+"""Speed, memory and quality of genforge's engine next to llama-cpp-python and transformers.
 
     make bench            # installs the peers, then runs this and rewrites benchmarks/RESULTS.md
     python benchmarks/bench_engine.py --only batch,prefix --runs 1 --out /tmp/r.md
@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -38,10 +39,21 @@ DTYPES = {  # genforge dtypes measured in each part
     "prefix": ("fp32", "int8"),
     "quality": ("fp32", "bf16", "int8", "int4"),
 }
-LLAMA_CPP_PEER = {"single": "llama.cpp", "batch": "llama.cpp server", "prefix": "llama.cpp"}
+# llama-cpp-python: llama.cpp through its Python binding, in-process (`Llama`) or through its
+# OpenAI-compatible server, which runs one request at a time. Not llama.cpp's own `llama-server`.
+LLAMA_CPP_PEER = {
+    "single": "llama-cpp-python",
+    "batch": "llama-cpp-python server",
+    "prefix": "llama-cpp-python",
+}
+# The llama.cpp commit each llama-cpp-python release vendors (from its CHANGELOG).
+LLAMA_CPP_COMMITS = {"0.3.36": "0c1e57098"}
 PREFIX_WARM_TARGET = 0.2  # warm TTFT <= this x cold (issue 3)
-NOTES_HEADING = "## Reading these figures"  # hand-written; kept when RESULTS.md is rewritten
-SERVE_LOAD_HEADING = "## Serving under load (serve_load.py)"  # written by serve_load.py; kept too
+# RESULTS.md: each script rewrites only its own "## ... (script.py)" section (to the next "## "
+# heading); hand-written notes live under "## Notes: ..." headings after them, untouched by scripts.
+HEADING = "## Engine: speed, memory and quality (bench_engine.py)"
+NOTES_PREFIX = "\n## Notes: "
+SERVE_LOAD_HEADING = "## Serving under load (serve_load.py)"
 QUALITY_PROMPTS = [
     "The capital of France is",
     "def quicksort(arr):\n",
@@ -84,7 +96,7 @@ def run_genforge(llm, ids: list[int], runs: int, new_tokens: int) -> list[dict]:
     greedy = SamplingParams(temperature=0, max_tokens=new_tokens)
 
     def stream():
-        llm.engine.reset_prefix_cache()  # every run prefills the whole prompt, as llama.cpp's do
+        llm.engine.reset_prefix_cache()  # every run prefills the whole prompt, as the peers' do
         return llm.engine.generate(ids, greedy, frozenset())
 
     return [timed_stream(stream(), new_tokens) for _ in range(runs + 1)][1:]
@@ -188,10 +200,10 @@ def worker(args) -> None:
         else:
             result = quality(llm, args.eval_tokens)
         result["kv_mb"] = serving.genforge_kv_mb(llm.engine)
-    elif peer == "llama.cpp server":
+    elif peer == "llama-cpp-python server":
         result = serving.llama_server_aggregate(path, tok, batch_sizes, new, runs)
         result["kv_mb"] = result["n_ctx"] * serving.kv_bytes_per_token_f16(meta) / 1e6
-    elif peer == "llama.cpp":
+    elif peer == "llama-cpp-python":
         n_ctx = max(1024, args.system_tokens + 512) if part == "prefix" else 1024
         llm = load_llama_cpp(path, n_ctx)
         if part == "single":
@@ -279,11 +291,12 @@ def main() -> None:
     parts = [p for p in args.only.split(",") if p and not (p == "quality" and args.skip_quality)]
     if unknown := sorted(set(parts) - set(PARTS)):
         ap.error(f"unknown part {unknown[0]!r}; choose from {', '.join(PARTS)}")
+    load = os.getloadavg()[0]
     results = {}
     for job in plan(parts, args.dtypes.split(","), hub.KNOWN[MODEL].quantization.lower()):
         print("running: " + " ".join(job), file=sys.stderr)
         results[job] = spawn(*job, args)
-    write_results(args.out, results, args)
+    write_results(args.out, results, args, load)
 
 
 # -- RESULTS.md -------------------------------------------------------------------------------
@@ -300,20 +313,46 @@ def cpu_description() -> str:
     return f"{model}, {os.cpu_count()} cores, flags: {', '.join(flags) or 'none of ' + '/'.join(wanted)}"
 
 
+def provenance(load_at_start: float, make_target: str) -> str:
+    """The first line of a generated section: when, by which command, on which CPU, under what load.
+
+    `load_at_start` is the 1-minute load average read when the run began; the one at the end is read
+    here. Figures from a loaded machine are slower, and all peers alike only if timed interleaved.
+    """
+    command = shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    return (
+        f"Generated on {time.strftime('%Y-%m-%d')} by `{command}` (`{make_target}`); CPU: "
+        f"{cpu_description()}; load average {load_at_start:.1f} at the start and "
+        f"{os.getloadavg()[0]:.1f} at the end (a shared machine)."
+    )
+
+
+def llama_cpp_python() -> str:
+    """The llama.cpp peer named exactly: the Python binding's version and the llama.cpp it vendors."""
+    try:
+        version = metadata.version("llama-cpp-python")
+    except metadata.PackageNotFoundError:
+        return "llama-cpp-python (not installed)"
+    commit = LLAMA_CPP_COMMITS.get(version, "commit unknown")
+    return f"llama-cpp-python {version} (llama.cpp {commit}, via its Python binding)"
+
+
 def write_section(out: Path, heading: str, lines: list[str]) -> None:
-    """Replace the section `heading` of RESULTS.md, or put it before the hand-written notes."""
+    """Replace the section `heading` of RESULTS.md (up to the next `## ` heading), or add it before
+    the hand-written notes; everything else is kept as it is. Written atomically (copy, rename)."""
     text = out.read_text() if out.exists() else "# Benchmark results\n"
     new = "\n".join(lines).rstrip() + "\n"
-    if heading in text:
-        start = text.index(heading)
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + new + (text[end:] if end >= 0 else "")
-    elif NOTES_HEADING in text:
-        at = text.index(NOTES_HEADING)
-        text = text[:at] + new + "\n" + text[at:]
+    at = text.find("\n" + heading + "\n")
+    if at >= 0:
+        end = text.find("\n## ", at + 1)
+        text = text[: at + 1] + new + (text[end:] if end >= 0 else "")
+    elif (notes := text.find(NOTES_PREFIX)) >= 0:
+        text = text[: notes + 1] + new + text[notes:]
     else:
         text = text.rstrip() + "\n\n" + new
-    out.write_text(text.rstrip() + "\n")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(text.rstrip() + "\n")
+    os.replace(tmp, out)
     print(new)
 
 
@@ -326,14 +365,14 @@ def single_section(results: dict, args) -> list[str]:
     if not speed:
         return []
     base = {p: median(r["runs"], "decode_tps") for (p, _), r in speed.items() if p != "genforge"}
-    lc = next((r["runs"] for (p, _), r in speed.items() if p == "llama.cpp"), None)
+    lc = next((r["runs"] for (p, _), r in speed.items() if p == "llama-cpp-python"), None)
     lines = [
-        f"## Single stream: {PROMPT_TOKENS}-token prompt, {args.new_tokens} new tokens",
+        f"### Single stream: {PROMPT_TOKENS}-token prompt, {args.new_tokens} new tokens",
         "",
-        "Ratios are against llama.cpp (in-process `Llama`, same GGUF file) and transformers (the GGUF "
-        "dequantized to fp32).",
+        "Ratios are against llama-cpp-python (in-process `Llama`, same GGUF file) and transformers "
+        "(the GGUF dequantized to fp32).",
         "",
-        "| peer | weights | prefill tok/s | decode tok/s | TTFT s | peak RSS MB | decode vs llama.cpp | decode vs transformers | prefill vs llama.cpp |",
+        "| peer | weights | prefill tok/s | decode tok/s | TTFT s | peak RSS MB | decode vs llama-cpp-python | decode vs transformers | prefill vs llama-cpp-python |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for (peer, dtype), res in speed.items():
@@ -341,7 +380,7 @@ def single_section(results: dict, args) -> list[str]:
         decode, prefill = median(r, "decode_tps"), median(r, "prefill_tps")
         lines.append(
             f"| {peer} | {dtype} | {prefill:.0f} | {decode:.1f} | {median(r, 'ttft_s'):.2f} | "
-            f"{res['peak_rss_mb']:.0f} | {ratio(decode, base.get('llama.cpp'))} | "
+            f"{res['peak_rss_mb']:.0f} | {ratio(decode, base.get('llama-cpp-python'))} | "
             f"{ratio(decode, base.get('transformers'))} | "
             f"{ratio(prefill, lc and median(lc, 'prefill_tps'))} |"
         )
@@ -355,7 +394,7 @@ def quality_section(results: dict) -> list[str]:
     ref = qual.get("fp32", {}).get("greedy")
     first = next(iter(qual.values()))
     lines = [
-        "## Quality of each `--dtype`",
+        "### Quality of each `--dtype`",
         "",
         f"Perplexity on {first['tokens']:,} held-out tokens of Python documentation prose "
         "(Debian python3.11-doc, library reference), 512-token windows; greedy agreement: how many of "
@@ -378,13 +417,13 @@ def memory_target_mb(file_mb: float, kv_mb: float) -> float:
 
 def memory_section(results: dict, file_mb: float) -> list[str]:
     lines = [
-        "## Peak resident memory",
+        "### Peak resident memory",
         "",
-        "Peak resident memory of each process (`ru_maxrss`; for the llama.cpp server, `VmHWM` of its "
+        "Peak resident memory of each process (`ru_maxrss`; for llama-cpp-python's server, `VmHWM` of its "
         f"process). Target: at most 1.3 x the GGUF file ({file_mb:.0f} MB) + KV cache + 300 MB, where "
         "the KV cache is the *configured* one, not the part actually touched: genforge's whole paged "
         "pool (`engine.cache`, all key and value tensors; allocated with `torch.empty`, so pages "
-        "never used cost no memory and the real footprint is lower), llama.cpp's n_ctx positions at "
+        "never used cost no memory and the real footprint is lower), llama-cpp-python's n_ctx positions at "
         "f16. transformers' cache grows with the request: no target. The quality processes compute "
         "full 512-token logits for perplexity, more than serving needs.",
         "",
@@ -441,7 +480,7 @@ def targets_section(results: dict, file_mb: float) -> list[str]:
     if not rows:
         return []
     lines = [
-        "## Targets",
+        "### Targets",
         "",
         "genforge against the targets of issue 3. Memory: the highest peak among its single, batch "
         "and prefix processes for that dtype (part in brackets).",
@@ -453,34 +492,21 @@ def targets_section(results: dict, file_mb: float) -> list[str]:
     return [*lines, ""]
 
 
-def kept_notes(out: Path) -> list[str]:
-    """What this script does not write (serve_load.py's section, then the notes), to carry over."""
-    if not out.exists():
-        return []
-    text = out.read_text()
-    starts = [text.index(h) for h in (SERVE_LOAD_HEADING, NOTES_HEADING) if h in text]
-    return text[min(starts) :].rstrip().splitlines() if starts else []
-
-
-def write_results(out: Path, results: dict, args) -> None:
+def write_results(out: Path, results: dict, args, load: float) -> None:
     from genforge import hub
 
     known = hub.KNOWN[MODEL]
     file_mb = known.size / 1e6
-    try:
-        lc_version = metadata.version("llama-cpp-python")
-    except metadata.PackageNotFoundError:
-        lc_version = "?"
     lines = [
-        "# Benchmark results",
+        HEADING,
         "",
-        f"Written by `benchmarks/bench_engine.py` (`make bench`) on {time.strftime('%Y-%m-%d')}: "
+        provenance(load, "make bench"),
+        "",
         f"{MODEL}, 2 threads, every peer in a process of its own, all in one invocation; medians of "
-        f"{args.runs} runs after a warm-up. llama.cpp is llama-cpp-python {lc_version} on the same "
-        f"GGUF file ({known.quantization}, {file_mb:.0f} MB). Compare ratios within this file, not "
+        f"{args.runs} runs after a warm-up. The llama.cpp peer is {llama_cpp_python()}, on the "
+        f"same GGUF file ({known.quantization}, {file_mb:.0f} MB); its server runs one request at "
+        "a time (it is not llama.cpp's own `llama-server`). Compare ratios within this section, not "
         "absolute figures across runs: they drift on shared machines.",
-        "",
-        f"CPU: {cpu_description()}.",
         "",
     ]
     lines += single_section(results, args)
@@ -489,9 +515,7 @@ def write_results(out: Path, results: dict, args) -> None:
     lines += quality_section(results)
     lines += memory_section(results, file_mb)
     lines += targets_section(results, file_mb)
-    lines += kept_notes(out)
-    out.write_text("\n".join(lines).rstrip() + "\n")
-    print(out.read_text())
+    write_section(out, HEADING, lines)
 
 
 if __name__ == "__main__":

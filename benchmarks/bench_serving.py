@@ -2,8 +2,9 @@
 
 - aggregate: N requests at once, each `new_tokens` greedy tokens with end-of-sequence ignored, each a
   distinct short chat (they share only the chat template's default system prompt). genforge runs
-  them through its engine in-process, N threads calling `engine.generate` (no HTTP); llama.cpp
-  through llama-cpp-python's OpenAI-compatible server, N HTTP clients posting /v1/completions.
+  them through its engine in-process, N threads calling `engine.generate` (no HTTP);
+  llama-cpp-python (llama.cpp through its Python binding) through its OpenAI-compatible server,
+  N HTTP clients posting /v1/completions.
   Aggregate tokens/s = completion tokens of all N requests / wall time from first post to last reply.
 - prefix: time to first token of a chat with a long system prompt (cold), then of a second chat with
   the same system prompt and another question (warm). Each run uses a new system prompt, so the cold
@@ -238,7 +239,7 @@ def genforge_prefix(llm, systems: list[str]) -> list[dict]:
 
 
 def llama_cpp_prefix(llm, tokenizer, systems: list[str]) -> list[dict]:
-    """llama.cpp's `Llama.generate` keeps the previous prompt's cache and reuses its common prefix."""
+    """llama-cpp-python's `Llama.generate` keeps the previous prompt's cache, reusing its common prefix."""
     previous: list[int] = []
 
     def ttft(ids: list[int]) -> dict:
@@ -289,21 +290,21 @@ def aggregate_section(results: dict, batch_sizes: str, new_tokens: int) -> list[
         key: {n: statistics.median(r["tps"] for r in res["aggregate"][n]) for n in sizes}
         for key, res in rows.items()
     }
-    base = next((t for (peer, _), t in tps.items() if peer == "llama.cpp server"), {})
+    base = next((t for (peer, _), t in tps.items() if peer == "llama-cpp-python server"), {})
     lines = [
-        f"## Aggregate decode throughput: N concurrent requests of {new_tokens} new tokens",
+        f"### Aggregate decode throughput: N concurrent requests of {new_tokens} new tokens",
         "",
         "Greedy, end of sequence ignored so that every request makes all its tokens; each request a "
         "distinct short chat (only the chat template's default system prompt is shared). genforge: "
         "N threads calling `engine.generate` in-process, batched by its engine; **this excludes "
-        "HTTP** (genforge's server comes in a later issue). llama.cpp: llama-cpp-python's server "
+        "HTTP** (serve_load.py measures both servers over HTTP). llama-cpp-python's server "
         "(`benchmarks/llama_server.py`: `--n_threads 2 --interrupt_requests False`, weight repacking "
         "off), N HTTP clients posting `/v1/completions` at once; it serves one request at a time. "
         "End of sequence is ignored there with a -1e9 `logit_bias` on the end tokens (the server has "
         "no `ignore_eos`), and `repeat_penalty` is set to 1.0 (its default is 1.1).",
         "",
         "Cells: completion tokens of all N requests / wall time from the first request to the last "
-        "reply, in tokens/s (the short prompts are prefilled within that time); in brackets, the ratio to llama.cpp's server at the same N.",
+        "reply, in tokens/s (the short prompts are prefilled within that time); in brackets, the ratio to llama-cpp-python's server at the same N.",
         "",
         "| peer | weights | "
         + " | ".join(f"N={n}" for n in sizes)
@@ -338,19 +339,19 @@ def prefix_section(results: dict, system_tokens: int) -> list[str]:
     med = {
         key: {k: statistics.median(r[k] for r in runs) for k in keys} for key, runs in rows.items()
     }
-    base = next((m for (peer, _), m in med.items() if peer == "llama.cpp"), None)
+    base = next((m for (peer, _), m in med.items() if peer == "llama-cpp-python"), None)
     lines = [
-        f"## Prefix cache: time to first token with a ~{system_tokens}-token system prompt",
+        f"### Prefix cache: time to first token with a ~{system_tokens}-token system prompt",
         "",
         "Cold: a chat with a new system prompt (held-out Python documentation prose); warm: a second "
         "chat with the same system prompt and another question. Each run uses a new system prompt. "
         "warm / cold is the median of each run's ratio. Reused: prompt tokens whose keys and values "
         "came from the cache — for genforge the engine's automatic prefix cache (`engine.pool.hits`, "
-        "whole 16-token blocks); for llama.cpp (in-process `Llama.generate`) the common prefix with "
-        "the previous prompt, the only one whose cache it keeps. Speed vs llama.cpp: llama.cpp's "
-        "time / this peer's time (above 1 = faster than llama.cpp).",
+        "whole 16-token blocks); for llama-cpp-python (in-process `Llama.generate`) the common prefix "
+        "with the previous prompt, the only one whose cache it keeps. Speed vs llama-cpp-python: its "
+        "time / this peer's time (above 1 = faster than llama-cpp-python).",
         "",
-        "| peer | weights | prompt tokens | cold TTFT s | warm TTFT s | warm / cold | reused cold / warm | cold speed vs llama.cpp | warm speed vs llama.cpp |",
+        "| peer | weights | prompt tokens | cold TTFT s | warm TTFT s | warm / cold | reused cold / warm | cold speed vs llama-cpp-python | warm speed vs llama-cpp-python |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for (peer, dtype), m in med.items():

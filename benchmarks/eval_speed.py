@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench_engine import cpu_description, write_section
+from bench_engine import provenance, write_section
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model comes from genforge's cache
 
@@ -167,14 +167,13 @@ def section(engines: list[Engine], hf: Engine, gold: list[int], args, load: floa
     from genforge.generate.loading import AUTO_DTYPE
 
     base = statistics.median(hf.speeds)
-    command = f"python benchmarks/eval_speed.py --items {args.items} --rounds {args.rounds}"
     lines = [
         HEADING,
         "",
-        f"Written by `{command}` (`make bench-eval`) on {time.strftime('%Y-%m-%d')}: the first "
-        f"{args.items} HellaSwag validation items (4 endings each, zero-shot), {MODEL}, "
-        f"{args.threads} threads, CPU: {cpu_description()}; load average {load:.1f} at the start "
-        f"(a shared machine). Median of {args.rounds} interleaved rounds after an untimed "
+        provenance(load, "make bench-eval"),
+        "",
+        f"The first {args.items} HellaSwag validation items (4 endings each, zero-shot), {MODEL}, "
+        f"{args.threads} threads. Median of {args.rounds} interleaved rounds after an untimed "
         f"{args.warmup}-item call; each timed call covers reading the items, tokenizing and "
         "scoring. genforge: `harness.evaluate` (what `genforge eval hellaswag` runs), its prefix "
         "cache emptied before each round. transformers: the same GGUF dequantized to fp32, the "

@@ -35,7 +35,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from bench_engine import cpu_description, write_section
+from bench_engine import cpu_description, provenance, write_section
 
 HERE = Path(__file__).parent
 HEADING = "## Retrieval speed (rag_speed.py)"
@@ -282,15 +282,6 @@ def measure_queries(store, embedder, queries: list[str], k: int, warmup: int) ->
 # -- RESULTS.md -----------------------------------------------------------------------------------
 
 
-def write_results(out: Path, lines: list[str]) -> None:
-    """Rewrite our section of RESULTS.md atomically: edit a copy, then rename it over the file."""
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    if out.exists():
-        shutil.copy2(out, tmp)
-    write_section(tmp, HEADING, lines)
-    os.replace(tmp, out)
-
-
 def ingest_lines(rows: list[dict], files: list[Path]) -> list[str]:
     n, t = rows[0]["chunks"], rows[0]["texts"]
     ingest, raw = [n / r["ingest_s"] for r in rows], [t / r["embed_s"] for r in rows]
@@ -357,22 +348,16 @@ def query_lines(q: dict, info: dict, n: int, k: int, warmup: int, examples: list
 
 
 def section(args, threads, load, rows, files, q, info, queries) -> list[str]:
-    command = (
-        "python benchmarks/rag_speed.py"
-        + " --quick" * args.quick
-        + (
-            f" --ingest-files {args.ingest_files} --rounds {args.rounds} --queries {len(queries)}"
-            f" --index-vectors {args.index_vectors}"
-        )
-    )
     return [
         HEADING,
         "",
-        f"Written by `{command}` (`make bench-rag`) on {time.strftime('%Y-%m-%d')}: CPU: "
-        f"{cpu_description()}; torch threads {threads}; load average {load:.1f} "
-        f"at the start (a shared machine). Embedder: all-MiniLM-L6-v2 (genforge's default), "
-        f"chunks of <= 200 tokens with 32 of overlap. Ingest figures are medians of {args.rounds} "
-        "rounds alternating ingest and raw encoding (the order flips each round).",
+        provenance(load, "make bench-rag"),
+        "",
+        f"torch threads {threads}; {args.ingest_files} ingest files, {args.rounds} rounds, "
+        f"{len(queries)} queries, index vectors: {args.index_vectors}. Embedder: all-MiniLM-L6-v2 "
+        "(genforge's default), chunks of <= 200 tokens with 32 of overlap. Ingest figures are "
+        f"medians of {args.rounds} rounds alternating ingest and raw encoding (the order flips "
+        "each round).",
         "",
         *ingest_lines(rows, files),
         "",
@@ -434,7 +419,7 @@ def main() -> None:
     if args.quick:
         print("\n".join(lines))
     else:
-        write_results(args.out, lines)  # prints the section too
+        write_section(args.out, HEADING, lines)  # atomic; prints the section too
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Serving under load: concurrent streaming chat clients against genforge's server and llama.cpp's.
+"""Serving under load: concurrent streaming chat clients against genforge's and llama-cpp-python's servers.
 
     make bench-serve      # 32 clients for 60 s per server, then rewrites its section of RESULTS.md
     python benchmarks/serve_load.py --clients 4 --duration 10 --out /tmp/r.md
@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import bench_serving as serving
-from bench_engine import MODEL, SERVE_LOAD_HEADING, cpu_description, write_section
+from bench_engine import MODEL, SERVE_LOAD_HEADING, llama_cpp_python, provenance, write_section
 
 HERE = Path(__file__).resolve().parent
-SERVERS = ("genforge", "llama.cpp server")
+SERVERS = ("genforge", "llama-cpp-python server")
 TEMPERATURE = 0.7
 TOP_P = 0.95  # both servers' default top-k 40 and min-p 0.05 are left as they are
 DRAIN_LIMIT_S = 600  # requests still running this long after --duration count as errors
@@ -223,6 +223,7 @@ def main() -> None:
     servers = [s for s in args.servers.split(",") if s]
     if unknown := sorted(set(servers) - set(SERVERS)):
         ap.error(f"unknown server {unknown[0]!r}; choose from {', '.join(SERVERS)}")
+    load = os.getloadavg()[0]
 
     from genforge import hub
     from genforge.tokenizer import Tokenizer
@@ -238,7 +239,7 @@ def main() -> None:
         if name == "genforge" and res["errors"]:
             print(f"\n*** genforge: {res['errors']} FAILED REQUESTS ***", file=sys.stderr)
             print("\n".join(res["first_errors"]) + "\n", file=sys.stderr)
-    write_section(args.out, SERVE_LOAD_HEADING, section(results, args))
+    write_section(args.out, SERVE_LOAD_HEADING, section(results, args, load))
     if results.get("genforge", {}).get("errors"):
         sys.exit(1)
 
@@ -246,20 +247,18 @@ def main() -> None:
 # -- RESULTS.md -------------------------------------------------------------------------------
 
 
-def section(results: dict, args) -> list[str]:
-    base = results.get("llama.cpp server", {}).get("tps")
-    command = (
-        f"python benchmarks/serve_load.py --clients {args.clients} "
-        f"--duration {args.duration:g} --max-tokens {args.max_tokens}"
-    )
+def section(results: dict, args, load: float) -> list[str]:
+    base = results.get("llama-cpp-python server", {}).get("tps")
     lines = [
         SERVE_LOAD_HEADING,
         "",
-        f"Written by `{command}` (`make bench-serve`) on {time.strftime('%Y-%m-%d')}: {MODEL}, "
-        f"2 threads, CPU: {cpu_description()}. Each server alone, as a subprocess: genforge's "
+        provenance(load, "make bench-serve"),
+        "",
+        f"{MODEL}, 2 threads. Each server alone, as a subprocess: genforge's "
         "(`genforge serve --threads 2`, its defaults: `--dtype auto`, `--max-batch 32`) and "
-        "llama-cpp-python's (`benchmarks/llama_server.py`, "
-        "`--interrupt_requests False`; it serves one request at a time). "
+        f"the server of {llama_cpp_python()} (`benchmarks/llama_server.py`, "
+        "`--interrupt_requests False`; it serves one request at a time; not llama.cpp's own "
+        "`llama-server`). "
         f"{args.clients} clients each loop for {args.duration:g} s on streamed "
         f"`/v1/chat/completions`: a short distinct question, {args.max_tokens} tokens "
         f"(end tokens banned with `logit_bias` -100), temperature {TEMPERATURE}, a seed per "
@@ -271,7 +270,7 @@ def section(results: dict, args) -> list[str]:
         "0.5 s; idle RSS: after one warm-up request, before the load.",
         "",
         "| server | requests | tokens | wall s | tokens/s | TTFT p50 s | TTFT p99 s | errors | "
-        "idle RSS MB | peak RSS MB | tokens/s vs llama.cpp |",
+        "idle RSS MB | peak RSS MB | tokens/s vs llama-cpp-python server |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():

@@ -12,11 +12,12 @@ cache, where a rerun finds the index up to date.
 A retrieved chunk is a hit when it covers the question's paragraph (and, for SQuAD, contains one of
 the reference answers: the answer-recall rule of open-domain QA). Per mode (dense, BM25, hybrid):
 recall@1/5/10 and MRR@10. With a model, each question is also answered through
-`genforge.rag.answer` (hybrid, k=4; the first 100 questions, generation being slow): `faithfulness`
-is the share of questions whose cited chunks are hits, `cited` the share of answers with any
-citation (written by the model, or else attributed by `genforge.rag.answer.attribute`), `marked` the
-share where the model wrote the `[n]` markers itself, `answer_match` the share whose text contains a reference answer as words (case-folded;
-"yes"/"no" for BoolQ).
+`genforge.rag.answer` (hybrid, k=4; the first 100 questions, generation being slow). The headline
+answer metrics count only the citations the model wrote itself (`[n]` markers): `cited` is the share
+of answers with one, `faithfulness` the share of questions where one of them is a hit. Citations
+attributed by word overlap when the model writes no marker (`genforge.rag.answer.attribute`, marked
+`inferred`) are counted apart: `cited_inferred` and `faithfulness_inferred`. `answer_match` is the
+share whose text contains a reference answer as words (case-folded; "yes"/"no" for BoolQ).
 """
 
 from __future__ import annotations
@@ -137,6 +138,10 @@ def _is_hit(chunk, source: tuple[str, int], answers: list[str] | None) -> bool:
     return answers is None or any(_fold(a) in _fold(chunk.text) for a in answers)
 
 
+def _cites_a_hit(answer, citations, source: tuple[str, int], answers: list[str] | None) -> bool:
+    return any(_is_hit(answer.chunks[c.number - 1].chunk, source, answers) for c in citations)
+
+
 def _stderr(values: list[float]) -> float:
     n = len(values)
     if n < 2:
@@ -191,19 +196,23 @@ def run(llm, task: Retrieval, *, limit, shots, seed, chat, bar, workers, home: P
                 answer = ask(
                     llm, retriever, item.prompt, k=task.answer_k, temperature=0.0, max_tokens=96
                 )
-                cited = [answer.chunks[c.number - 1].chunk for c in answer.citations]
-                faithful = any(_is_hit(c, source, needed) for c in cited)
+                written = [c for c in answer.citations if not c.inferred]  # the model wrote [n]
+                inferred = [c for c in answer.citations if c.inferred]
+                faithful = _cites_a_hit(answer, written, source, needed)
+                faithful_inferred = _cites_a_hit(answer, inferred, source, needed)
+                values.setdefault("cited", []).append(float(bool(written)))
                 values.setdefault("faithfulness", []).append(float(faithful))
-                values.setdefault("cited", []).append(float(bool(answer.citations)))
-                marked = any(not c.inferred for c in answer.citations)  # the model wrote [n]
-                values.setdefault("marked", []).append(float(marked))
+                values.setdefault("cited_inferred", []).append(float(bool(inferred)))
+                values.setdefault("faithfulness_inferred", []).append(float(faithful_inferred))
                 folded = _fold(answer.text)
                 matched = any(re.search(rf"\b{re.escape(_fold(a))}\b", folded) for a in answers)
                 values.setdefault("answer_match", []).append(float(matched))
                 record.update(
                     answer=answer.text,
-                    citations=[c.number for c in answer.citations],
+                    citations=[c.number for c in written],
+                    inferred_citations=[c.number for c in inferred],
                     faithful=faithful,
+                    faithful_inferred=faithful_inferred,
                     answer_match=matched,
                 )
             records.append(record)

@@ -35,20 +35,27 @@ class CitingLLM:
     """Answers with the first source's first words and cites it: faithful whenever retrieval is."""
 
     name = "scripted"
+    marker = " [1]"
 
     def chat(self, messages, stream=False, **sampling):
         first = re.search(r'<source id="1"[^>]*>\n(.*?)\n</source>', messages[-1]["content"], re.S)
-        return iter([" ".join(first.group(1).split()[:40]) + " [1]"])
+        return iter([" ".join(first.group(1).split()[:40]) + self.marker])
 
 
-def test_metrics_on_a_small_real_index(tmp_path):
+class QuotingLLM(CitingLLM):
+    """The same answers without the marker: every citation is attributed by word overlap."""
+
+    marker = ""
+
+
+def _run_small(tmp_path, llm):
     files, items = rag.squad()
     keep = list(files)[:3]
     small = ({k: files[k] for k in keep}, [i for i in items if i.extra["file"] in keep])
     task = rag.Retrieval("tiny", "three SQuAD articles", lambda: small, answer_in_chunk=True)
     with tqdm(disable=True) as bar:
-        summary, records = rag.run(
-            CitingLLM(),
+        return rag.run(
+            llm,
             task,
             limit=30,
             shots=0,
@@ -58,6 +65,10 @@ def test_metrics_on_a_small_real_index(tmp_path):
             workers=1,
             home=tmp_path,
         )
+
+
+def test_metrics_on_a_small_real_index(tmp_path):
+    summary, records = _run_small(tmp_path, CitingLLM())
     m = summary["metrics"]
     assert len(records) == 30
     for mode in rag.MODES:
@@ -76,3 +87,25 @@ def test_metrics_on_a_small_real_index(tmp_path):
     top = [r for r in answered if r["rank"]["hybrid"] == 1]
     assert sum(r["faithful"] for r in top) >= 0.8 * len(top) > 0
     assert m["faithfulness"] == pytest.approx(sum(r["faithful"] for r in records) / len(records))
+    # Every citation was written by the model: none is counted as inferred.
+    assert m["cited_inferred"] == m["faithfulness_inferred"] == 0
+    assert not any(r["inferred_citations"] for r in records)
+
+
+def test_inferred_citations_are_counted_apart(tmp_path):
+    """An answer without markers is attributed to its source, but only in the inferred columns."""
+    summary, records = _run_small(tmp_path, QuotingLLM())
+    m = summary["metrics"]
+    assert m["cited"] == m["faithfulness"] == 0
+    assert not any(r["citations"] or r["faithful"] for r in records)
+    attributed = [r for r in records if r["inferred_citations"]]
+    assert m["cited_inferred"] == pytest.approx(len(attributed) / len(records))
+    assert m["cited_inferred"] > 0.8
+    # The answer quotes source 1 word for word, so it is attributed to source 1, and a hit ranked
+    # first is mostly an inferred faithful citation.
+    assert all(r["inferred_citations"] == [1] for r in attributed)
+    top = [r for r in attributed if r["rank"]["hybrid"] == 1]
+    assert sum(r["faithful_inferred"] for r in top) >= 0.8 * len(top) > 0
+    assert m["faithfulness_inferred"] == pytest.approx(
+        sum(r["faithful_inferred"] for r in records) / len(records)
+    )
