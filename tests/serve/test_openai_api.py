@@ -388,6 +388,13 @@ def test_completions(client):
     assert echo.choices[0].text == prompt + r.choices[0].text
 
 
+# bf16 activations keep 8 significant bits: a logit of ~20 is good to ~0.08 after one rounding, and
+# the two paths round at every layer. The parting seen with AVX2 kernels (ATEN_CPU_CAPABILITY=avx2,
+# ONEDNN_MAX_CPU_ISA=AVX2) was " white" vs " single" after "Roses are red, with a": equal
+# log-probabilities in the batch.
+NEAR_TIE = 0.3
+
+
 def test_completions_list_and_logprobs(client):
     prompts = ["One, two, three,", "Roses are red,"]
     r = client.completions.create(
@@ -395,9 +402,25 @@ def test_completions_list_and_logprobs(client):
     )
     assert len(r.choices) == 2
     for p, choice in zip(prompts, r.choices, strict=True):
-        alone = client.completions.create(model=MODEL, prompt=p, temperature=0, max_tokens=6)
-        assert choice.text == alone.choices[0].text
+        alone = client.completions.create(
+            model=MODEL, prompt=p, temperature=0, max_tokens=6, logprobs=2
+        )
         lp = choice.logprobs
+        # Batched and alone, the same prompt goes through matmuls of other shapes, which round
+        # differently on some CPUs (AVX2's kernels block by 8 lanes, AVX-512's by 16; the engine is
+        # not batch-invariant, docs/serve.md). Greedy paths may therefore part, but only at a near
+        # tie: both tokens in the batched top 2, within NEAR_TIE nats. A batch that mixed up its
+        # prompts or positions parts at once and by whole nats.
+        mine, theirs = lp.tokens, alone.choices[0].logprobs.tokens
+        parted = next(
+            (i for i, (a, b) in enumerate(zip(mine, theirs, strict=False)) if a != b), None
+        )
+        if parted is None:
+            assert choice.text == alone.choices[0].text
+        else:
+            top = lp.top_logprobs[parted]
+            assert theirs[parted] in top, (p, mine, theirs)
+            assert abs(top[theirs[parted]] - top[mine[parted]]) < NEAR_TIE, (p, top)
         assert "".join(lp.tokens) == choice.text
         assert all(len(top) <= 2 for top in lp.top_logprobs)
         assert lp.text_offset == sorted(lp.text_offset)
