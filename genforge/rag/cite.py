@@ -275,15 +275,35 @@ _COMMON = STOPWORDS | frozenset(
     ]
 )
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n\s*\n|\n(?=\s*(?:[-*+>#|]|\d+[.)]\s))")
+# A number with its unit is one token ("4mib"): "16 MiB" is not supported by a passage saying "4 MiB"
+# and, elsewhere, "up to 16".
+_QUANTITY = re.compile(
+    r"\b(\d+(?:\.\d+)?)\s*(kib|mib|gib|tib|kb|mb|gb|tb|bytes?|ms|seconds?|minutes?|hours?|days?|"
+    r"weeks?|months?|years?|tokens?|miles?|km|kg|percent|%)(?!\w)"
+)
+PAIR_DISCOUNT = 0.8
 MIN_COVERAGE = 0.5  # weighted share of the sentence's content words a source sentence must hold
 
 
 def _tokens(text: str) -> list[str]:
-    return [
-        w
-        for w in re.findall(r"\w+", text.lower())
+    text = text.lower()
+    words = [
+        _stem(w)
+        for w in re.findall(r"\w+", text)
         if w not in _COMMON and (len(w) > 1 or w.isdigit())
     ]
+    return words + [f"{n}{_stem(unit)}" for n, unit in _QUANTITY.findall(text)]
+
+
+def _stem(word: str) -> str:
+    """A crude English stem, so that "calls", "called" and "call" match; identifiers stay whole."""
+    if len(word) <= 4 or not word.isalpha():
+        return word
+    for suffix, replacement in (("ies", "y"), ("ing", ""), ("ed", ""), ("es", ""), ("s", "")):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            word = word[: -len(suffix)] + replacement
+            break
+    return word.removesuffix("e")
 
 
 def _exact(word: str) -> bool:
@@ -298,16 +318,21 @@ def sentences(text: str) -> list[str]:
 def attribute_sentences(text: str, sources: list[str], min_coverage: float = MIN_COVERAGE):
     """For each sentence of `text` (markers removed), the index of the source that supports it, or
     None. Returned as (sentence, index) pairs."""
-    windows = []  # per source: the word sets of its sentences and of pairs of neighbours
+    # Per source: the word sets of its sentences, and of pairs of neighbours (an answer may join
+    # two), a pair's score discounted: words that meet in one sentence are the stronger evidence.
+    windows = []
     for source in sources:
         units = [set(_tokens(s)) for s in sentences(source)] or [set()]
-        windows.append(units + [a | b for a, b in zip(units, units[1:], strict=False)])
-    bags = [set().union(*w) for w in windows]
+        pairs = [a | b for a, b in zip(units, units[1:], strict=False)]
+        windows.append([(u, 1.0) for u in units] + [(p, PAIR_DISCOUNT) for p in pairs])
+    bags = [set().union(*(u for u, _ in w)) for w in windows]
     n = len(sources)
 
     def weight(word: str) -> float:
         df = sum(word in bag for bag in bags)
-        idf = math.log((n + 1) / (df + 0.5)) + 0.5
+        # A word no source has tells nothing about which one: it counts, as a plain word, against
+        # the share covered (rare within the sources is what singles one out).
+        idf = math.log((n + 1) / (df + 0.5)) + 0.5 if df else 1.0
         return idf * (3.0 if _exact(word) else 1.0)
 
     result = []
@@ -317,15 +342,15 @@ def attribute_sentences(text: str, sources: list[str], min_coverage: float = MIN
         if len(words) >= 2 or any(_exact(w) for w in words):
             weights = {w: weight(w) for w in words}
             total = sum(weights.values())
-            numbers = {w for w in words if w.isdigit()}
+            numbers = {w for w in words if w[0].isdigit()}  # numbers and quantities
             for i, units in enumerate(windows):
-                for unit in units:
+                for unit, factor in units:
                     shared = words & unit
                     if not numbers <= unit:
                         continue  # a number the passage does not state: not its support
                     if len(shared) < 2 and not any(_exact(w) for w in shared):
                         continue
-                    score = sum(weights[w] for w in shared) / total
+                    score = factor * sum(weights[w] for w in shared) / total
                     if score > best_score:
                         best, best_score = i, score
         result.append((sentence, best if best_score >= min_coverage else None))
