@@ -281,6 +281,7 @@ _QUANTITY = re.compile(
     r"\b(\d+(?:\.\d+)?)\s*(kib|mib|gib|tib|kb|mb|gb|tb|bytes?|ms|seconds?|minutes?|hours?|days?|"
     r"weeks?|months?|years?|tokens?|miles?|km|kg|percent|%)(?!\w)"
 )
+_LIST_ITEM = re.compile(r"^(?:[-*+>#]+|\d+[.)])\s+")
 PAIR_DISCOUNT = 0.8
 MIN_COVERAGE = 0.5  # weighted share of the sentence's content words a source sentence must hold
 
@@ -312,7 +313,13 @@ def _exact(word: str) -> bool:
 
 
 def sentences(text: str) -> list[str]:
-    return [s for s in (p.strip() for p in _SENTENCE.split(text)) if s]
+    out = []
+    for part in (p.strip() for p in _SENTENCE.split(text)):
+        if part and out and re.fullmatch(r"\d+[.)]", out[-1]):
+            out[-1] += " " + part  # "1. Use ...": a list item's number is no sentence
+        elif part:
+            out.append(part)
+    return out
 
 
 def attribute_sentences(text: str, sources: list[str], min_coverage: float = MIN_COVERAGE):
@@ -337,7 +344,7 @@ def attribute_sentences(text: str, sources: list[str], min_coverage: float = MIN
 
     result = []
     for sentence in sentences(_GROUP.sub(" ", text)):
-        words = set(_tokens(sentence))
+        words = set(_tokens(_LIST_ITEM.sub("", sentence)))  # "2. Use ..." states no number
         best, best_score = None, 0.0
         if len(words) >= 2 or any(_exact(w) for w in words):
             weights = {w: weight(w) for w in words}
@@ -350,6 +357,8 @@ def attribute_sentences(text: str, sources: list[str], min_coverage: float = MIN
                         continue  # a number the passage does not state: not its support
                     if len(shared) < 2 and not any(_exact(w) for w in shared):
                         continue
+                    if shared <= numbers:
+                        continue  # a number alone, in a passage about something else
                     score = factor * sum(weights[w] for w in shared) / total
                     if score > best_score:
                         best, best_score = i, score

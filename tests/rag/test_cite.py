@@ -256,3 +256,10 @@ def test_attribution_per_sentence_of_a_whole_answer():
     got = attribute_sentences(answer, CONTROL_FLOW)
     assert [index for _, index in got] == [1, 1, 0, None]
     assert got[1][0] == "It is not executed if the loop was terminated by a break  ."
+
+
+def test_a_numbered_list_item_states_no_number():
+    answer = (
+        "Two things:\n1. The else clause is not executed if the loop was terminated by a break."
+    )
+    assert [index for _, index in attribute_sentences(answer, CONTROL_FLOW)] == [None, 1]
