@@ -35,6 +35,10 @@ MARKER_CASES = [
     ("Sources: [1], [2]", 2, [(1,), (2,)]),
     ("- Paris is the capital [1]\n- Rome is Italy's [2]", 2, [(1,), (2,)]),
     ("**Paris** is the capital [1].", 2, [(1,)]),
+    ("(Source: [2])", 2, [(2,)]),
+    ("According to [1], Paris is the capital.", 2, [(1,)]),
+    ("Paris is the capital [1] and Rome is Italy's [2].", 2, [(1,), (2,)]),
+    ("It is cached [1]. It grows without bound [2]!", 2, [(1,), (2,)]),
     # numbers that are not sources shown, or not a citation group
     ("See [7].", 3, []),
     ("See [0].", 3, []),
