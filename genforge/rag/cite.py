@@ -177,10 +177,10 @@ def _unclosed(before: str) -> bool:
     for i, ch in enumerate(before):
         if ch in "([{":
             call = ch == "(" and i > 0 and (before[i - 1].isalnum() or before[i - 1] in "_)]")
-            stack.append(ch if ch != "(" or call else "prose(")
+            stack.append(ch if ch != "(" or call else "")  # "" a prose parenthesis
         elif ch in _CLOSE and stack:
             stack.pop()
-    return any(s in "[{(" for s in stack)
+    return any(stack)
 
 
 # Attribution --------------------------------------------------------------------------------------

@@ -53,12 +53,12 @@ function unclosed(before) {
     const ch = before[i];
     if ("([{".includes(ch)) {
       const call = ch === "(" && i > 0 && /[\p{L}\p{N}_)\]]/u.test(before[i - 1]);
-      stack.push(ch !== "(" || call ? ch : "prose(");
+      stack.push(ch !== "(" || call ? ch : ""); // "" a prose parenthesis
     } else if (")]}".includes(ch) && stack.length) {
       stack.pop();
     }
   }
-  return stack.some((s) => s.length === 1);
+  return stack.some(Boolean);
 }
 
 function fitsBefore(before) {
