@@ -12,8 +12,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from genforge.rag.cite import MIN_COVERAGE, attribute_sentences, markers
 from genforge.rag.retrieve import Hit, Retriever
-from genforge.rag.store import STOPWORDS
 
 # Measured on 20 SQuAD questions with Qwen2.5-Coder-0.5B: an example marker in the instructions
 # ("like [1] or [2][3]") made half the answers nothing but markers (8/20 held the answer); asking for
@@ -76,11 +76,10 @@ def build_messages(question: str, hits: list[Hit]) -> list[dict]:
 
 
 def cited(text: str, hits: list[Hit]) -> list[Citation]:
-    """The sources an answer cites, in order of first mention; numbers outside the list are ignored."""
-    numbers = []
-    for group in re.findall(r"\[(\d+(?:\s*,\s*\d+)*)\]", text):
-        numbers += [int(n) for n in re.split(r"\s*,\s*", group)]
-    return [_citation(n, hits) for n in dict.fromkeys(numbers) if 1 <= n <= len(hits)]
+    """The sources an answer cites with `[n]` markers in its prose (see `genforge.rag.cite`), in
+    order of first mention; code, list literals and numbers outside the list are not markers."""
+    numbers = [n for m in markers(text, len(hits)) for n in m.numbers]
+    return [_citation(n, hits) for n in dict.fromkeys(numbers)]
 
 
 def _citation(n: int, hits: list[Hit], inferred: bool = False) -> Citation:
@@ -88,23 +87,12 @@ def _citation(n: int, hits: list[Hit], inferred: bool = False) -> Citation:
     return Citation(n, c.source, c.start, c.end, c.unit, c.text, inferred)
 
 
-def _content_words(text: str) -> set[str]:
-    return {w for w in re.findall(r"\w+", text.lower()) if len(w) > 1 and w not in STOPWORDS}
-
-
-def attribute(text: str, hits: list[Hit], min_overlap: float = 0.5) -> list[Citation]:
-    """Sources that support an answer written without markers: for each sentence, the source holding
-    the largest share of its content words, when that share is at least `min_overlap`."""
-    sources = [_content_words(h.chunk.text) for h in hits]  # once, not once per sentence
-    numbers = []
-    for sentence in re.split(r"(?<=[.!?])\s+", text):
-        words = _content_words(sentence)
-        if len(words) < 2:
-            continue
-        shares = [len(words & source) / len(words) for source in sources]
-        best = max(range(len(hits)), key=lambda i: shares[i], default=None)
-        if best is not None and shares[best] >= min_overlap:
-            numbers.append(best + 1)
+def attribute(text: str, hits: list[Hit], min_overlap: float = MIN_COVERAGE) -> list[Citation]:
+    """Sources that support an answer written without markers: for each sentence, the source with a
+    sentence (or two neighbouring ones) covering at least `min_overlap` of its content words, rare
+    words, numbers and identifiers weighted most; a sentence nothing supports gets none."""
+    pairs = attribute_sentences(text, [h.chunk.text for h in hits], min_overlap)
+    numbers = [i + 1 for _, i in pairs if i is not None]
     return [_citation(n, hits, inferred=True) for n in dict.fromkeys(numbers)]
 
 

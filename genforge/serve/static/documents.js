@@ -2,10 +2,10 @@
 // from the documents (a chat with "rag", streamed), and read the passages the answer cites.
 // Document text is untrusted: it is only ever set as textContent. The answer goes through the
 // chat's escaping markdown renderer, and its citation markers become buttons made here.
+import { markers } from "./citations.js";
 import { renderMarkdown } from "./markdown.js";
 
 const VIEW = "genforge.view";
-const MARKER = /(\[\d+(?:\s*,\s*\d+)*\])/; // [1] or [1, 2], as genforge.rag.answer.cited reads them
 
 export function initDocuments({ api, serverEvents, samplingOptions, chatModel, ApiError }) {
   const $ = (selector) => document.querySelector(selector);
@@ -196,21 +196,21 @@ export function initDocuments({ api, serverEvents, samplingOptions, chatModel, A
     const nodes = [];
     while (walker.nextNode()) nodes.push(walker.currentNode);
     for (const node of nodes) {
-      const parts = node.data.split(MARKER);
-      if (parts.length === 1) continue;
+      // Markers as genforge.rag.cite reads them: in prose, not list literals ("x = [1, 2]").
+      const found = markers(node.data, count);
+      if (!found.length) continue;
       const fragment = document.createDocumentFragment();
-      parts.forEach((part, i) => {
-        const numbers = i % 2 ? part.slice(1, -1).split(/\s*,\s*/).map(Number) : [];
-        if (!numbers.length || numbers.some((n) => n < 1 || n > count)) {
-          if (part) fragment.append(part);
-          return;
-        }
+      let at = 0;
+      for (const { start, end, numbers } of found) {
+        if (start > at) fragment.append(node.data.slice(at, start));
         for (const n of numbers) {
           const button = sourceButton(n, "cite", `[${n}]`);
           button.setAttribute("aria-label", `Source ${n}: ${where(state.chunks[n - 1])}`);
           fragment.append(button);
         }
-      });
+        at = end;
+      }
+      if (at < node.data.length) fragment.append(node.data.slice(at));
       node.replaceWith(fragment);
     }
   }
