@@ -120,6 +120,27 @@ def test_chat_reads_stdin_lines_as_turns_of_one_conversation(smollm2_path):
     assert rest.strip() and rest != alone2  # the second turn saw the first: a different answer
 
 
+def test_piped_repl_commands_act_as_typed(smollm2_path):
+    flags = ("--temperature", "0", "--max-tokens", "16")
+    first, second = "My name is Ada. Remember it.", "What is my name?"
+    r = genforge("chat", *flags, stdin=f"{first}\n/reset\n{second}\n/exit\nNever answered.\n")
+    assert r.returncode == 0, r.stderr
+    alone1 = genforge("chat", first, *flags).stdout
+    alone2 = genforge("chat", second, *flags).stdout
+    assert alone1.strip() and alone2.strip()
+    # /reset started over, so the second turn is answered as a one-shot would be; /exit ended
+    # the chat, so the last line got no answer; neither command reached the model.
+    assert r.stdout == alone1 + alone2
+    assert "(new conversation)" in r.stderr
+
+
+def test_chat_refuses_an_empty_message_as_generate_does():
+    for message in ("", "  \n"):
+        r = genforge("chat", message)
+        assert_one_line_error(r, "the message is empty")
+        assert r.returncode == genforge("generate", "").returncode == 1
+
+
 def test_chat_one_shot_with_system_prompt(smollm2_path):
     r = genforge(
         "chat",
