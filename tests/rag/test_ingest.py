@@ -296,6 +296,20 @@ def test_search_cli_prints_json(corpus, tmp_path):
     )
 
 
+def test_reading_a_missing_store_creates_no_file(tmp_path):
+    """Only `rag index` makes a store: a mistyped --store for search or ask leaves nothing behind."""
+    missing = tmp_path / "mistyped.sqlite"
+    for argv in (["search", "x"], ["ask", "What is x?"]):
+        out = rag_cli(*argv, "--store", missing)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert "does not exist" in out.stderr and "genforge rag index" in out.stderr
+        assert list(tmp_path.iterdir()) == []
+    with pytest.raises(GenforgeError, match="does not exist"):
+        open_store(missing, create=False)
+    assert not missing.exists()
+
+
 def test_token_counts_are_not_padded_or_cut(embedder):
     assert embedder.count_tokens("hello world") == 2
     assert embedder.count_tokens("word " * 500) == 500
