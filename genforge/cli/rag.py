@@ -164,7 +164,7 @@ def run_index(args: argparse.Namespace) -> int:
         )
     with _open(args, create=True) as store:
         report = index(args.paths, store, settings, progress=not args.quiet)
-        print(report.summary())
+        print(report.summary(Path.cwd()))
         stats = store.stats()
     print(f"{args.store}: {stats['files']} files, {stats['chunks']} chunks")
     return 0

@@ -182,6 +182,31 @@ def test_skipped_files_are_reported_with_a_reason(corpus, tmp_path, embedder):
     assert len(report.added) == 4
 
 
+def test_index_cli_names_every_skipped_file(corpus, tmp_path):
+    (corpus / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    (corpus / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    out = rag_cli("index", corpus, "--store", tmp_path / "index.sqlite", "--quiet")
+    assert out.returncode == 0, out.stderr
+    skips = [line for line in out.stdout.splitlines() if line.lstrip().startswith("skipped")]
+    assert len(skips) == 2, out.stdout
+    assert any("not UTF-8 text" in line and "latin1.txt" in line for line in skips), skips
+    assert any("(.png)" in line and "logo.png" in line for line in skips), skips
+
+
+def test_a_summary_names_the_first_skipped_files_of_each_reason(tmp_path):
+    report = ingest.Report(
+        skipped=[(str(tmp_path / f"img{i}.png"), "unsupported") for i in range(7)]
+    )
+    report.skipped.append(("/elsewhere/notes.txt", "not UTF-8 text (byte 3)"))
+    lines = report.summary(tmp_path).splitlines()[1:]
+    shown = ", ".join(f"img{i}.png" for i in range(ingest.SKIPPED_NAMED))
+    more = 7 - ingest.SKIPPED_NAMED
+    assert lines == [
+        f"  skipped 7: unsupported: {shown} and {more} more",
+        "  skipped 1: not UTF-8 text (byte 3): /elsewhere/notes.txt",
+    ]
+
+
 def test_a_fifo_is_reported_and_never_opened(corpus, tmp_path, embedder, fifo):
     """Reading a FIFO waits for a writer (forever, if none comes): in a folder or named alone,
     one is skipped with its reason and the run finishes."""
