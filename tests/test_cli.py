@@ -1,5 +1,6 @@
 """The `genforge` command as a user runs it: a real process, real model, exit codes and stderr."""
 
+import argparse
 import json
 import os
 import re
@@ -244,6 +245,32 @@ def test_generate_json_schema(smollm2_path, tmp_path):
     assert_one_line_error(
         genforge("generate", "--json-schema", str(tmp_path / "none.json"), "x"), "cannot read"
     )
+
+
+def test_flags_are_not_abbreviated_and_near_misses_are_named():
+    from genforge.cli import build_parser
+
+    parsers, seen = [build_parser()], []
+    while parsers:  # every parser of every verb, nested ones (rag ask, train run) included
+        parser = parsers.pop()
+        seen.append(parser)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers += action.choices.values()
+        assert not parser.allow_abbrev, parser.prog
+    assert {"genforge rag ask", "genforge export", "genforge chat"} <= {p.prog for p in seen}
+    for argv, flag, meant in [
+        (["generate", "hi", "--max_tokens", "5"], "--max_tokens", "--max-tokens"),
+        (["generate", "hi", "--max_tokens=5"], "--max_tokens", "--max-tokens"),
+        (["generate", "hi", "--max-token", "5"], "--max-token", "--max-tokens"),  # was accepted
+        (["rag", "search", "q", "--stor", "x.sqlite"], "--stor", "--store"),  # a required flag
+        (["--verison"], "--verison", "--version"),
+    ]:
+        r = genforge(*argv)
+        assert_one_line_error(r, f"unknown flag {flag}; did you mean {meant}\\?$")
+        assert r.returncode == 2
+    r = genforge("generate", "hi", "--no-such-flag")
+    assert r.returncode == 2 and "unrecognized arguments: --no-such-flag" in r.stderr
 
 
 def test_serve_refuses_bad_flags():
