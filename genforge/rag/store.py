@@ -179,7 +179,9 @@ def _blob(vector: np.ndarray) -> bytes:
 
 
 class SQLiteStore(Store):
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, create: bool = True):
+        """Open the index in the file `path`; a missing file is made only with `create` (indexing),
+        so that reading from a mistyped name leaves nothing behind."""
         try:
             import apsw
             import sqlite_vec
@@ -194,10 +196,16 @@ class SQLiteStore(Store):
             )
         if not path.parent.is_dir():
             raise GenforgeError(f"the folder of --store {path} does not exist; create it first.")
+        if not create and not path.exists():
+            raise GenforgeError(
+                f"--store {path} does not exist, so it holds no index yet; create it with "
+                f"`genforge rag index PATH... --store {path}`."
+            )
         self.location = str(path)
         self._lock = threading.RLock()
+        flags = apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if create else 0)
         try:
-            self.db = apsw.Connection(str(path))
+            self.db = apsw.Connection(str(path), flags=flags)
             self.db.enable_load_extension(True)
             self.db.load_extension(sqlite_vec.loadable_path())
             self.db.enable_load_extension(False)
@@ -207,6 +215,10 @@ class SQLiteStore(Store):
         except apsw.NotADBError:
             raise GenforgeError(
                 f"--store {path} is not a genforge index (not a SQLite file)."
+            ) from None
+        except apsw.CantOpenError:  # e.g. removed since the check above, or not readable
+            raise GenforgeError(
+                f"--store {path} cannot be opened; check that it exists and that you may read it."
             ) from None
 
     def _create(self) -> None:

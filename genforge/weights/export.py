@@ -140,6 +140,11 @@ def write_hf(
             shutil.copy2(tokenizer_dir / name, tmp / name)
     for name, write in (extra or {}).items():
         write(tmp / name)
+    # safetensors writes its file with mode 0600 and copy2 keeps a source's mode: give every file
+    # the mode a new file gets (0o666 less the umask), shown by `tmp`, just made with 0o777 less it.
+    mode = tmp.stat().st_mode & 0o666
+    for f in tmp.iterdir():
+        f.chmod(mode)
     _fsync_dir(tmp)
     if out.exists():  # swap: the old folder stays whole until the new one is in place
         old = out.with_name(f".{out.name}.old")

@@ -182,6 +182,31 @@ def test_skipped_files_are_reported_with_a_reason(corpus, tmp_path, embedder):
     assert len(report.added) == 4
 
 
+def test_index_cli_names_every_skipped_file(corpus, tmp_path):
+    (corpus / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    (corpus / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    out = rag_cli("index", corpus, "--store", tmp_path / "index.sqlite", "--quiet")
+    assert out.returncode == 0, out.stderr
+    skips = [line for line in out.stdout.splitlines() if line.lstrip().startswith("skipped")]
+    assert len(skips) == 2, out.stdout
+    assert any("not UTF-8 text" in line and "latin1.txt" in line for line in skips), skips
+    assert any("(.png)" in line and "logo.png" in line for line in skips), skips
+
+
+def test_a_summary_names_the_first_skipped_files_of_each_reason(tmp_path):
+    report = ingest.Report(
+        skipped=[(str(tmp_path / f"img{i}.png"), "unsupported") for i in range(7)]
+    )
+    report.skipped.append(("/elsewhere/notes.txt", "not UTF-8 text (byte 3)"))
+    lines = report.summary(tmp_path).splitlines()[1:]
+    shown = ", ".join(f"img{i}.png" for i in range(ingest.SKIPPED_NAMED))
+    more = 7 - ingest.SKIPPED_NAMED
+    assert lines == [
+        f"  skipped 7: unsupported: {shown} and {more} more",
+        "  skipped 1: not UTF-8 text (byte 3): /elsewhere/notes.txt",
+    ]
+
+
 def test_a_fifo_is_reported_and_never_opened(corpus, tmp_path, embedder, fifo):
     """Reading a FIFO waits for a writer (forever, if none comes): in a folder or named alone,
     one is skipped with its reason and the run finishes."""
@@ -294,6 +319,20 @@ def test_search_cli_prints_json(corpus, tmp_path):
     assert (
         out.returncode == 1 and "holds no index yet" in out.stderr and "Traceback" not in out.stderr
     )
+
+
+def test_reading_a_missing_store_creates_no_file(tmp_path):
+    """Only `rag index` makes a store: a mistyped --store for search or ask leaves nothing behind."""
+    missing = tmp_path / "mistyped.sqlite"
+    for argv in (["search", "x"], ["ask", "What is x?"]):
+        out = rag_cli(*argv, "--store", missing)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert "does not exist" in out.stderr and "genforge rag index" in out.stderr
+        assert list(tmp_path.iterdir()) == []
+    with pytest.raises(GenforgeError, match="does not exist"):
+        open_store(missing, create=False)
+    assert not missing.exists()
 
 
 def test_token_counts_are_not_padded_or_cut(embedder):

@@ -1,6 +1,8 @@
 """Exported models give the same logits and token ids in transformers, llama.cpp and genforge."""
 
+import os
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,6 +206,27 @@ def test_cli_exports_the_newest_checkpoint_of_a_run(tokenizer_dir, tmp_path, cap
     assert all(torch.equal(got.state[k], v.to(torch.bfloat16).float()) for k, v in expected.items())
     assert main(["export", str(run), "--format", "hf", "--out", str(out)]) == 0  # replaces it
     assert load_hf_dir(out).quantization == "F32"
+
+
+def test_exported_files_get_the_mode_the_umask_gives(tokenizer_dir, tmp_path, capsys):
+    run, _ = _run(tmp_path, tokenizer_dir)
+    copied = Path(tokenizer_dir) / "tokenizer.json"
+    mode = copied.stat().st_mode
+    copied.chmod(0o600)  # a copied file does not keep its mode either
+    previous = os.umask(0o027)
+    try:
+        assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+        assert (
+            main(["export", str(run), "--format", "gguf", "--out", str(tmp_path / "m.gguf")]) == 0
+        )
+    finally:
+        os.umask(previous)
+        copied.chmod(mode)
+    files = [*(tmp_path / "hf").iterdir(), tmp_path / "m.gguf"]
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= {f.name for f in files}
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {
+        f.name: oct(0o640) for f in files
+    }
 
 
 def test_bad_export_requests_are_one_line_errors(tokenizer_dir, tmp_path, capsys):
