@@ -247,3 +247,14 @@ def test_schema_output_ends_and_validates(smollm2):
         c = smollm2.complete(prompt.ids, grammar=prompt.grammar, seed=seed, max_tokens=100)
         assert c.finish_reason == "stop", (seed, c.text)
         jsonschema.validate(json.loads(c.text), USER)
+
+
+def test_schema_output_cut_by_max_tokens_is_the_start_of_valid_json(smollm2):
+    pydantic_core = require_module("pydantic_core")
+    prompt = smollm2.chat_prompt("Invent a user.", json_schema=USER)
+    c = smollm2.complete(prompt.ids, grammar=prompt.grammar, temperature=0, max_tokens=5)
+    assert c.finish_reason == "length"
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(c.text)
+    partial = pydantic_core.from_json(c.text, allow_partial="trailing-strings")
+    assert isinstance(partial, dict) and set(partial) <= set(USER["properties"])
