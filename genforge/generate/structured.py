@@ -6,7 +6,8 @@ never silently ignored. Each request then gets its own `Constraint` (an llguidan
 every sampling step the engine masks the logits of tokens the grammar does not allow, and after it
 the constraint consumes the sampled token. End-of-sequence is allowed only where the grammar is
 complete, so output that ends because the model stopped always parses (output cut by `max_tokens`
-can still be short).
+can still be short). JSON schemas are read strictly (`strict_schema`): an object that lists its
+properties gets no other key, so a small model cannot add keys until `max_tokens`.
 
 Tool calls use the same machinery: `tool_call_grammar` builds a Lark grammar whose calls are
 `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>` blocks (the format Qwen and Hermes

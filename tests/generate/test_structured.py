@@ -258,3 +258,21 @@ def test_schema_output_cut_by_max_tokens_is_the_start_of_valid_json(smollm2):
         json.loads(c.text)
     partial = pydantic_core.from_json(c.text, allow_partial="trailing-strings")
     assert isinstance(partial, dict) and set(partial) <= set(USER["properties"])
+
+
+def test_tool_arguments_and_tool_answers_are_strict_too(smollm2):
+    loose_tool = {  # parameters as tools are usually written: no additionalProperties
+        "type": "function",
+        "function": {
+            "name": "search",
+            "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
+        },
+    }
+    calls = tool_call_grammar([loose_tool], required=True, tokenizer=smollm2.tokenizer)
+    call = '<tool_call>\n{"name":"search","arguments":{"query":"x"%s}}\n</tool_call>'
+    assert _accepts(smollm2, calls, call % "")
+    assert not _accepts(smollm2, calls, call % ',"page":2')
+    answer = Grammar.json_schema(USER)
+    either = tool_call_grammar([loose_tool], False, answer, smollm2.tokenizer)
+    assert _accepts(smollm2, either, '{"name":"A","age":1}')
+    assert not _accepts(smollm2, either, '{"name":"A","age":1,"x":1}')
