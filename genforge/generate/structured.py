@@ -111,16 +111,18 @@ class Grammar:
             )
 
 
-# Keywords whose value is a schema, a list of schemas, or a {name: schema} map.
-_SUBSCHEMA = ("items", "additionalItems", "contains", "not", "propertyNames", "if", "then", "else")
-_SUBSCHEMA += ("unevaluatedItems", "additionalProperties", "unevaluatedProperties")
+# Keywords whose value is a schema, a list of schemas, or a {name: schema} map. Not walked: `not`
+# and `if` (closing an object there would widen, not narrow, what they allow), and
+# `dependentSchemas` (it adds to the object around it, as `allOf` does).
+_SUBSCHEMA = ("items", "additionalItems", "contains", "unevaluatedItems")
+_SUBSCHEMA += ("additionalProperties", "unevaluatedProperties")
 _SUBSCHEMA_LISTS = ("prefixItems", "anyOf", "oneOf", "allOf")
-_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions")
 _OPEN_BY_CHOICE = {"additionalProperties", "patternProperties", "unevaluatedProperties"}
 
 
 def strict_schema(schema: dict | bool) -> dict | bool:
-    """`schema` as OpenAI's strict mode reads it, with compact JSON (no whitespace between tokens).
+    """`schema` as OpenAI's strict mode reads it, with compact JSON (no whitespace outside strings).
 
     An object that lists `properties` admits no other key unless the schema says so itself
     (`additionalProperties`, `patternProperties`, `unevaluatedProperties`): JSON Schema's default
@@ -132,8 +134,9 @@ def strict_schema(schema: dict | bool) -> dict | bool:
     """
     if not isinstance(schema, dict):
         return schema
-    out = _close(schema, closable=True)
-    return {**out, "x-guidance": {"whitespace_flexible": False, **schema.get("x-guidance", {})}}
+    options = schema.get("x-guidance")  # llguidance's own options, if the schema sets any
+    options = {"whitespace_flexible": False, **(options if isinstance(options, dict) else {})}
+    return {**_close(schema, closable=True), "x-guidance": options}
 
 
 def _close(schema, closable: bool):
