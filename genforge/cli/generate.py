@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--json-schema",
         metavar="FILE",
-        help="decode under this JSON schema: the output always parses",
+        help="decode under this JSON schema: output that ends by itself validates against it",
     )
     add_model_args(p)
     add_sampling_args(p)

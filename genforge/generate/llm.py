@@ -277,9 +277,12 @@ class LLM:
                 tokens.close()
             readers.shutdown(cancel_futures=True)
 
-    def complete(self, prompt_ids: list[int], **sampling) -> Completion:
-        """Completion with its finish reason and token counts, from token ids."""
-        return self._collect(prompt_ids, self.sampling_params(**sampling))
+    def complete(
+        self, prompt_ids: list[int], *, grammar: Grammar | None = None, **sampling
+    ) -> Completion:
+        """Completion with its finish reason and token counts, from token ids (decoded under
+        `grammar` if given, e.g. `chat_prompt(...).grammar`)."""
+        return self._collect(prompt_ids, self.sampling_params(**sampling), grammar)
 
     def __repr__(self) -> str:
         c = self.config

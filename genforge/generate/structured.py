@@ -6,7 +6,8 @@ never silently ignored. Each request then gets its own `Constraint` (an llguidan
 every sampling step the engine masks the logits of tokens the grammar does not allow, and after it
 the constraint consumes the sampled token. End-of-sequence is allowed only where the grammar is
 complete, so output that ends because the model stopped always parses (output cut by `max_tokens`
-can still be short).
+can still be short). JSON schemas are read strictly (`strict_schema`): an object that lists its
+properties gets no other key, so a small model cannot add keys until `max_tokens`.
 
 Tool calls use the same machinery: `tool_call_grammar` builds a Lark grammar whose calls are
 `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>` blocks (the format Qwen and Hermes
@@ -68,10 +69,9 @@ class Grammar:
                 raise GenforgeError(f"the JSON schema is not valid JSON: {e}.") from None
         if not isinstance(schema, dict | bool):
             raise GenforgeError("a JSON schema must be a JSON object.")
+        schema = strict_schema(schema)
         try:
-            spec = _llg().LLMatcher.grammar_from_json_schema(
-                schema, defaults={"whitespace_flexible": False}
-            )
+            spec = _llg().LLMatcher.grammar_from_json_schema(schema)
         except ValueError as e:
             raise GenforgeError(f"the JSON schema is not usable: {e}.") from None
         return cls(spec, "json_schema", schema)
@@ -109,6 +109,60 @@ class Grammar:
                 f"this {what} cannot be enforced ({error.strip().rstrip('.')}); "
                 "remove or rewrite that part."
             )
+
+
+# Keywords whose value is a schema, a list of schemas, or a {name: schema} map. Not walked: `not`
+# and `if` (closing an object there would widen, not narrow, what they allow), and
+# `dependentSchemas` (it adds to the object around it, as `allOf` does).
+_SUBSCHEMA = ("items", "additionalItems", "contains", "unevaluatedItems")
+_SUBSCHEMA += ("additionalProperties", "unevaluatedProperties")
+_SUBSCHEMA_LISTS = ("prefixItems", "anyOf", "oneOf", "allOf")
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions")
+_OPEN_BY_CHOICE = {"additionalProperties", "patternProperties", "unevaluatedProperties"}
+
+
+def strict_schema(schema: dict | bool) -> dict | bool:
+    """`schema` as OpenAI's strict mode reads it, with compact JSON (no whitespace outside strings).
+
+    An object that lists `properties` admits no other key unless the schema says so itself
+    (`additionalProperties`, `patternProperties`, `unevaluatedProperties`): JSON Schema's default
+    is "any other key too", which lets a small model add keys until `max_tokens`. llguidance
+    already writes the listed keys in their order, each at most once. An object that lists
+    properties and also has `allOf`/`anyOf`/`oneOf`, an `allOf` branch, and an object that
+    requires a key it does not list keep the open default (closing one part would forbid the
+    keys of another); an object that lists no properties (`{"type": "object"}`) stays any object.
+    """
+    if not isinstance(schema, dict):
+        return schema
+    options = schema.get("x-guidance")  # llguidance's own options, if the schema sets any
+    options = {"whitespace_flexible": False, **(options if isinstance(options, dict) else {})}
+    return {**_close(schema, closable=True), "x-guidance": options}
+
+
+def _close(schema, closable: bool):
+    if isinstance(schema, list):  # draft-4 tuple `items`
+        return [_close(s, closable) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    has_props = isinstance(schema.get("properties"), dict)
+    for key in _SUBSCHEMA:
+        if key in out:
+            out[key] = _close(out[key], True)
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {k: _close(v, True) for k, v in out[key].items()}
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            open_branches = key == "allOf" or (key != "prefixItems" and has_props)
+            out[key] = [_close(s, not open_branches) for s in out[key]]
+    composed = any(k in schema for k in ("allOf", "anyOf", "oneOf"))
+    # A required key that is not listed can only be an extra key: the schema wants them.
+    required = schema.get("required") if isinstance(schema.get("required"), list) else []
+    unlisted = has_props and not set(required) <= set(schema["properties"])
+    if closable and has_props and not (composed or unlisted or _OPEN_BY_CHOICE & schema.keys()):
+        out["additionalProperties"] = False
+    return out
 
 
 class Constraint:
@@ -163,8 +217,7 @@ def tool_call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
                 "additionalProperties": False,
             }
         )
-    schema = variants[0] if len(variants) == 1 else {"anyOf": variants}
-    return {**schema, "x-guidance": {"whitespace_flexible": False}}
+    return strict_schema(variants[0] if len(variants) == 1 else {"anyOf": variants})
 
 
 def tool_call_grammar(

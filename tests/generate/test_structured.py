@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from components import require_module
 
@@ -177,3 +178,101 @@ def test_qwen_native_template_parallel_tool_calls(qwen_path):
     text, calls = parse_tool_calls(out)
     assert [c["arguments"]["city"] for c in calls] == ["Paris"]
     llm.engine.close()
+
+
+# -- what a JSON schema grammar guarantees ---------------------------------------------------------
+
+USER = {  # the README's "Invent a user." schema: no additionalProperties, as users write it
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+}
+
+
+def _accepts(llm, grammar: Grammar, text: str) -> bool:
+    """Whether the grammar takes `text` token by token and may end after it (EOS allowed)."""
+    c = llm.constraint(grammar)
+    for token in llm.tokenizer.encode(text, add_special=False):
+        if not c.matcher.consume_token(token):
+            return False
+    eos = min(llm.tokenizer.eos_ids)
+    return bool(np.frombuffer(c.matcher.compute_logit_bias(), dtype=np.uint8)[eos])
+
+
+def test_schema_grammar_refuses_extra_repeated_and_reordered_keys(smollm2):
+    g = Grammar.json_schema(USER)
+    assert _accepts(smollm2, g, '{"name":"Ada","age":36}')
+    for bad in (
+        '{"name":"Ada","age":36,"description":"x"}',  # a key the schema does not list
+        '{"name":"Ada","name":"Bo","age":36}',  # a key twice
+        '{"name":"Ada","age":36,"age":37}',
+        '{"age":36,"name":"Ada"}',  # required keys in the schema's order
+        '{"name":"Ada"}',  # a required key missing: no end here
+        '{"name": "Ada", "age": 36}',  # no whitespace between tokens
+        '{"name":"Ada","age":36} ',
+    ):
+        assert not _accepts(smollm2, g, bad), bad
+    nested = {"type": "object", "properties": {"home": USER}, "required": ["home"]}
+    assert not _accepts(smollm2, Grammar.json_schema(nested), '{"home":{"name":"A","age":1,"x":2}}')
+
+
+def test_schema_grammar_keeps_extra_keys_the_schema_allows(smollm2):
+    open_user = {**USER, "additionalProperties": {"type": "string"}}
+    assert _accepts(smollm2, Grammar.json_schema(open_user), '{"name":"A","age":1,"x":"y"}')
+    assert not _accepts(smollm2, Grammar.json_schema(open_user), '{"name":"A","age":1,"x":2}')
+    assert _accepts(smollm2, Grammar.json_object(), '{"anything":[1,{"goes":true}]}')
+
+
+def test_strict_schema_closes_only_listed_objects():
+    from genforge.generate.structured import strict_schema
+
+    out = strict_schema({"type": "array", "items": USER, "$defs": {"u": USER}})
+    assert out["items"]["additionalProperties"] is False
+    assert out["$defs"]["u"]["additionalProperties"] is False
+    assert out["x-guidance"] == {"whitespace_flexible": False}
+    assert "additionalProperties" not in strict_schema({"type": "object"})
+    wants_extra = {**USER, "required": ["name", "id"]}  # requires a key it does not list
+    assert "additionalProperties" not in strict_schema(wants_extra)
+    both = strict_schema({"allOf": [USER, {"properties": {"id": {"type": "integer"}}}]})
+    assert all(
+        "additionalProperties" not in s for s in both["allOf"]
+    )  # closing one forbids the other
+    assert USER.get("additionalProperties") is None  # the caller's schema is not modified
+
+
+def test_schema_output_ends_and_validates(smollm2):
+    """The README's "Invent a user.": every answer ends by itself well before the cap."""
+    prompt = smollm2.chat_prompt("Invent a user.", json_schema=USER)
+    for seed in range(6):
+        c = smollm2.complete(prompt.ids, grammar=prompt.grammar, seed=seed, max_tokens=100)
+        assert c.finish_reason == "stop", (seed, c.text)
+        jsonschema.validate(json.loads(c.text), USER)
+
+
+def test_schema_output_cut_by_max_tokens_is_the_start_of_valid_json(smollm2):
+    pydantic_core = require_module("pydantic_core")
+    prompt = smollm2.chat_prompt("Invent a user.", json_schema=USER)
+    c = smollm2.complete(prompt.ids, grammar=prompt.grammar, temperature=0, max_tokens=5)
+    assert c.finish_reason == "length"
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(c.text)
+    partial = pydantic_core.from_json(c.text, allow_partial="trailing-strings")
+    assert isinstance(partial, dict) and set(partial) <= set(USER["properties"])
+
+
+def test_tool_arguments_and_tool_answers_are_strict_too(smollm2):
+    loose_tool = {  # parameters as tools are usually written: no additionalProperties
+        "type": "function",
+        "function": {
+            "name": "search",
+            "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
+        },
+    }
+    calls = tool_call_grammar([loose_tool], required=True, tokenizer=smollm2.tokenizer)
+    call = '<tool_call>\n{"name":"search","arguments":{"query":"x"%s}}\n</tool_call>'
+    assert _accepts(smollm2, calls, call % "")
+    assert not _accepts(smollm2, calls, call % ',"page":2')
+    answer = Grammar.json_schema(USER)
+    either = tool_call_grammar([loose_tool], False, answer, smollm2.tokenizer)
+    assert _accepts(smollm2, either, '{"name":"A","age":1}')
+    assert not _accepts(smollm2, either, '{"name":"A","age":1,"x":1}')
