@@ -114,10 +114,13 @@ def loops(text: str, n: int = LOOP_N, times: int = LOOP_TIMES) -> bool:
 
 
 def mentions(text: str, expected: list[str]) -> bool:
-    """Whether one of `expected` appears in `text`, case-folded, not inside a longer word/number."""
+    """Whether one of `expected` appears in `text`, case-folded, as a whole word or number (a
+    trailing `*` allows any ending: "cach*" matches "caches")."""
     for e in expected:
+        stem = e.endswith("*")
+        e = e.removesuffix("*")
         head = r"(?<![\w.,])" if e[:1].isalnum() else ""
-        tail = r"(?![\w]|[.,]\d)" if e[-1:].isalnum() else ""
+        tail = r"(?![\w]|[.,]\d)" if e[-1:].isalnum() and not stem else ""
         if re.search(head + re.escape(e) + tail, text, re.IGNORECASE):
             return True
     return False

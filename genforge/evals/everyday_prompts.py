@@ -2,7 +2,8 @@
 
 Each is a dict with a `kind`:
 - "chat": `prompt` (and optionally `system`); `expect`: answers of which one must appear as a word
-  (case-folded), or none for open prompts where only ending and looping are scored;
+  (case-folded; a trailing `*` matches any ending, "cach*" is "cache", "caches", "caching"), or
+  none for open prompts where only ending and looping are scored;
 - "json": `prompt`, `schema` (the answer is decoded under it); `expect`: key -> value the parsed
   answer must hold (strings case-folded), or none;
 - "rag": a question over the Python documentation; `expect`: answers of which one must appear,
@@ -153,42 +154,70 @@ _CONTROL = "tutorial/controlflow.rst.txt"
 _DATA = "tutorial/datastructures.rst.txt"
 _ERRORS = "tutorial/errors.rst.txt"
 RAG = [
-    ("What does functools.lru_cache do?", "library/functools.rst.txt", ["cache", "memoiz"]),
-    ("When does the else clause of a for loop run?", _CONTROL, ["break", "exhaust"]),
+    ("What does functools.lru_cache do?", "library/functools.rst.txt", ["cach*", "memoiz*"]),
+    ("When does the else clause of a for loop run?", _CONTROL, ["break", "exhaust*", "no break"]),
     ("What does the pass statement do?", _CONTROL, ["nothing"]),
     ("How do you create an empty set in Python?", _DATA, ["set()"]),
-    ("What does enumerate return?", _FUNCS, ["tuple", "count", "enumerate object"]),
+    ("What does enumerate return?", _FUNCS, ["tuple*", "count*", "index*", "enumerate object"]),
     ("Which module provides the deque class?", "library/collections.rst.txt", ["collections"]),
-    ("What does itertools.chain do?", "library/itertools.rst.txt", ["iterable", "sequence"]),
-    ("What does the zip function do?", _FUNCS, ["parallel", "tuple"]),
+    (
+        "What does itertools.chain do?",
+        "library/itertools.rst.txt",
+        ["iterable*", "sequence*", "one after another", "consecutive*"],
+    ),
+    (
+        "What does the zip function do?",
+        _FUNCS,
+        ["parallel", "tuple*", "pair*", "aggregat*", "combin*"],
+    ),
     ("What exception is raised when dividing by zero?", _ERRORS, ["ZeroDivisionError"]),
-    ("When does a finally clause run?", _ERRORS, ["whether or not", "always"]),
+    ("When does a finally clause run?", _ERRORS, ["whether or not", "always", "regardless"]),
     ("What is the difference between a tuple and a list?", _DATA, ["immutable", "mutable"]),
-    ("What does collections.Counter count?", "library/collections.rst.txt", ["hashable"]),
-    ("What does os.path.join do?", "library/os.path.rst.txt", ["path", "join"]),
+    (
+        "What does collections.Counter count?",
+        "library/collections.rst.txt",
+        ["hashable", "element*", "occurrence*", "item*"],
+    ),
+    (
+        "What does os.path.join do?",
+        "library/os.path.rst.txt",
+        ["combin*", "concatenat*", "segment*", "component*"],
+    ),
     ("How do you create a virtual environment?", "tutorial/venv.rst.txt", ["venv"]),
-    ("What is the __init__.py file of a package for?", "tutorial/modules.rst.txt", ["package"]),
-    ("What does random.choice return?", "library/random.rst.txt", ["random element"]),
+    (
+        "What is the __init__.py file of a package for?",
+        "tutorial/modules.rst.txt",
+        ["treat*", "initiali*", "mark*", "regular package*"],
+    ),
+    (
+        "What does random.choice return?",
+        "library/random.rst.txt",
+        ["random element", "random item", "element*"],
+    ),
     (
         "What does the dataclass decorator add to a class?",
         "library/dataclasses.rst.txt",
-        ["__init__"],
+        ["__init__", "special method*", "__repr__", "__eq__"],
     ),
     ("How do you turn a Python object into a JSON string?", "library/json.rst.txt", ["dumps"]),
     ("How do you read JSON from a file?", "library/json.rst.txt", ["json.load", "load("]),
     (
         "What does the with statement do when opening a file?",
         "tutorial/inputoutput.rst.txt",
-        ["close"],
+        ["close*"],
     ),
-    ("What does the break statement do in a loop?", _CONTROL, ["innermost", "breaks out", "exit"]),
-    ("What does the continue statement do?", _CONTROL, ["next iteration"]),
+    (
+        "What does the break statement do in a loop?",
+        _CONTROL,
+        ["innermost", "out of the loop", "exit*", "terminat*", "stop*"],
+    ),
+    ("What does the continue statement do?", _CONTROL, ["next iteration", "skip*"]),
     (
         "What does range(5) produce?",
         _CONTROL,
         ["0, 1, 2, 3, 4", "0 to 4", "0 through 4", "0 up to 4"],
     ),
-    ("What is a generator in Python?", "tutorial/classes.rst.txt", ["yield", "iterator"]),
+    ("What is a generator in Python?", "tutorial/classes.rst.txt", ["yield*", "iterator*"]),
     ("How do you sort a list in place?", _DATA, ["sort()", "list.sort", ".sort"]),
 ]
 
