@@ -229,9 +229,9 @@ METRICS = (
 
 
 def summarize(records: list[dict]) -> dict:
-    """Each verdict's share over the items it applies to (with binomial standard errors), and the
-    mean tokens and seconds per answer."""
-    metrics, stderr = {}, {}
+    """Each verdict's share over the items it applies to (with binomial standard errors and, in
+    `counts`, how many those are), and the mean tokens and seconds per answer."""
+    metrics, stderr, counts = {}, {}, {}
     for name in METRICS:
         values = [r[name] for r in records if r[name] is not None]
         if not values:
@@ -239,11 +239,11 @@ def summarize(records: list[dict]) -> dict:
         p = sum(values) / len(values)
         metrics[name] = p
         stderr[name] = math.sqrt(p * (1 - p) / (len(values) - 1)) if len(values) > 1 else None
-        metrics[f"{name}_n"] = len(values)
+        counts[name] = len(values)
     for name in ("tokens", "seconds"):
         if records:
             metrics[f"mean_{name}"] = sum(r[name] for r in records) / len(records)
-    return {"metrics": metrics, "stderr": stderr}
+    return {"metrics": metrics, "stderr": stderr, "counts": counts}
 
 
 # -- running -----------------------------------------------------------------------------------

@@ -504,7 +504,8 @@ def markdown_table(results: dict) -> str:
         for metric, value in t["metrics"].items():
             err = t["stderr"].get(metric)
             shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+            n = t.get("counts", {}).get(metric, t["n"])  # items the metric applies to
             lines.append(
-                f"| {name} | {metric} | {shown} | {'' if err is None else f'{err:.4f}'} | {t['n']} |"
+                f"| {name} | {metric} | {shown} | {'' if err is None else f'{err:.4f}'} | {n} |"
             )
     return "\n".join(lines)

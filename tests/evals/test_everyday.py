@@ -190,13 +190,29 @@ def test_summarize_counts_each_verdict_over_the_items_it_applies_to():
     for r in records:
         r.update(json_parses=r["json_valid"], cited_right=None, refused=None, false_refusal=None)
         r["seconds"] = 1.5
-    m = everyday.summarize(records)["metrics"]
-    assert m["ended"] == pytest.approx(2 / 3) and m["ended_n"] == 3
+    summary = everyday.summarize(records)
+    m, n = summary["metrics"], summary["counts"]
+    assert m["ended"] == pytest.approx(2 / 3) and n["ended"] == 3
     assert m["loops"] == pytest.approx(1 / 3)
-    assert m["correct"] == 0.5 and m["correct_n"] == 2
-    assert m["json_valid"] == 1.0 and m["json_valid_n"] == 1
+    assert m["correct"] == 0.5 and n["correct"] == 2
+    assert m["json_valid"] == 1.0 and n["json_valid"] == 1
     assert "cited_right" not in m and "refused" not in m
     assert m["mean_tokens"] == 20 and m["mean_seconds"] == 1.5
+
+
+def test_the_table_shows_how_many_items_each_metric_counts():
+    records = [
+        {"kind": "chat", "ended": True, "loops": False, "correct": True, "json_parses": None},
+        {"kind": "json", "ended": True, "loops": False, "correct": None, "json_parses": True},
+    ]
+    for r in records:
+        r.update(json_valid=r["json_parses"], cited_right=None, refused=None, false_refusal=None)
+        r.update(tokens=4, seconds=0.5)
+    task = {"n": 2, **everyday.summarize(records)}
+    table = harness.markdown_table({"tasks": {"everyday": task}})
+    assert "| everyday | ended | 1.0000 | 0.0000 | 2 |" in table
+    assert "| everyday | json_valid | 1.0000 |  | 1 |" in table
+    assert "| everyday | mean_tokens | 4.0000 |  | 2 |" in table
 
 
 # -- the data ------------------------------------------------------------------------------------
@@ -390,6 +406,7 @@ def test_smollm2_on_a_chat_and_a_json_item(smollm2_path, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "| everyday | ended |" in proc.stdout
+    assert "| everyday | json_valid |" in proc.stdout
     res = json.loads(out.read_text())
     assert res["settings"]["sampling"] == {"max_tokens": 48, "temperature": 0.0}
     records = res["items"]["everyday"]
