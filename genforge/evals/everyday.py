@@ -256,6 +256,9 @@ class _Recorder:
         self.llm = llm
         self.completions = []
 
+    def __getattr__(self, name):  # the rest of the model (tokenizer, complete, ...) as it is
+        return getattr(self.llm, name)
+
     def chat(self, messages, *, stream: bool = False, **sampling):
         done = self.llm.complete(self.llm.chat_prompt(messages).ids, **sampling)
         self.completions.append(done)
