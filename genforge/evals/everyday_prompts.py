@@ -39,7 +39,7 @@ CHAT = [
     _chat("What is 7 times 8?", "56"),
     _chat("What is 15 plus 27?", "42"),
     _chat("What is 100 minus 37?", "63"),
-    _chat("What is 144 divided by 12?", "12", "twelve"),
+    _chat("What is 144 divided by 12?", "is 12", "= 12", "equals 12", "twelve"),  # 12 is asked
     _chat("What is 9 squared?", "81"),
     _chat("What is half of 50?", "25"),
     _chat("What is 20% of 150?", "30"),
@@ -76,7 +76,7 @@ CHAT = [
     _chat("What is the plural of mouse?", "mice"),
     _chat("Translate 'thank you' into French.", "merci"),
     _chat("Translate 'hello' into Spanish.", "hola"),
-    _chat("In Python, what does len([1, 2, 3]) return?", "3", "three"),
+    _chat("In Python, what does len([1, 2, 3]) return?", "is 3", "returns 3", "= 3", "three"),
     _chat("Which keyword defines a function in Python?", "def"),
     _chat("What programming language is this: print('hi')?", "Python"),
     # open: only ending and looping are scored
