@@ -72,6 +72,11 @@ class Everyday:
     kind: str = "everyday"
     prompt_format: str = "the chat template, one user turn (and a system turn where given)"
 
+    def check(self) -> None:
+        """Refuse to start when the documents the questions are about are missing."""
+        if any(k.startswith("rag") for k in self.kinds):
+            pydocs_paths()
+
     def items(self, limit: int | None = None) -> list[dict]:
         """The task's prompts, numbered; with `limit`, the first `limit` of each kind."""
         seen: Counter = Counter()

@@ -67,6 +67,9 @@ def resolve(spec: str | list) -> list:
                 f"unknown task {name!r}; choose from {', '.join(TASKS)} or give a text file or "
                 "folder (perplexity)."
             )
+    for task in out:
+        if hasattr(task, "check"):  # data a task needs beyond the package: missing is one sentence
+            task.check()
     if not out:
         raise GenforgeError("no task given; name one or more, e.g. `genforge eval hellaswag`.")
     return out

@@ -337,6 +337,9 @@ def test_missing_docs_name_the_package(monkeypatch, tmp_path):
     monkeypatch.setattr(everyday, "PYDOCS", tmp_path / "nowhere")
     with pytest.raises(GenforgeError, match="apt-get install python3.11-doc"):
         _run(ScriptedLLM({}), everyday.EVERYDAY_TASKS[1], limit=1, home=tmp_path)
+    with pytest.raises(GenforgeError, match="apt-get install python3.11-doc"):
+        harness.resolve("everyday,rag_pydocs")  # before the CLI loads a model
+    assert [t.name for t in harness.resolve("everyday")] == ["everyday"]
 
 
 def test_rag_refusals_and_citations_on_a_small_index(monkeypatch, tmp_path):
