@@ -288,21 +288,20 @@ def run(llm, task: Everyday, *, limit, shots, seed, chat, bar, workers, home: Pa
     items = task.items(limit)
     sampling = _sampling(task, seed)
     retriever = None
-    stack = ExitStack()
-    if any(i["kind"].startswith("rag") for i in items):
-        from genforge.rag.ingest import index
-        from genforge.rag.retrieve import Retriever
-        from genforge.rag.stores import open_store
-
-        paths = pydocs_paths()
-        home = home or hub.home() / "evals"
-        home.mkdir(parents=True, exist_ok=True)
-        store = stack.enter_context(open_store(home / f"{task.name}-v{task.version}.sqlite"))
-        index(paths, store, progress=False)
-        retriever = Retriever(store)
-    bar.reset(total=len(items))
     records = []
-    with stack:
+    with ExitStack() as stack:
+        if any(i["kind"].startswith("rag") for i in items):
+            from genforge.rag.ingest import index
+            from genforge.rag.retrieve import Retriever
+            from genforge.rag.stores import open_store
+
+            paths = pydocs_paths()
+            home = home or hub.home() / "evals"
+            home.mkdir(parents=True, exist_ok=True)
+            store = stack.enter_context(open_store(home / f"{task.name}-v{task.version}.sqlite"))
+            index(paths, store, progress=False)
+            retriever = Retriever(store)
+        bar.reset(total=len(items))
         for item in items:
             records.append(_answer(llm, item, sampling, retriever))
             bar.update(1)
