@@ -7,6 +7,7 @@ from pathlib import Path
 
 from genforge.cli.flags import add_model_args, load_model
 from genforge.errors import GenforgeError
+from genforge.evals.everyday import DEFAULT_MAX_TOKENS as EVERYDAY_MAX_TOKENS  # stdlib only
 
 
 def add_parser(sub) -> None:
@@ -46,7 +47,11 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
         help="few-shot examples in each prompt (default: the task's own, see --list)",
     )
     p.add_argument(
-        "--seed", type=int, default=1234, help="seed for choosing few-shot examples (default: 1234)"
+        "--seed",
+        type=int,
+        default=1234,
+        help="seed for choosing few-shot examples, and for sampling in the everyday tasks "
+        "(default: 1234)",
     )
     p.add_argument(
         "--chat",
@@ -66,6 +71,37 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
         "--output", metavar="FILE", help="write the results and every item's record as JSON"
     )
     p.add_argument("--list", action="store_true", help="list the tasks and exit")
+    g = p.add_argument_group(
+        "settings under test (everyday, rag_pydocs)",
+        "defaults: the model's own sampling, at most "
+        f"{EVERYDAY_MAX_TOKENS} tokens per answer, --seed as the sampling seed",
+    )
+    g.add_argument("--max-tokens", type=int, help="most new tokens per answer")
+    g.add_argument("--temperature", type=float, help="randomness; 0 = greedy")
+    g.add_argument("--top-p", type=float, help="nucleus sampling mass in (0, 1]")
+    g.add_argument("--top-k", type=int, help="keep the k most likely tokens; 0 = off")
+    g.add_argument("--min-p", type=float, help="drop tokens below min-p x the top probability")
+    g.add_argument(
+        "--repetition-penalty", type=float, help="penalise tokens already in the context; 1 = off"
+    )
+    g.add_argument(
+        "--presence-penalty", type=float, help="penalise tokens generated at least once, [-2, 2]"
+    )
+    g.add_argument(
+        "--frequency-penalty", type=float, help="penalise tokens per time generated, [-2, 2]"
+    )
+
+
+SETTINGS = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,6 +116,11 @@ def run(args: argparse.Namespace) -> int:
             "`genforge eval --list` shows them."
         )
     tasks = harness.resolve(args.tasks)  # a bad task name fails before the model loads
+    sampling = {n: getattr(args, n) for n in SETTINGS if getattr(args, n) is not None}
+    if sampling:
+        from genforge.generate.sampling import SamplingParams
+
+        SamplingParams.from_kwargs(**sampling)  # a bad value fails before the model loads
     if args.output and not Path(args.output).parent.is_dir():
         raise GenforgeError(f"cannot write {args.output}: its folder does not exist.")
     llm = load_model(args)
@@ -91,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         chat=args.chat,
         workers=args.workers,
+        sampling=sampling,
     )
     print(harness.markdown_table(results))
     if args.output:

@@ -18,6 +18,7 @@ import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from genforge.data.corpus import read_documents
 from genforge.errors import GenforgeError
-from genforge.evals import rag
+from genforge.evals import everyday, rag
 from genforge.evals.sandbox import run_python
 from genforge.evals.tasks import (
     CODE_ANSWER_PREFIX,
@@ -37,7 +38,11 @@ from genforge.evals.tasks import (
 )
 from genforge.evals.tasks import TASKS as BENCHMARKS
 
-TASKS = {**BENCHMARKS, **{t.name: t for t in rag.RAG_TASKS}}
+TASKS = {
+    **BENCHMARKS,
+    **{t.name: t for t in rag.RAG_TASKS},
+    **{t.name: t for t in everyday.EVERYDAY_TASKS},
+}
 
 WINDOW = 2048  # perplexity: tokens scored per window at most
 
@@ -62,6 +67,9 @@ def resolve(spec: str | list) -> list:
                 f"unknown task {name!r}; choose from {', '.join(TASKS)} or give a text file or "
                 "folder (perplexity)."
             )
+    for task in out:
+        if hasattr(task, "check"):  # data a task needs beyond the package: missing is one sentence
+            task.check()
     if not out:
         raise GenforgeError("no task given; name one or more, e.g. `genforge eval hellaswag`.")
     return out
@@ -77,12 +85,14 @@ def evaluate(
     chat: bool | None = None,
     progress: bool = True,
     workers: int = 2,
+    sampling: dict | None = None,
 ) -> dict:
     """Run `tasks` on `llm`; see the module docstring for what comes back.
 
     limit: items per task (per subject for MMLU, documents for perplexity); shots: few-shot
     examples (default: each task's own); chat: use the model's chat template (default: for code
-    tasks when the model has one); workers: sandboxed programs run at once.
+    tasks when the model has one); workers: sandboxed programs run at once; sampling: the settings
+    under test in the everyday tasks (max_tokens, temperature, penalties; default: the model's).
     """
     if limit is not None and limit < 1:
         raise GenforgeError(f"--limit must be at least 1, got {limit}.")
@@ -91,11 +101,22 @@ def evaluate(
     if workers < 1:
         raise GenforgeError(f"--workers must be at least 1, got {workers}.")
     tasks = resolve(tasks)
+    if sampling:
+        from genforge.generate.sampling import SamplingParams
+
+        SamplingParams.from_kwargs(**sampling)  # a bad value fails before any task runs
+        tasks = [replace(t, sampling=sampling) if t.kind == "everyday" else t for t in tasks]
     results = {
         "genforge_version": _version(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": model_record(llm),
-        "settings": {"limit": limit, "shots": shots, "seed": seed, "chat": chat},
+        "settings": {
+            "limit": limit,
+            "shots": shots,
+            "seed": seed,
+            "chat": chat,
+            "sampling": sampling or {},
+        },
         "tasks": {},
         "items": {},
     }
@@ -105,6 +126,7 @@ def evaluate(
         "code": _code,
         "perplexity": _perplexity,
         "retrieval": rag.run,
+        "everyday": everyday.run,
     }
     for task in tasks:
         k = task.shots if shots is None else shots
@@ -485,7 +507,8 @@ def markdown_table(results: dict) -> str:
         for metric, value in t["metrics"].items():
             err = t["stderr"].get(metric)
             shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+            n = t.get("counts", {}).get(metric, t["n"])  # items the metric applies to
             lines.append(
-                f"| {name} | {metric} | {shown} | {'' if err is None else f'{err:.4f}'} | {t['n']} |"
+                f"| {name} | {metric} | {shown} | {'' if err is None else f'{err:.4f}'} | {n} |"
             )
     return "\n".join(lines)
