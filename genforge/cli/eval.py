@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from genforge.cli.flags import add_model_args, load_model
+from genforge.cli.flags import add_model_args, add_sampling_args, load_model
 from genforge.errors import GenforgeError
 from genforge.evals.everyday import DEFAULT_MAX_TOKENS as EVERYDAY_MAX_TOKENS  # stdlib only
 
@@ -71,24 +71,13 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
         "--output", metavar="FILE", help="write the results and every item's record as JSON"
     )
     p.add_argument("--list", action="store_true", help="list the tasks and exit")
-    g = p.add_argument_group(
+    add_sampling_args(
+        p,
         "settings under test (everyday, rag_pydocs)",
         "defaults: the model's own sampling, at most "
         f"{EVERYDAY_MAX_TOKENS} tokens per answer, --seed as the sampling seed",
-    )
-    g.add_argument("--max-tokens", type=int, help="most new tokens per answer")
-    g.add_argument("--temperature", type=float, help="randomness; 0 = greedy")
-    g.add_argument("--top-p", type=float, help="nucleus sampling mass in (0, 1]")
-    g.add_argument("--top-k", type=int, help="keep the k most likely tokens; 0 = off")
-    g.add_argument("--min-p", type=float, help="drop tokens below min-p x the top probability")
-    g.add_argument(
-        "--repetition-penalty", type=float, help="penalise tokens already in the context; 1 = off"
-    )
-    g.add_argument(
-        "--presence-penalty", type=float, help="penalise tokens generated at least once, [-2, 2]"
-    )
-    g.add_argument(
-        "--frequency-penalty", type=float, help="penalise tokens per time generated, [-2, 2]"
+        max_tokens_help="most new tokens per answer",
+        seed_and_stop=False,
     )
 
 

@@ -89,13 +89,21 @@ def load_model(args: argparse.Namespace):
     return load(args.model, dtype=args.dtype, context_length=args.ctx, threads=args.threads)
 
 
-def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    """--temperature, --top-p, ..., --max-tokens and --stop, in a "sampling" group."""
-    g = p.add_argument_group(
-        "sampling",
-        "defaults: the model authors' recommended settings for named models, "
-        "else temperature 0.8, top-k 40, top-p 0.95, min-p 0.05",
-    )
+SAMPLING_DEFAULTS = (
+    "defaults: the model authors' recommended settings for named models, "
+    "else temperature 0.8, top-k 40, top-p 0.95, min-p 0.05"
+)
+
+
+def add_sampling_args(
+    p: argparse.ArgumentParser,
+    title: str = "sampling",
+    description: str = SAMPLING_DEFAULTS,
+    max_tokens_help: str | None = None,
+    seed_and_stop: bool = True,
+) -> None:
+    """--temperature, --top-p, ..., --max-tokens (and --seed and --stop), in one group."""
+    g = p.add_argument_group(title, description)
     g.add_argument("--temperature", type=float, help="randomness; 0 = greedy")
     g.add_argument("--top-p", type=float, help="nucleus sampling mass in (0, 1]")
     g.add_argument("--top-k", type=int, help="keep the k most likely tokens; 0 = off")
@@ -111,13 +119,16 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--frequency-penalty", type=float, help="penalise tokens per time generated, [-2, 2]"
     )
-    g.add_argument("--seed", type=int, help="random seed; the same seed gives the same output")
     g.add_argument(
         "--max-tokens",
         type=int,
-        help=f"most new tokens per answer (default: {DEFAULT_MAX_TOKENS}, or what is left of the "
+        help=max_tokens_help
+        or f"most new tokens per answer (default: {DEFAULT_MAX_TOKENS}, or what is left of the "
         "context if less; a small model can loop forever without a cap)",
     )
+    if not seed_and_stop:
+        return
+    g.add_argument("--seed", type=int, help="random seed; the same seed gives the same output")
     g.add_argument(
         "--stop",
         action="append",
