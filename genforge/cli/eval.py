@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from genforge.cli.flags import add_model_args, add_sampling_args, load_model
+from genforge.cli.flags import SAMPLING_FLAGS, add_model_args, add_sampling_args, load_model
 from genforge.errors import GenforgeError
 from genforge.evals.everyday import DEFAULT_MAX_TOKENS as EVERYDAY_MAX_TOKENS  # stdlib only
 
@@ -81,16 +81,8 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-SETTINGS = (
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "repetition_penalty",
-    "presence_penalty",
-    "frequency_penalty",
-)
+# The sampling group without --seed and --stop (eval's --seed seeds the items and the sampling).
+SETTINGS = tuple(f for f in SAMPLING_FLAGS if f not in ("seed", "stop"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from genforge import hub
 from genforge.errors import GenforgeError
+from genforge.evals.data import SETUP
 from genforge.evals.everyday_prompts import PROMPTS
 
 VERSION = 1
@@ -137,37 +138,12 @@ def refused(text: str) -> bool:
 
 
 def conforms(value, schema: dict) -> bool:
-    """Whether `value` holds to `schema`: the subset of JSON Schema everyday_prompts uses (type,
-    enum, properties, required, additionalProperties, items)."""
-    if "enum" in schema and value not in schema["enum"]:
-        return False
-    kind = schema.get("type")
-    types = {
-        "string": str,
-        "object": dict,
-        "array": list,
-        "boolean": bool,
-        "integer": int,
-        "number": (int, float),
-    }
-    if kind is not None:
-        if not isinstance(value, types[kind]):
-            return False
-        if kind in ("integer", "number") and isinstance(value, bool):
-            return False
-    if isinstance(value, dict):
-        props = schema.get("properties", {})
-        if any(k not in value for k in schema.get("required", [])):
-            return False
-        for k, v in value.items():
-            if k in props:
-                if not conforms(v, props[k]):
-                    return False
-            elif schema.get("additionalProperties", True) is False:
-                return False
-    if isinstance(value, list) and "items" in schema:
-        return all(conforms(v, schema["items"]) for v in value)
-    return True
+    """Whether `value` is valid under the JSON Schema `schema` (jsonschema, of the eval extra)."""
+    try:
+        import jsonschema
+    except ImportError:
+        raise GenforgeError(f"checking JSON answers needs jsonschema; {SETUP}.") from None
+    return jsonschema.Draft202012Validator(schema).is_valid(value)
 
 
 def json_verdict(text: str, schema: dict, expect: dict) -> tuple[bool, bool, bool | None]:
