@@ -21,6 +21,9 @@ SAMPLING_FLAGS = (
     "repetition_penalty",
     "presence_penalty",
     "frequency_penalty",
+    "dry_multiplier",
+    "dry_base",
+    "dry_allowed_length",
     "seed",
     "max_tokens",
     "stop",
@@ -118,6 +121,19 @@ def add_sampling_args(
     )
     g.add_argument(
         "--frequency-penalty", type=float, help="penalise tokens per time generated, [-2, 2]"
+    )
+    g.add_argument(
+        "--dry-multiplier",
+        type=float,
+        help="DRY: penalise continuing a run of the output that appeared before; 0 = off",
+    )
+    g.add_argument(
+        "--dry-base", type=float, help="DRY: the penalty grows by this factor per repeated token"
+    )
+    g.add_argument(
+        "--dry-allowed-length",
+        type=int,
+        help="DRY: runs of up to this many tokens may repeat unpenalised",
     )
     g.add_argument(
         "--max-tokens",

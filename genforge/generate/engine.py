@@ -95,6 +95,9 @@ class Engine:
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        # Tokens that end a run for the DRY penalty (genforge.generate.sampling); the owner of the
+        # tokenizer sets them (LLM does), none means runs cross every token.
+        self.sequence_breakers: frozenset[int] = frozenset()
         _ENGINES.add(self)
 
     # -- requests ---------------------------------------------------------------------------
@@ -224,7 +227,15 @@ class Engine:
             try:
                 if st.constraint is not None:
                     row_logits = st.constraint.mask(row_logits)
-                token = sample(row_logits, st.params, st.generator, st.context, st.counts)
+                token = sample(
+                    row_logits,
+                    st.params,
+                    st.generator,
+                    st.context,
+                    st.counts,
+                    req.output,
+                    self.sequence_breakers,
+                )
                 if st.constraint is not None and token not in req.eos_ids:
                     st.constraint.advance(token)
             except GenforgeError as exc:  # this request's grammar failed; the others go on

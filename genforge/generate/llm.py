@@ -49,6 +49,10 @@ def _grammar(json_schema, grammar) -> Grammar | None:
     return grammar
 
 
+# What ends a run for the DRY penalty: llama.cpp's default breakers.
+SEQUENCE_BREAKERS = ("\n", ":", '"', "*")
+
+
 class LLM:
     """A loaded model with its tokenizer and engine."""
 
@@ -66,6 +70,7 @@ class LLM:
         self.name, self.checkpoint, self.dtype = name, checkpoint, dtype
         self.model, self.tokenizer = model, tokenizer
         self.engine = Engine(model, context_length, **(engine_options or {}))
+        self.engine.sequence_breakers = tokenizer.ids_containing(SEQUENCE_BREAKERS)
         # The model authors' recommended sampling; anything passed per call overrides it.
         self.sampling_defaults = dict(sampling_defaults or {})
 

@@ -1,8 +1,18 @@
 """Sampling: pure functions from logits (and the tokens seen so far) to the next token.
 
-Order of operations: repetition / presence / frequency penalties, temperature, top-k, top-p, min-p,
-then a draw from a seeded `torch.Generator`; temperature 0 is greedy. The same parameters and seed
-give the same tokens.
+Order of operations: repetition / presence / frequency penalties, the DRY penalty, temperature,
+top-k, top-p, min-p, then a draw from a seeded `torch.Generator`; temperature 0 is greedy. The same
+parameters and seed give the same tokens.
+
+DRY ("don't repeat yourself", the sampler llama.cpp and text-generation-webui ship) penalises the
+tokens that would continue a run of the output that already appeared earlier in the output: a
+continuation of a repeated run of `n >= dry_allowed_length` tokens loses
+`dry_multiplier * dry_base ** (n - dry_allowed_length)` from its logit. Unlike a repetition penalty it
+leaves single words alone (an answer may say "the" or "cache" as often as it needs) and grows only
+with the length of what is being repeated, so a loop is broken within a few tokens. Only the output
+is matched, not the prompt: quoting the sources of a grounded answer is not repetition. Runs do not
+extend across a sequence breaker (a token holding a newline, a colon, a quote or an asterisk), so
+the repeated keys of JSON and the repeated shapes of a list's lines are not penalised.
 """
 
 from __future__ import annotations
@@ -25,6 +35,9 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # divide logits of tokens already in the context; 1 = off
     presence_penalty: float = 0.0  # subtract once from logits of generated tokens
     frequency_penalty: float = 0.0  # subtract per occurrence in the generated tokens
+    dry_multiplier: float = 0.0  # DRY penalty on continuing a repeated run of the output; 0 = off
+    dry_base: float = 1.75  # ... multiplied by this for each token the run is longer
+    dry_allowed_length: int = 2  # ... than this
     seed: int | None = None  # same seed, same output
     max_tokens: int | None = None  # None = up to the end of the context
     stop: list[str] = field(default_factory=list)  # strings that end the output (not included)
@@ -43,6 +56,13 @@ class SamplingParams:
             ("repetition_penalty", 0 < self.repetition_penalty <= 10, "in (0, 10]"),
             ("presence_penalty", -2 <= self.presence_penalty <= 2, "in [-2, 2]"),
             ("frequency_penalty", -2 <= self.frequency_penalty <= 2, "in [-2, 2]"),
+            ("dry_multiplier", 0 <= self.dry_multiplier <= 5, "in [0, 5]"),
+            ("dry_base", 1 <= self.dry_base <= 4, "in [1, 4]"),
+            (
+                "dry_allowed_length",
+                isinstance(self.dry_allowed_length, int) and self.dry_allowed_length >= 1,
+                "an integer >= 1",
+            ),
             ("max_tokens", self.max_tokens is None or self.max_tokens >= 1, "an integer >= 1"),
         ]
         for name, ok, want in checks:
@@ -79,6 +99,8 @@ def apply_penalties(
     params: SamplingParams,
     context_ids: torch.Tensor | None,  # (N,) prompt + generated tokens
     generated_counts: torch.Tensor | None,  # (V,) how often each token was generated so far
+    generated: list[int] | None = None,  # the output so far, for DRY
+    breakers: frozenset[int] = frozenset(),  # tokens that end a DRY run
 ) -> torch.Tensor:
     if params.repetition_penalty != 1.0 and context_ids is not None and context_ids.numel():
         seen = logits[context_ids]
@@ -90,11 +112,54 @@ def apply_penalties(
         counts = generated_counts.to(logits.dtype)
         logits = logits - params.frequency_penalty * counts
         logits = logits - params.presence_penalty * (counts > 0).to(logits.dtype)
+    if params.dry_multiplier and generated:
+        penalties = dry_penalties(generated, params, breakers)
+        if penalties:
+            ids = torch.tensor(list(penalties), dtype=torch.long)
+            values = torch.tensor(list(penalties.values()), dtype=logits.dtype)
+            logits = logits.index_add(0, ids, -values)
     if params.logit_bias:
         ids = torch.tensor([t for t in params.logit_bias if t < logits.shape[-1]], dtype=torch.long)
         bias = torch.tensor([params.logit_bias[int(t)] for t in ids], dtype=logits.dtype)
         logits = logits.index_add(0, ids, bias)
     return logits
+
+
+DRY_MAX_RUN = 48  # longer runs are penalised as this long (the penalty is already prohibitive)
+
+
+def dry_penalties(
+    generated: list[int], params: SamplingParams, breakers: frozenset[int]
+) -> dict[int, float]:
+    """Token id -> DRY penalty for the next token after `generated`.
+
+    For every earlier position whose token equals the last one, the run of tokens matching the
+    output's end is measured backwards (stopping at a breaker); the token that followed that
+    earlier run is the one that would repeat it.
+    """
+    n = len(generated)
+    last = generated[-1] if n else None
+    if n < 2 or last in breakers:
+        return {}
+    runs: dict[int, int] = {}
+    for j in range(n - 2, -1, -1):
+        if generated[j] != last:
+            continue
+        length = 1
+        while (
+            length < DRY_MAX_RUN
+            and j - length >= 0
+            and generated[j - length] == generated[n - 1 - length]
+            and generated[j - length] not in breakers
+        ):
+            length += 1
+        if length >= params.dry_allowed_length:
+            follower = generated[j + 1]
+            runs[follower] = max(runs.get(follower, 0), length)
+    return {
+        token: params.dry_multiplier * params.dry_base ** (length - params.dry_allowed_length)
+        for token, length in runs.items()
+    }
 
 
 def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -123,9 +188,11 @@ def sample(
     generator: torch.Generator | None,
     context_ids: torch.Tensor | None = None,
     generated_counts: torch.Tensor | None = None,
+    generated: list[int] | None = None,
+    breakers: frozenset[int] = frozenset(),
 ) -> int:
     """Pick the next token id: from the distribution `filter_logits` defines, computed faster."""
-    logits = apply_penalties(logits, params, context_ids, generated_counts)
+    logits = apply_penalties(logits, params, context_ids, generated_counts, generated, breakers)
     if params.greedy:
         return int(torch.argmax(logits))
     ids, weights = candidates(logits, params)

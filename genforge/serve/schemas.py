@@ -56,6 +56,9 @@ class Sampling(_Body):
     top_k: int | None = Field(None, ge=0)
     min_p: float | None = Field(None, ge=0, le=1)
     repetition_penalty: float | None = Field(None, gt=0, le=10)
+    dry_multiplier: float | None = Field(None, ge=0, le=5)
+    dry_base: float | None = Field(None, ge=1, le=4)
+    dry_allowed_length: int | None = Field(None, ge=1)
 
 
 class RagOptions(_Body):

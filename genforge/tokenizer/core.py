@@ -121,6 +121,13 @@ class Tokenizer:
         text = self.hf.decode([token_id], skip_special_tokens=False)
         return piece if "\ufffd" in text else text
 
+    def ids_containing(self, pieces: tuple[str, ...]) -> frozenset[int]:
+        """The ids whose text holds any of `pieces`, special tokens included (they end runs too)."""
+        texts = self.hf.decode_batch(
+            [[i] for i in range(self.vocab_size)], skip_special_tokens=False
+        )
+        return frozenset(i for i, text in enumerate(texts) if any(p in text for p in pieces))
+
     def stream(self, skip_special: bool = True) -> StreamDecoder:
         return StreamDecoder(self, skip_special)
 

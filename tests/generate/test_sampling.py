@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from genforge.errors import GenforgeError
-from genforge.generate.sampling import SamplingParams, filter_logits, make_generator, sample
+from genforge.generate.sampling import (
+    SamplingParams,
+    dry_penalties,
+    filter_logits,
+    make_generator,
+    sample,
+)
 
 LOGITS = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
 
@@ -91,9 +97,51 @@ def test_presence_and_frequency_penalties():
     )
 
 
+DRY = SamplingParams(dry_multiplier=0.8, dry_base=1.75, dry_allowed_length=2)
+
+
+def test_dry_penalises_the_token_that_would_continue_a_repeated_run():
+    # 5 6 7 8 ... 5 6 7: a run of 3 repeats, so 8 (what followed it) is penalised 0.8 * 1.75^(3-2)
+    out = [5, 6, 7, 8, 9, 5, 6, 7]
+    assert dry_penalties(out, DRY, frozenset()) == pytest.approx({8: 0.8 * 1.75})
+    # a run as long as the allowed length costs the multiplier; a shorter one costs nothing
+    assert dry_penalties([5, 6, 9, 5, 6], DRY, frozenset()) == pytest.approx({9: 0.8})
+    assert dry_penalties([5, 6, 9, 5], DRY, frozenset()) == {}
+
+
+def test_dry_penalty_grows_with_the_run_and_takes_the_longest_match():
+    loop = [1, 2, 3, 4] * 4  # the output went round four times
+    penalties = dry_penalties(loop, DRY, frozenset())
+    assert set(penalties) == {1}  # the next token would start the loop again
+    longest = 12  # the whole output but its first round matches its end
+    assert penalties[1] == pytest.approx(0.8 * 1.75 ** (longest - 2))
+
+
+def test_dry_runs_stop_at_sequence_breakers_and_leave_single_words_alone():
+    newline = 0
+    lines = [3, 4, 5, newline, 3, 4, 6, newline, 3, 4]
+    # "3 4" repeats at the start of each line: a run of 2 (it cannot extend across the newline)
+    assert dry_penalties(lines, DRY, frozenset({newline})) == pytest.approx({5: 0.8, 6: 0.8})
+    assert dry_penalties([*lines, newline], DRY, frozenset({newline})) == {}
+    # one token said often is not a run: "the" may come back as often as it needs
+    assert dry_penalties([7, 1, 7, 2, 7, 3, 7], DRY, frozenset()) == {}
+
+
+def test_dry_changes_the_greedy_pick_and_is_off_by_default():
+    logits = torch.tensor([0.0, 2.0, 1.5, 0.0, 0.0])
+    out = [1, 2, 3, 1, 2, 3, 1, 2, 3]  # the model would go round again with 1
+    assert sample(logits, SamplingParams(temperature=0), None, generated=out) == 1
+    assert (
+        sample(logits, SamplingParams(temperature=0, dry_multiplier=0.8), None, generated=out) == 2
+    )
+
+
 @pytest.mark.parametrize(
     "kwargs,name",
     [
+        ({"dry_multiplier": -1}, "dry_multiplier"),
+        ({"dry_base": 0.5}, "dry_base"),
+        ({"dry_allowed_length": 0}, "dry_allowed_length"),
         ({"temperature": -1}, "temperature"),
         ({"top_p": 0}, "top_p"),
         ({"top_p": 1.5}, "top_p"),
