@@ -130,7 +130,8 @@ def _add_ask_parser(rsub) -> None:
         type=float,
         default=None,
         metavar="X",
-        help="chunks less similar to the question than this are not used (default: 0.25)",
+        help='say "I don\'t know" without asking the model when the best chunk is less similar '
+        "to the question than this (cosine; default: 0.40, calibrated in docs/rag.md)",
     )
     r.add_argument(
         "--json", action="store_true", help="print the answer, citations and chunks as JSON"

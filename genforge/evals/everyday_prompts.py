@@ -240,3 +240,64 @@ PROMPTS: list[dict] = [
     *({"kind": "rag", "prompt": q, "source": s, "expect": e} for q, s, e in RAG),
     *({"kind": "rag_unanswerable", "prompt": q, "expect": []} for q in UNANSWERABLE),
 ]
+
+# Questions apart from the evaluation's, for choosing the similarity below which `rag ask` says it
+# doesn't know (benchmarks/rag_refusal.py): answerable ones over the same documents, off-topic
+# ones, and on-topic ones the indexed documents do not answer (other libraries, other versions).
+CALIBRATION: list[dict] = [
+    *(
+        {"kind": "answerable", "prompt": q}
+        for q in (
+            "What does functools.partial return?",
+            "What does itertools.groupby do?",
+            "What is a namedtuple?",
+            "How do you pretty-print JSON with indentation?",
+            "What does os.path.exists return for a broken symbolic link?",
+            "How do you shuffle a list randomly?",
+            "What does the built-in function len return?",
+            "How do you give a dataclass field a default value?",
+            "What is a lambda expression?",
+            "How do you read a file line by line?",
+            "What is a list comprehension?",
+            "What does the global statement do?",
+            "How do you raise an exception?",
+            "What does sorted() return?",
+            "What does functools.reduce do?",
+            "What does collections.defaultdict do?",
+            "How do you format a number with two decimal places in an f-string?",
+            "What does random.seed do?",
+            "What does os.path.splitext return?",
+            "How do you define a class with a method?",
+        )
+    ),
+    *(
+        {"kind": "off_topic", "prompt": q}
+        for q in (
+            "What is the capital of Australia?",
+            "How tall is Mount Everest?",
+            "Who wrote Pride and Prejudice?",
+            "What is the speed of light?",
+            "How do I bake sourdough bread?",
+            "In which year did the Berlin Wall fall?",
+            "How many players are on a football team?",
+            "What is the chemical symbol for gold?",
+            "What is the best exercise for back pain?",
+            "Who is the chief executive of Microsoft?",
+        )
+    ),
+    *(
+        {"kind": "on_topic", "prompt": q}
+        for q in (
+            "How do I make an HTTP request with the requests library?",
+            "How do I plot a line chart with matplotlib?",
+            "How do I connect to a PostgreSQL database from Python?",
+            "How do I write a view in Django?",
+            "What does pandas.DataFrame.merge do?",
+            "How do I train a neural network with PyTorch?",
+            "What is new in Python 3.13?",
+            "How do I run coroutines concurrently with asyncio.gather?",
+            "How do I parse command-line arguments with argparse?",
+            "How do I send an email with smtplib?",
+        )
+    ),
+]

@@ -8,7 +8,15 @@ import textwrap
 import pytest
 from components import require, require_module
 
-from genforge.rag.answer import NO_ANSWER, ask, build_messages, cited, quote
+from genforge.rag.answer import (
+    MIN_SIMILARITY,
+    NO_ANSWER,
+    ask,
+    build_messages,
+    cited,
+    quote,
+    relevant,
+)
 from genforge.rag.retrieve import Hit
 from genforge.rag.store import StoredChunk
 
@@ -76,6 +84,15 @@ def test_nothing_relevant_means_no_model_call_and_i_dont_know():
     answer = ask(NoModel(), FixedRetriever(far), "What is the boiling point of tungsten?")
     assert answer.text == NO_ANSWER and not answer.citations and not answer.chunks
     assert ask(NoModel(), FixedRetriever([]), "anything").text == NO_ANSWER
+
+
+def test_the_best_chunk_decides_whether_to_answer_and_weak_ones_are_not_shown():
+    near = [hit(1, "a", sim=0.3), hit(2, "b", sim=MIN_SIMILARITY + 0.01), hit(3, "c", sim=0.1)]
+    assert [h.chunk.id for h in relevant(near)] == [1, 2]  # 0.1 is about something else
+    below = [hit(1, "a", sim=MIN_SIMILARITY - 0.01), hit(2, "b", sim=0.3)]
+    assert relevant(below) == []  # nothing is about the question: say so without the model
+    assert [h.chunk.id for h in relevant(below, min_similarity=0.2)] == [1, 2]
+    assert [h.chunk.id for h in relevant(near, min_similarity=0.05)] == [1, 2, 3]
 
 
 def test_injected_instructions_stay_quoted_content():
