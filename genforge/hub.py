@@ -27,6 +27,11 @@ from genforge.runs import model_folder
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+# New tokens per answer when the caller sets no max_tokens (library, CLI and server alike), or what
+# is left of the context if less. Chosen by `genforge eval everyday,rag_pydocs` (docs/evals.md):
+# no answer that ended by itself there took more than ~200 tokens, while a small model that loops
+# runs to whatever cap there is.
+DEFAULT_MAX_TOKENS = 1024
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from genforge.cli.flags import (
     add_model_args,
     add_sampling_args,
-    capped,
     load_model,
     sampling_kwargs,
 )
@@ -89,7 +88,6 @@ def converse(
 def answer(llm, history: list[dict], sampling: dict) -> None:
     """Stream one assistant turn to stdout and append it to the history (also when interrupted)."""
     pieces: list[str] = []
-    sampling = capped(llm, len(llm.tokenizer.encode_chat(history)), sampling)
     try:
         for piece in llm.chat(history, stream=True, **sampling):
             pieces.append(piece)

@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 
 from genforge.errors import GenforgeError
-from genforge.hub import DEFAULT_MODEL  # stdlib-only module: --help stays fast
-
-DEFAULT_MAX_TOKENS = 1024
+from genforge.hub import DEFAULT_MAX_TOKENS, DEFAULT_MODEL  # stdlib only: --help stays fast
 
 SAMPLING_FLAGS = (
     "temperature",
@@ -161,10 +159,3 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
 
     SamplingParams.from_kwargs(**kwargs)
     return kwargs
-
-
-def capped(llm, n_prompt: int, sampling: dict) -> dict:
-    """Without --max-tokens, cap an answer at DEFAULT_MAX_TOKENS or the rest of the context."""
-    if sampling.get("max_tokens") is not None or n_prompt >= llm.context_length:
-        return sampling  # an explicit value (or an overlong prompt) meets the engine's own check
-    return {**sampling, "max_tokens": min(DEFAULT_MAX_TOKENS, llm.context_length - n_prompt)}

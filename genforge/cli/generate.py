@@ -9,7 +9,6 @@ import sys
 from genforge.cli.flags import (
     add_model_args,
     add_sampling_args,
-    capped,
     load_model,
     sampling_kwargs,
 )
@@ -40,7 +39,6 @@ def run(args: argparse.Namespace) -> int:
     if not prompt:
         raise GenforgeError("the prompt is empty; pass it as an argument or on standard input.")
     llm = load_model(args)
-    sampling = capped(llm, len(llm.tokenizer.encode(prompt)), sampling)
     for piece in llm.generate(prompt, stream=True, json_schema=schema, **sampling):
         sys.stdout.write(piece)
         sys.stdout.flush()

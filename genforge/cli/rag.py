@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from genforge.cli.flags import (
-    DEFAULT_MAX_TOKENS,
     add_model_args,
     add_sampling_args,
     load_model,
@@ -193,7 +192,6 @@ def run_ask(args: argparse.Namespace) -> int:
             f"--min-similarity is a cosine similarity in [-1, 1], got {args.min_similarity}."
         )
     sampling = sampling_kwargs(args)
-    sampling.setdefault("max_tokens", DEFAULT_MAX_TOKENS)  # a small model can loop without a cap
     with _open(args) as store:
         retriever = _retriever(store, args)
         llm = load_model(args)

@@ -35,6 +35,7 @@ from genforge.generate.sampling import SamplingParams, make_generator, sample
 from genforge.generate.scheduler import Request, Scheduled, Scheduler
 from genforge.generate.score import Scored, check_requests, loglikelihood
 from genforge.generate.structured import Constraint
+from genforge.hub import DEFAULT_MAX_TOKENS
 from genforge.model.kv_cache import PagedBatch, PagedKVCache
 from genforge.model.transformer import Transformer
 
@@ -113,7 +114,7 @@ class Engine:
                 "shorten the prompt (or start a new conversation)."
             )
         if max_tokens is None:
-            return ctx - n_prompt
+            return min(DEFAULT_MAX_TOKENS, ctx - n_prompt)
         if n_prompt + max_tokens > ctx:
             raise GenforgeError(
                 f"the prompt is {n_prompt} tokens and max_tokens is {max_tokens}, more than the "

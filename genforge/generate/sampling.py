@@ -39,7 +39,7 @@ class SamplingParams:
     dry_base: float = 1.75  # ... multiplied by this for each token the run is longer
     dry_allowed_length: int = 2  # ... than this
     seed: int | None = None  # same seed, same output
-    max_tokens: int | None = None  # None = up to the end of the context
+    max_tokens: int | None = None  # None = genforge.hub.DEFAULT_MAX_TOKENS, or the context's rest
     stop: list[str] = field(default_factory=list)  # strings that end the output (not included)
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
 

@@ -24,6 +24,7 @@ from genforge.generate.engine import TokenLogprob
 from genforge.generate.llm import ChatPrompt
 from genforge.generate.sampling import SamplingParams
 from genforge.generate.structured import TOOL_CALL_OPEN, parse_tool_calls
+from genforge.hub import DEFAULT_MAX_TOKENS
 from genforge.serve.errors import bad_request
 from genforge.serve.runs import Run, deltas, submit
 from genforge.serve.schemas import MAX_ITEMS, ChatRequest, CompletionRequest, Sampling
@@ -94,7 +95,9 @@ def sampling_params(
             dry_allowed_length=body.dry_allowed_length,
             stop=stop or None,
             seed=None if body.seed is None else _int64(body.seed + choice),
-            max_tokens=max_tokens if max_tokens is not None else min(limit, ctx - n_prompt),
+            max_tokens=max_tokens
+            if max_tokens is not None
+            else min(limit, DEFAULT_MAX_TOKENS, ctx - n_prompt),
             logit_bias=bias or None,
         )
     except GenforgeError as e:
