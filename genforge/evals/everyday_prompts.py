@@ -8,7 +8,9 @@ Each is a dict with a `kind`:
   answer must hold (strings case-folded), or none;
 - "rag": a question over the Python documentation; `expect`: answers of which one must appear,
   `source`: the documentation file (under the docs' `_sources`) that holds the answer;
-- "rag_unanswerable": a question the documentation cannot answer: the right reply is a refusal.
+- "rag_unanswerable": a question the documentation cannot answer: the right reply is a refusal;
+- "rag_beyond": the same, but on-topic (other Python libraries): the documents' words are near, so
+  retrieval alone cannot tell, and the right reply is still a refusal.
 Changing any of them changes the score: raise `VERSION` in genforge/evals/everyday.py.
 """
 
@@ -234,11 +236,26 @@ UNANSWERABLE = [
     "Which Rust crate parses TOML files?",
 ]
 
+# Written after the refusal threshold was chosen (CALIBRATION below), so they test it too.
+BEYOND = [
+    "How do I read an Excel spreadsheet with openpyxl?",
+    "How do I scrape a web page with BeautifulSoup?",
+    "What does numpy.reshape do?",
+    "How do I share a fixture between pytest test files?",
+    "How do I deploy a Flask app with gunicorn?",
+    "How do I connect to a MySQL database from Python?",
+    "How do I handle SIGTERM with the signal module?",
+    "How do I encrypt data with the cryptography library's Fernet?",
+    "How do I train a classifier with scikit-learn?",
+    "How do I load environment variables from a .env file with python-dotenv?",
+]
+
 PROMPTS: list[dict] = [
     *CHAT,
     *({"kind": "json", "expect": {}, **j} for j in JSON),
     *({"kind": "rag", "prompt": q, "source": s, "expect": e} for q, s, e in RAG),
     *({"kind": "rag_unanswerable", "prompt": q, "expect": []} for q in UNANSWERABLE),
+    *({"kind": "rag_beyond", "prompt": q, "expect": []} for q in BEYOND),
 ]
 
 # Questions apart from the evaluation's, for choosing the similarity below which `rag ask` says it

@@ -218,10 +218,10 @@ def test_the_table_shows_how_many_items_each_metric_counts():
 # -- the data ------------------------------------------------------------------------------------
 
 
-def test_the_prompts_are_a_hundred_of_each_kind_with_what_scoring_needs():
+def test_the_prompts_are_a_hundred_and_ten_of_each_kind_with_what_scoring_needs():
     kinds = Counter(p["kind"] for p in PROMPTS)
-    assert sum(kinds.values()) == 100
-    assert set(kinds) == {"chat", "json", "rag", "rag_unanswerable"}
+    assert sum(kinds.values()) == 110
+    assert set(kinds) == {"chat", "json", "rag", "rag_unanswerable", "rag_beyond"}
     for p in PROMPTS:
         assert p["prompt"].strip()
         if p["kind"] == "json":
@@ -239,6 +239,7 @@ def test_limit_takes_the_first_of_each_kind():
     items = harness.TASKS["everyday"].items(limit=2)
     assert [i["kind"] for i in items] == ["chat", "chat", "json", "json"]
     assert len(harness.TASKS["rag_pydocs"].items()) == 35
+    assert len(harness.TASKS["rag_pydocs_beyond"].items()) == 10
     assert len({i["id"] for i in everyday.EVERYDAY_TASKS[0].items()}) == 65
 
 

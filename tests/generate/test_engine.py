@@ -262,3 +262,16 @@ def test_a_request_too_long_for_the_context_is_refused_with_the_numbers(tiny_mod
     assert not engine.has_work()
     # Without max_tokens a request may fill the context, and no more.
     assert len(list(engine.generate([5] * 60, SamplingParams(temperature=0)))) == 4
+
+
+def test_without_max_tokens_an_answer_stops_at_the_default_cap_or_the_context(
+    random_model, monkeypatch
+):
+    from genforge.generate import engine as engine_module
+
+    engine = Engine(random_model)  # 256 positions
+    params = SamplingParams(temperature=0)  # max_tokens not set
+    monkeypatch.setattr(engine_module, "DEFAULT_MAX_TOKENS", 10)
+    assert len(list(engine.generate([1, 2, 3], params))) == 10
+    monkeypatch.setattr(engine_module, "DEFAULT_MAX_TOKENS", 1024)
+    assert len(list(engine.generate([1, 2, 3], params))) == 256 - 3  # the rest of the context

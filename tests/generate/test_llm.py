@@ -43,6 +43,18 @@ def test_max_tokens_and_finish_reason(smollm2):
     assert c.finish_reason == "stop" and c.completion_tokens < 200
 
 
+def test_dry_breaks_a_loop_that_greedy_decoding_keeps_going(smollm2):
+    prompt = "1, 2, 1, 2, 1, 2, 1, 2,"
+    plain = smollm2.generate(prompt, temperature=0, max_tokens=24)
+    assert plain.startswith(" 1, 2, 1, 2, 1, 2, 1, 2")  # without it the model goes round
+    dry = smollm2.generate(prompt, temperature=0, max_tokens=24, dry_multiplier=0.8)
+    assert " 1, 2, 1, 2, 1, 2" not in dry  # a run of the output repeated costs more each token
+    newline = smollm2.tokenizer.encode("\n", add_special=False)
+    the = smollm2.tokenizer.encode(" the", add_special=False)
+    assert set(newline) <= smollm2.engine.sequence_breakers  # runs end at lines, quotes, colons
+    assert not set(the) & smollm2.engine.sequence_breakers
+
+
 def test_prompt_longer_than_context_is_refused_with_numbers(smollm2):
     long_prompt = "word " * 9000
     with pytest.raises(GenforgeError, match=r"prompt is \d+ tokens but the context holds 8192"):
