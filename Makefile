@@ -7,7 +7,7 @@ DEFAULT_MODEL := smollm2-135m-instruct
 # Set-up output goes to stderr so that `echo "question" | make run` prints only the answer.
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run rag-setup serve test test-slow lint format setup setup-dev model browser bench bench-serve bench-train bench-eval bench-rag eval recipe clean help
+.PHONY: run rag-setup serve test test-slow lint format setup setup-dev model browser pydocs bench bench-serve bench-train bench-eval bench-rag eval recipe clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -52,8 +52,9 @@ $(VENV)/.installed-rag: pyproject.toml | $(PY)
 rag-setup: $(VENV)/.installed-rag  ## install genforge with the retrieval extras (apsw, sqlite-vec, pypdf, the embedder)
 
 # SERVE_ARGS passes flags on, e.g. make serve SERVE_ARGS="--port 8080 --api-key secret"
-serve: $(VENV)/.installed-rag model  ## set up, then serve the OpenAI API and web UI on 127.0.0.1:8000
-	@$(GENFORGE) serve -m $(DEFAULT_MODEL) $(SERVE_ARGS)
+# genforge serve's own default model (Qwen2.5-Coder-0.5B, pulled on first use; see docs/evals.md).
+serve: $(VENV)/.installed-rag  ## set up, then serve the OpenAI API and web UI on 127.0.0.1:8000
+	@$(GENFORGE) serve $(SERVE_ARGS)
 
 run: model  ## set up, then chat with the default model (stdin lines are user turns when piped)
 	@$(GENFORGE) chat -m $(DEFAULT_MODEL)
@@ -75,10 +76,18 @@ $(CHROMIUM):
 
 browser: $(CHROMIUM)  ## install Debian's chromium when it is missing (for the web UI test)
 
-test: lint model browser  ## set up with dev extras, lint, then the test suite (slow tests excluded)
+# The Python documentation's reST sources: the pydocs corpus, and the documents of rag_pydocs.
+PYDOCS := /usr/share/doc/python3.11/html/_sources
+$(PYDOCS):
+	@{ apt-get install -y -qq python3.11-doc || \
+		{ apt-get update -qq && apt-get install -y -qq python3.11-doc; }; } 1>&2
+
+pydocs: $(PYDOCS)  ## install Debian's python3.11-doc when it is missing (a corpus, and documents to ask)
+
+test: lint model browser pydocs  ## set up with dev extras, lint, then the test suite (slow tests excluded)
 	$(PY) -m pytest -m "not slow"
 
-test-slow: lint model browser  ## the tests on the larger real models (Qwen2.5-Coder-0.5B, Gemma 3 270M) and the server soak
+test-slow: lint model browser pydocs  ## the tests on the larger real models (Qwen2.5-Coder-0.5B, Gemma 3 270M) and the server soak
 	$(PY) -m pytest -m slow
 
 $(VENV)/.installed-bench: pyproject.toml | $(PY)

@@ -27,6 +27,10 @@ from genforge.runs import model_folder
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+# The default of `rag ask` and `genforge serve` (so of the web UI and `make serve`): on the everyday
+# and rag_pydocs evaluations it is right more often, ends every grounded answer where SmolLM2 loops,
+# and so answers documentation questions in less time; docs/evals.md has the figures.
+ANSWER_MODEL = "qwen2.5-coder-0.5b-instruct"
 # New tokens per answer when the caller sets no max_tokens (library, CLI and server alike), or what
 # is left of the context if less. Chosen by `genforge eval everyday,rag_pydocs` (docs/evals.md):
 # no answer that ended by itself there took more than ~200 tokens, while a small model that loops

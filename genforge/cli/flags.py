@@ -28,8 +28,13 @@ SAMPLING_FLAGS = (
 )
 
 
-def add_model_args(p: argparse.ArgumentParser, many: bool = False, dtype: str = "auto") -> None:
-    """-m/--model (repeatable with `many`), --dtype, --ctx and --threads."""
+def add_model_args(
+    p: argparse.ArgumentParser,
+    many: bool = False,
+    dtype: str = "auto",
+    default: str = DEFAULT_MODEL,
+) -> None:
+    """-m/--model (repeatable with `many`; `default` when not given), --dtype, --ctx, --threads."""
     if many:
         p.add_argument(
             "-m",
@@ -38,15 +43,15 @@ def add_model_args(p: argparse.ArgumentParser, many: bool = False, dtype: str = 
             default=None,
             metavar="NAME",
             help="a model to serve (repeatable; the first is the default): a name (see "
-            f"`genforge models`), a .gguf file or a model folder (default: {DEFAULT_MODEL})",
+            f"`genforge models`), a .gguf file or a model folder (default: {default})",
         )
     else:
         p.add_argument(
             "-m",
             "--model",
-            default=DEFAULT_MODEL,
+            default=default,
             help="model name (see `genforge models`), a .gguf file, or a Hugging Face "
-            f"model folder (default: {DEFAULT_MODEL})",
+            f"model folder (default: {default})",
         )
     p.add_argument(
         "--dtype",

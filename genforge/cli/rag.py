@@ -14,6 +14,7 @@ from genforge.cli.flags import (
     sampling_kwargs,
 )
 from genforge.errors import GenforgeError
+from genforge.hub import ANSWER_MODEL
 
 
 def add_parser(sub) -> None:
@@ -121,7 +122,7 @@ def _add_ask_parser(rsub) -> None:
     )
     r.add_argument("question")
     _store_arg(r)
-    add_model_args(r)
+    add_model_args(r, default=ANSWER_MODEL)
     add_sampling_args(r)
     _search_args(r, k=4)
     r.add_argument(

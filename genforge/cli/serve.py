@@ -8,7 +8,7 @@ import sys
 
 from genforge.cli.flags import add_model_args, check_model_args
 from genforge.errors import GenforgeError
-from genforge.hub import DEFAULT_MODEL
+from genforge.hub import ANSWER_MODEL
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
         "completions, /v1/completions, /v1/embeddings, /v1/models), with a web UI "
         "at / and Prometheus metrics at /metrics.",
     )
-    add_model_args(p, many=True)
+    add_model_args(p, many=True, default=ANSWER_MODEL)
     _add_server_args(p)
     _add_upstream_args(p)
     _add_rag_args(p)
@@ -123,7 +123,7 @@ def _add_rag_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    names = args.model or ([] if args.upstream else [DEFAULT_MODEL])
+    names = args.model or ([] if args.upstream else [ANSWER_MODEL])
     _check_flags(args)
     from genforge.serve.models import Registry, Upstream
     from genforge.serve.rag import parse_root, parse_stores

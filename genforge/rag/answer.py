@@ -93,18 +93,33 @@ def _citation(n: int, hits: list[Hit], inferred: bool = False) -> Citation:
     return Citation(n, c.source, c.start, c.end, c.unit, c.text, inferred)
 
 
-def attribute(text: str, hits: list[Hit], min_overlap: float = MIN_COVERAGE) -> list[Citation]:
+def attribute(
+    text: str, hits: list[Hit], min_overlap: float = MIN_COVERAGE, similarity=None
+) -> list[Citation]:
     """Sources that support an answer written without markers: for each sentence, the source with a
     sentence (or two neighbouring ones) covering at least `min_overlap` of its content words, rare
-    words, numbers and identifiers weighted most; a sentence nothing supports gets none."""
-    pairs = attribute_sentences(text, [h.chunk.text for h in hits], min_overlap)
+    words, numbers and identifiers weighted most, else (given `similarity`, see
+    `genforge.rag.cite.attribute_sentences`) the one with the sentence closest in meaning; a
+    sentence nothing supports gets none."""
+    pairs = attribute_sentences(text, [h.chunk.text for h in hits], min_overlap, similarity)
     numbers = [i + 1 for _, i in pairs if i is not None]
     return [_citation(n, hits, inferred=True) for n in dict.fromkeys(numbers)]
 
 
-def citations(text: str, hits: list[Hit]) -> list[Citation]:
+def citations(text: str, hits: list[Hit], similarity=None) -> list[Citation]:
     """The sources the answer cites by number, else those `attribute` finds supporting it."""
-    return cited(text, hits) or ([] if text == NO_ANSWER else attribute(text, hits))
+    if found := cited(text, hits):
+        return found
+    return [] if text == NO_ANSWER else attribute(text, hits, similarity=similarity)
+
+
+def meaning(embedder):
+    """`similarity` for `attribute` from an embedder: cosine similarities of two lists of texts."""
+
+    def similarity(a: list[str], b: list[str]):
+        return embedder.encode(a) @ embedder.encode(b).T
+
+    return similarity
 
 
 def relevant(hits: list[Hit], min_similarity: float = MIN_SIMILARITY) -> list[Hit]:
@@ -138,7 +153,8 @@ def stream_answer(
         pieces.append(piece)
         yield piece
     text = "".join(pieces).strip()
-    yield Answer(text, citations(text, hits), hits)
+    embedder = getattr(retriever, "embedder", None)
+    yield Answer(text, citations(text, hits, meaning(embedder) if embedder else None), hits)
 
 
 def ask(llm, retriever: Retriever, question: str, **options) -> Answer:

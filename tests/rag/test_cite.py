@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from components import require, require_module
 
 from genforge.rag.cite import attribute_sentences, markers, prose
 
@@ -214,6 +215,29 @@ ATTRIBUTION_SET = [
     (RAILWAYS, "The railway was 35 miles long.", 2),
     (RAILWAYS, "The railway opened in 1845.", None),
     (RAILWAYS, "Penguins cannot fly but swim very well.", None),
+    # Paraphrases that share few words with their passage, and on-topic claims no passage makes.
+    (
+        FUNCTOOLS,
+        "It remembers what a function returned so that calling it again with the same arguments "
+        "is fast.",
+        1,
+    ),
+    (FUNCTOOLS, "It lets you fix some of a callable's arguments ahead of time.", 3),
+    (CONTROL_FLOW, "When you leave a loop early, its else block does not run.", 1),
+    (
+        CONTROL_FLOW,
+        "Use it when the syntax needs a statement but the program should do nothing.",
+        3,
+    ),
+    (SERVE, "Bodies that are too big are rejected.", 1),
+    (RAILWAYS, "Steam engines pulled every train on the line.", 0),
+    (RAILWAYS, "Stephenson's locomotive was the winner of the competition.", 1),
+    (FUNCTOOLS, "lru_cache writes its cache to disk so that it survives restarts.", None),
+    (FUNCTOOLS, "The cache is shared between all processes of a program.", None),
+    (CONTROL_FLOW, "A for loop can only iterate over lists.", None),
+    (SERVE, "The server compresses every response with gzip.", None),
+    (RAILWAYS, "The railway carried passengers under the sea.", None),
+    (CONTROL_FLOW, "Loops in Python are slower than in C.", None),
 ]
 
 
@@ -233,21 +257,50 @@ def attribution_scores(attribute) -> tuple[float, float, float]:
     return right / made, found / supported, left / unsupported
 
 
-def test_attribution_names_the_passage_that_holds_the_answer():
-    def attribute(sentence, sources):
-        [(_, index)] = attribute_sentences(sentence, sources)
-        return index
+def attributed(sentence, sources, similarity=None):
+    [(_, index)] = attribute_sentences(sentence, sources, similarity=similarity)
+    return index
 
-    precision, recall, abstained = attribution_scores(attribute)
-    assert len(ATTRIBUTION_SET) >= 20
-    assert precision >= 0.9, precision
-    assert recall >= 0.9, recall
-    # Word overlap cannot tell that "a kind of exception handler" is wrong: one of eight slips by.
-    assert abstained >= 0.85, abstained
-    # A wrong number, something no passage says, and filler are never attributed.
-    for sources, sentence, label in ATTRIBUTION_SET:
+
+# The first 36 sentences; the 13 after them are paraphrases and on-topic claims no passage makes.
+FIRST = 36
+
+
+def test_attribution_names_the_passage_that_holds_the_answer():
+    precision, recall, abstained = attribution_scores(attributed)
+    assert len(ATTRIBUTION_SET) == FIRST + 13
+    # Measured: 30 of 34 attributions right, 30 of 35 supported sentences found, 10 of 14
+    # unsupported ones left alone (word overlap misses paraphrases and takes on-topic false claims).
+    assert precision >= 0.85, precision
+    assert recall >= 0.85, recall
+    assert abstained >= 0.7, abstained
+    # A wrong number, something no passage talks about, and filler are never attributed.
+    for sources, sentence, label in ATTRIBUTION_SET[:FIRST]:
         if label is None and "exception handler" not in sentence:
-            assert attribute(sentence, sources) is None, sentence
+            assert attributed(sentence, sources) is None, sentence
+
+
+def test_attribution_by_meaning_finds_paraphrases_and_keeps_wrong_numbers_out():
+    require_module("sentence_transformers", "embedder")
+    from genforge.rag.answer import meaning
+    from genforge.rag.embed import Embedder, available
+
+    require("embedder", available(), "the embedding model (all-MiniLM-L6-v2)")
+    similarity = meaning(Embedder())
+    precision, recall, abstained = attribution_scores(
+        lambda sentence, sources: attributed(sentence, sources, similarity)
+    )
+    # Measured: 33 of 38 right, 33 of 35 found, 9 of 14 left alone: three more paraphrases found
+    # for one more on-topic false claim taken ("lru_cache writes its cache to disk").
+    assert recall >= 0.9, recall
+    assert precision >= 0.85, precision
+    assert abstained >= 0.6, abstained
+    for sources, sentence, label in ATTRIBUTION_SET[:FIRST]:
+        if label is None and "exception handler" not in sentence:
+            assert attributed(sentence, sources, similarity) is None, sentence
+    paraphrase = "When you leave a loop early, its else block does not run."
+    assert attributed(paraphrase, CONTROL_FLOW) is None  # no words in common enough
+    assert attributed(paraphrase, CONTROL_FLOW, similarity) == 1
 
 
 def test_attribution_per_sentence_of_a_whole_answer():
