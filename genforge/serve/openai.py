@@ -337,7 +337,8 @@ async def _respond(
     usage = _usage(runs, n_prompt)
     response = {**head, "object": choices.object, "choices": done, "usage": usage}
     if extra is not None:
-        response.update(extra([choices.choice_text(c) for c in done]))
+        # in a worker thread: attributing citations embeds sentences
+        response.update(await asyncio.to_thread(extra, [choices.choice_text(c) for c in done]))
     return response
 
 
@@ -351,7 +352,7 @@ async def _sse(choices, head, streams, runs, n_prompt: int, include_usage: bool,
     async for i, (piece, finish) in _merge(streams):
         texts[i] += choices.piece_text(piece)
         yield sse({**chunk, "choices": [choices.chunk(i, piece, finish)], **usage})
-    tail = extra(texts) if extra is not None else {}
+    tail = await asyncio.to_thread(extra, texts) if extra is not None else {}
     if include_usage:
         yield sse({**chunk, "choices": [], "usage": _usage(runs, n_prompt), **tail})
     elif tail:

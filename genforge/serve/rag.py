@@ -29,7 +29,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 from genforge.data.files import walk
 from genforge.errors import GenforgeError
-from genforge.rag.answer import MIN_SIMILARITY, SYSTEM, build_messages, citations, relevant
+from genforge.rag.answer import (
+    MIN_SIMILARITY,
+    SYSTEM,
+    build_messages,
+    citations,
+    meaning,
+    relevant,
+)
 from genforge.rag.embed import NAME, Embedder
 from genforge.rag.ingest import Report, index
 from genforge.rag.retrieve import Hit, Retriever
@@ -200,6 +207,10 @@ class DocumentStores:
             retriever.search, query, k=k, mode=mode, path=self.glob(path)
         )
 
+    async def meaning(self, store: str | None):
+        """`similarity` for attributing answers grounded in `store`, from its own embedder."""
+        return meaning((await self._retriever(store)).embedder)
+
     async def describe(self) -> list[dict]:
         out = []
         for name, entry in self.entries.items():
@@ -358,9 +369,9 @@ def grounded_messages(messages: list[Message], hits: list[Hit]) -> list[Message]
     return out
 
 
-def rag_fields(hits: list[Hit], answer: str) -> dict:
+def rag_fields(hits: list[Hit], answer: str, similarity=None) -> dict:
     """The extra response fields: the sources `answer` cites and the passages the model was given."""
     return {
-        "citations": [c.to_dict() for c in citations(answer, hits)],
+        "citations": [c.to_dict() for c in citations(answer, hits, similarity)],
         "rag_chunks": [h.to_dict() for h in hits],
     }

@@ -103,8 +103,10 @@ async def _grounded_chat(request: Request, body: ChatRequest):
             return StreamingResponse(reply, media_type="text/event-stream", headers=SSE_HEADERS)
         return reply
 
+    similarity = await documents.meaning(body.rag.store)
+
     def cited_by_first_choice(texts: list[str]) -> dict:
-        return rag_fields(hits, texts[0])
+        return rag_fields(hits, texts[0], similarity)
 
     run = functools.partial(openai.chat, extra=cited_by_first_choice)
     return await _generation(request, grounded, "/v1/chat/completions", run)
