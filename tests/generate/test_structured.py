@@ -201,26 +201,29 @@ def _accepts(llm, grammar: Grammar, text: str) -> bool:
 
 def test_schema_grammar_refuses_extra_repeated_and_reordered_keys(smollm2):
     g = Grammar.json_schema(USER)
-    assert _accepts(smollm2, g, '{"name":"Ada","age":36}')
+    assert _accepts(smollm2, g, '{"name": "Ada", "age": 36}')
     for bad in (
-        '{"name":"Ada","age":36,"description":"x"}',  # a key the schema does not list
-        '{"name":"Ada","name":"Bo","age":36}',  # a key twice
-        '{"name":"Ada","age":36,"age":37}',
-        '{"age":36,"name":"Ada"}',  # required keys in the schema's order
-        '{"name":"Ada"}',  # a required key missing: no end here
-        '{"name": "Ada", "age": 36}',  # no whitespace between tokens
-        '{"name":"Ada","age":36} ',
+        '{"name": "Ada", "age": 36, "description": "x"}',  # a key the schema does not list
+        '{"name": "Ada", "name": "Bo", "age": 36}',  # a key twice
+        '{"name": "Ada", "age": 36, "age": 37}',
+        '{"age": 36, "name": "Ada"}',  # required keys in the schema's order
+        '{"name": "Ada"}',  # a required key missing: no end here
+        '{"name":"Ada","age":36}',  # json.dumps' separators, no others
+        '{"name" : "Ada",  "age": 36}',
+        '{"name": "Ada", "age": 36} ',
     ):
         assert not _accepts(smollm2, g, bad), bad
     nested = {"type": "object", "properties": {"home": USER}, "required": ["home"]}
-    assert not _accepts(smollm2, Grammar.json_schema(nested), '{"home":{"name":"A","age":1,"x":2}}')
+    bad_nested = '{"home": {"name": "A", "age": 1, "x": 2}}'
+    assert not _accepts(smollm2, Grammar.json_schema(nested), bad_nested)
 
 
 def test_schema_grammar_keeps_extra_keys_the_schema_allows(smollm2):
     open_user = {**USER, "additionalProperties": {"type": "string"}}
-    assert _accepts(smollm2, Grammar.json_schema(open_user), '{"name":"A","age":1,"x":"y"}')
-    assert not _accepts(smollm2, Grammar.json_schema(open_user), '{"name":"A","age":1,"x":2}')
-    assert _accepts(smollm2, Grammar.json_object(), '{"anything":[1,{"goes":true}]}')
+    g = Grammar.json_schema(open_user)
+    assert _accepts(smollm2, g, '{"name": "A", "age": 1, "x": "y"}')
+    assert not _accepts(smollm2, g, '{"name": "A", "age": 1, "x": 2}')
+    assert _accepts(smollm2, Grammar.json_object(), '{"anything": [1, {"goes": true}]}')
 
 
 def test_strict_schema_closes_only_listed_objects():
@@ -229,7 +232,11 @@ def test_strict_schema_closes_only_listed_objects():
     out = strict_schema({"type": "array", "items": USER, "$defs": {"u": USER}})
     assert out["items"]["additionalProperties"] is False
     assert out["$defs"]["u"]["additionalProperties"] is False
-    assert out["x-guidance"] == {"whitespace_flexible": False}
+    assert out["x-guidance"] == {
+        "whitespace_flexible": False,
+        "key_separator": ": ",
+        "item_separator": ", ",
+    }
     assert "additionalProperties" not in strict_schema({"type": "object"})
     wants_extra = {**USER, "required": ["name", "id"]}  # requires a key it does not list
     assert "additionalProperties" not in strict_schema(wants_extra)
@@ -269,10 +276,10 @@ def test_tool_arguments_and_tool_answers_are_strict_too(smollm2):
         },
     }
     calls = tool_call_grammar([loose_tool], required=True, tokenizer=smollm2.tokenizer)
-    call = '<tool_call>\n{"name":"search","arguments":{"query":"x"%s}}\n</tool_call>'
+    call = '<tool_call>\n{"name": "search", "arguments": {"query": "x"%s}}\n</tool_call>'
     assert _accepts(smollm2, calls, call % "")
-    assert not _accepts(smollm2, calls, call % ',"page":2')
+    assert not _accepts(smollm2, calls, call % ', "page": 2')
     answer = Grammar.json_schema(USER)
     either = tool_call_grammar([loose_tool], False, answer, smollm2.tokenizer)
-    assert _accepts(smollm2, either, '{"name":"A","age":1}')
-    assert not _accepts(smollm2, either, '{"name":"A","age":1,"x":1}')
+    assert _accepts(smollm2, either, '{"name": "A", "age": 1}')
+    assert not _accepts(smollm2, either, '{"name": "A", "age": 1, "x": 1}')
