@@ -7,7 +7,7 @@ DEFAULT_MODEL := smollm2-135m-instruct
 # Set-up output goes to stderr so that `echo "question" | make run` prints only the answer.
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run rag-setup serve test test-slow lint format setup setup-dev model browser pydocs bench bench-serve bench-train bench-eval bench-rag eval recipe clean help
+.PHONY: run rag-setup serve test test-slow lint format setup setup-dev model browser pydocs bench bench-llama-cpp bench-serve bench-train bench-eval bench-rag eval recipe clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -99,6 +99,10 @@ $(VENV)/.installed-bench: pyproject.toml | $(PY)
 # BENCH_ARGS passes flags on, e.g. make bench BENCH_ARGS="--only batch,prefix --runs 5"
 bench: $(VENV)/.installed-bench model  ## install the peers, run the benchmarks, rewrite benchmarks/RESULTS.md
 	$(PY) benchmarks/bench_engine.py $(BENCH_ARGS)
+
+# e.g. make bench-llama-cpp LLAMA_CPP_ARGS="-m qwen2.5-coder-0.5b-instruct --dtype int4"
+bench-llama-cpp: $(VENV)/.installed-bench model  ## build llama.cpp's llama-bench/llama-server (cached, ~10 min once), then pp512/tg128 vs genforge
+	$(PY) benchmarks/llama_cpp.py bench $(LLAMA_CPP_ARGS)
 
 # e.g. make bench-serve BENCH_SERVE_ARGS="--clients 8 --duration 20"
 bench-serve: $(VENV)/.installed-bench model  ## genforge's and llama-cpp-python's servers under 32 streaming clients, into RESULTS.md
