@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -67,30 +68,28 @@ def build() -> Path:
 
 
 def llama_bench(bin_dir: Path, model: Path, threads: int, runs: int) -> dict:
-    out = subprocess.run(
-        [
-            str(bin_dir / "llama-bench"),
-            "-m",
-            str(model),
-            "-t",
-            str(threads),
-            "-p",
-            str(PROMPT),
-            "-n",
-            str(NEW),
-            "-r",
-            str(runs),
-            "-o",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    """pp and tg tokens/s with llama.cpp's defaults; with weight repacking off only where it crashes
+    (its AMX path does on some Xeons: SIGSEGV, PEERS.md)."""
+    base = [str(bin_dir / "llama-bench"), "-m", str(model), "-t", str(threads)]
+    base += ["-p", str(PROMPT), "-n", str(NEW), "-r", str(runs), "-o", "json"]
+    # its defaults: no OpenMP settings of ours (OMP_WAIT_POLICY=PASSIVE cuts its decode by 3x)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))}
+    out = subprocess.run(base, capture_output=True, text=True, env=env)
+    repack = "on (default)"
+    if out.returncode < 0:  # killed by a signal
+        repack = f"off: with it on, llama-bench died of signal {-out.returncode} on this CPU"
+        out = subprocess.run([*base, "--repack", "0"], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        sys.exit(f"llama-bench failed ({out.returncode}): {out.stderr[-500:]}")
     rows = json.loads(out.stdout)
     pp = next(r for r in rows if r["n_prompt"] == PROMPT and r["n_gen"] == 0)
     tg = next(r for r in rows if r["n_gen"] == NEW and r["n_prompt"] == 0)
-    return {"prefill": pp["avg_ts"], "decode": tg["avg_ts"], "build": rows[0].get("build_commit")}
+    return {
+        "prefill": pp["avg_ts"],
+        "decode": tg["avg_ts"],
+        "build": rows[0].get("build_commit"),
+        "repack": repack,
+    }
 
 
 def genforge_bench(name: str, dtype: str, threads: int, runs: int) -> dict:
@@ -127,7 +126,8 @@ def main() -> None:
     ours = genforge_bench(args.model, args.dtype, args.threads, args.runs)
     print(f"{args.model} ({model.name}), {args.threads} threads; CPU: {cpu_description()}")
     print(
-        f"llama.cpp {peer['build']} (llama-bench, built from llama-cpp-python {VERSION}'s sources)\n"
+        f"llama.cpp {peer['build']} (llama-bench, built from llama-cpp-python {VERSION}'s "
+        f"sources); weight repacking {peer['repack']}\n"
     )
     print(
         "| | llama-bench tokens/s | genforge " + args.dtype + " tokens/s | ratio | target | met |"

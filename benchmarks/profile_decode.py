@@ -56,13 +56,22 @@ def main() -> None:
     ap.add_argument("--dtype", default="int8")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument(
+        "--prompt-tokens", type=int, default=0, help="a prompt this long (default: one sentence)"
+    )
     args = ap.parse_args()
     llm = genforge.load(args.model, dtype=args.dtype, threads=args.threads)
     engine = llm.engine
     prompt = llm.tokenizer.encode("The history of the printing press begins")
+    if args.prompt_tokens:
+        from bench_engine import pydocs_text
+
+        prompt = llm.tokenizer.encode(pydocs_text()[:40000])[: args.prompt_tokens]
     params = SamplingParams(temperature=0, max_tokens=args.steps + 8)
     # warm up, and prefill the request before profiling
     engine.add_request(prompt, params)
+    while not engine.step():  # the prompt's prefill, in chunks until its first token
+        pass
     for _ in range(4):
         engine.step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
