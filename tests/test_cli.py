@@ -42,6 +42,21 @@ def test_help_does_not_import_torch():
     assert "--temperature" in genforge("chat", "--help").stdout
 
 
+def test_loading_a_model_does_not_import_the_compiler(smollm2_path):
+    """torch._dynamo costs ~0.8 s of a cold start; building the model on `meta` must not touch it
+    (its Python references of meta ops import it on first use)."""
+    code = (
+        "import sys, genforge; genforge.load(sys.argv[1], dtype=sys.argv[2], progress=False); "
+        "print('torch._dynamo' in sys.modules)"
+    )
+    for dtype in ("auto", "fp32", "int4"):
+        r = subprocess.run(
+            [sys.executable, "-c", code, str(smollm2_path), dtype], capture_output=True, text=True
+        )
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == "False", dtype
+
+
 def genforge_importtime(*args):
     """`python -X importtime -m genforge ARGS`: stderr lists every module the process imported."""
     cmd = [sys.executable, "-X", "importtime", "-m", "genforge", *args]

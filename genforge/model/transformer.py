@@ -24,7 +24,7 @@ from torch import nn
 
 from genforge.model.config import ModelConfig
 from genforge.model.kv_cache import KVCache, PagedBatch
-from genforge.model.loss import linear_cross_entropy
+from genforge.model.quant import cat
 
 
 class RMSNorm(nn.Module):
@@ -78,9 +78,9 @@ def concat_linears(mods: list[nn.Module]) -> nn.Module | None:
     has_bias = mods[0].bias is not None
     n_out = sum(m.out_features for m in mods)
     fused = nn.Linear(mods[0].in_features, n_out, bias=has_bias, device="meta")
-    fused.weight = nn.Parameter(torch.cat([m.weight for m in mods]), requires_grad=False)
+    fused.weight = nn.Parameter(cat([m.weight for m in mods]), requires_grad=False)
     if has_bias:
-        fused.bias = nn.Parameter(torch.cat([m.bias for m in mods]), requires_grad=False)
+        fused.bias = nn.Parameter(cat([m.bias for m in mods]), requires_grad=False)
     return fused
 
 
@@ -190,7 +190,8 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.norm_unit_offset)
         self.output = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        self.init_rope()
+        if torch.get_default_device().type != "meta":  # on meta, whoever fills it calls init_rope
+            self.init_rope()
 
     def init_rope(self) -> None:
         """(Re)compute the RoPE inverse frequencies, e.g. after building the model on `meta`."""
@@ -262,6 +263,10 @@ class Transformer(nn.Module):
             x = x[:, cache.last_rows, :] if isinstance(cache, PagedBatch) else x[:, -1:, :]
         x = self.norm(x)
         if targets is not None:
+            # imported here: defining its autograd.Function imports torch._dynamo (~0.9 s), which
+            # inference never needs
+            from genforge.model.loss import linear_cross_entropy
+
             weight = self.tok_emb.weight if self.output is None else self.output.weight
             return linear_cross_entropy(x.flatten(0, 1), weight, targets.flatten())
         logits = F.linear(x, self.tok_emb.weight) if self.output is None else self.output(x)

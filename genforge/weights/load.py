@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -198,6 +199,26 @@ def load_checkpoint(
     )
 
 
+@contextlib.contextmanager
+def _no_init():
+    """Skip torch.nn.init while building on `meta`, where there is nothing to initialise: on meta
+    tensors the init functions go through torch._refs, whose first use imports torch._dynamo
+    (~0.8 s of every model load's cold start). Not thread-safe, as transformers' `no_init_weights`."""
+    names = ("normal_", "uniform_", "kaiming_uniform_", "trunc_normal_", "zeros_", "ones_")
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch.nn.init, n, _leave)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(torch.nn.init, n, f)
+
+
+def _leave(tensor, *args, **kwargs):
+    return tensor
+
+
 def build_model(
     ckpt: Checkpoint, prepare: Callable[[Transformer], object] | None = None
 ) -> Transformer:
@@ -205,7 +226,7 @@ def build_model(
 
     `prepare` may reshape the empty model first (e.g. swap in quantized layers) to fit the state.
     """
-    with torch.device("meta"):
+    with torch.device("meta"), _no_init():
         model = Transformer(ckpt.config)
         if prepare is not None:
             prepare(model)
