@@ -20,10 +20,12 @@ together. Closing the iterator (or an exception in the consumer, e.g. Ctrl-C) ca
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import queue
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,10 +98,15 @@ class Engine:
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
-        # Tokens that end a run for the DRY penalty (genforge.generate.sampling); the owner of the
-        # tokenizer sets them (LLM does), none means runs cross every token.
-        self.sequence_breakers: frozenset[int] = frozenset()
+        # What finds the tokens that end a run for the DRY penalty (genforge.generate.sampling);
+        # the owner of the tokenizer sets it (LLM does): by default runs cross every token.
+        self.find_sequence_breakers: Callable[[], frozenset[int]] = frozenset
         _ENGINES.add(self)
+
+    @functools.cached_property
+    def sequence_breakers(self) -> frozenset[int]:
+        """Found once, when the first request with DRY samples (it reads the whole vocabulary)."""
+        return self.find_sequence_breakers()
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -235,7 +242,7 @@ class Engine:
                     st.context,
                     st.counts,
                     req.output,
-                    self.sequence_breakers,
+                    self.sequence_breakers if st.params.dry_multiplier else frozenset(),
                 )
                 if st.constraint is not None and token not in req.eos_ids:
                     st.constraint.advance(token)

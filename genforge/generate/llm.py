@@ -6,6 +6,7 @@ module is the facade over it and the engine.
 
 from __future__ import annotations
 
+import functools
 import queue
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -70,7 +71,9 @@ class LLM:
         self.name, self.checkpoint, self.dtype = name, checkpoint, dtype
         self.model, self.tokenizer = model, tokenizer
         self.engine = Engine(model, context_length, **(engine_options or {}))
-        self.engine.sequence_breakers = tokenizer.ids_containing(SEQUENCE_BREAKERS)
+        self.engine.find_sequence_breakers = functools.partial(
+            tokenizer.ids_containing, SEQUENCE_BREAKERS
+        )
         # The model authors' recommended sampling; anything passed per call overrides it.
         self.sampling_defaults = dict(sampling_defaults or {})
 
