@@ -28,6 +28,7 @@ from pathlib import Path
 from bench_engine import cpu_description, pydocs_text
 
 from genforge import hub
+from genforge.errors import GenforgeError
 
 VERSION = "0.3.36"  # llama-cpp-python, vendoring llama.cpp 0c1e57098
 TOOLS = ("llama-bench", "llama-server")
@@ -117,11 +118,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
+    try:
+        model = hub.resolve(args.model)  # a bad name fails before a ten-minute build
+    except GenforgeError as e:
+        sys.exit(f"error: {e}")
     bin_dir = build()
     if args.what == "build":
         print(bin_dir)
         return
-    model = hub.resolve(args.model)
     peer = llama_bench(bin_dir, model, args.threads, args.runs)
     ours = genforge_bench(args.model, args.dtype, args.threads, args.runs)
     print(f"{args.model} ({model.name}), {args.threads} threads; CPU: {cpu_description()}")

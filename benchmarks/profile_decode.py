@@ -12,6 +12,7 @@ takes, so that what to speed up next is measured, not guessed. Prints the CPU fl
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections import defaultdict
 
@@ -19,6 +20,7 @@ from bench_engine import cpu_description
 from torch.profiler import ProfilerActivity, profile
 
 import genforge
+from genforge.errors import GenforgeError
 from genforge.generate.sampling import SamplingParams
 
 # operator name -> group; the first group whose key the name contains
@@ -60,7 +62,10 @@ def main() -> None:
         "--prompt-tokens", type=int, default=0, help="a prompt this long (default: one sentence)"
     )
     args = ap.parse_args()
-    llm = genforge.load(args.model, dtype=args.dtype, threads=args.threads)
+    try:
+        llm = genforge.load(args.model, dtype=args.dtype, threads=args.threads)
+    except GenforgeError as e:
+        sys.exit(f"error: {e}")
     engine = llm.engine
     prompt = llm.tokenizer.encode("The history of the printing press begins")
     if args.prompt_tokens:
