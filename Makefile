@@ -102,7 +102,7 @@ bench: $(VENV)/.installed-bench model  ## install the peers, run the benchmarks,
 
 # e.g. make bench-llama-cpp LLAMA_CPP_ARGS="-m qwen2.5-coder-0.5b-instruct --dtype int4"
 bench-llama-cpp: $(VENV)/.installed model pydocs  ## build llama.cpp's llama-bench/llama-server (cached, ~10 min once), then pp512/tg128 vs genforge
-	$(PY) benchmarks/llama_cpp.py bench $(LLAMA_CPP_ARGS)
+	$(PY) benchmarks/llama_bench.py bench $(LLAMA_CPP_ARGS)
 
 # e.g. make bench-serve BENCH_SERVE_ARGS="--clients 8 --duration 20"
 bench-serve: $(VENV)/.installed-bench model  ## genforge's and llama-cpp-python's servers under 32 streaming clients, into RESULTS.md

@@ -1,9 +1,9 @@
 """llama.cpp's own tools as the peer: `llama-bench` and `llama-server`, built from the llama.cpp
 sources vendored in llama-cpp-python's sdist, next to genforge's engine on the same GGUF file.
 
-    python benchmarks/llama_cpp.py build           # once: ~10 minutes on 2 cores, cached
-    python benchmarks/llama_cpp.py bench           # pp512 / tg128, llama-bench vs genforge
-    python benchmarks/llama_cpp.py bench -m qwen2.5-coder-0.5b-instruct --dtype int4
+    python benchmarks/llama_bench.py build           # once: ~10 minutes on 2 cores, cached
+    python benchmarks/llama_bench.py bench           # pp512 / tg128, llama-bench vs genforge
+    python benchmarks/llama_bench.py bench -m qwen2.5-coder-0.5b-instruct --dtype int4
 
 The build goes to the genforge cache (`$GENFORGE_HOME/bench/llama.cpp-VERSION`), outside the repo,
 with llama.cpp's defaults (`GGML_NATIVE`: kernels for this CPU, weight repacking where it allows).
