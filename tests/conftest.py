@@ -11,9 +11,6 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for a model hub
-# The engine runs in-process here, in its own thread: as a program using the library should, set
-# the OpenMP wait policy before torch is imported (docs/engine.md).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Under CI, a skip for a missing component fails (the hooks of tests/components.py).
 from components import (  # noqa: E402, F401

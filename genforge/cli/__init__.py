@@ -15,12 +15,6 @@ from genforge.cli import chat, eval, export, generate, models, rag, serve, train
 from genforge.cli.parser import Parser
 from genforge.errors import GenforgeError
 
-# The engine computes in a background thread. With OpenMP's default active waiting, the idle
-# workers of the main thread's team keep spinning on the cores the engine's team needs: a SmolLM2
-# int8 decode step took 67-75 ms in a thread against 57-58 ms with passive waiting. A verb that
-# wants otherwise (training) sets `omp_wait_policy` in its parser's defaults.
-OMP_WAIT_POLICY = "PASSIVE"
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
@@ -28,7 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Local-first generative AI: run open-weight models on your own machine, offline.",
     )
     parser.add_argument("--version", action="version", version=_version())
-    parser.set_defaults(omp_wait_policy=OMP_WAIT_POLICY)
+    # OpenMP's default wait policy (spin a little, then sleep) suits the engine: all model work
+    # runs on one thread (genforge.compute). A verb that wants otherwise (training) sets
+    # `omp_wait_policy` in its parser's defaults.
+    parser.set_defaults(omp_wait_policy=None)
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     chat.add_parser(sub)
     generate.add_parser(sub)
@@ -47,10 +44,10 @@ def _version() -> str:
     return f"genforge {__version__}"
 
 
-def configure_threads(omp_wait_policy: str) -> None:
+def configure_threads(omp_wait_policy: str | None) -> None:
     """Set OpenMP's wait policy for this process; only effective before torch is imported, and a
     policy the user set wins."""
-    if "torch" not in sys.modules:
+    if omp_wait_policy and "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", omp_wait_policy)
 
 

@@ -12,9 +12,9 @@ between other requests' decodes, and prompts that start like an earlier one reus
 and values (prefix cache). Requests that cannot fit the model's context are refused up front with the
 numbers, never truncated; requests that do not fit the cache *now* wait.
 
-`generate()` is the way in for callers: it registers a request and yields its tokens while a
-background thread runs the steps, so any number of threads can generate at once and be batched
-together. Closing the iterator (or an exception in the consumer, e.g. Ctrl-C) cancels the request.
+`generate()` is the way in for callers: it registers a request and yields its tokens while the
+process's compute thread (genforge.compute) runs the steps, so any number of threads can generate at
+once and be batched together. Closing the iterator (or an exception in the consumer, e.g. Ctrl-C) cancels the request.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from genforge import compute
 from genforge.errors import GenforgeError
 from genforge.generate.blocks import BlockPool
 from genforge.generate.sampling import SamplingParams, make_generator, sample
@@ -95,8 +96,7 @@ class Engine:
         self.cache = PagedKVCache.for_model(model.cfg, n_blocks, BLOCK_SIZE, torch.float32)
         self.pool = BlockPool(n_blocks, BLOCK_SIZE, prefix_cache)
         self.scheduler = Scheduler(self.pool, max_batch, step_tokens)
-        self._lock = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._lock = threading.RLock()
         self._closed = False
         # What finds the tokens that end a run for the DRY penalty (genforge.generate.sampling);
         # the owner of the tokenizer sets it (LLM does): by default runs cross every token.
@@ -165,7 +165,6 @@ class Engine:
         req = Request(list(prompt_ids), max_new, params, frozenset(eos_ids), state=state)
         with self._lock:
             self.scheduler.add(req)
-            self._lock.notify()
         return req
 
     def cancel(self, req: Request) -> None:
@@ -182,21 +181,26 @@ class Engine:
         progress=None,
     ) -> list[Scored]:
         """Log-likelihood of each (context ids, continuation ids) under the model, batched through
-        this engine's KV cache (genforge.generate.score). Generation waits between batches."""
+        this engine's KV cache (genforge.generate.score), on the compute thread. Generation takes
+        turns with the batches."""
         check_requests(requests, self.context_length)
         out: list[Scored] = []
-        step = max(1, batch_tokens // 4)  # requests per hold of the lock: others get turns
+        step = max(1, batch_tokens // 4)  # requests per job: generation steps run in between
         for i in range(0, len(requests), step):
-            with self._lock, torch.inference_mode():
-                out += loglikelihood(
-                    self.model,
-                    self.cache,
-                    self.pool,
-                    requests[i : i + step],
-                    batch_tokens=batch_tokens,
-                    progress=progress,
-                )
+            out += compute.run(self._loglikelihood, requests[i : i + step], batch_tokens, progress)
         return out
+
+    @torch.inference_mode()
+    def _loglikelihood(self, requests, batch_tokens: int, progress) -> list[Scored]:
+        with self._lock:
+            return loglikelihood(
+                self.model,
+                self.cache,
+                self.pool,
+                requests,
+                batch_tokens=batch_tokens,
+                progress=progress,
+            )
 
     def reset_prefix_cache(self) -> None:
         """Forget cached prefixes (e.g. to time a cold prompt); blocks in use are untouched."""
@@ -204,7 +208,7 @@ class Engine:
             self.pool.reset_prefix_cache()
 
     def has_work(self) -> bool:
-        return self.scheduler.has_work()
+        return not self._closed and self.scheduler.has_work()
 
     # -- the step -----------------------------------------------------------------------------
 
@@ -274,20 +278,16 @@ class Engine:
         if req.state.out is not None:
             req.state.out.put(item)
 
-    # -- background loop -------------------------------------------------------------------------
+    # -- on the compute thread ------------------------------------------------------------------
 
-    def _loop(self) -> None:
-        while True:
-            with self._lock:
-                while not self.scheduler.has_work() and not self._closed:
-                    self._lock.wait()
-                if self._closed:
-                    return
-            try:
-                self.step()
-            except Exception as exc:  # a failed step fails the requests in flight, not the engine
-                log.exception("engine step failed")
-                self._end_all("error", exc)
+    def run_step(self) -> None:
+        """One step for the compute thread: a failed step fails the requests in flight, not the
+        engine."""
+        try:
+            self.step()
+        except Exception as exc:
+            log.exception("engine step failed")
+            self._end_all("error", exc)
 
     def _end_all(self, reason: str, item) -> None:
         """Finish every running and waiting request; their streams get `item` (end or error)."""
@@ -296,31 +296,24 @@ class Engine:
                 self.scheduler.finish(req, reason)
                 self._emit(req, item)
 
-    def _ensure_loop(self) -> None:
-        if self._closed:
-            raise GenforgeError("this engine was closed; load the model again.")
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._loop, name="genforge-engine", daemon=True)
-            self._thread.start()
-
     def close(self) -> None:
-        """Cancel every request and stop the background thread (also done at interpreter exit)."""
+        """Cancel every request (also done at interpreter exit); the engine takes no new ones."""
         with self._lock:
             self._closed = True
             self._end_all("cancelled", _DONE)
-            self._lock.notify_all()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
 
     def submit(
         self, prompt_ids: list[int], params: SamplingParams, eos_ids: frozenset[int], out, **options
     ) -> Request:
         """Queue a request for the background thread, which puts each token id into `out` (anything
         with `.put`), then a end marker (`is_end(item)`) or the exception that failed the step."""
-        with self._lock:  # the loop cannot step before the request has somewhere to put tokens
-            self._ensure_loop()
+        if self._closed:
+            raise GenforgeError("this engine was closed; load the model again.")
+        with self._lock:  # no step can run before the request has somewhere to put tokens
             req = self.add_request(prompt_ids, params, eos_ids, **options)
             req.state.out = out
+        # From now on the compute thread steps this engine; one driven by hand (`step()`) is not.
+        compute.attach(self)
         return req
 
     def submit_all(self, jobs: list[dict]) -> list[Request]:
@@ -407,6 +400,6 @@ _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 @atexit.register
 def _close_all() -> None:
-    # A background thread still inside a matmul when the interpreter shuts down aborts the process.
+    # Requests still waiting end (their streams too) before the compute thread stops.
     for engine in list(_ENGINES):
         engine.close()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from genforge import compute
 from genforge.errors import GenforgeError
 from genforge.generate.engine import Engine, TokenStream
 from genforge.generate.loading import load_model, resolve_dtype
@@ -313,9 +314,14 @@ def load(
     engine_options: `Engine` settings (max_batch, step_tokens, kv_tokens, prefix_cache).
     """
     dtype = resolve_dtype(dtype)
+    if threads is not None and threads < 1:
+        raise GenforgeError(f"threads must be at least 1, got {threads}.")
+    # On the compute thread, like every later step: one OpenMP team in the process (genforge.compute).
+    return compute.run(_load, model, dtype, context_length, progress, threads, engine_options)
+
+
+def _load(model, dtype, context_length, progress, threads, engine_options) -> LLM:
     if threads is not None:
-        if threads < 1:
-            raise GenforgeError(f"threads must be at least 1, got {threads}.")
         torch.set_num_threads(threads)
     m = load_model(model, dtype, progress)
     return LLM(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from genforge import compute
 from genforge.errors import GenforgeError
 
 NAME = "all-minilm-l6-v2"
@@ -69,7 +70,8 @@ class Embedder:
                 "embeddings need sentence-transformers; pip install 'genforge[embed]'."
             ) from None
 
-        return SentenceTransformer(str(self.path), device="cpu", local_files_only=True)
+        # Its torch work runs on the compute thread, the engine's: one OpenMP team (genforge.compute).
+        return compute.run(SentenceTransformer, str(self.path), device="cpu", local_files_only=True)
 
     @cached_property
     def tokenizer(self):
@@ -107,7 +109,8 @@ class Embedder:
         """(N, D) float32 unit vectors; texts longer than the model reads are cut at its limit."""
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
-        vectors = self.model.encode(
+        vectors = compute.run(
+            self.model.encode,
             texts,
             batch_size=batch_size,
             normalize_embeddings=True,
