@@ -38,8 +38,11 @@ setup: $(VENV)/.installed  ## create .venv and install genforge
 
 setup-dev: $(VENV)/.installed-dev  ## create .venv and install genforge with the dev extras
 
-model: $(VENV)/.installed  ## pull the default model into the cache
+# The CPU kernels (genforge/model/kernels) compile once into the cache, with the machine's C++
+# compiler (~30 s); without one, models run on PyTorch's kernels.
+model: $(VENV)/.installed  ## pull the default model into the cache, build the CPU kernels
 	@$(GENFORGE) pull $(DEFAULT_MODEL) 1>&2
+	@$(PY) -c 'from genforge.generate.loading import cpu_kernels; cpu_kernels()' 1>&2
 
 $(VENV)/.installed-embed: pyproject.toml | $(PY)
 	@$(PIP) -e '.[embed]' 1>&2

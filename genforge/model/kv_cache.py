@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from genforge.model import kernels
+
 
 class KVCache:
     def __init__(
@@ -118,6 +120,7 @@ class PagedBatch:
             for i, keys in enumerate(decode_keys):
                 self.decode_index[i, : len(keys)] = keys
             self.decode_flat = self.decode_index.flatten()
+            self.decode_lengths = lengths
             # One query per row; no mask at all when every row sees the full width.
             masks = self._masks((lengths - 1)[:, None], width, bool((lengths == width).all()))
             self.decode_mask = {
@@ -147,10 +150,52 @@ class PagedBatch:
         pool_k, pool_v = self.cache.k[layer], self.cache.v[layer]
         pool_k.index_copy_(0, self.write_slots, k)
         pool_v.index_copy_(0, self.write_slots, v)
+        return self._attend(layer, q, k, v, scale, sliding)
+
+    def attention_fused(
+        self, layer: int, qkv, n_heads: int, n_kv_heads: int, cos, sin, scale: float, sliding: bool
+    ) -> torch.Tensor:
+        """The same from a fused q/k/v projection (N, (H + 2 Hkv) D) before RoPE, in float32:
+        genforge's kernel rotates q and k in place and writes k and v into the pool in one call."""
+        pool_k, pool_v = self.cache.k[layer], self.cache.v[layer]
+        n, d = qkv.shape[0], pool_k.shape[-1]
+        kernels.ops.rope_store(
+            qkv,
+            n_heads,
+            n_kv_heads,
+            cos.view(n, d),
+            sin.view(n, d),
+            pool_k,
+            pool_v,
+            self.write_slots,
+        )
+        q = qkv[:, : n_heads * d].view(n, n_heads, d)
+        k = qkv[:, n_heads * d : (n_heads + n_kv_heads) * d].view(n, n_kv_heads, d)
+        v = qkv[:, (n_heads + n_kv_heads) * d :].view(n, n_kv_heads, d)
+        return self._attend(layer, q, k, v, scale, sliding)
+
+    def _attend(self, layer: int, q, k, v, scale: float, sliding: bool) -> torch.Tensor:
+        pool_k, pool_v = self.cache.k[layer], self.cache.v[layer]
         kind = "sliding" if sliding else "full"
         gqa = q.shape[1] != k.shape[1]
         out = q.new_empty(q.shape) if not self.all_decode else None
-        if self.decode_rows:
+        if self.decode_rows and kernels.ops is not None and q.dtype == torch.float32:
+            # genforge's kernel reads the keys and values where the pool keeps them
+            rows = self.decode_rows
+            window = self.window if sliding and self.window else 0
+            y = kernels.ops.decode_attention(
+                q if self.all_decode else q[rows],
+                pool_k,
+                pool_v,
+                self.decode_index,
+                self.decode_lengths,
+                scale,
+                window,
+            )
+            if self.all_decode:
+                return y
+            out[rows] = y
+        elif self.decode_rows:
             rows = self.decode_rows
             qd = (q if self.all_decode else q[rows]).unsqueeze(2)  # (B, H, 1, D)
             shape = (*self.decode_index.shape, *pool_k.shape[1:])  # (B, L, Hkv, D)

@@ -1,11 +1,14 @@
-"""Weight-only quantization for CPU inference: int8 per channel, int4 with per-group scales.
+"""Weight-only quantization for CPU inference, in two families of formats.
 
 Decode reads every weight once per token, so it is bound by memory bandwidth: smaller weights are
-faster. The matmuls are PyTorch's own CPU kernels (`_weight_int8pack_mm`,
-`_weight_int4pack_mm_for_cpu`); activations stay in float. Quantized layers replace `nn.Linear`
-modules in place (a module swap, no parallel model class). The int4 format is asymmetric with groups
-of 32 along the input dimension, w = (q - 8) * scale + zero, which holds GGUF's Q4_1 blocks exactly
-(each Q4_1 block spans its own min..max in 15 steps) and other 4-5 bit formats nearly so.
+faster. Quantized layers replace `nn.Linear` modules in place (a module swap, no parallel model class).
+
+- `q8` / `q4`: GGUF's own blocks of 32 inputs (Q8_0: w = scale * q; Q4_1: w = scale * q + min, which
+  holds a Q4_1 file's blocks exactly), run by genforge's kernels (genforge.model.kernels) with
+  float32 activations. Used whenever the kernels are built.
+- `int8` / `int4`: PyTorch's own CPU kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`)
+  with bf16 activations: int8 per output channel; int4 asymmetric in groups of 32,
+  w = (q - 8) * scale + zero (Q4_1's grid too). The fallback where no compiler is.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-QUANT_KINDS = ("int8", "int4")
+from genforge.model import kernels
+
+QUANT_KINDS = ("int8", "int4", "q8", "q4")
 INT4_GROUP = 32
 DEQUANT_ROWS = 128  # int8 layers with at least this many input rows use a float32 matmul
 
@@ -65,9 +70,19 @@ def int4_row_block() -> int | None:
     return None
 
 
+def layer_kind(kind: str, in_features: int) -> str:
+    """The format a layer of `in_features` inputs gets when the model asks for `kind`: the kernels'
+    q4 needs inputs in multiples of 64 (two blocks per 32 bytes), q8 in multiples of 32."""
+    if kind == "q4" and in_features % (2 * kernels.BLOCK):
+        kind = "q8"
+    if kind == "q8" and in_features % kernels.BLOCK:
+        kind = "int8"
+    return kind
+
+
 def can_stack(kind: str, rows: list[int] | tuple[int, ...]) -> bool:
     """Whether layers with these output sizes can be stacked into one (see QuantLinear.concat)."""
-    if kind != "int4":
+    if kind != "int4":  # the other formats keep a row per output
         return True
     block = int4_row_block()
     return block is not None and all(r % block == 0 for r in rows[:-1])
@@ -91,6 +106,16 @@ class QuantLinear(nn.Module):
                 "qweight", torch.empty(out_features, in_features // 2, dtype=torch.uint8)
             )
             self.register_buffer("scales", torch.empty(in_features // INT4_GROUP, out_features, 2))
+        elif kind in ("q8", "q4"):
+            if layer_kind(kind, in_features) != kind:
+                raise ValueError(f"{kind} cannot hold a layer of {in_features} inputs")
+            cols = in_features // 2 if kind == "q4" else in_features
+            dtype = torch.uint8 if kind == "q4" else torch.int8
+            self.register_buffer("qweight", torch.empty(out_features, cols, dtype=dtype))
+            blocks = (out_features, in_features // kernels.BLOCK)
+            self.register_buffer("scales", torch.empty(blocks, dtype=torch.float16))
+            if kind == "q4":
+                self.register_buffer("mins", torch.empty(blocks, dtype=torch.float16))
         else:
             raise ValueError(f"unknown quantization {kind!r}")
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
@@ -104,8 +129,8 @@ class QuantLinear(nn.Module):
         bias = None if isinstance(linear, torch.Tensor) else linear.bias
         N, K = weight.shape
         mod = cls(K, N, bias is not None, kind)
-        parts = quantize_int8(weight) if kind == "int8" else quantize_int4(weight)
-        mod.qweight, mod.scales = parts["qweight"], parts["scales"].to(act_dtype)
+        for name, value in _quantized_parts(weight, kind, act_dtype).items():
+            setattr(mod, name, value)
         if bias is not None:
             mod.bias = nn.Parameter(bias.detach().to(act_dtype), requires_grad=False)
         return mod
@@ -123,7 +148,9 @@ class QuantLinear(nn.Module):
         has_bias = mods[0].bias is not None
         out = cls(mods[0].in_features, sum(m.out_features for m in mods), has_bias, kinds.pop())
         out.qweight = cat([m.qweight for m in mods])
-        out.scales = cat([m.scales for m in mods], dim=0 if out.kind == "int8" else 1)
+        out.scales = cat([m.scales for m in mods], dim=1 if out.kind == "int4" else 0)
+        if out.kind == "q4":
+            out.mins = cat([m.mins for m in mods])
         if has_bias:
             out.bias = nn.Parameter(cat([m.bias for m in mods]), requires_grad=False)
         return out
@@ -131,7 +158,9 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)  # (tokens, in)
-        if self.kind == "int8" and x2.shape[0] >= DEQUANT_ROWS:
+        if self.kind in ("q8", "q4"):
+            y = self._blocks_mm(x2)
+        elif self.kind == "int8" and x2.shape[0] >= DEQUANT_ROWS:
             # Many rows (a prompt chunk): dequantizing to float32 and using the float matmul is
             # faster than the int8 kernel on CPUs without native bf16 (see RESULTS.md).
             w = self.qweight.float() * self.scales.float()[:, None]
@@ -146,15 +175,47 @@ class QuantLinear(nn.Module):
             y = y + self.bias
         return y.reshape(*shape[:-1], self.out_features)
 
+    def _blocks_mm(self, x: torch.Tensor) -> torch.Tensor:
+        # Every row through the kernel, however many: each row's result is then the same bits
+        # alone, in a batch or in a prompt chunk, so a prompt gives the same tokens cold or from
+        # the prefix cache (a float32 matmul on the dequantized weight is faster from ~256 rows
+        # on, but rounds the activations differently).
+        ops = kernels.ops
+        if ops is not None:
+            x32 = x.float().contiguous()
+            if self.kind == "q4":
+                y = ops.q4_matmul(x32, self.qweight, self.scales, self.mins)
+            else:
+                y = ops.q8_matmul(x32, self.qweight, self.scales)
+            return y.to(x.dtype)
+        # No kernels in this process (a layer made by hand): the float32 matmul.
+        return F.linear(x.float(), self.dequantize()).to(x.dtype)
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 (out, in) weight this layer holds (q8 and q4)."""
+        if self.kind == "q4":
+            return kernels.unpack_q4(self.qweight, self.scales, self.mins)
+        return kernels.unpack_q8(self.qweight, self.scales)
+
 
 def _quantized_parts(w: torch.Tensor, kind: str, act_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    if kind == "q4":
+        return kernels.pack_q4(w)
+    if kind == "q8":
+        return kernels.pack_q8(w)
     parts = quantize_int8(w) if kind == "int8" else quantize_int4(w)
     return {"qweight": parts["qweight"], "scales": parts["scales"].to(act_dtype)}
 
 
 # The output head stays at 8 bits, as llama.cpp's 4-bit mixes keep it at 6-8: its errors land
 # directly on the logits (with an int4 head SmolLM2's greedy answers flip; with int8 they do not).
-HEAD_KIND = "int8"
+def head_kind(kind: str) -> str:
+    return "q8" if kind in ("q8", "q4") else "int8"
+
+
+# The token embedding of a quantized model stays bf16 (looked up, not multiplied: a few rows a
+# step), whatever the activations: float32 would double its memory (Qwen's: 272 -> 545 MB).
+EMBED_DTYPE = torch.bfloat16
 
 
 def quantize_structure(
@@ -167,14 +228,15 @@ def quantize_structure(
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
-                k = HEAD_KIND if child is getattr(model, "output", None) else kind
+                k = head_kind(kind) if child is getattr(model, "output", None) else kind
+                k = layer_kind(k, child.in_features)
                 quant = QuantLinear(
                     child.in_features, child.out_features, child.bias is not None, k
                 )
                 setattr(module, child_name, quant)
     if getattr(model, "output", False) is None:  # a tied head gets its own quantized copy
         d, v = model.tok_emb.weight.shape[1], model.tok_emb.weight.shape[0]
-        model.output = QuantLinear(d, v, False, HEAD_KIND)
+        model.output = QuantLinear(d, v, False, layer_kind(head_kind(kind), d))
     return model
 
 
@@ -185,21 +247,31 @@ def state_converter(kind: str, act_dtype: torch.dtype, tied_head: bool):
     quantizing from float32 keeps GGUF's grid (rounding to bf16 first would move values off it).
     """
 
+    def quantized(prefix: str, w: torch.Tensor, k: str) -> dict[str, torch.Tensor]:
+        parts = _quantized_parts(w, layer_kind(k, w.shape[1]), act_dtype)
+        return {f"{prefix}.{name}": v for name, v in parts.items()}
+
     def convert(name: str, w: torch.Tensor) -> dict[str, torch.Tensor]:
-        prefix = name.removesuffix(".weight")
         if name == "output.weight":
-            return {f"output.{k}": v for k, v in _quantized_parts(w, HEAD_KIND, act_dtype).items()}
+            return quantized("output", w, head_kind(kind))
         if name.endswith(".weight") and w.dim() == 2 and name != "tok_emb.weight":
-            return {f"{prefix}.{k}": v for k, v in _quantized_parts(w, kind, act_dtype).items()}
-        out = {name: w.to(act_dtype)}
-        if name == "tok_emb.weight" and tied_head:
-            out |= {f"output.{k}": v for k, v in _quantized_parts(w, HEAD_KIND, act_dtype).items()}
-        return out
+            return quantized(name.removesuffix(".weight"), w, kind)
+        if name == "tok_emb.weight":
+            out = {name: w.to(EMBED_DTYPE)}
+            return out | (quantized("output", w, head_kind(kind)) if tied_head else {})
+        return {name: w.to(act_dtype)}
 
     return convert
 
 
-__all__ = ["QUANT_KINDS", "QuantLinear", "can_stack", "quantize_structure", "state_converter"]
+__all__ = [
+    "QUANT_KINDS",
+    "QuantLinear",
+    "can_stack",
+    "layer_kind",
+    "quantize_structure",
+    "state_converter",
+]
 
 
 def cat(tensors: list[torch.Tensor], dim: int = 0) -> torch.Tensor:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genforge.model import kernels
 from genforge.model.config import ModelConfig
 from genforge.model.kv_cache import KVCache, PagedBatch
 from genforge.model.quant import cat
@@ -34,6 +35,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim) if unit_offset else torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and not self.unit_offset:  # one fused operator
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.unit_offset:  # gemma: scale by (1 + w) in float32, then cast
@@ -109,6 +112,19 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache, layer: int, start_pos: int, sliding: bool):
         B, T, _ = x.shape  # (B, T, C)
+        if (
+            isinstance(cache, PagedBatch)
+            and self.wqkv is not None
+            and self.q_norm is None
+            and x.dtype == torch.float32
+            and kernels.ops is not None
+        ):
+            # genforge's kernels: RoPE and the cache writes in one call, attention on the pool
+            qkv = self.wqkv(x)[0]
+            y = cache.attention_fused(
+                layer, qkv, self.n_heads, self.n_kv_heads, cos, sin, self.scale, sliding
+            )
+            return self.wo(y.reshape(B, T, -1))
         if self.wqkv is not None:
             q, k, v = self.wqkv(x).split(self.qkv_sizes, dim=-1)
         else:
@@ -149,14 +165,22 @@ class GatedMLP(nn.Module):
         self.w_down = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
         self.act = F.silu if cfg.activation == "silu" else lambda t: F.gelu(t, approximate="tanh")
         self.w_gate_up = None
+        self.silu_mul = (
+            None  # genforge's fused silu(gate) * up, once fused and the kernels are built
+        )
 
     def fuse(self) -> None:
         """One matmul for the gate and up projections (inference only)."""
         self.w_gate_up = concat_linears([self.w_gate, self.w_up])
         if self.w_gate_up is not None:
             del self.w_gate, self.w_up
+            if self.act is F.silu and kernels.ops is not None:
+                self.silu_mul = kernels.ops.silu_mul
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.w_gate_up is not None and self.silu_mul is not None and x.dtype == torch.float32:
+            h = self.w_gate_up(x)
+            return self.w_down(self.silu_mul(h.reshape(-1, h.shape[-1])).view(*h.shape[:-1], -1))
         if self.w_gate_up is not None:
             gate, up = self.w_gate_up(x).chunk(2, dim=-1)
             return self.w_down(self.act(gate) * up)
@@ -250,6 +274,8 @@ class Transformer(nn.Module):
         """
         B, T = tokens.shape
         x = self.tok_emb(tokens)  # (B, T, C)
+        if x.dtype != self.norm.weight.dtype:  # a quantized model keeps its embedding in bf16
+            x = x.to(self.norm.weight.dtype)
         if self.cfg.embed_scale:
             x = x * torch.tensor(self.cfg.dim**0.5, dtype=x.dtype)
         if isinstance(cache, PagedBatch):

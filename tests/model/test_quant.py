@@ -4,7 +4,15 @@ import pytest
 import torch
 from torch import nn
 
-from genforge.model.quant import INT4_GROUP, QuantLinear, int4_row_block
+from genforge.generate.loading import KERNEL_FORMATS
+from genforge.model import kernels
+from genforge.model.quant import (
+    INT4_GROUP,
+    QuantLinear,
+    head_kind,
+    int4_row_block,
+    layer_kind,
+)
 
 
 def q4_1_like_weight(n=64, k=128, seed=0):
@@ -53,9 +61,13 @@ def test_quantized_loading_converts_each_tensor_and_stays_close(tiny_model_dir):
     ids = torch.tensor([[5, 17, 42, 99, 3, 250]])
     with torch.no_grad():
         expected = ref.model(ids)
-    for kind in ("int8", "int4"):
-        m = genforge.load(str(tiny_model_dir), dtype=kind)
-        assert m.model.layers[0].mlp.w_gate_up.kind == kind and m.model.output.kind == "int8"
+    for dtype in ("int8", "int4"):
+        m = genforge.load(str(tiny_model_dir), dtype=dtype)
+        # genforge's kernels hold GGUF's blocks (q8, q4) where they are built; else PyTorch's formats
+        kind = KERNEL_FORMATS[dtype] if kernels.ops is not None else dtype
+        gate_up = m.model.layers[0].mlp.w_gate_up
+        assert gate_up.kind == layer_kind(kind, gate_up.in_features)  # q4 needs 64s, else q8
+        assert m.model.output.kind == layer_kind(head_kind(kind), gate_up.in_features)
         # the tiny model's 16-wide k/v rows cannot join int4's 32- or 64-row blocks: left unfused
         assert (m.model.layers[0].attn.wqkv is None) == (kind == "int4")
         assert not any(p.is_meta for p in m.model.parameters())

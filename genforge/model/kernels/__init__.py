@@ -1,0 +1,160 @@
+"""genforge's own CPU kernels (gemv.cpp): weight-only 4- and 8-bit matmuls in GGUF's blocks of 32.
+
+PyTorch's weight-only kernels convert every weight to bf16 in software on CPUs without native bf16
+and read the weights at about half of what memory gives (docs/engine.md). These keep the weights in
+the file's own blocks (Q4_1: scale and min per 32; Q8_0: scale per 32), quantize the activations to
+int8 per block as llama.cpp does, and use integer dot products: AVX512-VNNI or AVX2, chosen at run
+time from the CPU's flags, with a portable loop for any other CPU.
+
+The extension is compiled once with the machine's C++ compiler through `torch.utils.cpp_extension`
+(about 30 s) into a cache folder the caller names, and afterwards imported from there directly.
+Without a compiler `load` returns None and the model runs PyTorch's kernels instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("gemv.cpp")
+BLOCK = 32  # inputs per quantization block
+
+
+# OpenMP: at::parallel_for is a header template over `#pragma omp parallel`; at run time the
+# process's libgomp (PyTorch's, soname libgomp.so.1) is the one used.
+CFLAGS = ["-O3", "-std=c++17", "-fopenmp"]
+LDFLAGS = ["-fopenmp"]
+
+
+def _name() -> str:
+    """The extension's name: changes with its source, its flags and PyTorch's version."""
+    key = SOURCE.read_bytes() + " ".join([torch.__version__, *CFLAGS, *LDFLAGS]).encode()
+    return f"genforge_gemv_{hashlib.sha256(key).hexdigest()[:12]}"
+
+
+_loaded: dict[Path, ModuleType | None] = {}
+ops: ModuleType | None = None  # the kernels every q8/q4 layer of this process uses (see `load`)
+
+
+def load(cache: Path, build: bool = True) -> ModuleType | None:
+    """The compiled kernels from `cache`, building them there first if needed and `build`; None
+    where they cannot be built (no compiler) or are not built and `build` is False."""
+    cache = Path(cache)
+    if cache in _loaded:
+        return _loaded[cache]
+    name = _name()
+    folder = cache / name
+    built = folder / f"{name}.so"
+    module = None
+    if built.is_file():
+        module = _import(name, built)
+    elif build:
+        module = _build(name, folder)
+    _loaded[cache] = module
+    global ops
+    ops = ops or module
+    return module
+
+
+def _import(name: str, path: Path) -> ModuleType | None:
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    except ImportError as e:  # e.g. built against another libtorch
+        log.warning("cannot import the CPU kernels from %s (%s); using PyTorch's", path, e)
+        return None
+
+
+def _build(name: str, folder: Path) -> ModuleType | None:
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        log.warning(
+            "no C++ compiler (%s) to build genforge's CPU kernels; using PyTorch's", compiler
+        )
+        return None
+    try:
+        import ninja
+
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+    except ImportError:
+        pass  # a ninja on PATH will do
+    from torch.utils import cpp_extension
+
+    folder.mkdir(parents=True, exist_ok=True)
+    print("genforge: building the CPU kernels (once, about 30 s)...", file=sys.stderr, flush=True)
+    try:
+        return cpp_extension.load(
+            name,
+            [str(SOURCE)],
+            build_directory=str(folder),
+            extra_cflags=CFLAGS,
+            extra_ldflags=LDFLAGS,
+            verbose=False,
+        )
+    except (RuntimeError, OSError, ImportError) as e:
+        log.warning("building genforge's CPU kernels failed (%s); using PyTorch's", e)
+        return None
+
+
+# -- formats -----------------------------------------------------------------------------------
+
+
+def pack_q4(w: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(N, K) float -> q4: w ≈ scale * q + min, q in 0..15, per block of 32 inputs (GGUF Q4_1's
+    grid: a Q4_1 block comes back exactly). K must be a multiple of 64."""
+    N, K = w.shape
+    g = w.float().reshape(N, K // BLOCK, BLOCK)
+    lo, hi = g.amin(dim=-1), g.amax(dim=-1)
+    scale = ((hi - lo) / 15.0).half()
+    lo16 = lo.half()
+    s = scale.float().clamp(min=1e-30)[..., None]
+    q = torch.round((g - lo16.float()[..., None]) / s).clamp(0, 15).to(torch.uint8)
+    pairs = q.reshape(N, K // (2 * BLOCK), 2, BLOCK)  # byte j: block 2i's q[j] | block 2i+1's << 4
+    packed = (pairs[:, :, 0] | (pairs[:, :, 1] << 4)).reshape(N, K // 2)
+    return {"qweight": packed.contiguous(), "scales": scale, "mins": lo16}
+
+
+def unpack_q4(qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
+    """The float32 weight a q4 layer holds (the reference, and the prompt-sized matmul)."""
+    N, half = qweight.shape
+    pairs = qweight.reshape(N, half // BLOCK, 1, BLOCK)
+    q = torch.cat((pairs & 15, pairs >> 4), dim=2).reshape(N, -1, BLOCK).float()
+    return (q * scales.float()[..., None] + mins.float()[..., None]).reshape(N, half * 2)
+
+
+def pack_q8(w: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(N, K) float -> q8: w ≈ scale * q, q in -127..127, per block of 32 (GGUF Q8_0's grid)."""
+    N, K = w.shape
+    g = w.float().reshape(N, K // BLOCK, BLOCK)
+    scale = (g.abs().amax(dim=-1) / 127.0).half()
+    s = scale.float().clamp(min=1e-30)[..., None]
+    q = torch.round(g / s).clamp(-127, 127).to(torch.int8)
+    return {"qweight": q.reshape(N, K), "scales": scale}
+
+
+def unpack_q8(qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    N, K = qweight.shape
+    q = qweight.reshape(N, K // BLOCK, BLOCK).float()
+    return (q * scales.float()[..., None]).reshape(N, K)
+
+
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the kernels do to x (M, K): int8 per block of 32, scale = amax / 127 (for tests)."""
+    M, K = x.shape
+    g = x.float().reshape(M, K // BLOCK, BLOCK)
+    d = g.abs().amax(dim=-1) / 127.0
+    inv = torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
+    q = torch.round(g * inv[..., None]).clamp(-127, 127)
+    return q.reshape(M, K), d

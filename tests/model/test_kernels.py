@@ -1,0 +1,194 @@
+"""genforge's CPU kernels (genforge/model/kernels/gemv.cpp) against references written in PyTorch.
+
+Every code path this CPU can run is tested (AVX512-VNNI, AVX2, the portable loop), each against
+the same arithmetic done by PyTorch: the activations quantized to int8 per block of 32 exactly as
+the kernel does (`quantize_activations`), the integer block dot products, then the float scales.
+The integer parts are exact in both; what differs is the order of the float32 sums over K/32
+blocks (and the kernel's FMAs), so results agree to a few float32 rounding steps of the output's
+magnitude: rtol 1e-5 of the largest output is about 80 steps of 2^-24, ample for K/32 <= 48 terms.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from genforge.generate.loading import cpu_kernels
+from genforge.model import kernels
+from genforge.model.quant import QuantLinear
+
+PATHS = ("avx512-vnni", "avx2", "portable")
+
+
+@pytest.fixture(scope="module")
+def ops():
+    module = cpu_kernels()
+    if module is None:
+        pytest.skip("genforge's CPU kernels are not built here (no C++ compiler)")
+    return module
+
+
+def runnable(ops) -> list[str]:
+    """The paths this CPU can run: the one chosen at start and every simpler one."""
+    return list(PATHS[PATHS.index(ops.isa()) :])
+
+
+@pytest.fixture
+def each_path(ops):
+    chosen = ops.isa()
+
+    def paths():
+        for name in runnable(ops):
+            ops.set_isa(name)
+            yield name
+
+    yield paths
+    ops.set_isa(chosen)
+
+
+def reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w.T with x quantized as the kernel quantizes it, in float64."""
+    qx, d = kernels.quantize_activations(x)
+    xq = qx.double() * d.double().repeat_interleave(kernels.BLOCK, -1)
+    return (xq @ w.double().T).float()
+
+
+def close(got: torch.Tensor, want: torch.Tensor) -> None:
+    scale = want.abs().max().item()
+    assert (got - want).abs().max().item() <= 1e-5 * scale, (got - want).abs().max()
+
+
+@pytest.mark.parametrize("M", [1, 3, 4, 7])
+@pytest.mark.parametrize("N,K", [(40, 64), (96, 576), (17, 1536)])
+def test_q4_and_q8_matmuls_equal_the_reference_on_every_path(ops, each_path, M, N, K):
+    torch.manual_seed(M * N + K)
+    w, x = torch.randn(N, K) * 0.05, torch.randn(M, K)
+    x[0, :32] = 0.0  # a block of zeros: its scale is 0, and must not divide by it
+    q4, q8 = kernels.pack_q4(w), kernels.pack_q8(w)
+    w4 = kernels.unpack_q4(q4["qweight"], q4["scales"], q4["mins"])
+    w8 = kernels.unpack_q8(q8["qweight"], q8["scales"])
+    ran = []
+    for path in each_path():
+        ran.append(path)
+        close(ops.q4_matmul(x, q4["qweight"], q4["scales"], q4["mins"]), reference(x, w4))
+        close(ops.q8_matmul(x, q8["qweight"], q8["scales"]), reference(x, w8))
+    assert ran[-1] == "portable"  # every path ran, down to the last
+
+
+def test_q8_takes_an_odd_number_of_blocks(ops, each_path):
+    torch.manual_seed(0)
+    w, x = torch.randn(24, 96) * 0.05, torch.randn(2, 96)  # 3 blocks: one pair and a last one
+    q8 = kernels.pack_q8(w)
+    for _ in each_path():
+        close(ops.q8_matmul(x, q8["qweight"], q8["scales"]), reference(x, kernels.unpack_q8(**q8)))
+
+
+def test_the_formats_hold_gguf_blocks_exactly():
+    """A weight on Q4_1's grid (fp16 scale and min, both ends reached, as its quantizer makes them)
+    and one on Q8_0's (fp16 scale, amax at +-127) come back bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(0, 16, (8, 4, 32), generator=g)
+    q[..., 0], q[..., 1] = 0, 15
+    d = (torch.rand(8, 4, 1, generator=g) * 0.02 + 1e-3).half().float()
+    m = (torch.randn(8, 4, 1, generator=g) * 0.05).half().float()
+    w = (q * d + m).reshape(8, 128)
+    assert torch.equal(kernels.unpack_q4(**kernels.pack_q4(w)), w)
+    q = torch.randint(-127, 128, (8, 4, 32), generator=g)
+    q[..., 0] = 127
+    w = (q * (torch.rand(8, 4, 1, generator=g) * 0.01).half().float()).reshape(8, 128)
+    assert torch.equal(kernels.unpack_q8(**kernels.pack_q8(w)), w)
+
+
+def test_bad_shapes_are_refused_by_the_kernel(ops):
+    q4 = kernels.pack_q4(torch.randn(8, 64))
+    with pytest.raises(RuntimeError, match="inputs"):
+        ops.q4_matmul(torch.randn(1, 32), q4["qweight"], q4["scales"], q4["mins"])
+    with pytest.raises(RuntimeError, match="float32"):
+        ops.q4_matmul(torch.randn(1, 64).bfloat16(), q4["qweight"], q4["scales"], q4["mins"])
+
+
+def attention_reference(q, kpool, vpool, index, lengths, scale, window):
+    out = torch.empty_like(q)
+    group = q.shape[1] // kpool.shape[1]
+    for b in range(q.shape[0]):
+        n = int(lengths[b])
+        first = max(0, n - window) if window else 0
+        slots = index[b, first:n]
+        k = kpool[slots].transpose(0, 1).repeat_interleave(group, 0)  # (H, n, D)
+        v = vpool[slots].transpose(0, 1).repeat_interleave(group, 0)
+        p = torch.softmax(q[b, :, None, :].double() @ k.double().transpose(1, 2) * scale, -1)
+        out[b] = (p @ v.double())[:, 0].float()
+    return out
+
+
+@pytest.mark.parametrize("D,H,Hkv", [(64, 9, 3), (64, 14, 2), (128, 4, 4), (256, 4, 1)])
+@pytest.mark.parametrize("window", [0, 100])
+def test_decode_attention_equals_softmax_attention_over_the_gathered_keys(
+    ops, each_path, D, H, Hkv, window
+):
+    """Softmax in float32 with the kernel's own exp (relative error ~2e-7) and float32 sums over
+    up to 700 keys: within 1e-5 of the output's scale."""
+    torch.manual_seed(D + H)
+    slots = 2048
+    kpool, vpool = torch.randn(slots, Hkv, D), torch.randn(slots, Hkv, D)
+    lengths = torch.tensor([700, 1, 333])
+    index = torch.stack([torch.randperm(slots)[:700] for _ in lengths])
+    q = torch.randn(len(lengths), H, D)
+    want = attention_reference(q, kpool, vpool, index, lengths, D**-0.5, window)
+    for _ in each_path():
+        got = ops.decode_attention(q, kpool, vpool, index, lengths, D**-0.5, window)
+        close(got, want)
+
+
+def test_a_kernel_layer_gives_each_row_the_same_bits_alone_or_in_a_chunk(ops):
+    """Every row goes through the kernel, which quantizes and sums each row on its own: a prompt
+    chunk, a batch of decodes and a single row get bit-identical results (what lets the prefix
+    cache and batching leave greedy outputs unchanged)."""
+    torch.manual_seed(0)
+    for kind in ("q8", "q4"):
+        layer = QuantLinear.from_linear(torch.randn(48, 128) * 0.05, kind, torch.float32)
+        x = torch.randn(300, 128)
+        chunk = layer(x)
+        assert torch.equal(torch.cat([layer(x[i : i + 1]) for i in range(len(x))]), chunk)
+        assert torch.equal(layer(x[:7]), chunk[:7])
+        # and it is the matmul of the weight it holds, on int8-rounded activations (~1 %)
+        torch.testing.assert_close(chunk, reference(x, layer.dequantize()), rtol=0, atol=1e-5)
+        assert (chunk - F.linear(x, layer.dequantize())).abs().max() <= 0.01 * chunk.abs().max()
+
+
+def test_rope_store_rotates_q_and_k_in_place_and_fills_the_cache(ops):
+    """One call for RoPE on q and k and the two cache writes: the same float32 products and sums
+    as apply_rope (a*cos - b*sin), so equal to it within one rounding step."""
+    from genforge.model.transformer import apply_rope, rope_frequencies
+
+    torch.manual_seed(0)
+    n, H, Hkv, D = 5, 6, 2, 64
+    qkv = torch.randn(n, (H + 2 * Hkv) * D)
+    angles = torch.arange(3, 3 + n)[:, None].float() * rope_frequencies(D, 10000.0, None)[None]
+    angles = torch.cat((angles, angles), -1)[:, None, :]
+    cos, sin = angles.cos(), angles.sin()
+    q, k, v = qkv.split((H * D, Hkv * D, Hkv * D), -1)
+    want_q = apply_rope(q.reshape(n, H, D), cos, sin)
+    want_k = apply_rope(k.reshape(n, Hkv, D), cos, sin)
+    want_v = v.reshape(n, Hkv, D).clone()
+    kpool, vpool = torch.zeros(32, Hkv, D), torch.zeros(32, Hkv, D)
+    slots = torch.tensor([7, 0, 31, 12, 3])
+    ops.rope_store(qkv, H, Hkv, cos.view(n, D), sin.view(n, D), kpool, vpool, slots)
+    torch.testing.assert_close(qkv[:, : H * D].view(n, H, D), want_q, rtol=0, atol=1e-6)
+    torch.testing.assert_close(kpool[slots], want_k, rtol=0, atol=1e-6)
+    assert torch.equal(vpool[slots], want_v)
+    untouched = torch.ones(32, dtype=torch.bool)
+    untouched[slots] = False
+    assert not kpool[untouched].any() and not vpool[untouched].any()
+
+
+def test_silu_mul_equals_silu_of_the_gate_times_up(ops, each_path):
+    """The kernel's exp is a polynomial with relative error ~2e-7 (a float32 step is 6e-8), over
+    gates from -100 to 100 (exp(-x) clamped where float32 would overflow)."""
+    torch.manual_seed(0)
+    gate_up = torch.randn(3, 2 * 1000) * 4
+    gate_up[0, :5] = torch.tensor([-100.0, -88.0, 0.0, 88.0, 100.0])
+    gate, up = gate_up.chunk(2, -1)
+    for _ in each_path():
+        torch.testing.assert_close(ops.silu_mul(gate_up), F.silu(gate) * up, rtol=2e-6, atol=1e-6)
