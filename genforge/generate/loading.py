@@ -2,8 +2,9 @@
 
 Design choices:
 - "auto" means int8: measured fastest at equal quality on CPU (benchmarks/RESULTS.md).
-- int8 and int4 are weight-only, with bf16 activations: PyTorch's CPU int kernels are slow with
-  float32 activations.
+- int8 and int4 are weight-only, in GGUF's blocks of 32 (Q8_0, Q4_1) run by genforge's own kernels
+  with float32 activations; where the kernels cannot be built (no compiler), PyTorch's weight-only
+  kernels with bf16 activations (they are slow with float32 ones).
 - The network is built on `meta` with the fused projection layout the loader produced, then given
   the loaded tensors, so no weight is ever held twice.
 - A folder's tokenizer is read before its weights: a missing one fails in a moment, not after a
@@ -13,6 +14,7 @@ Design choices:
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ import torch
 
 from genforge import hub
 from genforge.errors import GenforgeError
+from genforge.model import kernels
 from genforge.model.quant import can_stack, quantize_structure, state_converter
 from genforge.model.transformer import Transformer
 from genforge.tokenizer import Tokenizer
@@ -30,7 +33,16 @@ log = logging.getLogger(__name__)
 
 DTYPES = ("auto", "fp32", "bf16", "int8", "int4")
 AUTO_DTYPE = "int8"
-QUANT_ACTIVATIONS = torch.bfloat16  # the activation dtype of the int8 / int4 matmuls
+QUANT_ACTIVATIONS = torch.bfloat16  # the activation dtype of PyTorch's int8 / int4 matmuls
+KERNEL_FORMATS = {"int8": "q8", "int4": "q4"}  # what genforge's kernels hold for each dtype
+
+
+def cpu_kernels(build: bool = True):
+    """genforge's CPU kernels, built into the cache once (genforge.model.kernels); None without a
+    compiler (or with GENFORGE_KERNELS=0), and the model then runs PyTorch's kernels."""
+    if os.environ.get("GENFORGE_KERNELS", "1") == "0":
+        return None
+    return kernels.load(hub.home() / "kernels", build=build)
 
 
 @dataclass
@@ -59,12 +71,15 @@ def load_model(model: str | None = None, dtype: str = "auto", progress: bool = T
     t0 = time.perf_counter()
     tokenizer = Tokenizer.from_dir(path) if Path(path).is_dir() else None
     if dtype in ("int8", "int4"):
+        kind, act = dtype, QUANT_ACTIVATIONS
+        if cpu_kernels() is not None:
+            kind, act = KERNEL_FORMATS[dtype], torch.float32
         ckpt = load_checkpoint(
             path,
-            convert=lambda cfg: state_converter(dtype, QUANT_ACTIVATIONS, cfg.tie_embeddings),
-            fuse=lambda rows: can_stack(dtype, rows),
+            convert=lambda cfg: state_converter(kind, act, cfg.tie_embeddings),
+            fuse=lambda rows: can_stack(kind, rows),
         )
-        prepare = lambda m: quantize_structure(m, dtype, QUANT_ACTIVATIONS).fuse_projections()  # noqa: E731
+        prepare = lambda m: quantize_structure(m, kind, act).fuse_projections()  # noqa: E731
     else:
         ckpt = load_checkpoint(
             path, torch.bfloat16 if dtype == "bf16" else torch.float32, fuse=lambda rows: True
