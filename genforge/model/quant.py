@@ -24,6 +24,7 @@ from genforge.model import kernels
 QUANT_KINDS = ("int8", "int4", "q8", "q4")
 INT4_GROUP = 32
 DEQUANT_ROWS = 128  # int8 layers with at least this many input rows use a float32 matmul
+KERNEL_ROWS = 128  # q8/q4 layers take fewer input rows through genforge's kernels
 
 
 ROWS_PER_CHUNK = 4096  # quantize big matrices (embeddings, heads) in slices: small temporaries
@@ -176,20 +177,28 @@ class QuantLinear(nn.Module):
         return y.reshape(*shape[:-1], self.out_features)
 
     def _blocks_mm(self, x: torch.Tensor) -> torch.Tensor:
-        # Every row through the kernel, however many: each row's result is then the same bits
-        # alone, in a batch or in a prompt chunk, so a prompt gives the same tokens cold or from
-        # the prefix cache (a float32 matmul on the dequantized weight is faster from ~256 rows
-        # on, but rounds the activations differently).
         ops = kernels.ops
-        if ops is not None:
-            x32 = x.float().contiguous()
+        if ops is None:  # a layer made by hand in a process without the kernels
+            return F.linear(x.float(), self.dequantize()).to(x.dtype)
+        x32 = x.float().contiguous()
+        if x.shape[0] < KERNEL_ROWS:
+            # Each row through the kernel gets the same bits alone, in a batch of decodes or in
+            # a short prompt chunk: batching and the prefix cache leave greedy answers unchanged.
             if self.kind == "q4":
                 y = ops.q4_matmul(x32, self.qweight, self.scales, self.mins)
             else:
                 y = ops.q8_matmul(x32, self.qweight, self.scales)
             return y.to(x.dtype)
-        # No kernels in this process (a layer made by hand): the float32 matmul.
-        return F.linear(x.float(), self.dequantize()).to(x.dtype)
+        # A long prompt chunk: the kernel's integer dot products are compute-bound there, and a
+        # float matmul on the dequantized weight is several times faster (bf16 on CPUs with AMX).
+        # The activations are rounded to the same int8 grid first, so the two paths agree to a
+        # float32 rounding step (float32 matmul) or to bf16's 2^-9 (bf16).
+        bf16 = kernels.native_bf16()
+        qx, d = kernels.quantize_activations(x32)
+        xq = (qx.view(-1, x32.shape[1] // kernels.BLOCK, kernels.BLOCK) * d[..., None]).view_as(x32)
+        mins = self.mins if self.kind == "q4" else None
+        w = ops.dequantize(self.qweight, self.scales, mins, bf16)
+        return F.linear(xq.to(w.dtype), w).to(x.dtype)
 
     def dequantize(self) -> torch.Tensor:
         """The float32 (out, in) weight this layer holds (q8 and q4)."""

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from genforge.generate.loading import cpu_kernels
 from genforge.model import kernels
-from genforge.model.quant import QuantLinear
+from genforge.model.quant import KERNEL_ROWS, QuantLinear
 
 PATHS = ("avx512-vnni", "avx2", "portable")
 
@@ -141,20 +141,47 @@ def test_decode_attention_equals_softmax_attention_over_the_gathered_keys(
         close(got, want)
 
 
-def test_a_kernel_layer_gives_each_row_the_same_bits_alone_or_in_a_chunk(ops):
-    """Every row goes through the kernel, which quantizes and sums each row on its own: a prompt
-    chunk, a batch of decodes and a single row get bit-identical results (what lets the prefix
-    cache and batching leave greedy outputs unchanged)."""
+def test_a_kernel_layer_gives_each_row_the_same_bits_alone_or_in_a_batch(ops):
+    """Below KERNEL_ROWS rows every row goes through the kernel, which quantizes and sums each row
+    on its own: a batch of decodes, a short prompt chunk and a single row get bit-identical results
+    (what lets batching and the prefix cache leave greedy outputs unchanged). The result is the
+    matmul of the weight the layer holds on int8-rounded activations (~1 % from float)."""
     torch.manual_seed(0)
     for kind in ("q8", "q4"):
         layer = QuantLinear.from_linear(torch.randn(48, 128) * 0.05, kind, torch.float32)
-        x = torch.randn(300, 128)
+        x = torch.randn(KERNEL_ROWS - 1, 128)
         chunk = layer(x)
         assert torch.equal(torch.cat([layer(x[i : i + 1]) for i in range(len(x))]), chunk)
         assert torch.equal(layer(x[:7]), chunk[:7])
-        # and it is the matmul of the weight it holds, on int8-rounded activations (~1 %)
         torch.testing.assert_close(chunk, reference(x, layer.dequantize()), rtol=0, atol=1e-5)
         assert (chunk - F.linear(x, layer.dequantize())).abs().max() <= 0.01 * chunk.abs().max()
+
+
+def test_a_long_prompt_chunk_takes_the_dequantized_weight_on_the_same_activation_grid(ops):
+    """From KERNEL_ROWS rows on, the layer rounds the activations to the kernel's int8 grid and
+    multiplies by its dequantized weight: float32, so within float32 summation error of the
+    kernel's rows, or bf16 where the CPU has AMX (weights and activations rounded to 8 significant
+    bits: within 2^-7 of the output's scale)."""
+    torch.manual_seed(0)
+    for kind in ("q8", "q4"):
+        layer = QuantLinear.from_linear(torch.randn(48, 128) * 0.05, kind, torch.float32)
+        x = torch.randn(KERNEL_ROWS, 128)
+        chunk = layer(x)
+        rows = torch.cat([layer(x[i : i + 8]) for i in range(0, len(x), 8)])
+        tolerance = 2**-7 if kernels.native_bf16() else 1e-5
+        assert (chunk - rows).abs().max() <= tolerance * rows.abs().max()
+    w = torch.randn(40, 96)
+    for pack, unpack, mins in (
+        (kernels.pack_q8, kernels.unpack_q8, False),
+        (kernels.pack_q4, kernels.unpack_q4, True),
+    ):
+        if mins and w.shape[1] % 64:
+            w = torch.randn(40, 128)
+        parts = pack(w)
+        full = unpack(**parts)
+        args = (parts["qweight"], parts["scales"], parts.get("mins"))
+        assert torch.equal(ops.dequantize(*args, False), full)
+        assert torch.equal(ops.dequantize(*args, True), full.bfloat16())
 
 
 def test_rope_store_rotates_q_and_k_in_place_and_fills_the_cache(ops):
@@ -192,3 +219,18 @@ def test_silu_mul_equals_silu_of_the_gate_times_up(ops, each_path):
     gate, up = gate_up.chunk(2, -1)
     for _ in each_path():
         torch.testing.assert_close(ops.silu_mul(gate_up), F.silu(gate) * up, rtol=2e-6, atol=1e-6)
+
+
+def test_int4_holds_a_q4_1_file_in_its_own_blocks_bit_for_bit(smollm2_path):
+    """SmolLM2's file is Q4_1 (its embedding Q8_0): every block comes back exactly, q4 for the
+    Q4_1 matrices, q8 for the Q8_0 embedding (the output head)."""
+    from genforge.weights.gguf import read_gguf
+
+    g = read_gguf(smollm2_path)
+    for name in ("blk.0.ffn_down.weight", "blk.7.attn_q.weight", "token_embd.weight"):
+        w = torch.from_numpy(g.tensor(name))
+        if name == "token_embd.weight":
+            back = kernels.unpack_q8(**kernels.pack_q8(w))
+        else:
+            back = kernels.unpack_q4(**kernels.pack_q4(w))
+        assert torch.equal(back, w), name

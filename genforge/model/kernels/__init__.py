@@ -13,6 +13,7 @@ Without a compiler `load` returns None and the model runs PyTorch's kernels inst
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -148,6 +149,17 @@ def unpack_q8(qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     N, K = qweight.shape
     q = qweight.reshape(N, K // BLOCK, BLOCK).float()
     return (q * scales.float()[..., None]).reshape(N, K)
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether the CPU multiplies bf16 matrices natively (AMX tiles): oneDNN's bf16 matmul is then
+    ~6x the float32 one; elsewhere it converts in software and is slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " amx_bf16" in flags
 
 
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -614,6 +614,54 @@ torch::Tensor silu_mul(torch::Tensor gate_up) {
   return out;
 }
 
+// -- dequantization, for prompt-sized matmuls -----------------------------------------------------
+
+inline uint16_t to_bf16(float f) {  // round to nearest even
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  return static_cast<uint16_t>((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+}
+
+// q8 (mins undefined) or q4 weight -> (N, K) float32 or bfloat16
+torch::Tensor dequantize(torch::Tensor qw, torch::Tensor scales, c10::optional<torch::Tensor> mins,
+                         bool bf16) {
+  const bool q4 = mins.has_value();
+  const int64_t N = qw.size(0), K = q4 ? qw.size(1) * 2 : qw.size(1), G = K / QK;
+  TORCH_CHECK(qw.is_contiguous() && scales.is_contiguous() && scales.scalar_type() == torch::kHalf &&
+                  scales.numel() == N * G,
+              "weight and scales do not match");
+  auto out = torch::empty({N, K}, qw.options().dtype(bf16 ? torch::kBFloat16 : torch::kFloat32));
+  const at::Half* sc = scales.data_ptr<at::Half>();
+  const at::Half* mn = q4 ? mins->data_ptr<at::Half>() : nullptr;
+  const uint8_t* w4 = q4 ? qw.data_ptr<uint8_t>() : nullptr;
+  const int8_t* w8 = q4 ? nullptr : qw.data_ptr<int8_t>();
+  void* base = out.data_ptr();
+  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    std::vector<float> row(K);
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t g = 0; g < G; ++g) {
+        const float s = half(sc, n * G + g), m = q4 ? half(mn, n * G + g) : 0.f;
+        float* r = row.data() + g * QK;
+        if (q4) {
+          const uint8_t* bytes = w4 + n * K / 2 + (g / 2) * QK;
+          const int shift = (g % 2) * 4;
+          for (int j = 0; j < QK; ++j) r[j] = s * ((bytes[j] >> shift) & 15) + m;
+        } else {
+          const int8_t* q = w8 + n * K + g * QK;
+          for (int j = 0; j < QK; ++j) r[j] = s * q[j];
+        }
+      }
+      if (bf16) {
+        uint16_t* o = static_cast<uint16_t*>(base) + n * K;
+        for (int64_t k = 0; k < K; ++k) o[k] = to_bf16(row[k]);
+      } else {
+        std::memcpy(static_cast<float*>(base) + n * K, row.data(), K * sizeof(float));
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -624,6 +672,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rope_store", &rope_store,
         "RoPE on q and k of a fused q/k/v (N, width) in place, k and v into the paged cache");
   m.def("silu_mul", &silu_mul, "gate_up (N, 2F) -> silu(gate) * up (N, F)");
+  m.def("dequantize", &dequantize, "q8 (mins None) or q4 weight -> (N, K) float32 or bfloat16",
+        py::arg("qweight"), py::arg("scales"), py::arg("mins"), py::arg("bf16"));
   m.def("isa", &isa_name, "the instruction set the kernels use on this CPU");
   m.def("set_isa", &set_isa, "use another path (avx512-vnni, avx2, portable) if the CPU can");
 }
