@@ -570,26 +570,26 @@ void rope_store(torch::Tensor qkv, int64_t H, int64_t Hkv, torch::Tensor cos, to
   });
 }
 
+inline float silu_mul_one(float g, float u) { return g / (1.f + std::exp(-g)) * u; }
+
+// silu(g) * u over n floats, W at a time, for both instruction sets (see ATTEND_BODY)
+#define SILU_BODY(W, V, Load, Store, Set1, Sub, Add, Mul, Div, Exp)       \
+  int64_t i = 0;                                                          \
+  for (; i + W <= n; i += W) {                                            \
+    const V x = Load(g + i);                                              \
+    const V silu = Div(x, Add(Set1(1.f), Exp(Sub(Set1(0.f), x))));        \
+    Store(o + i, Mul(silu, Load(u + i)));                                 \
+  }                                                                       \
+  for (; i < n; ++i) o[i] = silu_mul_one(g[i], u[i]);
+
 AVX512 void silu_mul_avx512(const float* g, const float* u, float* o, int64_t n) {
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m512 x = _mm512_loadu_ps(g + i);
-    const __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), x));
-    const __m512 silu = _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.f), e));
-    _mm512_storeu_ps(o + i, _mm512_mul_ps(silu, _mm512_loadu_ps(u + i)));
-  }
-  for (; i < n; ++i) o[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+  SILU_BODY(16, __m512, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_sub_ps,
+            _mm512_add_ps, _mm512_mul_ps, _mm512_div_ps, exp512)
 }
 
 AVX2 void silu_mul_avx2(const float* g, const float* u, float* o, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 x = _mm256_loadu_ps(g + i);
-    const __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), x));
-    const __m256 silu = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.f), e));
-    _mm256_storeu_ps(o + i, _mm256_mul_ps(silu, _mm256_loadu_ps(u + i)));
-  }
-  for (; i < n; ++i) o[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+  SILU_BODY(8, __m256, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_sub_ps,
+            _mm256_add_ps, _mm256_mul_ps, _mm256_div_ps, exp256)
 }
 
 // gate_up (N, 2F) float32 -> silu(gate) * up, (N, F)
@@ -608,7 +608,7 @@ torch::Tensor silu_mul(torch::Tensor gate_up) {
       if (isa == Isa::avx512) silu_mul_avx512(g, g + F, o + n * F, F);
       else if (isa == Isa::avx2) silu_mul_avx2(g, g + F, o + n * F, F);
       else
-        for (int64_t i = 0; i < F; ++i) o[n * F + i] = g[i] / (1.f + std::exp(-g[i])) * g[F + i];
+        for (int64_t i = 0; i < F; ++i) o[n * F + i] = silu_mul_one(g[i], g[F + i]);
     }
   });
   return out;
