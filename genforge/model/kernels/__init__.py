@@ -112,6 +112,23 @@ def _build(name: str, folder: Path) -> ModuleType | None:
 # -- formats -----------------------------------------------------------------------------------
 
 
+ROWS_PER_CHUNK = 4096  # pack big matrices (embeddings, heads) in slices: small temporaries
+
+
+def _by_rows(pack):
+    """Run `pack` on slices of ROWS_PER_CHUNK rows and join the parts (peak memory at load)."""
+
+    @functools.wraps(pack)
+    def packed(w: torch.Tensor) -> dict[str, torch.Tensor]:
+        parts = [pack(w[a : a + ROWS_PER_CHUNK]) for a in range(0, w.shape[0], ROWS_PER_CHUNK)]
+        if len(parts) == 1:
+            return parts[0]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    return packed
+
+
+@_by_rows
 def pack_q4(w: torch.Tensor) -> dict[str, torch.Tensor]:
     """(N, K) float -> q4: w ≈ scale * q + min, q in 0..15, per block of 32 inputs (GGUF Q4_1's
     grid: a Q4_1 block comes back exactly). K must be a multiple of 64."""
@@ -135,6 +152,7 @@ def unpack_q4(qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -
     return (q * scales.float()[..., None] + mins.float()[..., None]).reshape(N, half * 2)
 
 
+@_by_rows
 def pack_q8(w: torch.Tensor) -> dict[str, torch.Tensor]:
     """(N, K) float -> q8: w ≈ scale * q, q in -127..127, per block of 32 (GGUF Q8_0's grid)."""
     N, K = w.shape
