@@ -72,9 +72,12 @@ def load_model(model: str | None = None, dtype: str = "auto", progress: bool = T
     path = hub.resolve(model, progress=progress)
     t0 = time.perf_counter()
     tokenizer = Tokenizer.from_dir(path) if Path(path).is_dir() else None
+    # Built (or found) for every dtype: float32 models use the fused attention, RoPE and MLP
+    # kernels too, whatever else this process loaded before.
+    have_kernels = cpu_kernels() is not None
     if dtype in ("int8", "int4"):
         kind, act = dtype, QUANT_ACTIVATIONS
-        if cpu_kernels() is not None:
+        if have_kernels:
             kind, act = KERNEL_FORMATS[dtype], torch.float32
         ckpt = load_checkpoint(
             path,

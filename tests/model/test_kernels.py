@@ -234,3 +234,28 @@ def test_int4_holds_a_q4_1_file_in_its_own_blocks_bit_for_bit(smollm2_path):
         else:
             back = kernels.unpack_q4(**kernels.pack_q4(w))
         assert torch.equal(back, w), name
+
+
+def test_without_the_kernels_models_run_on_pytorchs_own(tiny_model_dir, monkeypatch):
+    """A machine without a C++ compiler (here: GENFORGE_KERNELS=0 and no kernels loaded) gets
+    PyTorch's int8 / int4 layers with bf16 activations and its operators, still close to fp32."""
+    import genforge
+    from genforge.generate import loading
+
+    ids = torch.tensor([[5, 17, 42, 99, 3, 250]])
+    with_kernels = genforge.load(str(tiny_model_dir), dtype="fp32")
+    monkeypatch.setenv("GENFORGE_KERNELS", "0")
+    monkeypatch.setattr(kernels, "ops", None)
+    assert loading.cpu_kernels() is None
+    reference = genforge.load(str(tiny_model_dir), dtype="fp32")
+    with torch.inference_mode():
+        expected = reference.model(ids)
+        torch.testing.assert_close(with_kernels.model(ids), expected)  # the same model either way
+        for dtype in ("int8", "int4"):
+            m = genforge.load(str(tiny_model_dir), dtype=dtype)
+            assert m.model.layers[0].mlp.w_gate_up.kind == dtype
+            assert m.model.layers[0].mlp.silu_mul is None
+            got = m.model(ids)
+            assert (got - expected).abs().max() < 0.1 * expected.abs().max()
+    text = m.generate("hello", max_tokens=4, temperature=0)
+    assert isinstance(text, str)
