@@ -366,3 +366,10 @@ def test_tokenizer_train_and_data_prepare(tmp_path):
         ),
         "no tokenizer.json",
     )
+
+
+def test_the_kv_dtype_flag_offers_what_the_engine_takes():
+    from genforge.cli.flags import KV_DTYPES
+    from genforge.generate.engine import KV_DTYPES as ENGINE_KV_DTYPES
+
+    assert tuple(ENGINE_KV_DTYPES) == KV_DTYPES

@@ -28,6 +28,9 @@ SAMPLING_FLAGS = (
 )
 
 
+KV_DTYPES = ("fp32", "bf16", "fp16")  # genforge.generate.engine.KV_DTYPES, without importing torch
+
+
 def add_model_args(
     p: argparse.ArgumentParser,
     many: bool = False,
@@ -57,8 +60,14 @@ def add_model_args(
         "--dtype",
         default=dtype,
         choices=["auto", "fp32", "bf16", "int8", "int4"],
-        help="weights: fp32 or bf16, or int8 / int4 weight-only quantized with bf16 "
-        f"activations; auto picks the measured best (default: {dtype})",
+        help="weights: fp32 or bf16, or int8 / int4 weight-only quantized in blocks of 32 "
+        f"(int4 holds a Q4_1 file exactly); auto is int8 (default: {dtype})",
+    )
+    p.add_argument(
+        "--kv-dtype",
+        default="fp32",
+        choices=list(KV_DTYPES),
+        help="keys and values in the cache: fp32, or bf16 / fp16 at half the memory (default: fp32)",
     )
     p.add_argument(
         "--ctx",
@@ -92,7 +101,13 @@ def load_model(args: argparse.Namespace):
     hub.resolve(args.model)
     from genforge.generate.llm import load
 
-    return load(args.model, dtype=args.dtype, context_length=args.ctx, threads=args.threads)
+    return load(
+        args.model,
+        dtype=args.dtype,
+        context_length=args.ctx,
+        threads=args.threads,
+        kv_dtype=args.kv_dtype,
+    )
 
 
 SAMPLING_DEFAULTS = (

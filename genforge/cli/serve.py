@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     from genforge.serve.app import ServeConfig, create_app
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    engine = {"max_batch": args.max_batch} if args.max_batch else {}
+    engine = {"kv_dtype": args.kv_dtype} | ({"max_batch": args.max_batch} if args.max_batch else {})
     options = {"dtype": args.dtype, "context_length": args.ctx, "threads": args.threads, **engine}
     # Loaded before the server starts, so that a broken model is one clear error, not a traceback.
     preloaded = {name: load(name, **options) for name in names}

@@ -45,6 +45,7 @@ from genforge.model.transformer import Transformer
 log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 16
+KV_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DONE = object()
 
 
@@ -74,7 +75,9 @@ class Engine:
 
     max_batch: requests in flight at once; step_tokens: tokens per forward pass (prompt chunks and
     decodes together); kv_tokens: positions in the shared KV cache (at least the context length, so
-    that any single request fits); prefix_cache: reuse cached prompt prefixes.
+    that any single request fits); prefix_cache: reuse cached prompt prefixes; kv_dtype: how keys
+    and values are kept ("fp32", or "bf16" / "fp16" at half the memory; attention computes in
+    float32 either way).
     """
 
     def __init__(
@@ -86,14 +89,19 @@ class Engine:
         step_tokens: int = 512,
         kv_tokens: int | None = None,
         prefix_cache: bool = True,
+        kv_dtype: str = "fp32",
     ):
+        if kv_dtype not in KV_DTYPES:
+            raise GenforgeError(
+                f"kv_dtype must be one of {', '.join(KV_DTYPES)}, got {kv_dtype!r}."
+            )
         self.model = model
         limit = model.cfg.max_seq_len
         self.context_length = min(context_length or limit, limit)
         kv_tokens = max(kv_tokens or 0, self.context_length)
         n_blocks = -(-kv_tokens // BLOCK_SIZE)
-        # float32 keys/values whatever the weights: see Attention.forward
-        self.cache = PagedKVCache.for_model(model.cfg, n_blocks, BLOCK_SIZE, torch.float32)
+        self.kv_dtype = kv_dtype
+        self.cache = PagedKVCache.for_model(model.cfg, n_blocks, BLOCK_SIZE, KV_DTYPES[kv_dtype])
         self.pool = BlockPool(n_blocks, BLOCK_SIZE, prefix_cache)
         self.scheduler = Scheduler(self.pool, max_batch, step_tokens)
         self._lock = threading.RLock()

@@ -146,10 +146,11 @@ class PagedBatch:
     def attention(self, layer: int, q, k, v, scale: float, sliding: bool) -> torch.Tensor:
         """q (N, H, D), k/v (N, Hkv, D) for the new tokens -> attention output (N, H, D).
 
-        q, k and v come in the cache's dtype."""
+        q, k and v in the activations' float dtype; the cache may keep keys and values in a
+        smaller one (bf16, fp16), and attention reads them back as floats."""
         pool_k, pool_v = self.cache.k[layer], self.cache.v[layer]
-        pool_k.index_copy_(0, self.write_slots, k)
-        pool_v.index_copy_(0, self.write_slots, v)
+        pool_k.index_copy_(0, self.write_slots, k.to(pool_k.dtype))
+        pool_v.index_copy_(0, self.write_slots, v.to(pool_v.dtype))
         return self._attend(layer, q, k, v, scale, sliding)
 
     def attention_fused(
@@ -200,8 +201,8 @@ class PagedBatch:
             qd = (q if self.all_decode else q[rows]).unsqueeze(2)  # (B, H, 1, D)
             shape = (*self.decode_index.shape, *pool_k.shape[1:])  # (B, L, Hkv, D)
             # index_select: several times faster than advanced indexing on CPU
-            kd = pool_k.index_select(0, self.decode_flat).view(shape).transpose(1, 2)
-            vd = pool_v.index_select(0, self.decode_flat).view(shape).transpose(1, 2)
+            kd = pool_k.index_select(0, self.decode_flat).view(shape).transpose(1, 2).to(q.dtype)
+            vd = pool_v.index_select(0, self.decode_flat).view(shape).transpose(1, 2).to(q.dtype)
             y = F.scaled_dot_product_attention(
                 qd, kd, vd, attn_mask=self.decode_mask[kind], scale=scale, enable_gqa=gqa
             ).squeeze(2)
@@ -210,10 +211,11 @@ class PagedBatch:
             out[rows] = y
         for (a, b, keys, fresh), masks in zip(self.chunks, self.chunk_masks, strict=True):
             qc = q[a:b].transpose(0, 1).unsqueeze(0)  # (1, H, n, D)
-            if fresh:
-                kc, vc = k[a:b], v[a:b]
+            if fresh:  # as the cache holds them, so that a prompt reads the same cold or cached
+                kc, vc = k[a:b].to(pool_k.dtype).to(q.dtype), v[a:b].to(pool_v.dtype).to(q.dtype)
             else:
-                kc, vc = pool_k.index_select(0, keys), pool_v.index_select(0, keys)
+                kc = pool_k.index_select(0, keys).to(q.dtype)
+                vc = pool_v.index_select(0, keys).to(q.dtype)
             mask = masks[kind]
             y = F.scaled_dot_product_attention(
                 qc,

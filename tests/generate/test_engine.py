@@ -275,3 +275,23 @@ def test_without_max_tokens_an_answer_stops_at_the_default_cap_or_the_context(
     assert len(list(engine.generate([1, 2, 3], params))) == 10
     monkeypatch.setattr(engine_module, "DEFAULT_MAX_TOKENS", 1024)
     assert len(list(engine.generate([1, 2, 3], params))) == 256 - 3  # the rest of the context
+
+
+@pytest.mark.parametrize("kv_dtype", ["bf16", "fp16"])
+def test_a_smaller_kv_cache_answers_the_same_cold_or_cached(random_model, kv_dtype):
+    """Keys and values kept in bf16/fp16: a prompt chunk reads them as the cache rounds them, so a
+    prompt computed cold and one found in the prefix cache give the same greedy tokens; and the
+    tokens stay those of float32 keys for this short run (the rounding is 2^-9 / 2^-12 relative)."""
+    prompt = random_prompt(3, 40)
+    small = Engine(random_model, context_length=256, kv_dtype=kv_dtype)
+    cold = run(small, [prompt], greedy(12))[0].output
+    warm = run(small, [prompt], greedy(12))[0].output
+    assert small.pool.hits > 0 and warm == cold
+    assert small.cache.k[0].dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[kv_dtype]
+    exact = run(Engine(random_model, context_length=256), [prompt], greedy(12))[0].output
+    assert sum(a == b for a, b in zip(cold, exact, strict=True)) >= 10
+
+
+def test_an_unknown_kv_dtype_is_refused(random_model):
+    with pytest.raises(GenforgeError, match="kv_dtype must be one of fp32, bf16, fp16"):
+        Engine(random_model, kv_dtype="int3")

@@ -259,3 +259,32 @@ def test_without_the_kernels_models_run_on_pytorchs_own(tiny_model_dir, monkeypa
             assert (got - expected).abs().max() < 0.1 * expected.abs().max()
     text = m.generate("hello", max_tokens=4, temperature=0)
     assert isinstance(text, str)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_decode_attention_reads_bf16_and_fp16_pools(ops, each_path, dtype):
+    """A cache kept in bf16 or fp16 is read back as the floats it holds (each converts to float32
+    exactly): the same result as float32 pools holding those values, within 1e-5."""
+    torch.manual_seed(1)
+    kpool, vpool = torch.randn(512, 2, 64).to(dtype), torch.randn(512, 2, 64).to(dtype)
+    lengths = torch.tensor([300, 17])
+    index = torch.stack([torch.randperm(512)[:300] for _ in lengths])
+    q = torch.randn(2, 6, 64)
+    want = attention_reference(q, kpool.float(), vpool.float(), index, lengths, 0.125, 0)
+    for _ in each_path():
+        close(ops.decode_attention(q, kpool, vpool, index, lengths, 0.125, 0), want)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_rope_store_rounds_keys_and_values_into_a_smaller_cache(ops, dtype):
+    torch.manual_seed(0)
+    n, H, Hkv, D = 3, 4, 2, 64
+    qkv = torch.randn(n, (H + 2 * Hkv) * D)
+    cos, sin = torch.rand(n, D), torch.rand(n, D)
+    float_pools = torch.zeros(8, Hkv, D), torch.zeros(8, Hkv, D)
+    small_pools = torch.zeros(8, Hkv, D, dtype=dtype), torch.zeros(8, Hkv, D, dtype=dtype)
+    slots = torch.tensor([1, 6, 2])
+    ops.rope_store(qkv.clone(), H, Hkv, cos, sin, *float_pools, slots)
+    ops.rope_store(qkv.clone(), H, Hkv, cos, sin, *small_pools, slots)
+    for big, small in zip(float_pools, small_pools, strict=True):
+        assert torch.equal(small, big.to(dtype))  # rounded to nearest even, as torch rounds

@@ -369,15 +369,16 @@ torch::Tensor q8_matmul(torch::Tensor x, torch::Tensor qw, torch::Tensor scales)
 
 // One query head over keys/values at `slots[first..len)`, each row of D floats at
 // pool + slot * row_stride. scores: scratch of len - first floats.
-void attend_ref(const float* q, const float* kpool, const float* vpool, const int64_t* slots,
+template <typename T>
+void attend_ref(const float* q, const T* kpool, const T* vpool, const int64_t* slots,
                 int64_t first, int64_t len, int64_t D, int64_t row_stride, float scale,
                 float* scores, float* out) {
   const int64_t n = len - first;
   float mx = -INFINITY;
   for (int64_t t = 0; t < n; ++t) {
-    const float* k = kpool + slots[first + t] * row_stride;
+    const T* k = kpool + slots[first + t] * row_stride;
     float dot = 0.f;
-    for (int64_t d = 0; d < D; ++d) dot += q[d] * k[d];
+    for (int64_t d = 0; d < D; ++d) dot += q[d] * static_cast<float>(k[d]);
     scores[t] = dot * scale;
     mx = std::max(mx, scores[t]);
   }
@@ -385,9 +386,9 @@ void attend_ref(const float* q, const float* kpool, const float* vpool, const in
   for (int64_t t = 0; t < n; ++t) sum += scores[t] = std::exp(scores[t] - mx);
   for (int64_t d = 0; d < D; ++d) out[d] = 0.f;
   for (int64_t t = 0; t < n; ++t) {
-    const float* v = vpool + slots[first + t] * row_stride;
+    const T* v = vpool + slots[first + t] * row_stride;
     const float p = scores[t] / sum;
-    for (int64_t d = 0; d < D; ++d) out[d] += p * v[d];
+    for (int64_t d = 0; d < D; ++d) out[d] += p * static_cast<float>(v[d]);
   }
 }
 
@@ -427,15 +428,15 @@ AVX2 inline __m256 exp256(__m256 x) {
 
 // The vector body, written once for both instruction sets (a template would be compiled without
 // their target attributes). D is a multiple of W, at most 16 * W (checked by the caller).
-#define ATTEND_BODY(W, V, Load, Fma, Set1, Hsum, Exp, Store, Sub, Add)                        \
+#define ATTEND_BODY(W, V, Load, KLoad, Fma, Set1, Hsum, Exp, Store, Sub, Add)                 \
   const int64_t n = len - first, chunks = D / W;                                              \
   V qv[16];                                                                                   \
   for (int64_t c = 0; c < chunks; ++c) qv[c] = Load(q + c * W);                               \
   float mx = -INFINITY;                                                                       \
   for (int64_t t = 0; t < n; ++t) {                                                           \
-    const float* k = kpool + slots[first + t] * row_stride;                                   \
+    const T* k = kpool + slots[first + t] * row_stride;                                       \
     V acc = Set1(0.f);                                                                        \
-    for (int64_t c = 0; c < chunks; ++c) acc = Fma(qv[c], Load(k + c * W), acc);              \
+    for (int64_t c = 0; c < chunks; ++c) acc = Fma(qv[c], KLoad(k + c * W), acc);             \
     scores[t] = Hsum(acc) * scale;                                                            \
     mx = std::max(mx, scores[t]);                                                             \
   }                                                                                           \
@@ -453,48 +454,58 @@ AVX2 inline __m256 exp256(__m256 x) {
   V o[16];                                                                                    \
   for (int64_t c = 0; c < chunks; ++c) o[c] = Set1(0.f);                                      \
   for (t = 0; t < n; ++t) {                                                                   \
-    const float* v = vpool + slots[first + t] * row_stride;                                   \
+    const T* v = vpool + slots[first + t] * row_stride;                                       \
     const V p = Set1(scores[t] * inv);                                                        \
-    for (int64_t c = 0; c < chunks; ++c) o[c] = Fma(p, Load(v + c * W), o[c]);                \
+    for (int64_t c = 0; c < chunks; ++c) o[c] = Fma(p, KLoad(v + c * W), o[c]);               \
   }                                                                                           \
   for (int64_t c = 0; c < chunks; ++c) Store(out + c * W, o[c]);
 
-AVX512 void attend_avx512(const float* q, const float* kpool, const float* vpool,
-                          const int64_t* slots, int64_t first, int64_t len, int64_t D,
-                          int64_t row_stride, float scale, float* scores, float* out) {
-  ATTEND_BODY(16, __m512, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_set1_ps, _mm512_reduce_add_ps,
-              exp512, _mm512_storeu_ps, _mm512_sub_ps, _mm512_add_ps)
+// A pool row's W values as floats: float32, bf16 (the high half of a float32) or fp16 (F16C).
+AVX512 inline __m512 kload16(const float* p) { return _mm512_loadu_ps(p); }
+AVX512 inline __m512 kload16(const at::BFloat16* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+AVX512 inline __m512 kload16(const at::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+AVX2 inline __m256 kload8(const float* p) { return _mm256_loadu_ps(p); }
+AVX2 inline __m256 kload8(const at::BFloat16* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+AVX2 inline __m256 kload8(const at::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
-AVX2 void attend_avx2(const float* q, const float* kpool, const float* vpool, const int64_t* slots,
+template <typename T>
+AVX512 void attend_avx512(const float* q, const T* kpool, const T* vpool, const int64_t* slots,
+                          int64_t first, int64_t len, int64_t D, int64_t row_stride, float scale,
+                          float* scores, float* out) {
+  ATTEND_BODY(16, __m512, _mm512_loadu_ps, kload16, _mm512_fmadd_ps, _mm512_set1_ps,
+              _mm512_reduce_add_ps, exp512, _mm512_storeu_ps, _mm512_sub_ps, _mm512_add_ps)
+}
+
+template <typename T>
+AVX2 void attend_avx2(const float* q, const T* kpool, const T* vpool, const int64_t* slots,
                       int64_t first, int64_t len, int64_t D, int64_t row_stride, float scale,
                       float* scores, float* out) {
-  ATTEND_BODY(8, __m256, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_set1_ps, hsum256, exp256,
-              _mm256_storeu_ps, _mm256_sub_ps, _mm256_add_ps)
+  ATTEND_BODY(8, __m256, _mm256_loadu_ps, kload8, _mm256_fmadd_ps, _mm256_set1_ps, hsum256,
+              exp256, _mm256_storeu_ps, _mm256_sub_ps, _mm256_add_ps)
 }
 
 // q (B, H, D); pools (slots, Hkv, D); index (B, W) slot of each position; lengths (B,);
 // window: attend to the last `window` positions only (0: all). -> (B, H, D)
-torch::Tensor decode_attention(torch::Tensor q, torch::Tensor kpool, torch::Tensor vpool,
-                               torch::Tensor index, torch::Tensor lengths, double scale,
-                               int64_t window) {
-  TORCH_CHECK(q.dim() == 3 && kpool.dim() == 3 && vpool.dim() == 3, "q (B, H, D), pools (S, Hkv, D)");
-  TORCH_CHECK(q.scalar_type() == torch::kFloat32 && kpool.scalar_type() == torch::kFloat32 &&
-                  vpool.scalar_type() == torch::kFloat32,
-              "decode attention works in float32");
-  TORCH_CHECK(kpool.is_contiguous() && vpool.is_contiguous() && index.is_contiguous(),
-              "pools and index must be contiguous");
-  TORCH_CHECK(index.scalar_type() == torch::kLong && lengths.scalar_type() == torch::kLong,
-              "index and lengths are int64");
-  const int64_t B = q.size(0), H = q.size(1), D = q.size(2), Hkv = kpool.size(1);
-  TORCH_CHECK(kpool.size(2) == D && H % Hkv == 0 && index.size(0) == B && lengths.numel() == B,
-              "shapes do not match");
-  auto qc = q.contiguous();
-  auto out = torch::empty({B, H, D}, q.options());
+template <typename T>
+void decode_attention_as(const torch::Tensor& qc, const torch::Tensor& kpool,
+                         const torch::Tensor& vpool, const torch::Tensor& index,
+                         const torch::Tensor& lengths, double scale, int64_t window,
+                         torch::Tensor& out) {
+  const int64_t B = qc.size(0), H = qc.size(1), D = qc.size(2), Hkv = kpool.size(1);
   const int64_t G = H / Hkv, W = index.size(1), row_stride = Hkv * D;
   const float* qp = qc.data_ptr<float>();
-  const float* kp = kpool.data_ptr<float>();
-  const float* vp = vpool.data_ptr<float>();
+  const T* kp = kpool.data_ptr<T>();
+  const T* vp = vpool.data_ptr<T>();
   const int64_t* ip = index.data_ptr<int64_t>();
   const int64_t* lp = lengths.data_ptr<int64_t>();
   float* op = out.data_ptr<float>();
@@ -514,18 +525,75 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor kpool, torch::Tens
       float* oh = op + (bi * H + h) * D;
       const float sc = static_cast<float>(scale);
       const int64_t* slots = ip + bi * W;
+      const T* k = kp + kv * D;
+      const T* v = vp + kv * D;
       if (isa == Isa::avx512)
-        attend_avx512(qh, kp + kv * D, vp + kv * D, slots, first, len, D, row_stride, sc, scores.data(), oh);
+        attend_avx512<T>(qh, k, v, slots, first, len, D, row_stride, sc, scores.data(), oh);
       else if (isa == Isa::avx2)
-        attend_avx2(qh, kp + kv * D, vp + kv * D, slots, first, len, D, row_stride, sc, scores.data(), oh);
+        attend_avx2<T>(qh, k, v, slots, first, len, D, row_stride, sc, scores.data(), oh);
       else
-        attend_ref(qh, kp + kv * D, vp + kv * D, slots, first, len, D, row_stride, sc, scores.data(), oh);
+        attend_ref<T>(qh, k, v, slots, first, len, D, row_stride, sc, scores.data(), oh);
     }
   });
+}
+
+// q (B, H, D) float32; pools (slots, Hkv, D) float32, bfloat16 or float16; index (B, W) slot of
+// each position; lengths (B,); window: attend to the last `window` positions only (0: all).
+// -> (B, H, D) float32
+torch::Tensor decode_attention(torch::Tensor q, torch::Tensor kpool, torch::Tensor vpool,
+                               torch::Tensor index, torch::Tensor lengths, double scale,
+                               int64_t window) {
+  TORCH_CHECK(q.dim() == 3 && kpool.dim() == 3 && vpool.dim() == 3, "q (B, H, D), pools (S, Hkv, D)");
+  TORCH_CHECK(q.scalar_type() == torch::kFloat32, "decode attention's queries are float32");
+  TORCH_CHECK(kpool.scalar_type() == vpool.scalar_type(), "the pools differ in dtype");
+  TORCH_CHECK(kpool.is_contiguous() && vpool.is_contiguous() && index.is_contiguous(),
+              "pools and index must be contiguous");
+  TORCH_CHECK(index.scalar_type() == torch::kLong && lengths.scalar_type() == torch::kLong,
+              "index and lengths are int64");
+  const int64_t B = q.size(0), H = q.size(1), D = q.size(2), Hkv = kpool.size(1);
+  TORCH_CHECK(kpool.size(2) == D && H % Hkv == 0 && index.size(0) == B && lengths.numel() == B,
+              "shapes do not match");
+  auto qc = q.contiguous();
+  auto out = torch::empty({B, H, D}, q.options());
+  switch (kpool.scalar_type()) {
+    case torch::kFloat32:
+      decode_attention_as<float>(qc, kpool, vpool, index, lengths, scale, window, out);
+      break;
+    case torch::kBFloat16:
+      decode_attention_as<at::BFloat16>(qc, kpool, vpool, index, lengths, scale, window, out);
+      break;
+    case torch::kHalf:
+      decode_attention_as<at::Half>(qc, kpool, vpool, index, lengths, scale, window, out);
+      break;
+    default:
+      TORCH_CHECK(false, "the KV pools must be float32, bfloat16 or float16");
+  }
   return out;
 }
 
 // -- fused elementwise steps of a layer -----------------------------------------------------------
+
+// n floats into a pool of float32, bfloat16 or float16 from element `offset` (rounded to nearest
+// even)
+void store_row(torch::Tensor& pool, int64_t offset, const float* src, int64_t n) {
+  switch (pool.scalar_type()) {
+    case torch::kFloat32:
+      std::memcpy(pool.data_ptr<float>() + offset, src, n * sizeof(float));
+      break;
+    case torch::kBFloat16: {
+      at::BFloat16* dst = pool.data_ptr<at::BFloat16>() + offset;
+      for (int64_t i = 0; i < n; ++i) dst[i] = at::BFloat16(src[i]);
+      break;
+    }
+    case torch::kHalf: {
+      at::Half* dst = pool.data_ptr<at::Half>() + offset;
+      for (int64_t i = 0; i < n; ++i) dst[i] = at::Half(src[i]);
+      break;
+    }
+    default:
+      TORCH_CHECK(false, "the KV pools must be float32, bfloat16 or float16");
+  }
+}
 
 // RoPE in the "rotate half" layout on the q and k parts of a fused q/k/v row, in place, then k and v
 // stored into the paged cache at each row's slot: one call for what were ~16 small operators.
@@ -541,15 +609,13 @@ void rope_store(torch::Tensor qkv, int64_t H, int64_t Hkv, torch::Tensor cos, to
                   sin.scalar_type() == torch::kFloat32,
               "cos/sin: contiguous float32 (N, D)");
   TORCH_CHECK(kpool.is_contiguous() && vpool.is_contiguous() &&
-                  kpool.scalar_type() == torch::kFloat32 && vpool.scalar_type() == torch::kFloat32,
-              "pools: contiguous float32");
+                  kpool.scalar_type() == vpool.scalar_type(),
+              "pools: contiguous, one dtype");
   TORCH_CHECK(slots.scalar_type() == torch::kLong && slots.numel() == N, "slots: int64 (N,)");
   auto sl = slots.contiguous();
   float* x = qkv.data_ptr<float>();
   const float* c = cos.data_ptr<float>();
   const float* s = sin.data_ptr<float>();
-  float* kp = kpool.data_ptr<float>();
-  float* vp = vpool.data_ptr<float>();
   const int64_t* slot = sl.data_ptr<int64_t>();
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
@@ -564,8 +630,8 @@ void rope_store(torch::Tensor qkv, int64_t H, int64_t Hkv, torch::Tensor cos, to
           v[i + half] = b * cn[i + half] + a * sn[i + half];
         }
       }
-      std::memcpy(kp + slot[n] * Hkv * D, row + H * D, Hkv * D * sizeof(float));
-      std::memcpy(vp + slot[n] * Hkv * D, row + (H + Hkv) * D, Hkv * D * sizeof(float));
+      store_row(kpool, slot[n] * Hkv * D, row + H * D, Hkv * D);
+      store_row(vpool, slot[n] * Hkv * D, row + (H + Hkv) * D, Hkv * D);
     }
   });
 }
