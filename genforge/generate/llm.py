@@ -311,7 +311,7 @@ def load(
 
     dtype: "auto" (int8), "fp32", "bf16", "int8" or "int4" (weight-only quantized).
     threads: CPU threads for PyTorch (process-wide; default: PyTorch's, one per physical core).
-    engine_options: `Engine` settings (max_batch, step_tokens, kv_tokens, prefix_cache).
+    engine_options: `Engine` settings (max_batch, step_tokens, kv_tokens, prefix_cache, kv_dtype).
     """
     dtype = resolve_dtype(dtype)
     if threads is not None and threads < 1:
