@@ -115,33 +115,29 @@ def _build(name: str, folder: Path) -> ModuleType | None:
 ROWS_PER_CHUNK = 4096  # pack big matrices (embeddings, heads) in slices: small temporaries
 
 
-def _by_rows(pack):
-    """Run `pack` on slices of ROWS_PER_CHUNK rows and join the parts (peak memory at load)."""
-
-    @functools.wraps(pack)
-    def packed(w: torch.Tensor) -> dict[str, torch.Tensor]:
-        parts = [pack(w[a : a + ROWS_PER_CHUNK]) for a in range(0, w.shape[0], ROWS_PER_CHUNK)]
-        if len(parts) == 1:
-            return parts[0]
-        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-
-    return packed
-
-
-@_by_rows
 def pack_q4(w: torch.Tensor) -> dict[str, torch.Tensor]:
     """(N, K) float -> q4: w ≈ scale * q + min, q in 0..15, per block of 32 inputs (GGUF Q4_1's
-    grid: a Q4_1 block comes back exactly). K must be a multiple of 64."""
+    grid: a Q4_1 block comes back exactly). K must be a multiple of 64. Packed in slices of rows
+    into preallocated outputs, with in-place arithmetic: loading stays near the packed size."""
     N, K = w.shape
-    g = w.float().reshape(N, K // BLOCK, BLOCK)
-    lo, hi = g.amin(dim=-1), g.amax(dim=-1)
-    scale = ((hi - lo) / 15.0).half()
-    lo16 = lo.half()
-    s = scale.float().clamp(min=1e-30)[..., None]
-    q = torch.round((g - lo16.float()[..., None]) / s).clamp(0, 15).to(torch.uint8)
-    pairs = q.reshape(N, K // (2 * BLOCK), 2, BLOCK)  # byte j: block 2i's q[j] | block 2i+1's << 4
-    packed = (pairs[:, :, 0] | (pairs[:, :, 1] << 4)).reshape(N, K // 2)
-    return {"qweight": packed.contiguous(), "scales": scale, "mins": lo16}
+    out = {
+        "qweight": torch.empty(N, K // 2, dtype=torch.uint8),
+        "scales": torch.empty(N, K // BLOCK, dtype=torch.float16),
+        "mins": torch.empty(N, K // BLOCK, dtype=torch.float16),
+    }
+    for a in range(0, N, ROWS_PER_CHUNK):
+        g = w[a : a + ROWS_PER_CHUNK].float().reshape(-1, K // BLOCK, BLOCK)
+        lo = g.amin(dim=-1).half()
+        scale = ((g.amax(dim=-1) - lo.float()) / 15.0).half()
+        t = g - lo.float()[..., None]
+        t.div_(scale.float().clamp(min=1e-30)[..., None]).round_().clamp_(0, 15)
+        q = t.to(torch.uint8).reshape(-1, K // (2 * BLOCK), 2, BLOCK)
+        # byte j: block 2i's q[j] in the low nibble, block 2i+1's in the high one
+        out["qweight"][a : a + ROWS_PER_CHUNK] = (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(
+            -1, K // 2
+        )
+        out["scales"][a : a + ROWS_PER_CHUNK], out["mins"][a : a + ROWS_PER_CHUNK] = scale, lo
+    return out
 
 
 def unpack_q4(qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
@@ -152,15 +148,20 @@ def unpack_q4(qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -
     return (q * scales.float()[..., None] + mins.float()[..., None]).reshape(N, half * 2)
 
 
-@_by_rows
 def pack_q8(w: torch.Tensor) -> dict[str, torch.Tensor]:
     """(N, K) float -> q8: w ≈ scale * q, q in -127..127, per block of 32 (GGUF Q8_0's grid)."""
     N, K = w.shape
-    g = w.float().reshape(N, K // BLOCK, BLOCK)
-    scale = (g.abs().amax(dim=-1) / 127.0).half()
-    s = scale.float().clamp(min=1e-30)[..., None]
-    q = torch.round(g / s).clamp(-127, 127).to(torch.int8)
-    return {"qweight": q.reshape(N, K), "scales": scale}
+    out = {
+        "qweight": torch.empty(N, K, dtype=torch.int8),
+        "scales": torch.empty(N, K // BLOCK, dtype=torch.float16),
+    }
+    for a in range(0, N, ROWS_PER_CHUNK):
+        g = w[a : a + ROWS_PER_CHUNK].float().reshape(-1, K // BLOCK, BLOCK)
+        scale = (g.abs().amax(dim=-1) / 127.0).half()
+        t = g / scale.float().clamp(min=1e-30)[..., None]
+        out["qweight"][a : a + ROWS_PER_CHUNK] = t.round_().clamp_(-127, 127).reshape(-1, K)
+        out["scales"][a : a + ROWS_PER_CHUNK] = scale
+    return out
 
 
 def unpack_q8(qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
