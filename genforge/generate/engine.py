@@ -14,7 +14,8 @@ numbers, never truncated; requests that do not fit the cache *now* wait.
 
 `generate()` is the way in for callers: it registers a request and yields its tokens while the
 process's compute thread (genforge.compute) runs the steps, so any number of threads can generate at
-once and be batched together. Closing the iterator (or an exception in the consumer, e.g. Ctrl-C) cancels the request.
+once and be batched together. Closing the iterator (or an exception in the consumer, e.g. Ctrl-C)
+cancels the request.
 """
 
 from __future__ import annotations
@@ -100,7 +101,6 @@ class Engine:
         self.context_length = min(context_length or limit, limit)
         kv_tokens = max(kv_tokens or 0, self.context_length)
         n_blocks = -(-kv_tokens // BLOCK_SIZE)
-        self.kv_dtype = kv_dtype
         self.cache = PagedKVCache.for_model(model.cfg, n_blocks, BLOCK_SIZE, KV_DTYPES[kv_dtype])
         self.pool = BlockPool(n_blocks, BLOCK_SIZE, prefix_cache)
         self.scheduler = Scheduler(self.pool, max_batch, step_tokens)

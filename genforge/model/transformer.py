@@ -165,9 +165,8 @@ class GatedMLP(nn.Module):
         self.w_down = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
         self.act = F.silu if cfg.activation == "silu" else lambda t: F.gelu(t, approximate="tanh")
         self.w_gate_up = None
-        self.silu_mul = (
-            None  # genforge's fused silu(gate) * up, once fused and the kernels are built
-        )
+        # genforge's fused silu(gate) * up, set by fuse() when the kernels are built
+        self.silu_mul = None
 
     def fuse(self) -> None:
         """One matmul for the gate and up projections (inference only)."""

@@ -34,23 +34,21 @@ struct Activations {  // x quantized: per row K int8, and per block its scale an
 Activations quantize(const float* x, int64_t M, int64_t K) {
   Activations a{std::vector<int8_t>(M * K), std::vector<float>(M * (K / QK)),
                 std::vector<float>(M * (K / QK)), M, K, K / QK};
-  at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
-  for (int64_t m = m0; m < m1; ++m) {
-    for (int64_t g = 0; g < a.G; ++g) {
-      const float* xs = x + m * K + g * QK;
+  at::parallel_for(0, M * a.G, 256, [&](int64_t b0, int64_t b1) {  // blocks of 32, row by row
+    for (int64_t b = b0; b < b1; ++b) {
+      const float* xs = x + b * QK;
       float amax = 0.f;
       for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(xs[j]));
       const float d = amax / 127.f, inv = d ? 1.f / d : 0.f;
       int sum = 0;
-      int8_t* qs = a.q.data() + m * K + g * QK;
+      int8_t* qs = a.q.data() + b * QK;
       for (int j = 0; j < QK; ++j) {
         qs[j] = static_cast<int8_t>(std::nearbyint(xs[j] * inv));
         sum += qs[j];
       }
-      a.d[m * a.G + g] = d;
-      a.s[m * a.G + g] = d * sum;
+      a.d[b] = d;
+      a.s[b] = d * sum;
     }
-  }
   });
   return a;
 }
@@ -127,10 +125,9 @@ AVX2 void q4_rows_avx2(const Activations& a, const uint8_t* qw, const at::Half* 
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + g * 16));
         const __m256i lo = _mm256_and_si256(v, low);
         const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+        // G is even: q4_matmul takes inputs in multiples of 64 only
         const float s0 = half(sc, n * G + g), m0s = half(mn, n * G + g);
-        const bool two = g + 1 < G;
-        const float s1 = two ? half(sc, n * G + g + 1) : 0.f;
-        const float m1s = two ? half(mn, n * G + g + 1) : 0.f;
+        const float s1 = half(sc, n * G + g + 1), m1s = half(mn, n * G + g + 1);
         for (int64_t i = 0; i < mb; ++i) {
           const int64_t m = m0 + i;
           const int8_t* xs = a.q.data() + m * K + g * QK;
@@ -138,12 +135,9 @@ AVX2 void q4_rows_avx2(const Activations& a, const uint8_t* qw, const at::Half* 
           const float* s = a.s.data() + m * G + g;
           const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs));
           acc[i] = _mm256_fmadd_ps(dot_u8s8_avx2(lo, x0), _mm256_set1_ps(s0 * d[0]), acc[i]);
-          mins[i] += m0s * s[0];
-          if (two) {
-            const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + QK));
-            acc[i] = _mm256_fmadd_ps(dot_u8s8_avx2(hi, x1), _mm256_set1_ps(s1 * d[1]), acc[i]);
-            mins[i] += m1s * s[1];
-          }
+          const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + QK));
+          acc[i] = _mm256_fmadd_ps(dot_u8s8_avx2(hi, x1), _mm256_set1_ps(s1 * d[1]), acc[i]);
+          mins[i] += m0s * s[0] + m1s * s[1];
         }
       }
       for (int64_t i = 0; i < mb; ++i) y[(m0 + i) * N + n] = hsum256(acc[i]) + mins[i];
@@ -392,8 +386,10 @@ void attend_ref(const float* q, const T* kpool, const T* vpool, const int64_t* s
   }
 }
 
-// exp(x) for -87 <= x <= 88 (clamped there): 2^(x log2 e) = 2^n * 2^f, f in [-1/2, 1/2], 2^f by its Taylor series to the
-// 6th power (relative error below 2e-7, about a float32 rounding step).
+// exp(x) for -87 <= x <= 88 (clamped there): 2^(x log2 e) = 2^n * 2^f, f in [-1/2, 1/2], 2^f by
+// its Taylor series to the 6th power (relative error below 2e-7, about a float32 rounding step).
+// exp512 and exp256 share the polynomial; they differ in how 2^n is applied (AVX-512's scalef,
+// AVX2's exponent bits), which is why their bodies look alike.
 #define EXP_POLY(FMA, SET1, p, f)                                      \
   p = SET1(1.5403530393381606e-4f);                                 \
   p = FMA(p, f, SET1(1.3333558146428443e-3f));                      \
