@@ -25,7 +25,7 @@ from torch import nn
 from genforge.model import kernels
 from genforge.model.config import ModelConfig
 from genforge.model.kv_cache import KVCache, PagedBatch
-from genforge.model.quant import cat
+from genforge.model.quant import QuantLinear, cat
 
 
 class RMSNorm(nn.Module):
@@ -35,7 +35,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim) if unit_offset else torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and not self.unit_offset:  # one fused operator
+        if x.dtype == torch.float32 and not self.unit_offset:
+            if kernels.ops is not None and not torch.is_grad_enabled():
+                # genforge's: DecodeStep's norm, so both paths give the same bits
+                return kernels.ops.rms_norm(x, self.weight, self.eps)
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -206,6 +209,8 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+    fused_decode = True  # decode steps through `DecodeStep` where it covers the model
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -231,6 +236,62 @@ class Transformer(nn.Module):
             block.attn.fuse()
             block.mlp.fuse()
         return self
+
+    def _decode_step(self):
+        """genforge's one-call decode step over every layer (`kernels.ops.DecodeStep`), or None
+        where this model has a part it does not cover (q/k norms, sandwich or (1 + w) norms, GELU,
+        another RoPE for sliding-window layers, weights other than q8/q4). Built on first use from the
+        layers' own tensors, and again whenever a layer's module is replaced (e.g. an adapter)."""
+        linears = [(b.attn.wqkv, b.attn.wo, b.mlp.w_gate_up, b.mlp.w_down) for b in self.layers]
+        key = tuple(id(m) for group in linears for m in group)
+        if getattr(self, "_step_key", None) == key:
+            return self._step
+        self._step_key, self._step = key, self._build_decode_step(linears)
+        return self._step
+
+    def _build_decode_step(self, linears):
+        cfg = self.cfg
+        covered = (
+            kernels.ops is not None
+            and hasattr(kernels.ops, "DecodeStep")
+            and not (cfg.qk_norm or cfg.sandwich_norm or cfg.norm_unit_offset)
+            and cfg.activation == "silu"
+            and torch.equal(
+                getattr(self, "inv_freq_sliding", self.inv_freq_full), self.inv_freq_full
+            )
+            and all(
+                isinstance(m, QuantLinear) and m.kind in ("q8", "q4")
+                for group in linears
+                for m in group
+            )
+            and all(
+                b.attn_norm.weight.dtype == b.mlp_norm.weight.dtype == torch.float32
+                for b in self.layers
+            )
+        )
+        if not covered:
+            return None
+
+        def parts(m: QuantLinear) -> list:
+            mins = m.mins if m.kind == "q4" else None
+            bias = None if m.bias is None else m.bias.detach().float().contiguous()
+            return [m.qweight, m.scales, mins, bias]
+
+        step = kernels.ops.DecodeStep(
+            cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.norm_eps, cfg.query_scale
+        )
+        for block, (qkv, o, gate_up, down) in zip(self.layers, linears, strict=True):
+            window = cfg.sliding_window if block.sliding and cfg.sliding_window else 0
+            step.add_layer(
+                block.attn_norm.weight.detach(),
+                parts(qkv),
+                parts(o),
+                block.mlp_norm.weight.detach(),
+                parts(gate_up),
+                parts(down),
+                window,
+            )
+        return step
 
     def _rope(self, positions: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         out = {}
@@ -282,8 +343,31 @@ class Transformer(nn.Module):
         else:
             positions = torch.arange(start_pos, start_pos + T, device=tokens.device)
             rope, masks = self._rope(positions), self._masks(T, start_pos, tokens.device)
-        for block in self.layers:
-            x = block(x, rope, masks, cache, start_pos)
+        step = None
+        if (
+            isinstance(cache, PagedBatch)
+            and cache.all_decode
+            and self.fused_decode
+            and x.dtype == torch.float32
+            and not torch.is_grad_enabled()
+        ):
+            step = self._decode_step()
+        if step is not None:  # every layer in one call of genforge's kernels
+            cos, sin = rope["full"]
+            pools = cache.cache
+            x = step.run(
+                x[0],
+                cos.view(T, -1),
+                sin.view(T, -1),
+                cache.write_slots,
+                cache.decode_index,
+                cache.decode_lengths,
+                pools.k,
+                pools.v,
+            )[None]
+        else:
+            for block in self.layers:
+                x = block(x, rope, masks, cache, start_pos)
         if last_only:
             x = x[:, cache.last_rows, :] if isinstance(cache, PagedBatch) else x[:, -1:, :]
         x = self.norm(x)

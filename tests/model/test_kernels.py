@@ -288,3 +288,77 @@ def test_rope_store_rounds_keys_and_values_into_a_smaller_cache(ops, dtype):
     ops.rope_store(qkv.clone(), H, Hkv, cos, sin, *small_pools, slots)
     for big, small in zip(float_pools, small_pools, strict=True):
         assert torch.equal(small, big.to(dtype))  # rounded to nearest even, as torch rounds
+
+
+def test_rms_norm_equals_pytorchs(ops):
+    """The same formula; the sum of squares in another order: within a few float32 steps."""
+    torch.manual_seed(0)
+    x, w = torch.randn(5, 576) * 3, torch.randn(576)
+    torch.testing.assert_close(
+        ops.rms_norm(x, w, 1e-5), F.rms_norm(x, (576,), w, 1e-5), rtol=1e-5, atol=1e-6
+    )
+
+
+def quantized_model(cfg):
+    """A random model of `cfg` with its linear layers in genforge's formats: q/k/v and down in q8,
+    the others in q4 where it fits."""
+    from torch import nn
+
+    from genforge.model.quant import layer_kind
+    from genforge.model.transformer import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear):
+                kind = "q8" if name in ("wq", "wk", "wv", "w_down") else "q4"
+                kind = layer_kind(kind, child.in_features)
+                setattr(module, name, QuantLinear.from_linear(child, kind, torch.float32))
+    return model.fuse_projections().eval()
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
+def test_the_one_call_decode_step_gives_the_layer_by_layer_bits(ops, kv_dtype):
+    """DecodeStep runs the same kernels in the same order as the layers do one by one, so a decode
+    step's logits are identical either way (greedy answers never depend on which path a step takes:
+    a step with a prompt chunk in it goes layer by layer). Covers q/k/v biases (qwen2), a
+    sliding-window layer, q4 and q8 layers, three sequences of different lengths."""
+    from genforge.model.config import ModelConfig
+    from genforge.model.kv_cache import PagedBatch, PagedKVCache
+
+    cfg = ModelConfig(
+        vocab_size=96,
+        dim=128,
+        n_layers=3,
+        n_heads=4,
+        n_kv_heads=2,
+        hidden_dim=192,
+        qkv_bias=True,
+        sliding_window=6,
+        layer_types=("full", "sliding", "full"),
+    )
+    model = quantized_model(cfg)
+    prompts = [[3, 14, 15, 92, 65], [35, 89, 79, 32, 38, 46, 26, 43, 38], [27]]
+    logits = {}
+    for fused in (True, False):
+        model.fused_decode = fused
+        cache = PagedKVCache.for_model(cfg, n_blocks=10, block_size=4, dtype=kv_dtype)
+        tables = [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]]
+        seqs = [(t, 0, len(p), True) for t, p in zip(tables, prompts, strict=True)]
+        tokens = torch.tensor([[i for p in prompts for i in p]])
+        out = []
+        with torch.inference_mode():
+            step = model(tokens, PagedBatch(cache, seqs, cfg.sliding_window), last_only=True)
+            lengths = [len(p) for p in prompts]
+            for _ in range(4):  # greedy decode steps, every row a decode
+                nxt = step[0].argmax(-1)
+                seqs = [(t, n, 1, True) for t, n in zip(tables, lengths, strict=True)]
+                batch = PagedBatch(cache, seqs, cfg.sliding_window)
+                step = model(nxt[None], batch, last_only=True)
+                lengths = [n + 1 for n in lengths]
+                out.append(step)
+        logits[fused] = out
+    assert model._step is not None and model._step.n_layers == cfg.n_layers
+    for a, b in zip(logits[True], logits[False], strict=True):
+        assert torch.equal(a, b)
