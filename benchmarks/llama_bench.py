@@ -7,9 +7,11 @@ sources vendored in llama-cpp-python's sdist, next to genforge's engine on the s
 
 The build goes to the genforge cache (`$GENFORGE_HOME/bench/llama.cpp-VERSION`), outside the repo,
 with llama.cpp's defaults (`GGML_NATIVE`: kernels for this CPU, weight repacking where it allows).
-`bench` runs `llama-bench -p 512 -n 128 -t THREADS` (prefill of a 512-token prompt, then 128 new
-tokens) and genforge's engine the same way: a 512-token prompt of documentation prose, prefilled
-cold, then 128 greedy tokens with the end of sequence ignored; medians of --runs. Prints the CPU and
+`bench` runs `llama-bench -p 512 -n 128 -d 0,512 -t THREADS` and takes its prefill of a 512-token
+prompt on an empty cache (pp512 at depth 0) and its 128 new tokens after a 512-token prompt (tg128
+at depth 512; its tg128 on an empty cache is printed too), and genforge's engine the same way: a
+512-token prompt of documentation prose, prefilled cold, then 128 greedy tokens with the end of
+sequence ignored; medians of --runs. Prints the CPU and
 its flags, both peers' figures and the ratios against the targets of docs/engine.md.
 """
 
@@ -72,7 +74,7 @@ def llama_bench(bin_dir: Path, model: Path, threads: int, runs: int) -> dict:
     """pp and tg tokens/s with llama.cpp's defaults; with weight repacking off only where it crashes
     (its AMX path does on some Xeons: SIGSEGV, PEERS.md)."""
     base = [str(bin_dir / "llama-bench"), "-m", str(model), "-t", str(threads)]
-    base += ["-p", str(PROMPT), "-n", str(NEW), "-r", str(runs), "-o", "json"]
+    base += ["-p", str(PROMPT), "-n", str(NEW), "-d", f"0,{PROMPT}", "-r", str(runs), "-o", "json"]
     # its defaults: no OpenMP settings of ours (OMP_WAIT_POLICY=PASSIVE cuts its decode by 3x)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))}
     out = subprocess.run(base, capture_output=True, text=True, env=env)
@@ -83,11 +85,18 @@ def llama_bench(bin_dir: Path, model: Path, threads: int, runs: int) -> dict:
     if out.returncode != 0:
         sys.exit(f"llama-bench failed ({out.returncode}): {out.stderr[-500:]}")
     rows = json.loads(out.stdout)
-    pp = next(r for r in rows if r["n_prompt"] == PROMPT and r["n_gen"] == 0)
-    tg = next(r for r in rows if r["n_gen"] == NEW and r["n_prompt"] == 0)
+
+    def row(n_prompt: int, n_gen: int, depth: int) -> dict:
+        return next(
+            r
+            for r in rows
+            if (r["n_prompt"], r["n_gen"], r.get("n_depth", 0)) == (n_prompt, n_gen, depth)
+        )
+
     return {
-        "prefill": pp["avg_ts"],
-        "decode": tg["avg_ts"],
+        "prefill": row(PROMPT, 0, 0)["avg_ts"],
+        "decode": row(0, NEW, PROMPT)["avg_ts"],  # after a 512-token prompt, as genforge's
+        "decode_empty": row(0, NEW, 0)["avg_ts"],
         "build": rows[0].get("build_commit"),
         "repack": repack,
     }
@@ -131,13 +140,15 @@ def main() -> None:
     print(f"{args.model} ({model.name}), {args.threads} threads; CPU: {cpu_description()}")
     print(
         f"llama.cpp {peer['build']} (llama-bench, built from llama-cpp-python {VERSION}'s "
-        f"sources); weight repacking {peer['repack']}\n"
+        f"sources); weight repacking {peer['repack']}; its tg{NEW} on an empty cache: "
+        f"{peer['decode_empty']:.1f} tokens/s\n"
     )
     print(
         "| | llama-bench tokens/s | genforge " + args.dtype + " tokens/s | ratio | target | met |"
     )
     print("|---|---|---|---|---|---|")
-    for part, label in (("prefill", f"prefill (pp{PROMPT})"), ("decode", f"decode (tg{NEW})")):
+    parts = (("prefill", f"prefill (pp{PROMPT})"), ("decode", f"decode (tg{NEW} after {PROMPT})"))
+    for part, label in parts:
         r = ours[part] / peer[part]
         met = "met" if r >= TARGETS[part] else "missed"
         print(

@@ -2,7 +2,7 @@
 
 import genforge
 m = genforge.load("smollm2-135m-instruct")
-print(m.chat("What is the capital of France?"))
+print(m.chat("Name the capital of France."))
 
 Importing genforge changes nothing in the process (no environment variables); see docs/engine.md
 for the OpenMP setting a program that generates should make before it imports torch.

@@ -45,7 +45,9 @@ def gemma_path():
 def smollm2(smollm2_path):
     import genforge
 
-    return genforge.load(str(smollm2_path), dtype="fp32")  # compared with transformers
+    # compared with transformers: float32 weights and a float32 KV cache (fp16 keys would round
+    # float32-sized differences between batchings up to fp16 steps)
+    return genforge.load(str(smollm2_path), dtype="fp32", kv_dtype="fp32")
 
 
 @pytest.fixture(scope="session")

@@ -369,7 +369,8 @@ def test_tokenizer_train_and_data_prepare(tmp_path):
 
 
 def test_the_kv_dtype_flag_offers_what_the_engine_takes():
-    from genforge.cli.flags import KV_DTYPES
-    from genforge.generate.engine import KV_DTYPES as ENGINE_KV_DTYPES
+    from genforge.cli.flags import DEFAULT_KV_DTYPE, KV_DTYPES
+    from genforge.generate import engine
 
-    assert tuple(ENGINE_KV_DTYPES) == KV_DTYPES
+    assert tuple(engine.KV_DTYPES) == KV_DTYPES
+    assert engine.DEFAULT_KV_DTYPE == DEFAULT_KV_DTYPE

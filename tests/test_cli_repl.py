@@ -17,7 +17,7 @@ def test_repl_answers_keeps_history_resets_and_exits(smollm2_path):
     )
     child.expect("/reset")  # the banner names the commands
     child.expect("> ")
-    child.sendline("What is the capital of France?")
+    child.sendline("Name the capital of France.")
     child.expect("Paris")
     child.expect("> ")
     child.sendline("/help")

@@ -20,7 +20,7 @@ def test_make_run_in_a_fresh_clone_answers_piped_question(tmp_path):
     r = subprocess.run(
         ["make", "run"],
         cwd=clone,
-        input="What is the capital of France?\n",
+        input="Name the capital of France.\n",
         capture_output=True,
         text=True,
         env=env,
@@ -35,7 +35,7 @@ def test_make_run_in_a_fresh_clone_answers_piped_question(tmp_path):
     # The answer above is sampled; the same installed command answers correctly when greedy.
     greedy = subprocess.run(
         [str(clone / ".venv" / "bin" / "genforge"), "chat", "--temperature", "0"],
-        input="What is the capital of France?\n",
+        input="Name the capital of France.\n",
         capture_output=True,
         text=True,
         env=env,

@@ -29,6 +29,7 @@ SAMPLING_FLAGS = (
 
 
 KV_DTYPES = ("fp32", "bf16", "fp16")  # genforge.generate.engine.KV_DTYPES, without importing torch
+DEFAULT_KV_DTYPE = "fp16"  # genforge.generate.engine.DEFAULT_KV_DTYPE
 
 
 def add_model_args(
@@ -65,9 +66,9 @@ def add_model_args(
     )
     p.add_argument(
         "--kv-dtype",
-        default="fp32",
+        default=DEFAULT_KV_DTYPE,
         choices=list(KV_DTYPES),
-        help="keys and values in the cache: fp32, or bf16 / fp16 at half the memory (default: fp32)",
+        help="keys and values in the cache: fp16 (default) or bf16, or fp32 at twice the memory",
     )
     p.add_argument(
         "--ctx",

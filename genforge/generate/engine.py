@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 16
 KV_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# fp16 keys and values: half of float32's memory and of what attention reads each step, perplexity
+# unchanged (docs/engine.md); llama.cpp's default too
+DEFAULT_KV_DTYPE = "fp16"
 _DONE = object()
 
 
@@ -77,7 +80,7 @@ class Engine:
     max_batch: requests in flight at once; step_tokens: tokens per forward pass (prompt chunks and
     decodes together); kv_tokens: positions in the shared KV cache (at least the context length, so
     that any single request fits); prefix_cache: reuse cached prompt prefixes; kv_dtype: how keys
-    and values are kept ("fp32", or "bf16" / "fp16" at half the memory; attention computes in
+    and values are kept ("fp16", "bf16", or "fp32" at twice the memory; attention computes in
     float32 either way).
     """
 
@@ -90,7 +93,7 @@ class Engine:
         step_tokens: int = 512,
         kv_tokens: int | None = None,
         prefix_cache: bool = True,
-        kv_dtype: str = "fp32",
+        kv_dtype: str = DEFAULT_KV_DTYPE,
     ):
         if kv_dtype not in KV_DTYPES:
             raise GenforgeError(

@@ -145,7 +145,8 @@ def _reference_nll(llm, text: str, window: int) -> tuple[float, int]:
 
 
 def test_perplexity_of_a_text_file_matches_the_forward_pass(tiny_model_dir, tmp_path):
-    llm = genforge.load(str(tiny_model_dir), dtype="fp32", progress=False)
+    # a float32 cache: the forward pass keeps keys and values in float32
+    llm = genforge.load(str(tiny_model_dir), dtype="fp32", kv_dtype="fp32", progress=False)
     text = "hello world, this is a tiny corpus for a tiny tokenizer. " * 12
     path = tmp_path / "notes.txt"
     path.write_text(text)

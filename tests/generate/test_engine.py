@@ -3,6 +3,9 @@
 Most tests use `random_model`, a 2-layer random model with a sliding-window layer, and compare with
 `greedy_reference`, which recomputes the whole sequence for every token through the plain forward
 pass (no cache, no batch). The batch-invariance test the engine was built for runs SmolLM2.
+
+Engines compared with the plain forward pass keep their KV cache in float32, as the pass does (the
+default fp16 cache rounds keys and values; the KV dtype tests cover it).
 """
 
 import random
@@ -72,7 +75,7 @@ def chat_prompts(smollm2):
 
 @pytest.fixture(scope="module")
 def smollm2_alone(smollm2, chat_prompts):
-    engine = Engine(smollm2.model, 512, prefix_cache=False)
+    engine = Engine(smollm2.model, 512, prefix_cache=False, kv_dtype="fp32")
     return run_alone(engine, chat_prompts, greedy(32), smollm2.tokenizer.eos_ids)
 
 
@@ -85,7 +88,9 @@ def smollm2_alone(smollm2, chat_prompts):
 def test_a_request_gets_the_same_greedy_tokens_alone_or_among_seven_others(
     smollm2, chat_prompts, smollm2_alone, step_tokens, prefix_cache, n_new
 ):
-    engine = Engine(smollm2.model, 512, step_tokens=step_tokens, prefix_cache=prefix_cache)
+    engine = Engine(
+        smollm2.model, 512, step_tokens=step_tokens, prefix_cache=prefix_cache, kv_dtype="fp32"
+    )
     eos = smollm2.tokenizer.eos_ids
     reqs = [engine.add_request(p, greedy(n_new), eos) for p in chat_prompts]
     widest, mixed = 0, False
@@ -109,8 +114,8 @@ def test_alone_and_together_equal_the_plain_forward_pass(random_model):
     prompts = [random_prompt(s, 1 + 9 * s) for s in range(6)]  # 1 to 46 tokens
     want = [greedy_reference(random_model, p, 24) for p in prompts]
     assert len({tuple(w) for w in want}) == 6  # distinct outputs, so a mix-up would show
-    assert run_alone(Engine(random_model), prompts, greedy(24)) == want
-    engine = Engine(random_model, step_tokens=16)
+    assert run_alone(Engine(random_model, kv_dtype="fp32"), prompts, greedy(24)) == want
+    engine = Engine(random_model, step_tokens=16, kv_dtype="fp32")
     assert [r.output for r in run(engine, prompts, greedy(24))] == want
 
 
@@ -119,7 +124,7 @@ def test_a_request_that_ends_leaves_the_others_unchanged(random_model):
     want = [greedy_reference(random_model, p, 16) for p in prompts]
     eos = want[1][5]
     assert eos not in want[0] + want[2]
-    reqs = run(Engine(random_model), prompts, greedy(16), frozenset({eos}))
+    reqs = run(Engine(random_model, kv_dtype="fp32"), prompts, greedy(16), frozenset({eos}))
     assert reqs[1].output == want[1][: want[1].index(eos) + 1] and reqs[1].finish_reason == "stop"
     assert [r.output for r in reqs[::2]] == want[::2]
     assert [r.finish_reason for r in reqs[::2]] == ["length", "length"]
@@ -130,7 +135,7 @@ def test_a_shared_prefix_comes_from_the_cache_and_changes_nothing(random_model):
     first, second = shared + random_prompt(21, 7), shared + random_prompt(22, 5)
     outputs = {}
     for prefix_cache in (False, True):
-        engine = Engine(random_model, prefix_cache=prefix_cache)
+        engine = Engine(random_model, prefix_cache=prefix_cache, kv_dtype="fp32")
         a = engine.add_request(first, greedy(16))
         engine.step()  # a's prompt is in the cache; it goes on decoding beside b
         b = engine.add_request(second, greedy(16))
@@ -156,8 +161,8 @@ def test_each_request_samples_with_its_own_parameters_and_seed(random_model):
         ),
         greedy(24),
     ]
-    alone = run_alone(Engine(random_model), prompts, params)
-    together = [r.output for r in run(Engine(random_model), prompts, params)]
+    alone = run_alone(Engine(random_model, kv_dtype="fp32"), prompts, params)
+    together = [r.output for r in run(Engine(random_model, kv_dtype="fp32"), prompts, params)]
     assert together == alone
     assert alone[0] != alone[1]  # the seed decides, so the match above is no coincidence
     assert alone[4] == greedy_reference(random_model, prompts[4], 24)
@@ -166,7 +171,7 @@ def test_each_request_samples_with_its_own_parameters_and_seed(random_model):
 def test_a_cache_too_small_for_the_batch_makes_requests_wait_and_all_finish(random_model):
     # 8 requests x 80 positions want 640 of the 256 cache positions.
     prompts = [random_prompt(40 + s, 40) for s in range(8)]
-    engine = Engine(random_model, context_length=256, kv_tokens=256, max_batch=8)
+    engine = Engine(random_model, context_length=256, kv_tokens=256, max_batch=8, kv_dtype="fp32")
     reqs = [engine.add_request(p, greedy(40)) for p in prompts]
     waited = False
     while engine.has_work():
@@ -182,7 +187,7 @@ def test_a_cache_too_small_for_the_batch_makes_requests_wait_and_all_finish(rand
 
 
 def test_threads_generating_at_once_each_get_their_own_tokens(random_model):
-    engine = Engine(random_model, max_batch=4, step_tokens=32)
+    engine = Engine(random_model, max_batch=4, step_tokens=32, kv_dtype="fp32")
     prompts = [random_prompt(50 + i, 30) for i in range(6)]
     results = [None] * len(prompts)
     start = threading.Barrier(len(prompts))
@@ -201,7 +206,7 @@ def test_threads_generating_at_once_each_get_their_own_tokens(random_model):
 
 
 def test_closing_the_iterator_cancels_the_request_and_the_engine_goes_on(random_model):
-    engine = Engine(random_model)
+    engine = Engine(random_model, kv_dtype="fp32")
     prompt, other = random_prompt(60, 40), random_prompt(61, 30)
     tokens = engine.generate(prompt, greedy(200))
     first = [next(tokens) for _ in range(3)]
@@ -212,7 +217,7 @@ def test_closing_the_iterator_cancels_the_request_and_the_engine_goes_on(random_
 
 
 def test_an_exception_in_the_consumer_cancels_the_request(random_model):
-    engine = Engine(random_model)
+    engine = Engine(random_model, kv_dtype="fp32")
     with pytest.raises(KeyboardInterrupt):
         for _ in engine.generate(random_prompt(62, 20), greedy(200)):
             raise KeyboardInterrupt
@@ -220,7 +225,7 @@ def test_an_exception_in_the_consumer_cancels_the_request(random_model):
 
 
 def test_closing_or_dropping_the_stream_before_its_first_token_cancels_the_request(random_model):
-    engine = Engine(random_model)
+    engine = Engine(random_model, kv_dtype="fp32")
     with engine._lock:  # hold the background loop still, so the request cannot finish by itself
         tokens = engine.generate(random_prompt(63, 20), greedy(200))
         tokens.close()
@@ -231,7 +236,7 @@ def test_closing_or_dropping_the_stream_before_its_first_token_cancels_the_reque
 
 
 def test_close_stops_the_engine_and_ends_its_streams(random_model):
-    engine = Engine(random_model)
+    engine = Engine(random_model, kv_dtype="fp32")
     tokens = engine.generate(random_prompt(65, 20), greedy(200))
     first = next(tokens)
     engine.close()
@@ -269,7 +274,7 @@ def test_without_max_tokens_an_answer_stops_at_the_default_cap_or_the_context(
 ):
     from genforge.generate import engine as engine_module
 
-    engine = Engine(random_model)  # 256 positions
+    engine = Engine(random_model, kv_dtype="fp32")  # 256 positions
     params = SamplingParams(temperature=0)  # max_tokens not set
     monkeypatch.setattr(engine_module, "DEFAULT_MAX_TOKENS", 10)
     assert len(list(engine.generate([1, 2, 3], params))) == 10
@@ -288,7 +293,8 @@ def test_a_smaller_kv_cache_answers_the_same_cold_or_cached(random_model, kv_dty
     warm = run(small, [prompt], greedy(12))[0].output
     assert small.pool.hits > 0 and warm == cold
     assert small.cache.k[0].dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[kv_dtype]
-    exact = run(Engine(random_model, context_length=256), [prompt], greedy(12))[0].output
+    exact_engine = Engine(random_model, context_length=256, kv_dtype="fp32")
+    exact = run(exact_engine, [prompt], greedy(12))[0].output
     assert sum(a == b for a, b in zip(cold, exact, strict=True)) >= 10
 
 

@@ -4,6 +4,9 @@ The scorer computes each context once and its continuations in a second pass tha
 context's cached blocks (copying the partial last one), so the cases that matter are contexts that
 end inside, at the end of, and just past a cache block, continuations of one token and of many,
 contexts shared by several continuations, and the prefix cache across calls.
+
+Engines compared with the plain forward pass keep their KV cache in float32, as the pass does (the
+default fp16 cache rounds keys and values; the KV dtype tests cover it).
 """
 
 import random
@@ -39,7 +42,7 @@ def requests_across_block_edges(rng):
 @pytest.mark.parametrize("batch_tokens", [2048, 40])  # one batch, and many small ones
 def test_scores_equal_the_plain_forward_pass(random_model, batch_tokens):
     model = random_model
-    engine = Engine(model, max_batch=8, kv_tokens=1024)
+    engine = Engine(model, max_batch=8, kv_tokens=1024, kv_dtype="fp32")
     reqs = requests_across_block_edges(random.Random(0))
     got = engine.loglikelihood(reqs, batch_tokens=batch_tokens)
     for (context, continuation), scored in zip(reqs, got, strict=True):
@@ -52,7 +55,7 @@ def test_scores_equal_the_plain_forward_pass(random_model, batch_tokens):
 
 def test_greedy_continuation_is_flagged(random_model):
     model = random_model
-    engine = Engine(model, kv_tokens=512)
+    engine = Engine(model, kv_tokens=512, kv_dtype="fp32")
     context = [5, 9, 17, 3, 80, 41, 7, 99, 12, 64, 33, 2, 8, 70, 21, 19, 4]
     cont = []
     with torch.inference_mode():
@@ -66,7 +69,7 @@ def test_greedy_continuation_is_flagged(random_model):
 
 def test_prefix_cache_reuse_changes_nothing(random_model):
     model = random_model
-    engine = Engine(model, kv_tokens=2048)
+    engine = Engine(model, kv_tokens=2048, kv_dtype="fp32")
     rng = random.Random(1)
     shots = [rng.randrange(256) for _ in range(3 * BLOCK_SIZE + 2)]  # shared few-shot prefix
     reqs = [
@@ -85,7 +88,7 @@ def test_scoring_between_generations_leaves_them_intact(random_model):
     from genforge.generate.sampling import SamplingParams
 
     model = random_model
-    engine = Engine(model, kv_tokens=1024)
+    engine = Engine(model, kv_tokens=1024, kv_dtype="fp32")
     params = SamplingParams(temperature=0, max_tokens=12)
     before = list(engine.generate([1, 2, 3, 4, 5], params))
     engine.loglikelihood(requests_across_block_edges(random.Random(2)))
@@ -93,7 +96,7 @@ def test_scoring_between_generations_leaves_them_intact(random_model):
 
 
 def test_bad_requests_are_refused_with_one_sentence(random_model):
-    engine = Engine(random_model, kv_tokens=512)
+    engine = Engine(random_model, kv_tokens=512, kv_dtype="fp32")
     with pytest.raises(GenforgeError, match="empty continuation"):
         engine.loglikelihood([([1, 2], [])])
     with pytest.raises(GenforgeError, match="empty context"):
@@ -105,7 +108,8 @@ def test_bad_requests_are_refused_with_one_sentence(random_model):
 def test_long_requests_that_fill_the_cache_are_scored_one_by_one(random_model):
     """Near the context limit the shared-context plan outgrows the cache; the scorer then runs each
     (context, continuation) as one sequence, which always fits."""
-    engine = Engine(random_model, kv_tokens=256)  # the model's whole context, no more
+    # the model's whole context, no more
+    engine = Engine(random_model, kv_tokens=256, kv_dtype="fp32")
     rng = random.Random(3)
     context = [rng.randrange(256) for _ in range(200)]
     reqs = [(context, [rng.randrange(256) for _ in range(56)]) for _ in range(3)]

@@ -935,7 +935,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("eps"),
            py::arg("scale"))
       .def("add_layer", &DecodeStep::add_layer)
-      .def("run", &DecodeStep::run, "every layer for rows that decode one token each")
+      // without the GIL: the threads that stream the tokens out run meanwhile
+      .def("run", &DecodeStep::run, "every layer for rows that decode one token each",
+           py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("n_layers", &DecodeStep::n_layers);
   m.def("rms_norm", &rms_norm, "x (..., C) float32 normalized by its RMS, times w (C,)");
   m.def("isa", &isa_name, "the instruction set the kernels use on this CPU");
