@@ -253,14 +253,78 @@ AVX512 void rows_avx512(const Activations& a, const void* weights, const at::Hal
   }
 }
 
+// One row of x against R weight rows at a time (decode: M == 1): R independent accumulator chains,
+// and x's blocks loaded once for all R rows.
+template <bool Q4>
+AVX512 void rows1_avx512(const Activations& a, const void* weights, const at::Half* sc,
+                         const at::Half* mn, float* y, int64_t N, int64_t n0, int64_t n1) {
+  constexpr int R = 4;
+  const int64_t K = a.K, G = a.G, pairs = G / 2;
+  const __m256i low = _mm256_set1_epi8(15);
+  __m512i index[8];
+  for (int k = 0; k < 8; ++k) index[k] = pair_index(k);
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) {
+    __m512 acc[R], minacc[R], F[R];
+    for (int r = 0; r < R; ++r) acc[r] = minacc[r] = _mm512_setzero_ps();
+    for (int64_t g0 = 0; g0 < 2 * pairs; g0 += 16) {
+      const int nb = static_cast<int>(std::min<int64_t>(16, 2 * pairs - g0));
+      const __mmask16 km = nb == 16 ? 0xFFFF : static_cast<__mmask16>((1u << nb) - 1);
+      const __m512 xd = _mm512_maskz_loadu_ps(km, a.d.data() + g0);
+      const __m512 xsum = Q4 ? _mm512_maskz_loadu_ps(km, a.s.data() + g0) : _mm512_setzero_ps();
+      for (int r = 0; r < R; ++r) {
+        F[r] = _mm512_mul_ps(load_halves(sc + (n + r) * G + g0, km), xd);
+        if (Q4) minacc[r] = _mm512_fmadd_ps(load_halves(mn + (n + r) * G + g0, km), xsum, minacc[r]);
+      }
+      for (int k = 0; k < nb / 2; ++k) {
+        const int64_t p = g0 / 2 + k;
+        const __m512i x = _mm512_loadu_si512(a.q.data() + p * 2 * QK);
+        for (int r = 0; r < R; ++r) {
+          __m512i w, xr = x;
+          if (Q4) {
+            const uint8_t* row4 = static_cast<const uint8_t*>(weights) + (n + r) * K / 2;
+            const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row4 + p * QK));
+            const __m256i lo = _mm256_and_si256(v, low);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+            w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+          } else {
+            const int8_t* row8 = static_cast<const int8_t*>(weights) + (n + r) * K;
+            const __m512i raw = _mm512_loadu_si512(row8 + p * 2 * QK);
+            xr = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(raw), _mm512_setzero_si512(), x);
+            w = _mm512_abs_epi8(raw);
+          }
+          const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xr);
+          acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(index[k], F[r]),
+                                   acc[r]);
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], minacc[r]));
+      if (!Q4 && G % 2) {  // an odd last block (q4 has none)
+        const int64_t g = G - 1;
+        const int8_t* ws = static_cast<const int8_t*>(weights) + (n + r) * K + g * QK;
+        const int8_t* xs = a.q.data() + g * QK;
+        int dot = 0;
+        for (int j = 0; j < QK; ++j) dot += ws[j] * xs[j];
+        sum += half(sc, (n + r) * G + g) * a.d[g] * dot;
+      }
+      y[n + r] = sum;
+    }
+  }
+  if (n < n1) rows_avx512<Q4>(a, weights, sc, mn, y, N, n, n1);
+}
+
 AVX512 void q4_rows_avx512(const Activations& a, const uint8_t* qw, const at::Half* sc,
                            const at::Half* mn, float* y, int64_t N, int64_t n0, int64_t n1) {
-  rows_avx512<true>(a, qw, sc, mn, y, N, n0, n1);
+  if (a.M == 1) rows1_avx512<true>(a, qw, sc, mn, y, N, n0, n1);
+  else rows_avx512<true>(a, qw, sc, mn, y, N, n0, n1);
 }
 
 AVX512 void q8_rows_avx512(const Activations& a, const int8_t* qw, const at::Half* sc, float* y,
                            int64_t N, int64_t n0, int64_t n1) {
-  rows_avx512<false>(a, qw, sc, nullptr, y, N, n0, n1);
+  if (a.M == 1) rows1_avx512<false>(a, qw, sc, nullptr, y, N, n0, n1);
+  else rows_avx512<false>(a, qw, sc, nullptr, y, N, n0, n1);
 }
 
 // -- dispatch ------------------------------------------------------------------------------------
