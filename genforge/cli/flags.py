@@ -62,7 +62,8 @@ def add_model_args(
         default=dtype,
         choices=["auto", "fp32", "bf16", "int8", "int4"],
         help="weights: fp32 or bf16, or int8 / int4 weight-only quantized in blocks of 32 "
-        f"(int4 holds a Q4_1 file exactly); auto is int8 (default: {dtype})",
+        "(int4 holds a Q4_1 file exactly); auto is int4 for a file of Q4_1 layers, else int8 "
+        f"(default: {dtype})",
     )
     p.add_argument(
         "--kv-dtype",

@@ -17,7 +17,7 @@ import torch
 from genforge import compute
 from genforge.errors import GenforgeError
 from genforge.generate.engine import Engine, TokenStream
-from genforge.generate.loading import load_model, resolve_dtype
+from genforge.generate.loading import check_dtype, load_model
 from genforge.generate.sampling import SamplingParams
 from genforge.generate.score import Scored
 from genforge.generate.structured import Grammar, inline_tools, tool_call_grammar
@@ -309,11 +309,12 @@ def load(
 ) -> LLM:
     """Load a named model (pulling it if needed), a .gguf file or a Hugging Face model folder.
 
-    dtype: "auto" (int8), "fp32", "bf16", "int8" or "int4" (weight-only quantized).
+    dtype: "auto" (int4 for a GGUF file of Q4_1 layers, which it holds exactly, else int8), "fp32",
+    "bf16", "int8" or "int4" (weight-only quantized).
     threads: CPU threads for PyTorch (process-wide; default: PyTorch's, one per physical core).
     engine_options: `Engine` settings (max_batch, step_tokens, kv_tokens, prefix_cache, kv_dtype).
     """
-    dtype = resolve_dtype(dtype)
+    check_dtype(dtype)
     if threads is not None and threads < 1:
         raise GenforgeError(f"threads must be at least 1, got {threads}.")
     # On the compute thread, like every later step: one OpenMP team in the process (genforge.compute).

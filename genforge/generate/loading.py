@@ -1,9 +1,10 @@
 """From a model name or path to a network ready to run: resolve, choose the weight format, build.
 
 Design choices:
-- "auto" means int8: 8-bit blocks of 32 hold any file's weights within 1/254 of each block's
-  largest (Q4_1, Q5_0, Q6_K, Q4_K alike), and lose nothing measurable against holding a Q4_1 file's
-  own blocks (int4): perplexity within 0.2 %, docs/engine.md.
+- "auto" runs a file's own blocks where genforge has them: int4 for a GGUF file whose layers are
+  all Q4_1 (int4 holds them bit for bit, and its 8-bit head and embedding hold the Q8_0 ones that
+  such files keep), else int8: 8-bit blocks of 32 hold any file's weights within 1/254 of each
+  block's largest (Q5_0, Q6_K, Q4_K, float alike). docs/engine.md has the measurements.
 - int8 and int4 are weight-only, in GGUF's blocks of 32 (Q8_0, Q4_1) run by genforge's own kernels
   with float32 activations; where the kernels cannot be built (no compiler), PyTorch's weight-only
   kernels with bf16 activations (they are slow with float32 ones).
@@ -29,12 +30,14 @@ from genforge.model import kernels
 from genforge.model.quant import can_stack, quantize_structure, state_converter
 from genforge.model.transformer import Transformer
 from genforge.tokenizer import Tokenizer
+from genforge.weights.gguf import read_gguf
 from genforge.weights.load import Checkpoint, build_model, load_checkpoint
 
 log = logging.getLogger(__name__)
 
 DTYPES = ("auto", "fp32", "bf16", "int8", "int4")
-AUTO_DTYPE = "int8"
+AUTO_DTYPE = "int8"  # what "auto" is where int4 would not hold the file exactly
+GGML_Q4_1 = 3  # GGUF's type number of Q4_1 blocks
 QUANT_ACTIVATIONS = torch.bfloat16  # the activation dtype of PyTorch's int8 / int4 matmuls
 KERNEL_FORMATS = {"int8": "q8", "int4": "q4"}  # what genforge's kernels hold for each dtype
 
@@ -57,19 +60,34 @@ class LoadedModel:
     sampling: dict | None  # the model authors' recommended sampling, for a named model
 
 
-def resolve_dtype(dtype: str) -> str:
-    """The weight format `dtype` stands for ("auto" -> the measured default); refuses unknowns."""
+def check_dtype(dtype: str) -> str:
+    """`dtype`, refused with a one-line error unless it is one of DTYPES."""
     if dtype not in DTYPES:
         raise GenforgeError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
-    return AUTO_DTYPE if dtype == "auto" else dtype
+    return dtype
+
+
+def auto_dtype(path: Path) -> str:
+    """What "auto" means for the weights at `path`: int4 where every layer of a GGUF file is Q4_1
+    (held bit for bit), else AUTO_DTYPE."""
+    if Path(path).suffix != ".gguf":
+        return AUTO_DTYPE
+    layers = [
+        t
+        for name, t in read_gguf(path).tensors.items()
+        if name.startswith("blk.") and len(t.shape) == 2
+    ]
+    if layers and all(t.ggml_type == GGML_Q4_1 for t in layers):
+        return "int4"
+    return AUTO_DTYPE
 
 
 def load_model(model: str | None = None, dtype: str = "auto", progress: bool = True) -> LoadedModel:
     """Load a named model (pulling it if needed), a .gguf file, a Hugging Face model folder or a
     training run (its newest checkpoint) in the weight format `dtype`."""
     model = model or hub.DEFAULT_MODEL
-    dtype = resolve_dtype(dtype)
     path = hub.resolve(model, progress=progress)
+    dtype = auto_dtype(path) if check_dtype(dtype) == "auto" else dtype
     t0 = time.perf_counter()
     tokenizer = Tokenizer.from_dir(path) if Path(path).is_dir() else None
     # Built (or found) for every dtype: float32 models use the fused attention, RoPE and MLP

@@ -132,9 +132,28 @@ class _Corrupt(Exception):
     pass
 
 
+_last: tuple[tuple, GGUFFile] | None = None  # the last header parsed, by file identity
+
+
 def read_gguf(path: str | Path) -> GGUFFile:
-    """Parse a GGUF file's header; raise a one-sentence `GenforgeError` if it is not a valid GGUF."""
+    """Parse a GGUF file's header; raise a one-sentence `GenforgeError` if it is not a valid GGUF.
+    The last file's header is kept: loading reads it twice (to choose the format, then to load)."""
+    global _last
     path = Path(path)
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    except OSError:
+        key = None
+    if key is not None and _last is not None and _last[0] == key:
+        return _last[1]
+    parsed = _read_gguf(path)
+    if key is not None:
+        _last = (key, parsed)
+    return parsed
+
+
+def _read_gguf(path: Path) -> GGUFFile:
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:

@@ -2,6 +2,7 @@
 
 import pytest
 
+import genforge
 from genforge.errors import GenforgeError
 
 
@@ -84,3 +85,14 @@ def test_unknown_dtype_is_refused():
 
     with pytest.raises(GenforgeError, match="dtype must be one of"):
         genforge.load("smollm2-135m-instruct", dtype="fp8")
+
+
+def test_auto_runs_a_q4_1_files_own_blocks(smollm2_path, tiny_model_dir):
+    """auto is int4 for a GGUF file whose layers are all Q4_1 (int4 holds them bit for bit), and
+    int8 for anything else, here a float safetensors folder."""
+    from genforge.generate.loading import auto_dtype
+
+    assert auto_dtype(smollm2_path) == "int4"
+    assert auto_dtype(tiny_model_dir) == "int8"
+    with pytest.raises(GenforgeError, match="dtype must be one of"):
+        genforge.load(str(tiny_model_dir), dtype="int5")
