@@ -222,9 +222,35 @@ def head_kind(kind: str) -> str:
     return "q8" if kind in ("q8", "q4") else "int8"
 
 
-# The token embedding of a quantized model stays bf16 (looked up, not multiplied: a few rows a
-# step), whatever the activations: float32 would double its memory (Qwen's: 272 -> 545 MB).
+# The token embedding of a quantized model: q8 blocks where the head is q8 (`QuantEmbedding`;
+# tied to the head, the same tensors), else bf16 (looked up, not multiplied: a few rows a step),
+# whatever the activations: float32 would double its memory (Qwen's: 272 -> 545 MB).
 EMBED_DTYPE = torch.bfloat16
+
+
+def embed_kind(kind: str, dim: int) -> str | None:
+    """ "q8" where the embedding of a model quantized as `kind` is kept in q8 blocks, else None."""
+    return "q8" if layer_kind(head_kind(kind), dim) == "q8" else None
+
+
+class QuantEmbedding(nn.Module):
+    """A token embedding in q8 blocks of 32 (GGUF's Q8_0 grid): rows are dequantized to float32 as
+    they are looked up. Half of bf16's memory; a Q8_0 embedding (SmolLM2's) is held exactly, and a
+    tied head shares these very tensors."""
+
+    def __init__(self, vocab_size: int, dim: int):
+        super().__init__()
+        self.register_buffer("qweight", torch.empty(vocab_size, dim, dtype=torch.int8))
+        self.register_buffer(
+            "scales", torch.empty(vocab_size, dim // kernels.BLOCK, dtype=torch.float16)
+        )
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        ids = tokens.reshape(-1)
+        rows = kernels.unpack_q8(
+            self.qweight.index_select(0, ids), self.scales.index_select(0, ids)
+        )
+        return rows.view(*tokens.shape, -1)
 
 
 def quantize_structure(
@@ -243,9 +269,11 @@ def quantize_structure(
                     child.in_features, child.out_features, child.bias is not None, k
                 )
                 setattr(module, child_name, quant)
-    if getattr(model, "output", False) is None:  # a tied head gets its own quantized copy
-        d, v = model.tok_emb.weight.shape[1], model.tok_emb.weight.shape[0]
+    v, d = model.tok_emb.weight.shape
+    if getattr(model, "output", False) is None:  # a tied head: quantized, and the embedding's too
         model.output = QuantLinear(d, v, False, layer_kind(head_kind(kind), d))
+    if embed_kind(kind, d):
+        model.tok_emb = QuantEmbedding(v, d)
     return model
 
 
@@ -266,6 +294,10 @@ def state_converter(kind: str, act_dtype: torch.dtype, tied_head: bool):
         if name.endswith(".weight") and w.dim() == 2 and name != "tok_emb.weight":
             return quantized(name.removesuffix(".weight"), w, kind)
         if name == "tok_emb.weight":
+            if embed_kind(kind, w.shape[1]):  # q8 blocks, shared with a tied head
+                parts = kernels.pack_q8(w)
+                out = {f"tok_emb.{k}": v for k, v in parts.items()}
+                return out | ({f"output.{k}": v for k, v in parts.items()} if tied_head else {})
             out = {name: w.to(EMBED_DTYPE)}
             return out | (quantized("output", w, head_kind(kind)) if tied_head else {})
         return {name: w.to(act_dtype)}
@@ -275,6 +307,7 @@ def state_converter(kind: str, act_dtype: torch.dtype, tied_head: bool):
 
 __all__ = [
     "QUANT_KINDS",
+    "QuantEmbedding",
     "QuantLinear",
     "can_stack",
     "layer_kind",

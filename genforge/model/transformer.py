@@ -334,7 +334,7 @@ class Transformer(nn.Module):
         """
         B, T = tokens.shape
         x = self.tok_emb(tokens)  # (B, T, C)
-        if x.dtype != self.norm.weight.dtype:  # a quantized model keeps its embedding in bf16
+        if x.dtype != self.norm.weight.dtype:  # e.g. a quantized model's bf16 embedding
             x = x.to(self.norm.weight.dtype)
         if self.cfg.embed_scale:
             x = x * torch.tensor(self.cfg.dim**0.5, dtype=x.dtype)

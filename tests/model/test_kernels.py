@@ -236,6 +236,23 @@ def test_int4_holds_a_q4_1_file_in_its_own_blocks_bit_for_bit(smollm2_path):
         assert torch.equal(back, w), name
 
 
+def test_the_embedding_looks_up_the_files_q8_rows_shared_with_the_head(smollm2_path, ops):
+    """A quantized model keeps its token embedding in q8 blocks (half of bf16's memory): SmolLM2's
+    Q8_0 embedding rows come back exactly, from the very tensors its tied head multiplies by."""
+    import genforge
+    from genforge.model.quant import QuantEmbedding
+    from genforge.weights.gguf import read_gguf
+
+    model = genforge.load(str(smollm2_path), dtype="int4").model
+    emb = model.tok_emb
+    assert isinstance(emb, QuantEmbedding)
+    assert emb.qweight.data_ptr() == model.output.qweight.data_ptr()
+    assert emb.scales.data_ptr() == model.output.scales.data_ptr()
+    file_rows = torch.from_numpy(read_gguf(smollm2_path).tensor("token_embd.weight"))
+    ids = torch.tensor([[0, 1, 504, 49151], [7, 7, 60, 15319]])
+    assert torch.equal(emb(ids), file_rows[ids])
+
+
 def test_without_the_kernels_models_run_on_pytorchs_own(tiny_model_dir, monkeypatch):
     """A machine without a C++ compiler (here: GENFORGE_KERNELS=0 and no kernels loaded) gets
     PyTorch's int8 / int4 layers with bf16 activations and its operators, still close to fp32."""
