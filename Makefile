@@ -7,7 +7,7 @@ DEFAULT_MODEL := smollm2-135m-instruct
 # Set-up output goes to stderr so that `echo "question" | make run` prints only the answer.
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run rag-setup serve test test-slow lint format setup setup-dev model browser pydocs bench bench-llama-cpp bench-serve bench-train bench-eval bench-rag eval recipe clean help
+.PHONY: run rag-setup serve test test-slow lint format setup setup-dev model browser pydocs bench bench-engine bench-llama-cpp bench-serve bench-train bench-eval bench-rag eval recipe clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -99,16 +99,23 @@ $(VENV)/.installed-bench: pyproject.toml | $(PY)
 		{ apt-get update -qq && apt-get install -y -qq python3.11-doc; } 1>&2
 	@touch $@
 
-# BENCH_ARGS passes flags on, e.g. make bench BENCH_ARGS="--only batch,prefix --runs 5"
-bench: $(VENV)/.installed-bench model  ## install the peers, run the benchmarks, rewrite benchmarks/RESULTS.md
+# The engine against llama.cpp's own tools, every target of docs/engine.md met or missed:
+# llama-bench (SmolLM2 and Qwen2.5-Coder: prefill, decode, cold start, peak RSS) and llama-server
+# (SmolLM2, 8 and 32 streaming clients). Builds llama.cpp once (~10 min, cached outside the repo).
+bench: $(VENV)/.installed-bench model pydocs  ## install the peers, run the engine benchmarks, rewrite their sections of benchmarks/RESULTS.md
+	$(PY) benchmarks/llama_bench.py bench $(LLAMA_CPP_ARGS)
+	$(PY) benchmarks/serve_load.py --clients 8,32 --duration 30 $(BENCH_SERVE_ARGS)
+
+# BENCH_ARGS passes flags on, e.g. make bench-engine BENCH_ARGS="--only batch,prefix --runs 5"
+bench-engine: $(VENV)/.installed-bench model  ## the engine's own parts (batching, prefix cache, each dtype's quality and memory) vs llama-cpp-python
 	$(PY) benchmarks/bench_engine.py $(BENCH_ARGS)
 
 # e.g. make bench-llama-cpp LLAMA_CPP_ARGS="-m qwen2.5-coder-0.5b-instruct --dtype int4"
-bench-llama-cpp: $(VENV)/.installed model pydocs  ## build llama.cpp's llama-bench/llama-server (cached, ~10 min once), then pp512/tg128 vs genforge
+bench-llama-cpp: $(VENV)/.installed model pydocs  ## build llama.cpp's llama-bench/llama-server (cached, ~10 min once), then prefill/decode/cold start/RSS vs genforge
 	$(PY) benchmarks/llama_bench.py bench $(LLAMA_CPP_ARGS)
 
 # e.g. make bench-serve BENCH_SERVE_ARGS="--clients 8 --duration 20"
-bench-serve: $(VENV)/.installed-bench model  ## genforge's and llama-cpp-python's servers under 32 streaming clients, into RESULTS.md
+bench-serve: $(VENV)/.installed-bench model  ## genforge's server and llama.cpp's llama-server under 8 and 32 streaming clients, into RESULTS.md
 	$(PY) benchmarks/serve_load.py $(BENCH_SERVE_ARGS)
 
 # e.g. make eval EVAL_ARGS="hellaswag,arc_easy --limit 200 --output results.json"

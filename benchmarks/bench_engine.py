@@ -1,6 +1,6 @@
 """Speed, memory and quality of genforge's engine next to llama-cpp-python and transformers.
 
-    make bench            # installs the peers, then runs this and rewrites benchmarks/RESULTS.md
+    make bench-engine     # installs the peers, then runs this and rewrites benchmarks/RESULTS.md
     python benchmarks/bench_engine.py --only batch,prefix --runs 1 --out /tmp/r.md
 
 Parts (--only): single (one stream: prefill, decode, time to first token), batch (aggregate decode
