@@ -374,3 +374,8 @@ def test_the_kv_dtype_flag_offers_what_the_engine_takes():
 
     assert tuple(engine.KV_DTYPES) == KV_DTYPES
     assert engine.DEFAULT_KV_DTYPE == DEFAULT_KV_DTYPE
+
+
+def test_a_device_the_machine_lacks_is_one_line():
+    r = genforge("generate", "Hi", "--device", "tpu")
+    assert_one_line_error(r, 'device must be "cpu" or "cuda"')

@@ -66,6 +66,12 @@ def add_model_args(
         f"(default: {dtype})",
     )
     p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default), or cuda / cuda:N for an NVIDIA GPU (fp32 or bf16 weights; "
+        "auto is bf16 there)",
+    )
+    p.add_argument(
         "--kv-dtype",
         default=DEFAULT_KV_DTYPE,
         choices=list(KV_DTYPES),
@@ -108,6 +114,7 @@ def load_model(args: argparse.Namespace):
         dtype=args.dtype,
         context_length=args.ctx,
         threads=args.threads,
+        device=args.device,
         kv_dtype=args.kv_dtype,
     )
 

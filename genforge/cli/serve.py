@@ -147,7 +147,13 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     engine = {"kv_dtype": args.kv_dtype} | ({"max_batch": args.max_batch} if args.max_batch else {})
-    options = {"dtype": args.dtype, "context_length": args.ctx, "threads": args.threads, **engine}
+    options = {
+        "dtype": args.dtype,
+        "context_length": args.ctx,
+        "threads": args.threads,
+        "device": args.device,
+        **engine,
+    }
     # Loaded before the server starts, so that a broken model is one clear error, not a traceback.
     preloaded = {name: load(name, **options) for name in names}
     registry = Registry(

@@ -104,7 +104,10 @@ class Engine:
         self.context_length = min(context_length or limit, limit)
         kv_tokens = max(kv_tokens or 0, self.context_length)
         n_blocks = -(-kv_tokens // BLOCK_SIZE)
-        self.cache = PagedKVCache.for_model(model.cfg, n_blocks, BLOCK_SIZE, KV_DTYPES[kv_dtype])
+        self.device = model.norm.weight.device  # the model's: the cache and each step go there
+        self.cache = PagedKVCache.for_model(
+            model.cfg, n_blocks, BLOCK_SIZE, KV_DTYPES[kv_dtype], self.device
+        )
         self.pool = BlockPool(n_blocks, BLOCK_SIZE, prefix_cache)
         self.scheduler = Scheduler(self.pool, max_batch, step_tokens)
         self._lock = threading.RLock()
@@ -240,7 +243,9 @@ class Engine:
         # Prompt chunks that end mid-prompt need no logits.
         seqs = [(s.request.table.blocks, s.start, s.n, s.samples) for s in work]
         batch = PagedBatch(self.cache, seqs, self.model.cfg.sliding_window)
-        return self.model(torch.tensor([tokens]), batch, last_only=True)[0]
+        tokens = torch.tensor([tokens], device=self.device)
+        # sampling runs on the CPU (its generators and penalties are there): one copy per step
+        return self.model(tokens, batch, last_only=True)[0].cpu()
 
     def _update(self, work: list[Scheduled], logits: torch.Tensor) -> list[tuple[Request, int]]:
         new = []

@@ -305,12 +305,14 @@ def load(
     context_length: int | None = None,
     progress: bool = True,
     threads: int | None = None,
+    device: str = "cpu",
     **engine_options,
 ) -> LLM:
     """Load a named model (pulling it if needed), a .gguf file or a Hugging Face model folder.
 
-    dtype: "auto" (int4 for a GGUF file of Q4_1 layers, which it holds exactly, else int8), "fp32",
-    "bf16", "int8" or "int4" (weight-only quantized).
+    dtype: "auto" (int4 for a GGUF file of Q4_1 layers, which it holds exactly, else int8; bf16 on
+    a GPU), "fp32", "bf16", "int8" or "int4" (weight-only quantized, CPU only).
+    device: "cpu", or "cuda" / "cuda:N" (fp32 or bf16 weights, the same engine on the GPU).
     threads: CPU threads for PyTorch (process-wide; default: PyTorch's, one per physical core).
     engine_options: `Engine` settings (max_batch, step_tokens, kv_tokens, prefix_cache, kv_dtype).
     """
@@ -318,13 +320,15 @@ def load(
     if threads is not None and threads < 1:
         raise GenforgeError(f"threads must be at least 1, got {threads}.")
     # On the compute thread, like every later step: one OpenMP team in the process (genforge.compute).
-    return compute.run(_load, model, dtype, context_length, progress, threads, engine_options)
+    return compute.run(
+        _load, model, dtype, context_length, progress, threads, device, engine_options
+    )
 
 
-def _load(model, dtype, context_length, progress, threads, engine_options) -> LLM:
+def _load(model, dtype, context_length, progress, threads, device, engine_options) -> LLM:
     if threads is not None:
         torch.set_num_threads(threads)
-    m = load_model(model, dtype, progress)
+    m = load_model(model, dtype, progress, device)
     return LLM(
         m.name,
         m.checkpoint,

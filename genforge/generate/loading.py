@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 DTYPES = ("auto", "fp32", "bf16", "int8", "int4")
 AUTO_DTYPE = "int8"  # what "auto" is where int4 would not hold the file exactly
 GGML_Q4_1 = 3  # GGUF's type number of Q4_1 blocks
+CUDA_DTYPE = "bf16"  # what "auto" is on a GPU: its tensor cores' format
 QUANT_ACTIVATIONS = torch.bfloat16  # the activation dtype of PyTorch's int8 / int4 matmuls
 KERNEL_FORMATS = {"int8": "q8", "int4": "q4"}  # what genforge's kernels hold for each dtype
 
@@ -82,12 +83,41 @@ def auto_dtype(path: Path) -> str:
     return AUTO_DTYPE
 
 
-def load_model(model: str | None = None, dtype: str = "auto", progress: bool = True) -> LoadedModel:
+def check_device(device: str, dtype: str) -> torch.device:
+    """The torch device `device` names, refused with a one-line error where it cannot run `dtype`:
+    "cpu", or "cuda" / "cuda:N" with a CUDA build of PyTorch and an NVIDIA GPU, in fp32 or bf16
+    (genforge's int8 / int4 kernels are CPU code)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise GenforgeError(f'device must be "cpu" or "cuda" (or "cuda:N"), got {device!r}.')
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GenforgeError(
+                "device cuda needs an NVIDIA GPU and a CUDA build of PyTorch; this PyTorch "
+                f"({torch.__version__}) sees none, so run on the CPU (the default)."
+            )
+        if dtype in ("int8", "int4"):
+            raise GenforgeError(
+                f"dtype {dtype} runs on the CPU only (genforge's kernels); on cuda use bf16 or fp32."
+            )
+    return dev
+
+
+def load_model(
+    model: str | None = None, dtype: str = "auto", progress: bool = True, device: str = "cpu"
+) -> LoadedModel:
     """Load a named model (pulling it if needed), a .gguf file, a Hugging Face model folder or a
-    training run (its newest checkpoint) in the weight format `dtype`."""
+    training run (its newest checkpoint) in the weight format `dtype`, onto `device` ("cpu", or
+    "cuda": bf16 weights by default there)."""
     model = model or hub.DEFAULT_MODEL
+    check_dtype(dtype)
+    dev = check_device(device, dtype)
     path = hub.resolve(model, progress=progress)
-    dtype = auto_dtype(path) if check_dtype(dtype) == "auto" else dtype
+    if dtype == "auto":
+        dtype = auto_dtype(path) if dev.type == "cpu" else CUDA_DTYPE
     t0 = time.perf_counter()
     tokenizer = Tokenizer.from_dir(path) if Path(path).is_dir() else None
     # Built (or found) for every dtype: float32 models use the fused attention, RoPE and MLP
@@ -110,6 +140,8 @@ def load_model(model: str | None = None, dtype: str = "auto", progress: bool = T
         prepare = lambda m: m.fuse_projections()  # noqa: E731
     net = build_model(ckpt, prepare=prepare)
     ckpt.state = {}  # the model owns the tensors now
+    if dev.type != "cpu":
+        net = net.to(dev)
     if ckpt.format == "gguf":
         tokenizer = Tokenizer.from_gguf_metadata(ckpt.metadata)
     log.info("loaded %s in %.1fs", model, time.perf_counter() - t0)

@@ -194,5 +194,6 @@ def _log_probs(
 ) -> torch.Tensor:
     """Log-probabilities (rows, vocab) of the rows that `seqs` ask logits for."""
     batch = PagedBatch(cache, seqs, model.cfg.sliding_window)
-    logits = model(torch.tensor([feed]), batch, last_only=True)[0]  # (rows, vocab)
+    tokens = torch.tensor([feed], device=cache.device)
+    logits = model(tokens, batch, last_only=True)[0].cpu()  # (rows, vocab)
     return torch.log_softmax(logits, dim=-1)

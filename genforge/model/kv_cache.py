@@ -54,18 +54,23 @@ class PagedKVCache:
         n_kv_heads: int,
         head_dim: int,
         dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
     ):
         shape = (n_blocks * block_size, n_kv_heads, head_dim)
-        self.k = [torch.empty(shape, dtype=dtype) for _ in range(n_layers)]
-        self.v = [torch.empty(shape, dtype=dtype) for _ in range(n_layers)]
+        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.n_blocks, self.block_size = n_blocks, block_size
+        self.device = self.k[0].device
 
     @classmethod
-    def for_model(cls, cfg, n_blocks: int, block_size: int, dtype: torch.dtype) -> PagedKVCache:
-        return cls(cfg.n_layers, n_blocks, block_size, cfg.n_kv_heads, cfg.head_dim, dtype)
+    def for_model(
+        cls, cfg, n_blocks: int, block_size: int, dtype: torch.dtype, device="cpu"
+    ) -> PagedKVCache:
+        return cls(cfg.n_layers, n_blocks, block_size, cfg.n_kv_heads, cfg.head_dim, dtype, device)
 
     def copy_slots(self, src: torch.Tensor, dst: torch.Tensor) -> None:
         """Copy the keys and values at slots `src` to slots `dst`, in every layer."""
+        src, dst = src.to(self.device), dst.to(self.device)
         for k, v in zip(self.k, self.v, strict=True):
             k.index_copy_(0, dst, k.index_select(0, src))
             v.index_copy_(0, dst, v.index_select(0, src))
@@ -126,6 +131,20 @@ class PagedBatch:
             self.decode_mask = {
                 kind: m if m is None else m[:, None, None, :] for kind, m in masks.items()
             }
+        if cache.device.type != "cpu":  # built on the CPU, used where the cache is
+            self._move(cache.device)
+
+    def _move(self, device: torch.device) -> None:
+        for name in ("positions", "write_slots", "last_rows", "decode_index", "decode_flat"):
+            if hasattr(self, name):
+                setattr(self, name, getattr(self, name).to(device))
+        if hasattr(self, "decode_lengths"):
+            self.decode_lengths = self.decode_lengths.to(device)
+            self.decode_mask = {k: _to(m, device) for k, m in self.decode_mask.items()}
+        self.chunks = [(a, b, keys.to(device), fresh) for a, b, keys, fresh in self.chunks]
+        self.chunk_masks = [
+            {kind: _to(mask, device) for kind, mask in masks.items()} for masks in self.chunk_masks
+        ]
 
     def _chunk_mask(self, a: int, b: int, keys: torch.Tensor) -> dict:
         n, length = b - a, len(keys)
@@ -180,7 +199,7 @@ class PagedBatch:
         kind = "sliding" if sliding else "full"
         gqa = q.shape[1] != k.shape[1]
         out = q.new_empty(q.shape) if not self.all_decode else None
-        if self.decode_rows and kernels.ops is not None and q.dtype == torch.float32:
+        if self.decode_rows and kernels.ops is not None and q.dtype == torch.float32 and q.is_cpu:
             # genforge's kernel reads the keys and values where the pool keeps them
             rows = self.decode_rows
             window = self.window if sliding and self.window else 0
@@ -228,3 +247,7 @@ class PagedBatch:
             )
             out[a:b] = y[0].transpose(0, 1)
         return out
+
+
+def _to(mask: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if mask is None else mask.to(device)

@@ -36,7 +36,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32 and not self.unit_offset:
-            if kernels.ops is not None and not torch.is_grad_enabled():
+            if kernels.ops is not None and x.is_cpu and not torch.is_grad_enabled():
                 # genforge's: DecodeStep's norm, so both paths give the same bits
                 return kernels.ops.rms_norm(x, self.weight, self.eps)
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
@@ -120,6 +120,7 @@ class Attention(nn.Module):
             and self.wqkv is not None
             and self.q_norm is None
             and x.dtype == torch.float32
+            and x.is_cpu
             and kernels.ops is not None
         ):
             # genforge's kernels: RoPE and the cache writes in one call, attention on the pool
@@ -180,7 +181,12 @@ class GatedMLP(nn.Module):
                 self.silu_mul = kernels.ops.silu_mul
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.w_gate_up is not None and self.silu_mul is not None and x.dtype == torch.float32:
+        if (
+            self.w_gate_up is not None
+            and self.silu_mul is not None
+            and x.dtype == torch.float32
+            and x.is_cpu
+        ):
             h = self.w_gate_up(x)
             return self.w_down(self.silu_mul(h.reshape(-1, h.shape[-1])).view(*h.shape[:-1], -1))
         if self.w_gate_up is not None:
@@ -349,6 +355,7 @@ class Transformer(nn.Module):
             and cache.all_decode
             and self.fused_decode
             and x.dtype == torch.float32
+            and x.is_cpu
             and not torch.is_grad_enabled()
         ):
             step = self._decode_step()
