@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genforge.model import kernels
+from genforge.model.kernels import Blocks
 
 QUANT_KINDS = ("int8", "int4", "q8", "q4")
 INT4_GROUP = 32
@@ -284,25 +285,36 @@ def state_converter(kind: str, act_dtype: torch.dtype, tied_head: bool):
     quantizing from float32 keeps GGUF's grid (rounding to bf16 first would move values off it).
     """
 
-    def quantized(prefix: str, w: torch.Tensor, k: str) -> dict[str, torch.Tensor]:
-        parts = _quantized_parts(w, layer_kind(k, w.shape[1]), act_dtype)
+    def quantized(prefix: str, w, k: str) -> dict[str, torch.Tensor]:
+        k = layer_kind(k, w.shape[1])
+        if isinstance(w, Blocks) and w.kind == k:  # the file's own blocks, as they are
+            parts = w.parts
+        else:
+            parts = _quantized_parts(_floats(w), k, act_dtype)
         return {f"{prefix}.{name}": v for name, v in parts.items()}
 
     def convert(name: str, w: torch.Tensor) -> dict[str, torch.Tensor]:
         if name == "output.weight":
             return quantized("output", w, head_kind(kind))
-        if name.endswith(".weight") and w.dim() == 2 and name != "tok_emb.weight":
+        if name.endswith(".weight") and len(w.shape) == 2 and name != "tok_emb.weight":
             return quantized(name.removesuffix(".weight"), w, kind)
         if name == "tok_emb.weight":
             if embed_kind(kind, w.shape[1]):  # q8 blocks, shared with a tied head
-                parts = kernels.pack_q8(w)
+                own = isinstance(w, Blocks) and w.kind == "q8"
+                parts = w.parts if own else kernels.pack_q8(_floats(w))
                 out = {f"tok_emb.{k}": v for k, v in parts.items()}
                 return out | ({f"output.{k}": v for k, v in parts.items()} if tied_head else {})
-            out = {name: w.to(EMBED_DTYPE)}
+            out = {name: _floats(w).to(EMBED_DTYPE)}
             return out | (quantized("output", w, head_kind(kind)) if tied_head else {})
-        return {name: w.to(act_dtype)}
+        return {name: _floats(w).to(act_dtype)}
 
+    # GGUF Q8_0 / Q4_1 matrices come as their own blocks (genforge.weights.load.Blocks)
+    convert.accepts_blocks = kind in ("q8", "q4")
     return convert
+
+
+def _floats(w) -> torch.Tensor:
+    return w.dequantize() if isinstance(w, Blocks) else w
 
 
 __all__ = [

@@ -82,6 +82,39 @@ class GGUFFile:
             data = dequantize(raw, qtype)
         return np.asarray(data, dtype=dtype).reshape(info.shape)
 
+    def blocks(self, name: str) -> tuple[str, dict[str, np.ndarray]] | None:
+        """A Q8_0 or Q4_1 matrix's own blocks, rearranged without arithmetic into genforge's q8 / q4
+        layouts (genforge.model.kernels): ("q8", {qweight int8 (N, K), scales fp16 (N, K/32)}) or
+        ("q4", {qweight uint8 (N, K/2), scales, mins}); None for any other type or shape."""
+        info = self.tensors[name]
+        if len(info.shape) != 2 or info.ggml_type not in (GGML_Q8_0, GGML_Q4_1):
+            return None
+        n, k = info.shape
+        q4 = info.ggml_type == GGML_Q4_1
+        if k % (64 if q4 else 32):
+            return None
+        raw = np.memmap(
+            self.path, dtype=np.uint8, mode="r", offset=info.offset, shape=(info.nbytes,)
+        )
+        if not q4:  # per block: fp16 scale, 32 int8
+            b = raw.reshape(n, k // 32, 34)
+            return "q8", {
+                "qweight": b[..., 2:].view(np.int8).reshape(n, k),
+                "scales": b[..., :2].view(np.float16)[..., 0],
+            }
+        # per block: fp16 scale, fp16 min, 16 bytes of which byte j holds q[j] (low) and q[j + 16]
+        b = raw.reshape(n, k // 32, 20)
+        qs = b[..., 4:]
+        q = np.concatenate((qs & 15, qs >> 4), axis=-1).reshape(n, k // 64, 2, 32)
+        return (
+            "q4",
+            {
+                "qweight": (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(n, k // 2),  # blocks 2i, 2i+1
+                "scales": b[..., 0:2].view(np.float16)[..., 0],
+                "mins": b[..., 2:4].view(np.float16)[..., 0],
+            },
+        )
+
 
 class _Cursor:
     def __init__(self, buf: memoryview):
@@ -132,6 +165,7 @@ class _Corrupt(Exception):
     pass
 
 
+GGML_Q8_0, GGML_Q4_1 = 8, 3  # GGUF's type numbers of the block formats genforge runs as they are
 _last: tuple[tuple, GGUFFile] | None = None  # the last header parsed, by file identity
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from genforge.errors import GenforgeError
+from genforge.model import kernels
 from genforge.model.config import ModelConfig
 from genforge.model.transformer import Transformer
 from genforge.weights.configs import config_from_gguf, config_from_hf, unsupported_architecture
@@ -54,7 +55,8 @@ def _gguf_quantization(meta: dict) -> str:
         return "unknown"
 
 
-# Turns one float32 tensor (genforge name) into state-dict entries, e.g. quantized parts.
+# Turns one float32 tensor (or `Blocks`, where it accepts them) of a genforge name into
+# state-dict entries, e.g. quantized parts.
 Converter = Callable[[str, torch.Tensor], dict[str, torch.Tensor]]
 ConverterFactory = Callable[[ModelConfig], Converter]
 
@@ -105,6 +107,7 @@ def fusing(
             out[f"{key}.{suffix}"] = torch.cat(tensors, dim=dim)
         return out
 
+    convert.accepts_blocks = getattr(put, "accepts_blocks", False)
     return convert
 
 
@@ -137,8 +140,16 @@ def load_gguf(
                 "the file may be a variant genforge does not support."
             )
         dst = names[src]
+        t = transforms.get(pattern_of(dst))
+        # the file's own blocks, without float32, where the converter runs them as they are
+        own = g.blocks(src) if getattr(put, "accepts_blocks", False) else None
+        if own is not None:
+            kind, parts = own
+            parts = {k: torch.from_numpy(np.array(fns[t](v) if t else v)) for k, v in parts.items()}
+            state |= put(dst, kernels.Blocks(kind, parts, g.tensors[src].shape))
+            continue
         w = g.tensor(src)
-        if (t := transforms.get(pattern_of(dst))) is not None:
+        if t is not None:
             w = fns[t](w)
         state |= put(dst, torch.from_numpy(np.array(w, copy=True)))
     return Checkpoint(cfg, state, g.path, "gguf", _gguf_quantization(g.metadata), g.metadata)

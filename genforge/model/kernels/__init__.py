@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -113,6 +114,20 @@ def _build(name: str, folder: Path) -> ModuleType | None:
 
 
 ROWS_PER_CHUNK = 4096  # pack big matrices (embeddings, heads) in slices: small temporaries
+
+
+@dataclass
+class Blocks:
+    """A matrix already in one of these formats (`kind` "q8" or "q4"), e.g. a GGUF file's Q8_0 /
+    Q4_1 blocks rearranged as they are (genforge.weights.gguf): what the weight loader hands a
+    converter that takes blocks instead of dequantizing them to float32 first."""
+
+    kind: str
+    parts: dict[str, torch.Tensor]  # qweight, scales (, mins)
+    shape: tuple[int, int]  # (out_features, in_features)
+
+    def dequantize(self) -> torch.Tensor:
+        return unpack_q4(**self.parts) if self.kind == "q4" else unpack_q8(**self.parts)
 
 
 def pack_q4(w: torch.Tensor) -> dict[str, torch.Tensor]:
