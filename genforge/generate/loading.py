@@ -3,8 +3,8 @@
 Design choices:
 - "auto" runs a file's own blocks where genforge has them: int4 for a GGUF file whose layers are
   all Q4_1 (int4 holds them bit for bit, and its 8-bit head and embedding hold the Q8_0 ones that
-  such files keep), else int8: 8-bit blocks of 32 hold any file's weights within 1/254 of each
-  block's largest (Q5_0, Q6_K, Q4_K, float alike). docs/engine.md has the measurements.
+  such files keep), else int8, which holds Q8_0, Q5_0 and Q4_0 blocks exactly and anything else
+  (K-quants, floats) within 1/254 of each block's largest. docs/engine.md has the measurements.
 - int8 and int4 are weight-only, in GGUF's blocks of 32 (Q8_0, Q4_1) run by genforge's own kernels
   with float32 activations; where the kernels cannot be built (no compiler), PyTorch's weight-only
   kernels with bf16 activations (they are slow with float32 ones).

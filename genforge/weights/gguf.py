@@ -83,11 +83,14 @@ class GGUFFile:
         return np.asarray(data, dtype=dtype).reshape(info.shape)
 
     def blocks(self, name: str) -> tuple[str, dict[str, np.ndarray]] | None:
-        """A Q8_0 or Q4_1 matrix's own blocks, rearranged without arithmetic into genforge's q8 / q4
-        layouts (genforge.model.kernels): ("q8", {qweight int8 (N, K), scales fp16 (N, K/32)}) or
-        ("q4", {qweight uint8 (N, K/2), scales, mins}); None for any other type or shape."""
+        """A matrix's own blocks in genforge's q8 / q4 layouts (genforge.model.kernels), exactly,
+        without float arithmetic: Q8_0, and Q5_0 / Q4_0 (w = d * (q - 16) / d * (q - 8): the
+        integers q - 16 / q - 8 under the same scale) as ("q8", {qweight int8 (N, K), scales fp16
+        (N, K/32)}); Q4_1 as ("q4", {qweight uint8 (N, K/2), scales, mins}). The kernels' integer
+        dot products on them are llama.cpp's own. None for any other type or shape."""
         info = self.tensors[name]
-        if len(info.shape) != 2 or info.ggml_type not in (GGML_Q8_0, GGML_Q4_1):
+        kinds = (GGML_Q8_0, GGML_Q5_0, GGML_Q4_0, GGML_Q4_1)
+        if len(info.shape) != 2 or info.ggml_type not in kinds:
             return None
         n, k = info.shape
         q4 = info.ggml_type == GGML_Q4_1
@@ -96,24 +99,36 @@ class GGUFFile:
         raw = np.memmap(
             self.path, dtype=np.uint8, mode="r", offset=info.offset, shape=(info.nbytes,)
         )
-        if not q4:  # per block: fp16 scale, 32 int8
+        if info.ggml_type == GGML_Q8_0:  # per block: fp16 scale, 32 int8
             b = raw.reshape(n, k // 32, 34)
-            return "q8", {
-                "qweight": b[..., 2:].view(np.int8).reshape(n, k),
-                "scales": b[..., :2].view(np.float16)[..., 0],
-            }
-        # per block: fp16 scale, fp16 min, 16 bytes of which byte j holds q[j] (low) and q[j + 16]
+            return "q8", {"qweight": b[..., 2:].view(np.int8).reshape(n, k), "scales": _d(b, 0)}
+        if info.ggml_type == GGML_Q4_0:  # fp16 scale, 16 bytes: q[j] low nibble, q[j + 16] high
+            b = raw.reshape(n, k // 32, 18)
+            q = _nibbles(b[..., 2:]).astype(np.int8) - 8
+            return "q8", {"qweight": q.reshape(n, k), "scales": _d(b, 0)}
+        if info.ggml_type == GGML_Q5_0:  # fp16 scale, 32 fifth bits, 16 bytes of nibbles
+            b = raw.reshape(n, k // 32, 22)
+            high = np.unpackbits(b[..., 2:6], axis=-1, bitorder="little")  # bit j: q[j]'s
+            q = (_nibbles(b[..., 6:]) | (high << 4)).astype(np.int8) - 16
+            return "q8", {"qweight": q.reshape(n, k), "scales": _d(b, 0)}
+        # Q4_1, per block: fp16 scale, fp16 min, 16 bytes of nibbles
         b = raw.reshape(n, k // 32, 20)
-        qs = b[..., 4:]
-        q = np.concatenate((qs & 15, qs >> 4), axis=-1).reshape(n, k // 64, 2, 32)
-        return (
-            "q4",
-            {
-                "qweight": (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(n, k // 2),  # blocks 2i, 2i+1
-                "scales": b[..., 0:2].view(np.float16)[..., 0],
-                "mins": b[..., 2:4].view(np.float16)[..., 0],
-            },
-        )
+        q = _nibbles(b[..., 4:]).reshape(n, k // 64, 2, 32)
+        return "q4", {
+            "qweight": (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(n, k // 2),  # blocks 2i, 2i+1
+            "scales": _d(b, 0),
+            "mins": _d(b, 2),
+        }
+
+
+def _d(blocks: np.ndarray, at: int) -> np.ndarray:
+    """The fp16 at byte `at` of each block (N, K/32, bytes) -> (N, K/32)."""
+    return blocks[..., at : at + 2].view(np.float16)[..., 0]
+
+
+def _nibbles(qs: np.ndarray) -> np.ndarray:
+    """16 bytes per block holding q[j] in the low nibble and q[j + 16] in the high -> 32 values."""
+    return np.concatenate((qs & 15, qs >> 4), axis=-1)
 
 
 class _Cursor:
@@ -165,7 +180,8 @@ class _Corrupt(Exception):
     pass
 
 
-GGML_Q8_0, GGML_Q4_1 = 8, 3  # GGUF's type numbers of the block formats genforge runs as they are
+# GGUF's type numbers of the block formats genforge runs as they are
+GGML_Q4_0, GGML_Q4_1, GGML_Q5_0, GGML_Q8_0 = 2, 3, 6, 8
 _last: tuple[tuple, GGUFFile] | None = None  # the last header parsed, by file identity
 
 

@@ -67,3 +67,27 @@ def test_incomplete_model_is_reported(tmp_path):
     _write_gguf(path, "llama")
     with pytest.raises(GenforgeError, match="lacks"):
         build_model(load_checkpoint(path))
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q5_0", "Q8_0"])
+def test_block_formats_come_out_as_genforges_own_exactly(tmp_path, qtype):
+    """Q4_0 / Q5_0 / Q8_0 blocks become q8 (the integers q - 8 / q - 16 / q under the file's own
+    scale) and Q4_1 blocks q4, byte for byte: they dequantize to exactly gguf's own reading."""
+    import torch
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize, quantize
+
+    from genforge.model import kernels
+    from genforge.weights.gguf import GGUFFile, TensorInfo
+
+    t = getattr(GGMLQuantizationType, qtype)
+    x = np.random.default_rng(0).standard_normal((6, 128)).astype(np.float32) * 0.1
+    raw = quantize(x, t)
+    path = tmp_path / "w.bin"
+    path.write_bytes(raw.tobytes())
+    g = GGUFFile(path, {}, {"w": TensorInfo("w", (6, 128), int(t), 0, raw.nbytes)})
+    kind, parts = g.blocks("w")
+    assert kind == ("q4" if qtype == "Q4_1" else "q8")
+    parts = {k: torch.from_numpy(v.copy()) for k, v in parts.items()}
+    got = kernels.Blocks(kind, parts, (6, 128)).dequantize()
+    assert torch.equal(got, torch.from_numpy(dequantize(raw, t).astype(np.float32)))
