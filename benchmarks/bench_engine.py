@@ -308,7 +308,7 @@ def cpu_description() -> str:
     model = next(
         (ln.split(":", 1)[1].strip() for ln in info.splitlines() if "model name" in ln), "?"
     )
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
     flags = [f for f in wanted if f" {f}" in info]
     return f"{model}, {os.cpu_count()} cores, flags: {', '.join(flags) or 'none of ' + '/'.join(wanted)}"
 

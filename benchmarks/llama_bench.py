@@ -38,7 +38,7 @@ VERSION = "0.3.36"  # llama-cpp-python, vendoring llama.cpp 0c1e57098
 TOOLS = ("llama-bench", "llama-server")
 PROMPT, NEW = 512, 128
 TARGETS = {"decode": 1.0, "prefill": 1.5}  # genforge / llama.cpp, docs/engine.md
-COLD_START_S = 3.0
+COLD_START_S, COLD_START_MODEL = 3.0, "smollm2-135m-instruct"
 MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
 HEADING = "## Against llama.cpp's llama-bench (llama_bench.py)"
 HERE = Path(__file__).resolve().parent
@@ -126,7 +126,10 @@ def genforge_bench(name: str, dtype: str, threads: int, runs: int) -> dict:
         decode.append(NEW / (stamps[-1] - stamps[0]))
     cache = llm.engine.cache
     kv = sum(t.numel() * t.element_size() for t in (*cache.k, *cache.v))
+    from genforge.model import kernels
+
     return {
+        "isa": kernels.ops.isa() if kernels.ops is not None else "none (PyTorch's)",
         "prefill": statistics.median(prefill[1:]),
         "decode": statistics.median(decode[1:]),
         "dtype": llm.dtype,
@@ -196,7 +199,7 @@ def section(results: list[dict], args, load: float) -> list[str]:
         f"llama.cpp {peer['build']}'s own `llama-bench` (built from the llama.cpp sources in "
         f"llama-cpp-python {VERSION}, its defaults; weight repacking {peer['repack']}) against "
         f"genforge's engine on the same GGUF file, {args.threads} threads, medians of "
-        f"{args.runs} runs. Prefill: a {PROMPT}-token prompt on an empty cache (llama-bench "
+        f"{args.runs} runs; genforge's kernel path: {results[0]['ours']['isa']}. Prefill: a {PROMPT}-token prompt on an empty cache (llama-bench "
         f"pp{PROMPT}). Decode: {NEW} new tokens after a {PROMPT}-token prompt (llama-bench tg{NEW} "
         f"at `-d {PROMPT}`; its tg{NEW} on an empty cache is given for reference). Cold start: "
         '`genforge generate -m MODEL "Hi" --max-tokens 1`, process start to exit. Peak RSS: '
@@ -208,6 +211,9 @@ def section(results: list[dict], args, load: float) -> list[str]:
     ]
     for r in results:
         p, o = r["peer"], r["ours"]
+        cold_target, cold_met = "— (a target for the default model)", "—"
+        if r["name"] == COLD_START_MODEL:
+            cold_target, cold_met = f"<= {COLD_START_S:.0f} s", met(r["cold_s"] <= COLD_START_S)
         head = f"{r['name']} ({r['file']}, {r['file_mb']:.0f} MB) | {o['dtype']}"
         pp, tg = o["prefill"] / p["prefill"], o["decode"] / p["decode"]
         lines += [
@@ -218,7 +224,7 @@ def section(results: list[dict], args, load: float) -> list[str]:
             f"{o['decode'] / p['decode_empty']:.2f}x) | >= {TARGETS['decode']:.1f}x | "
             f"{met(tg >= TARGETS['decode'])} |",
             f"| {head} | cold start s | — | {r['cold_s']:.2f} ({r['cold_mb']:.0f} MB) | "
-            f"{r['cold_s']:.2f} s | <= {COLD_START_S:.0f} s | {met(r['cold_s'] <= COLD_START_S)} |",
+            f"{r['cold_s']:.2f} s | {cold_target} | {cold_met} |",
             f"| {head} | peak RSS MB (KV {o['kv_mb']:.0f} MB) | — | {o['peak_rss_mb']:.0f} | "
             f"{o['peak_rss_mb']:.0f} MB | <= {r['rss_target_mb']:.0f} MB (1.3 x file + KV + 300) | "
             f"{met(o['peak_rss_mb'] <= r['rss_target_mb'])} |",

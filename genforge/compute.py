@@ -17,6 +17,8 @@ log-likelihoods) delays generation by at most one job, and jobs wait at most one
 from __future__ import annotations
 
 import atexit
+import ctypes
+import functools
 import logging
 import threading
 import weakref
@@ -27,6 +29,25 @@ from typing import Any, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc's malloc_trim; a no-op elsewhere).
+
+    A prompt chunk's temporaries (activations, dequantized weights) are megabytes each, and glibc
+    keeps such freed blocks in the process once it has raised its mmap threshold: resident memory
+    then creeps up with every prompt length seen. Called after steps that had a long chunk."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 class Steppable(Protocol):
