@@ -59,7 +59,7 @@ def close(got: torch.Tensor, want: torch.Tensor) -> None:
     assert (got - want).abs().max().item() <= 1e-5 * scale, (got - want).abs().max()
 
 
-@pytest.mark.parametrize("M", [1, 3, 4, 7])
+@pytest.mark.parametrize("M", [1, 3, 4, 7, 9, 17])
 @pytest.mark.parametrize("N,K", [(40, 64), (96, 576), (17, 1536)])
 def test_q4_and_q8_matmuls_equal_the_reference_on_every_path(ops, each_path, M, N, K):
     torch.manual_seed(M * N + K)

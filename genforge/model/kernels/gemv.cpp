@@ -9,7 +9,7 @@
 // each block's dot product is an integer one (AVX512-VNNI `vpdpbusd`, or AVX2 `vpmaddubsw`), scaled
 // once per block. The code for each instruction set is compiled with a target attribute and chosen
 // at run time from the CPU's flags; a portable loop serves any other CPU. Output rows are split over
-// PyTorch's own threads (at::parallel_for), and each weight row is read once for up to 4 rows of x.
+// PyTorch's own threads (at::parallel_for), and each weight row is read once for up to 8 rows of x (4 with AVX2).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -23,7 +23,8 @@
 namespace {
 
 constexpr int64_t QK = 32;     // inputs per block
-constexpr int64_t MBLOCK = 4;  // rows of x per pass over a weight row
+constexpr int64_t MBLOCK = 4;  // rows of x per pass over a weight row (AVX2: 16 registers)
+constexpr int64_t MBLOCK512 = 8;  // the same with AVX-512's 32 registers
 
 struct Activations {  // x quantized: per row K int8, and per block its scale and dx * sum(q)
   std::vector<int8_t> q;
@@ -119,7 +120,7 @@ AVX2 void q4_rows_avx2(const Activations& a, const uint8_t* qw, const at::Half* 
     for (int64_t m0 = 0; m0 < a.M; m0 += MBLOCK) {
       const int64_t mb = std::min(MBLOCK, a.M - m0);
       __m256 acc[MBLOCK];
-      float mins[MBLOCK] = {0.f, 0.f, 0.f, 0.f};
+      float mins[MBLOCK] = {};
       for (int i = 0; i < MBLOCK; ++i) acc[i] = _mm256_setzero_ps();
       for (int64_t g = 0; g < G; g += 2) {
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + g * 16));
@@ -187,67 +188,86 @@ AVX512 inline __m512 load_halves(const at::Half* p, __mmask16 k) {
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p));
 }
 
+// Weight row n against rows m0..m0+MB of x, MB a compile-time count so that the accumulators stay
+// in registers (measured on Qwen2.5-0.5B's layers: 12-18 % faster at 16-32 rows than a run-time
+// count of up to 4; the same float operations in the same order, so the same bits).
+template <bool Q4, int MB>
+AVX512 inline void tile_avx512(const Activations& a, const uint8_t* row4, const int8_t* row8,
+                               const at::Half* sc, const at::Half* mn, const __m512i* index,
+                               float* y, int64_t N, int64_t n, int64_t m0) {
+  const int64_t K = a.K, G = a.G, pairs = G / 2;
+  const __m256i low = _mm256_set1_epi8(15);
+  __m512 acc[MB], minacc[MB], F[MB];
+  for (int i = 0; i < MB; ++i) acc[i] = minacc[i] = _mm512_setzero_ps();
+  for (int64_t g0 = 0; g0 < 2 * pairs; g0 += 16) {
+    const int nb = static_cast<int>(std::min<int64_t>(16, 2 * pairs - g0));
+    const __mmask16 km = nb == 16 ? 0xFFFF : static_cast<__mmask16>((1u << nb) - 1);
+    const __m512 sw = load_halves(sc + n * G + g0, km);
+    const __m512 mw = Q4 ? load_halves(mn + n * G + g0, km) : _mm512_setzero_ps();
+    for (int i = 0; i < MB; ++i) {
+      const int64_t m = m0 + i;
+      F[i] = _mm512_mul_ps(sw, _mm512_maskz_loadu_ps(km, a.d.data() + m * G + g0));
+      if (Q4)
+        minacc[i] =
+            _mm512_fmadd_ps(mw, _mm512_maskz_loadu_ps(km, a.s.data() + m * G + g0), minacc[i]);
+    }
+    for (int k = 0; k < nb / 2; ++k) {
+      const int64_t p = g0 / 2 + k;
+      __m512i w;
+      __mmask64 neg = 0;
+      if (Q4) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row4 + p * QK));
+        const __m256i lo = _mm256_and_si256(v, low);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+        w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+      } else {
+        const __m512i raw = _mm512_loadu_si512(row8 + p * 2 * QK);
+        neg = _mm512_movepi8_mask(raw);
+        w = _mm512_abs_epi8(raw);
+      }
+      for (int i = 0; i < MB; ++i) {
+        __m512i x = _mm512_loadu_si512(a.q.data() + (m0 + i) * K + p * 2 * QK);
+        if (!Q4) x = _mm512_mask_sub_epi8(x, neg, _mm512_setzero_si512(), x);
+        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
+        const __m512 f = _mm512_permutexvar_ps(index[k], F[i]);
+        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), f, acc[i]);
+      }
+    }
+  }
+  for (int i = 0; i < MB; ++i) {
+    const int64_t m = m0 + i;
+    float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[i], minacc[i]));
+    if (!Q4 && G % 2) {  // an odd last block (q4 has none: K is a multiple of 64)
+      const int64_t g = G - 1;
+      const int8_t* ws = row8 + g * QK;
+      const int8_t* xs = a.q.data() + m * K + g * QK;
+      int dot = 0;
+      for (int j = 0; j < QK; ++j) dot += ws[j] * xs[j];
+      sum += half(sc, n * G + g) * a.d[m * G + g] * dot;
+    }
+    y[m * N + n] = sum;
+  }
+}
+
 template <bool Q4>
 AVX512 void rows_avx512(const Activations& a, const void* weights, const at::Half* sc,
                         const at::Half* mn, float* y, int64_t N, int64_t n0, int64_t n1) {
-  const int64_t K = a.K, G = a.G, pairs = G / 2;
-  const __m256i low = _mm256_set1_epi8(15);
+  const int64_t K = a.K;
   __m512i index[8];
   for (int k = 0; k < 8; ++k) index[k] = pair_index(k);
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row4 = static_cast<const uint8_t*>(weights) + n * K / 2;
     const int8_t* row8 = static_cast<const int8_t*>(weights) + n * K;
-    for (int64_t m0 = 0; m0 < a.M; m0 += MBLOCK) {
-      const int64_t mb = std::min(MBLOCK, a.M - m0);
-      __m512 acc[MBLOCK], minacc[MBLOCK], F[MBLOCK];
-      for (int i = 0; i < MBLOCK; ++i) acc[i] = minacc[i] = _mm512_setzero_ps();
-      for (int64_t g0 = 0; g0 < 2 * pairs; g0 += 16) {
-        const int nb = static_cast<int>(std::min<int64_t>(16, 2 * pairs - g0));
-        const __mmask16 km = nb == 16 ? 0xFFFF : static_cast<__mmask16>((1u << nb) - 1);
-        const __m512 sw = load_halves(sc + n * G + g0, km);
-        const __m512 mw = Q4 ? load_halves(mn + n * G + g0, km) : _mm512_setzero_ps();
-        for (int64_t i = 0; i < mb; ++i) {
-          const int64_t m = m0 + i;
-          F[i] = _mm512_mul_ps(sw, _mm512_maskz_loadu_ps(km, a.d.data() + m * G + g0));
-          if (Q4)
-            minacc[i] =
-                _mm512_fmadd_ps(mw, _mm512_maskz_loadu_ps(km, a.s.data() + m * G + g0), minacc[i]);
-        }
-        for (int k = 0; k < nb / 2; ++k) {
-          const int64_t p = g0 / 2 + k;
-          __m512i w;
-          __mmask64 neg = 0;
-          if (Q4) {
-            const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row4 + p * QK));
-            const __m256i lo = _mm256_and_si256(v, low);
-            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-            w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-          } else {
-            const __m512i raw = _mm512_loadu_si512(row8 + p * 2 * QK);
-            neg = _mm512_movepi8_mask(raw);
-            w = _mm512_abs_epi8(raw);
-          }
-          for (int64_t i = 0; i < mb; ++i) {
-            __m512i x = _mm512_loadu_si512(a.q.data() + (m0 + i) * K + p * 2 * QK);
-            if (!Q4) x = _mm512_mask_sub_epi8(x, neg, _mm512_setzero_si512(), x);
-            const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
-            const __m512 f = _mm512_permutexvar_ps(index[k], F[i]);
-            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), f, acc[i]);
-          }
-        }
-      }
-      for (int64_t i = 0; i < mb; ++i) {
-        const int64_t m = m0 + i;
-        float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[i], minacc[i]));
-        if (!Q4 && G % 2) {  // an odd last block (q4 has none: K is a multiple of 64)
-          const int64_t g = G - 1;
-          const int8_t* ws = row8 + g * QK;
-          const int8_t* xs = a.q.data() + m * K + g * QK;
-          int dot = 0;
-          for (int j = 0; j < QK; ++j) dot += ws[j] * xs[j];
-          sum += half(sc, n * G + g) * a.d[m * G + g] * dot;
-        }
-        y[m * N + n] = sum;
+    for (int64_t m0 = 0; m0 < a.M; m0 += MBLOCK512) {
+      switch (std::min(MBLOCK512, a.M - m0)) {
+        case 8: tile_avx512<Q4, 8>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
+        case 7: tile_avx512<Q4, 7>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
+        case 6: tile_avx512<Q4, 6>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
+        case 5: tile_avx512<Q4, 5>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
+        case 4: tile_avx512<Q4, 4>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
+        case 3: tile_avx512<Q4, 3>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
+        case 2: tile_avx512<Q4, 2>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
+        default: tile_avx512<Q4, 1>(a, row4, row8, sc, mn, index, y, N, n, m0);
       }
     }
   }
