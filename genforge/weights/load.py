@@ -145,7 +145,7 @@ def load_gguf(
         own = g.blocks(src) if getattr(put, "accepts_blocks", False) else None
         if own is not None:
             kind, parts = own
-            parts = {k: torch.from_numpy(np.array(fns[t](v) if t else v)) for k, v in parts.items()}
+            parts = {k: (fns[t](v) if t else v).contiguous() for k, v in parts.items()}
             state |= put(dst, kernels.Blocks(kind, parts, g.tensors[src].shape))
             continue
         w = g.tensor(src)

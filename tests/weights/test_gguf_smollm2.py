@@ -71,13 +71,12 @@ def test_q4_1_and_q8_0_load_as_the_files_own_blocks_without_floats(smollm2_path)
     for name in ("blk.3.ffn_gate.weight", "blk.5.attn_k.weight", "token_embd.weight"):
         kind, parts = g.blocks(name)
         assert kind == ("q8" if name == "token_embd.weight" else "q4")
-        parts = {k: torch.from_numpy(v.copy()) for k, v in parts.items()}
         got = kernels.Blocks(kind, parts, g.tensors[name].shape).dequantize()
         assert torch.equal(got, torch.from_numpy(g.tensor(name)))
     assert g.blocks("blk.0.attn_norm.weight") is None  # float32: not blocks
     model = genforge.load(str(smollm2_path), dtype="int4").model
     _, k_parts = g.blocks("blk.5.attn_k.weight")
-    want = torch.from_numpy(_unpermute(k_parts["qweight"], model.cfg.n_kv_heads).copy())
+    want = _unpermute(k_parts["qweight"], model.cfg.n_kv_heads)
     q_dim = model.cfg.n_heads * model.cfg.head_dim
     kv_dim = model.cfg.n_kv_heads * model.cfg.head_dim
     assert torch.equal(model.layers[5].attn.wqkv.qweight[q_dim : q_dim + kv_dim], want)
