@@ -140,7 +140,9 @@ def test_chat_reads_stdin_lines_as_turns_of_one_conversation(smollm2_path):
 
 
 def test_piped_repl_commands_act_as_typed(smollm2_path):
-    flags = ("--temperature", "0", "--max-tokens", "16")
+    # fp32: the second turn reads its system prompt from the prefix cache, the one-shot computes it;
+    # the two differ by float rounding, which 8-bit activations can amplify into another greedy token
+    flags = ("--temperature", "0", "--max-tokens", "16", "--dtype", "fp32")
     first, second = "My name is Ada. Remember it.", "What is my name?"
     r = genforge("chat", *flags, stdin=f"{first}\n/reset\n{second}\n/exit\nNever answered.\n")
     assert r.returncode == 0, r.stderr
