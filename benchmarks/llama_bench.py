@@ -113,6 +113,7 @@ def genforge_bench(name: str, dtype: str, threads: int, runs: int) -> dict:
     that its peak RSS is genforge's alone), with the configured KV cache's size."""
     import genforge
     from genforge.generate.sampling import SamplingParams
+    from genforge.model import kernels
 
     llm = genforge.load(name, dtype=dtype, threads=threads)
     ids = llm.tokenizer.encode(pydocs_text()[:40000], add_special=False)[:PROMPT]
@@ -126,8 +127,6 @@ def genforge_bench(name: str, dtype: str, threads: int, runs: int) -> dict:
         decode.append(NEW / (stamps[-1] - stamps[0]))
     cache = llm.engine.cache
     kv = sum(t.numel() * t.element_size() for t in (*cache.k, *cache.v))
-    from genforge.model import kernels
-
     return {
         "isa": kernels.ops.isa() if kernels.ops is not None else "none (PyTorch's)",
         "prefill": statistics.median(prefill[1:]),

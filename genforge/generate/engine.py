@@ -41,6 +41,7 @@ from genforge.generate.score import Scored, check_requests, loglikelihood
 from genforge.generate.structured import Constraint
 from genforge.hub import DEFAULT_MAX_TOKENS
 from genforge.model.kv_cache import PagedBatch, PagedKVCache
+from genforge.model.quant import KERNEL_ROWS
 from genforge.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ KV_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float1
 DEFAULT_KV_DTYPE = "fp16"
 # After a step with a prompt chunk of this many rows, the C heap's free pages go back to the system
 # (its big temporaries otherwise stay resident: +100 MB over a few dozen prompt lengths on SmolLM2)
-TRIM_AFTER_ROWS = 128
+TRIM_AFTER_ROWS = KERNEL_ROWS  # from there on a chunk takes the dequantized-weight matmul
 _DONE = object()
 
 
