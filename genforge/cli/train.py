@@ -103,11 +103,24 @@ def add_train_config_args(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, its help text from the field's comment."""
     from genforge.train.config import TrainConfig  # dataclasses only: --help stays fast
 
-    help_text = field_comments(TrainConfig)
-    for f in fields(TrainConfig):
+    add_config_args(parser, TrainConfig, required={"data": "DIR"})
+
+
+def config_fields(cls) -> list:
+    """The fields of a config dataclass, its own before those of the classes it extends."""
+    own = set(cls.__annotations__)
+    every = fields(cls)
+    return [f for f in every if f.name in own] + [f for f in every if f.name not in own]
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls, required: dict[str, str]) -> None:
+    """One flag per field of the config dataclass `cls`, its help text from the field's comment;
+    `required` names the fields without a default (and their metavars)."""
+    help_text = field_comments(cls)
+    for f in config_fields(cls):
         flag, text = "--" + f.name.replace("_", "-"), help_text[f.name].replace("%", "%%")
-        if f.name == "data":
-            parser.add_argument(flag, required=True, metavar="DIR", help=text)
+        if f.name in required:
+            parser.add_argument(flag, required=True, metavar=required[f.name], help=text)
         elif f.name == "out":
             parser.add_argument(
                 flag,
@@ -125,6 +138,14 @@ def add_train_config_args(parser: argparse.ArgumentParser) -> None:
             )
         elif f.type == "bool":
             parser.add_argument(flag, action="store_true", help=text)
+        elif f.type.startswith("tuple"):  # e.g. LoRA targets: a comma-separated list
+            parser.add_argument(
+                flag,
+                type=lambda v: tuple(x.strip() for x in v.split(",") if x.strip()),
+                default=f.default,
+                metavar="A,B",
+                help=f"{text} (default: {','.join(f.default)})",
+            )
         else:
             kind = {"int": int, "float": float, "str": str}[f.type]
             default = f.default if f.default is not MISSING else None
@@ -142,10 +163,11 @@ def field_comments(cls) -> dict[str, str]:
     import inspect
 
     out = {}
-    for line in inspect.getsource(cls).splitlines():
-        name, sep, rest = line.strip().partition(":")
-        if sep and "#" in rest and name.isidentifier():
-            out[name] = rest.split("#", 1)[1].strip()
+    for klass in reversed(cls.__mro__[:-1]):  # a subclass's comment wins
+        for line in inspect.getsource(klass).splitlines():
+            name, sep, rest = line.strip().partition(":")
+            if sep and "#" in rest and name.isidentifier():
+                out[name] = rest.split("#", 1)[1].strip()
     return {f.name: out.get(f.name, "") for f in fields(cls)}
 
 

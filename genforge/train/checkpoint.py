@@ -10,6 +10,7 @@ into place, so a kill at any moment leaves the previous checkpoints whole; then 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -17,28 +18,55 @@ import torch
 from genforge.errors import GenforgeError
 from genforge.model.config import ModelConfig
 from genforge.runs import CHECKPOINTS, STATE, checkpoint_name, checkpoints, latest, model_folder
-from genforge.weights.export import genforge_state, write_hf
+from genforge.weights.export import atomic_folder, genforge_state, write_hf_files
 
-__all__ = ["CHECKPOINTS", "STATE", "checkpoints", "latest", "load", "model_folder", "save"]
+__all__ = [
+    "CHECKPOINTS",
+    "STATE",
+    "checkpoints",
+    "latest",
+    "load",
+    "model_folder",
+    "model_writer",
+    "save",
+]
 
 
 def save(
     run: str | Path,
     step: int,
-    model_state: dict[str, torch.Tensor],
-    cfg: ModelConfig,
-    tokenizer_dir: str | Path,
+    write_weights: Callable[[Path], object],
     train_state: dict,
     keep: int,
 ) -> Path:
+    """Write checkpoint `step` of `run`: `write_weights(folder)` puts the model's files (a model
+    folder, or an adapter) into the folder, then the training state goes next to them."""
     path = Path(run) / CHECKPOINTS / checkpoint_name(step)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_hf(
-        model_state, cfg, tokenizer_dir, path, extra={STATE: lambda p: torch.save(train_state, p)}
-    )
+    with atomic_folder(path) as tmp:
+        write_weights(tmp)
+        torch.save(train_state, tmp / STATE)
     for old in checkpoints(run)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def model_writer(
+    model_state: dict[str, torch.Tensor], cfg: ModelConfig, tokenizer_dir: str | Path
+) -> Callable[[Path], object]:
+    """A `write_weights` for `save`: the whole model as a Hugging Face folder."""
+    return lambda folder: write_hf_files(model_state, cfg, tokenizer_dir, folder)
+
+
+def load_state(path: Path) -> dict:
+    """The training state of one checkpoint folder."""
+    try:
+        return torch.load(path / STATE, map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged file: say which, never a traceback from torch's unpickler
+        raise GenforgeError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it to resume "
+            "from the one before."
+        ) from None
 
 
 def load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:

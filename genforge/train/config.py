@@ -12,12 +12,11 @@ HEAD_DIM = 64  # width = HEAD_DIM * depth, so heads = depth: the aspect ratio na
 TOKENS_PER_PARAM = 20  # the compute-optimal data budget (Chinchilla) when --steps is not given
 
 
-@dataclass
-class TrainConfig:
-    data: str  # a prepared data folder (`genforge data prepare`)
+@dataclass(kw_only=True)
+class LoopConfig:
+    """What every run of the training loop has, whatever it trains (`genforge train`, `finetune`)."""
+
     out: str  # the run folder: checkpoints, metrics.jsonl, loss.png
-    depth: int = 6  # the size dial: layers; width = 64 x depth, heads = depth, lr from width
-    seq_len: int = 256  # tokens per training sequence (the model's context length)
     batch_size: int = 8  # sequences per micro-batch in each process
     grad_accum: int = 1  # micro-batches per step; global batch = batch x accum x processes
     steps: int = 0  # optimizer steps; 0 = 20 tokens per parameter
@@ -30,11 +29,10 @@ class TrainConfig:
     dtype: str = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where it is native
     compile: bool = False  # torch.compile the model (slow first step, faster later on GPUs)
     seed: int = 1337  # model init and data order
-    eval_every: int = 0  # steps between validation loss / bits-per-byte; 0 = ten times per run
-    eval_tokens: int = 65536  # validation tokens per evaluation
+    eval_every: int = 0  # steps between validation losses; 0 = ten times per run
     sample_every: int = 0  # steps between text samples; 0 = at every evaluation
     sample_tokens: int = 48  # tokens per text sample
-    sample_prompts: tuple[str, ...] = ()  # prompts to sample; none: "" and a validation excerpt
+    sample_prompts: tuple[str, ...] = ()  # prompts to sample; none: taken from the validation data
     save_every: int = 0  # steps between checkpoints; 0 = at every evaluation
     keep: int = 3  # checkpoints kept (the newest)
     log_every: int = 10  # steps between metrics.jsonl records
@@ -43,8 +41,6 @@ class TrainConfig:
 
     # Fields that define the run: a resumed run must have the same ones, or it is another run.
     IDENTITY = (
-        "depth",
-        "seq_len",
         "batch_size",
         "grad_accum",
         "steps",
@@ -57,11 +53,11 @@ class TrainConfig:
         "seed",
         "fsdp",
     )
+    POSITIVE = ("batch_size", "grad_accum", "log_every")  # flags that must be at least 1
 
     def check(self) -> None:
         """Refuse values no run can use, naming the flag (library callers get the CLI's checks)."""
-        flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
-        for name in ("depth", "seq_len", "batch_size", "grad_accum", "eval_tokens", "log_every"):
+        for name in self.POSITIVE:
             if getattr(self, name) < 1:
                 raise GenforgeError(f"{flag(name)} must be at least 1, got {getattr(self, name)}.")
         for name in ("steps", "eval_every", "sample_every", "save_every", "keep", "sample_tokens"):
@@ -75,6 +71,24 @@ class TrainConfig:
             raise GenforgeError(f'--schedule must be "cosine" or "wsd", got {self.schedule!r}.')
         if self.dtype not in ("auto", "bf16", "fp32"):
             raise GenforgeError(f'--dtype must be "auto", "bf16" or "fp32", got {self.dtype!r}.')
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a config field."""
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(kw_only=True)
+class TrainConfig(LoopConfig):
+    """A pretraining run: a model from scratch on a prepared data folder."""
+
+    data: str  # a prepared data folder (`genforge data prepare`)
+    depth: int = 6  # the size dial: layers; width = 64 x depth, heads = depth, lr from width
+    seq_len: int = 256  # tokens per training sequence (the model's context length)
+    eval_tokens: int = 65536  # validation tokens per evaluation
+
+    IDENTITY = ("depth", "seq_len", *LoopConfig.IDENTITY)
+    POSITIVE = ("depth", "seq_len", "eval_tokens", *LoopConfig.POSITIVE)
 
 
 def model_config(depth: int, vocab_size: int, seq_len: int) -> ModelConfig:

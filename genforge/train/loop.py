@@ -37,7 +37,14 @@ from genforge.model.kv_cache import KVCache
 from genforge.model.transformer import Transformer
 from genforge.tokenizer import Tokenizer
 from genforge.train import checkpoint, distributed
-from genforge.train.config import TrainConfig, lr_at, model_config, peak_lr, total_steps
+from genforge.train.config import (
+    LoopConfig,
+    TrainConfig,
+    lr_at,
+    model_config,
+    peak_lr,
+    total_steps,
+)
 from genforge.train.distributed import World
 from genforge.train.loader import TokenWindows, TrainBatches, token_bytes, validation_windows
 from genforge.train.metrics import MetricsLog, plot
@@ -101,33 +108,29 @@ def out_of_memory(cfg: TrainConfig, need: int | None = None, have: int | None = 
     )
 
 
-class Trainer:
-    def __init__(self, cfg: TrainConfig, world: World | None = None):
+class Loop:
+    """The training loop, whatever it trains: optimizer, schedule, accumulation, evaluation,
+    samples, checkpoints, resume, progress. A subclass says what differs (`Trainer` pretrains a
+    model from scratch, `genforge.train.finetune.FineTuner` adapts a loaded one):
+
+    - `setup()` builds the data and `self.model` (trainable parameters: `requires_grad`), and sets
+      `self.steps`, `self.lr`, `self.warmup`;
+    - `micro_batches(step)` gives this process's micro-batches of optimizer step `step` (any
+      objects), `loss(batch)` their mean loss and `batch_tokens(batch)` the tokens they train on;
+    - `evaluate()`, `samples()` for the periodic figures; `describe()` what must match on resume;
+    - `write_weights(folder)` / `load_weights(folder)` for checkpoints.
+    """
+
+    def __init__(self, cfg: LoopConfig, world: World | None = None):
         cfg.check()
         self.cfg, self.world = cfg, world or World()
         self.run = Path(cfg.out)
-        manifest = load_manifest(cfg.data)
-        self.tokenizer_dir = Path(cfg.data) / manifest["tokenizer"]
-        self.tokenizer = Tokenizer.from_dir(self.tokenizer_dir)
-        self.eos_id = manifest["eos_id"]
-        self.model_cfg = model_config(cfg.depth, manifest["vocab_size"], cfg.seq_len)
-        rows = cfg.batch_size * cfg.grad_accum * self.world.size
-        self.batches = TrainBatches(TokenWindows(cfg.data, "train", cfg.seq_len), cfg.seed, rows)
-        self.val = TokenWindows(cfg.data, "val", cfg.seq_len)
-        self.val_ids = validation_windows(self.val, cfg.eval_tokens)
-        self.bytes_of = token_bytes(self.tokenizer.hf, self.model_cfg.vocab_size).to(
-            self.world.device
-        )
-        self.steps = total_steps(cfg, self.model_cfg, self.world.size)
-        self.lr = peak_lr(cfg, self.model_cfg)
-        self.warmup = cfg.warmup if cfg.warmup >= 0 else max(1, self.steps // 50)
-        self.autocast = autocast_dtype(cfg.dtype, self.world.device)
-        self._check_memory()
-        self.step, self.elapsed = 0, 0.0
-        self.metrics = MetricsLog(self.run, enabled=self.world.main)
+        self.step, self.elapsed, self.tokens, self.last_tokens = 0, 0.0, 0, 0
         torch.manual_seed(cfg.seed)
-        self.model = Transformer(self.model_cfg)
-        init_weights(self.model)
+        self.setup()
+        self.autocast = autocast_dtype(cfg.dtype, self.world.device)
+        self.check_memory()
+        self.metrics = MetricsLog(self.run, enabled=self.world.main)
         state = self._resume_state() if cfg.resume else self._start()
         self.model.to(self.world.device)
         self.net = distributed.wrap(self.model, self.world)
@@ -137,17 +140,41 @@ class Trainer:
         if cfg.compile:
             self.net = torch.compile(self.net)
 
-    @property
-    def tokens_per_step(self) -> int:
-        return self.batches.rows * self.cfg.seq_len
+    # What a subclass provides.
+    def setup(self) -> None:
+        raise NotImplementedError
 
-    def _check_memory(self) -> None:
-        act = 2 if self.autocast else 4
-        static, acts = memory_needed(self.model_cfg, self.cfg.batch_size, self.cfg.seq_len, act)
-        have = available_memory(self.world.device)
-        if static + acts > have:
-            raise out_of_memory(self.cfg, static + acts, have)
+    def micro_batches(self, step: int) -> list:
+        raise NotImplementedError
 
+    def loss(self, batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def batch_tokens(self, batch) -> int:
+        raise NotImplementedError
+
+    def evaluate(self) -> dict:
+        return {}
+
+    def samples(self) -> list[tuple[str, str]]:
+        return []
+
+    def describe(self) -> dict:
+        """What, besides the config's identity fields, a resumed run must share with this one."""
+        return {}
+
+    def write_weights(self, folder: Path, model_state: dict[str, torch.Tensor]) -> None:
+        """Write the model's files into a checkpoint folder; `model_state` is the unwrapped
+        model's full state dict (gathered from every process)."""
+        raise NotImplementedError
+
+    def load_weights(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    def check_memory(self) -> None:
+        pass
+
+    # The loop.
     def _optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.net.parameters() if p.requires_grad]
         groups = [
@@ -167,7 +194,7 @@ class Trainer:
             self.run.mkdir(parents=True, exist_ok=True)
             info = {
                 "train": asdict(self.cfg),
-                "model": asdict(self.model_cfg),
+                "model": self.describe(),
                 "world_size": self.world.size,
                 "steps": self.steps,
                 "lr": self.lr,
@@ -184,10 +211,11 @@ class Trainer:
             raise GenforgeError(
                 f"--resume: {self.run} has no checkpoint yet; drop --resume to start the run."
             )
-        weights, state = checkpoint.load(path)
+        state = checkpoint.load_state(path)
         self._check_compatible(path, state)
-        self.model.load_state_dict(weights, strict=True)
+        self.load_weights(path)
         self.step, self.elapsed = state["step"], state.get("elapsed_s", 0.0)
+        self.tokens = state.get("tokens", 0)
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         self.metrics.truncate_after(self.step)
@@ -197,10 +225,10 @@ class Trainer:
     def _check_compatible(self, path: Path, state: dict) -> None:
         saved = {**state["train"], "world_size": state["world_size"]}
         ours = {**asdict(self.cfg), "world_size": self.world.size}
-        keys = [*TrainConfig.IDENTITY, "world_size"]
+        keys = [*type(self.cfg).IDENTITY, "world_size"]
         diff = [k for k in keys if saved.get(k) != ours.get(k)]
-        if state["model"] != asdict(self.model_cfg) and not diff:
-            diff = ["vocab_size (another data folder's tokenizer)"]
+        if state["model"] != self.describe() and not diff:
+            diff = [self.describe_mismatch()]
         if diff:
             was = ", ".join(f"{k}={saved.get(k)}" for k in diff if k in saved)
             raise GenforgeError(
@@ -208,6 +236,9 @@ class Trainer:
                 + ", ".join(f"{k}={ours.get(k)}" for k in diff if k in ours)
                 + "); resume with the run's own settings, or train into another --out."
             )
+
+    def describe_mismatch(self) -> str:
+        return "another model"
 
     def _autocast(self):
         if self.autocast is None:
@@ -220,26 +251,235 @@ class Trainer:
         lr = lr_at(self.step, self.steps, self.lr, self.warmup, cfg.schedule, cfg.min_lr_frac)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        rows = self.batches.batch(self.step, world.rank, world.size, cfg.grad_accum, cfg.batch_size)
-        rows = rows.to(world.device)
+        batches = self.micro_batches(self.step)
         total = torch.zeros((), device=world.device)
-        for m in range(cfg.grad_accum):
-            x, y = rows[m, :, :-1], rows[m, :, 1:]  # (B, T) each
-            with distributed.gradient_sync(self.net, world, m == cfg.grad_accum - 1):
+        tokens = 0
+        for m, batch in enumerate(batches):
+            with distributed.gradient_sync(self.net, world, m == len(batches) - 1):
                 with self._autocast():
-                    loss = self.net(x, targets=y)
-                (loss / cfg.grad_accum).backward()
+                    loss = self.loss(batch)
+                (loss / len(batches)).backward()
             total += loss.detach()
+            tokens += self.batch_tokens(batch)
         if cfg.clip:
             nn.utils.clip_grad_norm_(self.net.parameters(), cfg.clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return distributed.mean(total / cfg.grad_accum, world)
+        self.last_tokens = int(distributed.total([tokens], world)[0])  # every process's
+        return distributed.mean(total / len(batches), world)
+
+    @torch.no_grad()
+    def generate(self, ids: list[int], n_tokens: int, seed: int, stop: frozenset[int]) -> list[int]:
+        """Up to `n_tokens` ids after `ids` from the model as it trains (temperature 0.8, top-k
+        40), ending before a `stop` id."""
+        model, device = distributed.unwrap(self.model), self.world.device
+        c = model.cfg
+        cache = KVCache(c.n_layers, 1, c.n_kv_heads, len(ids) + n_tokens, c.head_dim, device=device)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        tokens, out, pos = torch.tensor([ids], device=device), [], 0
+        for _ in range(n_tokens):  # a fixed count (no early stop): FSDP ranks must stay in step
+            with self._autocast():
+                logits = self.model(tokens, cache, pos)[0, -1].float()
+            pos += tokens.shape[1]
+            out.append(sample(logits, SAMPLE_PARAMS, gen))
+            tokens = torch.tensor([[out[-1]]], device=device)
+        for i, t in enumerate(out):
+            if t in stop:
+                return out[:i]
+        return out
+
+    def save(self) -> Path | None:
+        model_state, opt_state = distributed.full_state(self.net, self.optimizer, self.world)
+        path = None
+        if self.world.main:
+            state = {
+                "step": self.step,
+                "tokens": self.tokens,
+                "elapsed_s": self.elapsed,
+                "optimizer": opt_state,
+                "train": asdict(self.cfg),
+                "model": self.describe(),
+                "world_size": self.world.size,
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+            }
+            write = lambda folder: self.write_weights(folder, model_state)  # noqa: E731
+            path = checkpoint.save(self.run, self.step, write, state, self.cfg.keep)
+        distributed.barrier(self.world)
+        return path
+
+    def fit(self, progress: bool = True) -> dict:
+        """Train to the last step; returns the final figures."""
+        from tqdm import tqdm
+
+        cfg, world = self.cfg, self.world
+        every = {
+            "eval": cfg.eval_every or max(1, self.steps // 10),
+            "log": max(1, cfg.log_every),
+        }
+        every["sample"] = cfg.sample_every or every["eval"]
+        every["save"] = cfg.save_every or every["eval"]
+        bar = tqdm(
+            total=self.steps,
+            initial=self.step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (progress and world.main),
+        )
+        result, stop = {}, _StopFlag(world)
+        window_t, window_steps, window_tokens = 0.0, 0, 0
+        while self.step < self.steps and not stop.requested:
+            t = time.perf_counter()
+            try:
+                loss = self.train_step()
+            except RuntimeError as e:
+                if "memory" in str(e).lower():
+                    raise out_of_memory(cfg) from None
+                raise
+            dt = time.perf_counter() - t
+            self.elapsed += dt
+            window_t, window_steps = window_t + dt, window_steps + 1
+            window_tokens += self.last_tokens
+            self.tokens += self.last_tokens
+            speed = window_tokens / window_t
+            last = self.step == self.steps or stop.requested
+            bar.update(1)
+            bar.set_postfix_str(self._progress(loss, speed), refresh=False)
+            if self.step % every["log"] == 0 or last:
+                self.metrics.write(
+                    {
+                        "kind": "train",
+                        "step": self.step,
+                        "loss": loss,
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "tokens": self.tokens,
+                        "tokens_per_s": speed,
+                        "elapsed_s": self.elapsed,
+                    }
+                )
+                window_t, window_steps, window_tokens = 0.0, 0, 0
+            result |= {"loss": loss, "tokens_per_s": speed}
+            result |= self._periodic(every, last, bar)
+        bar.close()
+        stop.restore()
+        if stop.requested and self.step < self.steps:
+            result["interrupted"] = True
+        return result | {
+            "step": self.step,
+            "steps": self.steps,
+            "run": str(self.run),
+            "main": world.main,
+        }
+
+    def _periodic(self, every: dict, last: bool, bar) -> dict:
+        out = {}
+        if self.step % every["eval"] == 0 or last:
+            out = self.evaluate()
+            if out and self.world.main:
+                self.metrics.write(
+                    {
+                        "kind": "eval",
+                        "step": self.step,
+                        "tokens": self.tokens,
+                        **out,
+                    }
+                )
+                bar.write(f"step {self.step}: " + self.eval_line(out))
+        if self.step % every["sample"] == 0 or last:
+            for prompt, text in self.samples():
+                self.metrics.write(
+                    {"kind": "sample", "step": self.step, "prompt": prompt, "text": text}
+                )
+                if self.world.main:
+                    bar.write(f"sample: {text!r}")
+        if self.step % every["save"] == 0 or last:
+            out["checkpoint"] = str(self.save())
+            if self.world.main:
+                plot(self.run)
+        return out
+
+    def _progress(self, loss: float, speed: float) -> str:
+        parts = [
+            f"loss {loss:.3f}",
+            f"lr {self.optimizer.param_groups[0]['lr']:.2e}",
+            f"{speed:,.0f} tok/s",
+        ]
+        if self.world.device.type == "cuda":
+            name = torch.cuda.get_device_name(self.world.device)
+            peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+            if peak:
+                c = distributed.unwrap(self.model).cfg
+                flops = 6 * c.n_params + 12 * c.n_layers * c.dim * self.cfg.seq_len
+                parts.append(f"MFU {100 * flops * speed / (peak * self.world.size):.1f}%")
+        return ", ".join(parts)
+
+    def eval_line(self, out: dict) -> str:
+        return f"val loss {out['val_loss']:.4f}"
+
+
+class Trainer(Loop):
+    """Pretraining: a llama-family model from scratch on a prepared data folder."""
+
+    cfg: TrainConfig
+
+    def setup(self) -> None:
+        cfg, world = self.cfg, self.world
+        manifest = load_manifest(cfg.data)
+        self.tokenizer_dir = Path(cfg.data) / manifest["tokenizer"]
+        self.tokenizer = Tokenizer.from_dir(self.tokenizer_dir)
+        self.eos_id = manifest["eos_id"]
+        self.model_cfg = model_config(cfg.depth, manifest["vocab_size"], cfg.seq_len)
+        rows = cfg.batch_size * cfg.grad_accum * world.size
+        self.batches = TrainBatches(TokenWindows(cfg.data, "train", cfg.seq_len), cfg.seed, rows)
+        self.val = TokenWindows(cfg.data, "val", cfg.seq_len)
+        self.val_ids = validation_windows(self.val, cfg.eval_tokens)
+        self.bytes_of = token_bytes(self.tokenizer.hf, self.model_cfg.vocab_size).to(world.device)
+        self.steps = total_steps(cfg, self.model_cfg, world.size)
+        self.lr = peak_lr(cfg, self.model_cfg)
+        self.warmup = cfg.warmup if cfg.warmup >= 0 else max(1, self.steps // 50)
+        self.model = Transformer(self.model_cfg)
+        init_weights(self.model)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batches.rows * self.cfg.seq_len
+
+    def check_memory(self) -> None:
+        act = 2 if self.autocast else 4
+        static, acts = memory_needed(self.model_cfg, self.cfg.batch_size, self.cfg.seq_len, act)
+        have = available_memory(self.world.device)
+        if static + acts > have:
+            raise out_of_memory(self.cfg, static + acts, have)
+
+    def describe(self) -> dict:
+        return asdict(self.model_cfg)
+
+    def describe_mismatch(self) -> str:
+        return "vocab_size (another data folder's tokenizer)"
+
+    def micro_batches(self, step: int) -> list:
+        cfg, world = self.cfg, self.world
+        rows = self.batches.batch(step, world.rank, world.size, cfg.grad_accum, cfg.batch_size)
+        return list(rows.to(world.device))  # (batch, seq_len + 1) each
+
+    def loss(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.net(rows[:, :-1], targets=rows[:, 1:])
+
+    def batch_tokens(self, rows: torch.Tensor) -> int:
+        return rows.shape[0] * (rows.shape[1] - 1)
+
+    def write_weights(self, folder: Path, model_state: dict[str, torch.Tensor]) -> None:
+        checkpoint.model_writer(model_state, self.model_cfg, self.tokenizer_dir)(folder)
+
+    def load_weights(self, folder: Path) -> None:
+        weights, _ = checkpoint.load(folder)
+        self.model.load_state_dict(weights, strict=True)
 
     @torch.no_grad()
     def evaluate(self) -> dict:
         """Validation loss (nats per token) and bits per byte over the fixed validation windows."""
+        if not self.val_ids:
+            return {}
         world, B = self.world, self.cfg.batch_size
         per_rank = -(-len(self.val_ids) // world.size)  # equal counts: FSDP ranks run in lockstep
         mine = self.val_ids[world.rank * per_rank : (world.rank + 1) * per_rank]
@@ -270,164 +510,28 @@ class Trainer:
         nats, count, nats_b, nbytes = distributed.total(sums.tolist(), world)
         return {"val_loss": nats / max(count, 1), "val_bpb": nats_b / math.log(2) / max(nbytes, 1)}
 
-    @torch.no_grad()
     def sample(self, prompt: str, n_tokens: int, seed: int) -> str:
         """Continue `prompt` from a document start (temperature 0.8, top-k 40)."""
         n_tokens = min(n_tokens, self.cfg.seq_len - 1)  # the model knows seq_len positions
         ids = [self.eos_id, *self.tokenizer.encode(prompt, add_special=False)]
         ids = ids[-(self.cfg.seq_len - n_tokens) :]
-        c, device = self.model_cfg, self.world.device
-        cache = KVCache(c.n_layers, 1, c.n_kv_heads, len(ids) + n_tokens, c.head_dim, device=device)
-        gen = torch.Generator(device=device).manual_seed(seed)
-        tokens, out, pos = torch.tensor([ids], device=device), [], 0
-        for _ in range(n_tokens):  # a fixed count (no early stop): FSDP ranks must stay in step
-            with self._autocast():
-                logits = self.model(tokens, cache, pos)[0, -1].float()
-            pos += tokens.shape[1]
-            out.append(sample(logits, SAMPLE_PARAMS, gen))
-            tokens = torch.tensor([[out[-1]]], device=device)
-        if self.eos_id in out:
-            out = out[: out.index(self.eos_id)]
+        out = self.generate(ids, n_tokens, seed, frozenset({self.eos_id}))
         return prompt + self.tokenizer.decode(out)
+
+    def samples(self) -> list[tuple[str, str]]:
+        return [
+            (p, self.sample(p, self.cfg.sample_tokens, self.cfg.seed + self.step + i))
+            for i, p in enumerate(self.prompts())
+        ]
+
+    def eval_line(self, out: dict) -> str:
+        return f"val loss {out['val_loss']:.4f}, {out['val_bpb']:.3f} bits per byte"
 
     def prompts(self) -> list[str]:
         if self.cfg.sample_prompts:
             return list(self.cfg.sample_prompts)
         excerpt = self.tokenizer.decode(self.val.window(0)[:8].tolist()) if self.val.n else ""
         return ["", excerpt.split("<|endoftext|>")[-1]]
-
-    def save(self) -> Path | None:
-        model_state, opt_state = distributed.full_state(self.net, self.optimizer, self.world)
-        path = None
-        if self.world.main:
-            state = {
-                "step": self.step,
-                "elapsed_s": self.elapsed,
-                "optimizer": opt_state,
-                "train": asdict(self.cfg),
-                "model": asdict(self.model_cfg),
-                "world_size": self.world.size,
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-            }
-            path = checkpoint.save(
-                self.run,
-                self.step,
-                model_state,
-                self.model_cfg,
-                self.tokenizer_dir,
-                state,
-                self.cfg.keep,
-            )
-        distributed.barrier(self.world)
-        return path
-
-    def fit(self, progress: bool = True) -> dict:
-        """Train to the last step; returns the final figures."""
-        from tqdm import tqdm
-
-        cfg, world = self.cfg, self.world
-        every = {
-            "eval": cfg.eval_every or max(1, self.steps // 10),
-            "log": max(1, cfg.log_every),
-        }
-        every["sample"] = cfg.sample_every or every["eval"]
-        every["save"] = cfg.save_every or every["eval"]
-        tokens_per_step = self.tokens_per_step
-        bar = tqdm(
-            total=self.steps,
-            initial=self.step,
-            unit="step",
-            dynamic_ncols=True,
-            disable=not (progress and world.main),
-        )
-        result, stop = {}, _StopFlag(world)
-        window_t, window_steps = 0.0, 0
-        while self.step < self.steps and not stop.requested:
-            t = time.perf_counter()
-            try:
-                loss = self.train_step()
-            except RuntimeError as e:
-                if "memory" in str(e).lower():
-                    raise out_of_memory(cfg) from None
-                raise
-            dt = time.perf_counter() - t
-            self.elapsed += dt
-            window_t, window_steps = window_t + dt, window_steps + 1
-            speed = tokens_per_step * window_steps / window_t
-            last = self.step == self.steps or stop.requested
-            bar.update(1)
-            bar.set_postfix_str(self._progress(loss, speed), refresh=False)
-            if self.step % every["log"] == 0 or last:
-                self.metrics.write(
-                    {
-                        "kind": "train",
-                        "step": self.step,
-                        "loss": loss,
-                        "lr": self.optimizer.param_groups[0]["lr"],
-                        "tokens": self.step * tokens_per_step,
-                        "tokens_per_s": speed,
-                        "elapsed_s": self.elapsed,
-                    }
-                )
-                window_t, window_steps = 0.0, 0
-            result |= {"loss": loss, "tokens_per_s": speed}
-            result |= self._periodic(every, last, bar)
-        bar.close()
-        stop.restore()
-        if stop.requested and self.step < self.steps:
-            result["interrupted"] = True
-        return result | {
-            "step": self.step,
-            "steps": self.steps,
-            "run": str(self.run),
-            "main": world.main,
-        }
-
-    def _periodic(self, every: dict, last: bool, bar) -> dict:
-        out = {}
-        if self.step % every["eval"] == 0 or last:
-            out = self.evaluate() if self.val_ids else {}
-            if out and self.world.main:
-                self.metrics.write(
-                    {
-                        "kind": "eval",
-                        "step": self.step,
-                        "tokens": self.step * self.tokens_per_step,
-                        **out,
-                    }
-                )
-                bar.write(
-                    f"step {self.step}: val loss {out['val_loss']:.4f}, "
-                    f"{out['val_bpb']:.3f} bits per byte"
-                )
-        if self.step % every["sample"] == 0 or last:
-            for i, prompt in enumerate(self.prompts()):
-                text = self.sample(prompt, self.cfg.sample_tokens, self.cfg.seed + self.step + i)
-                self.metrics.write(
-                    {"kind": "sample", "step": self.step, "prompt": prompt, "text": text}
-                )
-                if self.world.main:
-                    bar.write(f"sample: {text!r}")
-        if self.step % every["save"] == 0 or last:
-            out["checkpoint"] = str(self.save())
-            if self.world.main:
-                plot(self.run)
-        return out
-
-    def _progress(self, loss: float, speed: float) -> str:
-        parts = [
-            f"loss {loss:.3f}",
-            f"lr {self.optimizer.param_groups[0]['lr']:.2e}",
-            f"{speed:,.0f} tok/s",
-        ]
-        if self.world.device.type == "cuda":
-            name = torch.cuda.get_device_name(self.world.device)
-            peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-            if peak:
-                c = self.model_cfg
-                flops = 6 * c.n_params + 12 * c.n_layers * c.dim * self.cfg.seq_len
-                parts.append(f"MFU {100 * flops * speed / (peak * self.world.size):.1f}%")
-        return ", ".join(parts)
 
 
 class _StopFlag:

@@ -10,6 +10,7 @@ reader never sees half a model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -118,28 +119,53 @@ def write_hf(
     """Write a Hugging Face model folder at `out` atomically (temp folder, then rename).
 
     `extra` maps more file names to functions that write them (e.g. training state next to the
-    weights); an existing `out` is
-    replaced only once the new folder is complete.
+    weights); an existing `out` is replaced only once the new folder is complete.
     """
+    with atomic_folder(out) as tmp:
+        write_hf_files(state, cfg, tokenizer_dir, tmp, dtype)
+        for name, write in (extra or {}).items():
+            write(tmp / name)
+    return Path(out)
+
+
+def write_hf_files(
+    state: dict[str, torch.Tensor],
+    cfg: ModelConfig,
+    tokenizer_dir: str | Path,
+    folder: Path,
+    dtype: torch.dtype = torch.float32,
+) -> None:
+    """The files of a Hugging Face model folder, written into the existing `folder`."""
     from safetensors.torch import save_file
 
-    out, tokenizer_dir = Path(out), Path(tokenizer_dir)
+    tokenizer_dir = Path(tokenizer_dir)
     tok = Tokenizer.from_dir(tokenizer_dir)
     eos = _eos_id(tokenizer_dir, tok)
+    tensors = {k: v.to(dtype) for k, v in hf_state(state, cfg).items()}
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    config = hf_config(cfg, tok.bos_id, eos) | {"torch_dtype": str(dtype).removeprefix("torch.")}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    generation = {"bos_token_id": tok.bos_id, "eos_token_id": eos}
+    (folder / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    copy_tokenizer(tokenizer_dir, folder)
+
+
+def copy_tokenizer(tokenizer_dir: Path, folder: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (Path(tokenizer_dir) / name).is_file():
+            shutil.copy2(Path(tokenizer_dir) / name, folder / name)
+
+
+@contextlib.contextmanager
+def atomic_folder(out: str | Path):
+    """Yield a hidden temporary folder; once the block ends without an error, it is synced to disk
+    and renamed to `out` (an existing `out` stays whole until then), so a kill at any moment leaves
+    either the old folder or the new one."""
+    out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    tensors = {k: v.to(dtype) for k, v in hf_state(state, cfg).items()}
-    save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
-    config = hf_config(cfg, tok.bos_id, eos) | {"torch_dtype": str(dtype).removeprefix("torch.")}
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    generation = {"bos_token_id": tok.bos_id, "eos_token_id": eos}
-    (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2))
-    for name in TOKENIZER_FILES:
-        if (tokenizer_dir / name).is_file():
-            shutil.copy2(tokenizer_dir / name, tmp / name)
-    for name, write in (extra or {}).items():
-        write(tmp / name)
+    yield tmp
     # safetensors writes its file with mode 0600 and copy2 keeps a source's mode: give every file
     # the mode a new file gets (0o666 less the umask), shown by `tmp`, just made with 0o777 less it.
     mode = tmp.stat().st_mode & 0o666
@@ -154,7 +180,6 @@ def write_hf(
         shutil.rmtree(old)
     else:
         os.replace(tmp, out)
-    return out
 
 
 def _eos_id(tokenizer_dir: Path, tok) -> int | None:

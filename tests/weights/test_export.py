@@ -185,7 +185,13 @@ def _run(tmp_path, tokenizer_dir):
     for step in (1, 2):
         model = _model(Tokenizer.from_dir(tokenizer_dir).vocab_size, seed=step)
         state = {"step": step, "model": asdict(model.cfg)}
-        checkpoint.save(run, step, model.state_dict(), model.cfg, tokenizer_dir, state, keep=2)
+        checkpoint.save(
+            run,
+            step,
+            checkpoint.model_writer(model.state_dict(), model.cfg, tokenizer_dir),
+            state,
+            2,
+        )
     return run, model
 
 
