@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from genforge.cli import chat, eval, export, generate, models, rag, serve, train
+from genforge.cli import chat, eval, export, finetune, generate, models, rag, serve, train
 from genforge.cli.parser import Parser
 from genforge.errors import GenforgeError
 
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_parser(sub)
     serve.add_parser(sub)
     train.add_parsers(sub)  # tokenizer, data, train
+    finetune.add_parser(sub)
     export.add_parser(sub)
     eval.add_parser(sub)
     rag.add_parser(sub)

@@ -65,6 +65,22 @@ def add_model_args(
         "(int4 holds a Q4_1 file exactly); auto is int4 for a file of Q4_1 layers, else int8 "
         f"(default: {dtype})",
     )
+    if many:
+        p.add_argument(
+            "--adapter",
+            action="append",
+            default=[],
+            metavar="[NAME=]DIR",
+            help="a LoRA adapter on the first model, served as its own model NAME (default: the "
+            "folder's name); repeatable: requests for different adapters and the base run batched",
+        )
+    else:
+        p.add_argument(
+            "--adapter",
+            default=None,
+            metavar="DIR",
+            help="a LoRA adapter on the model: a `genforge finetune` run or a peft adapter folder",
+        )
     p.add_argument(
         "--device",
         default="cpu",
@@ -116,7 +132,25 @@ def load_model(args: argparse.Namespace):
         threads=args.threads,
         device=args.device,
         kv_dtype=args.kv_dtype,
+        adapter=args.adapter,
     )
+
+
+def parse_adapters(specs: list[str]) -> dict[str, str]:
+    """`[NAME=]DIR` flags -> {name: folder}; a name defaults to the folder's (or run's) name."""
+    from pathlib import Path
+
+    out = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec.rstrip("/")).name, spec
+        if not name or not path:
+            raise GenforgeError(f"--adapter wants DIR or NAME=DIR, got {spec!r}.")
+        if name in out:
+            raise GenforgeError(f"two adapters are named {name!r}; name them with NAME=DIR.")
+        out[name] = path
+    return out
 
 
 SAMPLING_DEFAULTS = (

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from genforge.cli.flags import add_model_args, check_model_args
+from genforge.cli.flags import add_model_args, check_model_args, parse_adapters
 from genforge.errors import GenforgeError
 from genforge.hub import ANSWER_MODEL
 
@@ -154,10 +154,19 @@ def run(args: argparse.Namespace) -> int:
         "device": args.device,
         **engine,
     }
+    adapters = parse_adapters(args.adapter)
+    if adapters and not names:
+        raise GenforgeError("--adapter goes on a local model; add -m BASE.")
+    if clash := set(adapters) & set(names):
+        raise GenforgeError(f"adapter name {clash.pop()!r} is also a model's; name it NAME=DIR.")
     # Loaded before the server starts, so that a broken model is one clear error, not a traceback.
-    preloaded = {name: load(name, **options) for name in names}
+    preloaded = {
+        name: load(name, **options, **({"adapters": adapters} if i == 0 and adapters else {}))
+        for i, name in enumerate(names)
+    }
     registry = Registry(
         names,
+        adapters={a: (names[0], path) for a, path in adapters.items()},
         load_options=options,
         idle_unload=args.idle_unload,
         upstreams=upstreams,
@@ -174,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         rag_root=rag_root,
     )
     print(
-        f"genforge: serving {', '.join(names + [u.url for u in upstreams])} on "
+        f"genforge: serving {', '.join(names + list(adapters) + [u.url for u in upstreams])} on "
         f"http://{args.host}:{args.port} (web UI at /, API at /v1)",
         file=sys.stderr,
     )

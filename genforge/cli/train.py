@@ -103,19 +103,24 @@ def add_train_config_args(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, its help text from the field's comment."""
     from genforge.train.config import TrainConfig  # dataclasses only: --help stays fast
 
-    add_config_args(parser, TrainConfig, required={"data": "DIR"})
+    add_config_args(
+        parser, TrainConfig, required={"data": "DIR"}, out_default="runs/NAME, NAME from --data"
+    )
 
 
 def config_fields(cls) -> list:
     """The fields of a config dataclass, its own before those of the classes it extends."""
-    own = set(cls.__annotations__)
-    every = fields(cls)
-    return [f for f in every if f.name in own] + [f for f in every if f.name not in own]
+    every = {f.name: f for f in fields(cls)}
+    own = [name for name in cls.__annotations__ if name in every]  # in the order declared
+    return [every[n] for n in own] + [f for n, f in every.items() if n not in own]
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls, required: dict[str, str]) -> None:
+def add_config_args(
+    parser: argparse.ArgumentParser, cls, required: dict[str, str], out_default: str
+) -> None:
     """One flag per field of the config dataclass `cls`, its help text from the field's comment;
-    `required` names the fields without a default (and their metavars)."""
+    `required` names the fields without a default (and their metavars), `out_default` says
+    where --out goes without one."""
     help_text = field_comments(cls)
     for f in config_fields(cls):
         flag, text = "--" + f.name.replace("_", "-"), help_text[f.name].replace("%", "%%")
@@ -126,7 +131,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls, required: dict[str, st
                 flag,
                 default=None,
                 metavar="DIR",
-                help=f"{text} (default: runs/NAME, NAME from --data)",
+                help=f"{text} (default: {out_default})",
             )
         elif f.name == "sample_prompts":
             parser.add_argument(

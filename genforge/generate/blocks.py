@@ -32,6 +32,8 @@ class BlockTable:
 
     blocks: list[int] = field(default_factory=list)
     hashes: list[bytes] = field(default_factory=list)  # hashes[i] names blocks[i]; full blocks only
+    # Starts the hash chain: the same tokens under another LoRA adapter have other keys and values.
+    salt: bytes = b""
 
 
 class BlockPool:
@@ -59,9 +61,9 @@ class BlockPool:
 
     # -- prefix cache ----------------------------------------------------------------------
 
-    def block_hashes(self, tokens: list[int]) -> list[bytes]:
-        """Chained hashes of the full blocks of `tokens`."""
-        bs, out, parent = self.block_size, [], b""
+    def block_hashes(self, tokens: list[int], salt: bytes = b"") -> list[bytes]:
+        """Chained hashes of the full blocks of `tokens` (after `salt`)."""
+        bs, out, parent = self.block_size, [], salt
         for i in range(len(tokens) // bs):
             parent = _chain(parent, tokens[i * bs : (i + 1) * bs])
             out.append(parent)
@@ -74,7 +76,7 @@ class BlockPool:
         """
         if not self.prefix_cache:
             return 0
-        hashes = self.block_hashes(tokens[:limit])
+        hashes = self.block_hashes(tokens[:limit], table.salt)
         for h in hashes:
             block = self._block_of.get(h)
             if block is None:
@@ -89,7 +91,7 @@ class BlockPool:
         if not self.fills_block(table, n_computed):
             return
         n_full = min(n_computed, len(tokens)) // self.block_size
-        parent = table.hashes[-1] if table.hashes else b""
+        parent = table.hashes[-1] if table.hashes else table.salt
         bs = self.block_size
         for i in range(len(table.hashes), n_full):
             parent = _chain(parent, tokens[i * bs : (i + 1) * bs])

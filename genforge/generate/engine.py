@@ -40,6 +40,7 @@ from genforge.generate.scheduler import Request, Scheduled, Scheduler
 from genforge.generate.score import Scored, check_requests, loglikelihood
 from genforge.generate.structured import Constraint
 from genforge.hub import DEFAULT_MAX_TOKENS
+from genforge.model import lora
 from genforge.model.kv_cache import PagedBatch, PagedKVCache
 from genforge.model.quant import KERNEL_ROWS
 from genforge.model.transformer import Transformer
@@ -104,6 +105,7 @@ class Engine:
                 f"kv_dtype must be one of {', '.join(KV_DTYPES)}, got {kv_dtype!r}."
             )
         self.model = model
+        self.adapters = lora.adapter_names(model)  # LoRA adapters a request may name
         limit = model.cfg.max_seq_len
         self.context_length = min(context_length or limit, limit)
         kv_tokens = max(kv_tokens or 0, self.context_length)
@@ -155,13 +157,18 @@ class Engine:
         *,
         constraint: Constraint | None = None,
         logprobs: int | None = None,
+        adapter: str | None = None,
     ) -> Request:
         """Queue a request; it runs from the next `step()`.
 
         constraint: a grammar the output must follow (genforge.generate.structured); logprobs:
         record each sampled token's log-probability with this many alternatives (0: none) in
-        `request.state.token_logprobs`.
+        `request.state.token_logprobs`; adapter: the LoRA adapter (of those the model holds) the
+        request runs through, batched with requests for other adapters and the base model.
         """
+        if adapter is not None and adapter not in self.adapters:
+            held = ", ".join(sorted(self.adapters)) or "none"
+            raise GenforgeError(f"no adapter {adapter!r} is loaded (loaded: {held}).")
         max_new = self.check_fits(len(prompt_ids), params.max_tokens)
         vocab = self.model.cfg.vocab_size
         if bad := [t for t in [*prompt_ids, *params.logit_bias] if not 0 <= t < vocab]:
@@ -181,6 +188,8 @@ class Engine:
             logprobs=logprobs,
         )
         req = Request(list(prompt_ids), max_new, params, frozenset(eos_ids), state=state)
+        if adapter is not None:
+            req.adapter, req.table.salt = adapter, b"lora:" + adapter.encode() + b"\0"
         with self._lock:
             self.scheduler.add(req)
         return req
@@ -250,8 +259,18 @@ class Engine:
         seqs = [(s.request.table.blocks, s.start, s.n, s.samples) for s in work]
         batch = PagedBatch(self.cache, seqs, self.model.cfg.sliding_window)
         tokens = torch.tensor([tokens], device=self.device)
-        # sampling runs on the CPU (its generators and penalties are there): one copy per step
-        return self.model(tokens, batch, last_only=True)[0].cpu()
+        if not any(s.request.adapter for s in work):
+            # sampling runs on the CPU (its generators and penalties are there): one copy per step
+            return self.model(tokens, batch, last_only=True)[0].cpu()
+        routes, row = [], 0  # each request's rows through its adapter, in one forward pass
+        for s in work:
+            routes.append((s.request.adapter, slice(row, row + s.n)))
+            row += s.n
+        lora.route(self.model, routes)
+        try:
+            return self.model(tokens, batch, last_only=True)[0].cpu()
+        finally:
+            lora.route(self.model, None)
 
     def _update(self, work: list[Scheduled], logits: torch.Tensor) -> list[tuple[Request, int]]:
         new = []

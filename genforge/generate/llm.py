@@ -6,11 +6,13 @@ module is the facade over it and the engine.
 
 from __future__ import annotations
 
+import copy
 import functools
 import queue
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -22,6 +24,7 @@ from genforge.generate.sampling import SamplingParams
 from genforge.generate.score import Scored
 from genforge.generate.structured import Grammar, inline_tools, tool_call_grammar
 from genforge.generate.text import Delta, stream_text
+from genforge.model import lora
 
 
 @dataclass
@@ -71,6 +74,7 @@ class LLM:
     ):
         self.name, self.checkpoint, self.dtype = name, checkpoint, dtype
         self.model, self.tokenizer = model, tokenizer
+        self.adapter: str | None = None  # the LoRA adapter this view's requests go through
         self.engine = Engine(model, context_length, **(engine_options or {}))
         self.engine.find_sequence_breakers = functools.partial(
             tokenizer.ids_containing, SEQUENCE_BREAKERS
@@ -87,6 +91,22 @@ class LLM:
         return self.model.cfg
 
     @property
+    def adapters(self) -> list[str]:
+        """The LoRA adapters loaded beside the weights (`load(adapters=...)`)."""
+        return sorted(self.engine.adapters)
+
+    def with_adapter(self, name: str | None) -> LLM:
+        """This model seen through LoRA adapter `name` (None: the base): the same weights and
+        engine, so requests for different adapters run batched in the same steps."""
+        if name is not None and name not in self.engine.adapters:
+            raise GenforgeError(
+                f"no adapter {name!r} is loaded (loaded: {', '.join(self.adapters) or 'none'})."
+            )
+        view = copy.copy(self)
+        view.adapter = name
+        return view
+
+    @property
     def context_length(self) -> int:
         return self.engine.context_length
 
@@ -98,7 +118,11 @@ class LLM:
         self, prompt_ids: list[int], params: SamplingParams, grammar: Grammar | None = None
     ) -> Iterator[Delta]:
         tokens = self.engine.generate(
-            prompt_ids, params, self.tokenizer.eos_ids, constraint=self.constraint(grammar)
+            prompt_ids,
+            params,
+            self.tokenizer.eos_ids,
+            constraint=self.constraint(grammar),
+            adapter=self.adapter,
         )
         return stream_text(tokens, self.tokenizer.stream(), self.tokenizer.eos_ids, params.stop)
 
@@ -255,7 +279,7 @@ class LLM:
         eos = self.tokenizer.eos_ids
         outs = [queue.SimpleQueue() for _ in prompts]
         jobs = [
-            dict(prompt_ids=p, params=params, eos_ids=eos, out=o)
+            dict(prompt_ids=p, params=params, eos_ids=eos, out=o, adapter=self.adapter)
             for p, o in zip(prompts, outs, strict=True)
         ]
         streams = [
@@ -306,6 +330,8 @@ def load(
     progress: bool = True,
     threads: int | None = None,
     device: str = "cpu",
+    adapter: str | Path | None = None,
+    adapters: dict[str, str | Path] | None = None,
     **engine_options,
 ) -> LLM:
     """Load a named model (pulling it if needed), a .gguf file or a Hugging Face model folder.
@@ -314,21 +340,37 @@ def load(
     a GPU), "fp32", "bf16", "int8" or "int4" (weight-only quantized, CPU only).
     device: "cpu", or "cuda" / "cuda:N" (fp32 or bf16 weights, the same engine on the GPU).
     threads: CPU threads for PyTorch (process-wide; default: PyTorch's, one per physical core).
+    adapter: a LoRA adapter (a `genforge finetune` run or a peft adapter folder) that every
+    request goes through; adapters: several, by name, that requests pick (`with_adapter(name)`),
+    batched together with the base model.
     engine_options: `Engine` settings (max_batch, step_tokens, kv_tokens, prefix_cache, kv_dtype).
     """
     check_dtype(dtype)
     if threads is not None and threads < 1:
         raise GenforgeError(f"threads must be at least 1, got {threads}.")
     # On the compute thread, like every later step: one OpenMP team in the process (genforge.compute).
+    named = dict(adapters or {})
+    if adapter is not None:
+        if named:
+            raise GenforgeError(
+                "give one adapter that every request uses (adapter=) or several that requests "
+                "pick by name (adapters=), not both."
+            )
+        named[ACTIVE_ADAPTER] = adapter
     return compute.run(
-        _load, model, dtype, context_length, progress, threads, device, engine_options
+        _load, model, dtype, context_length, progress, threads, device, engine_options, named
     )
 
 
-def _load(model, dtype, context_length, progress, threads, device, engine_options) -> LLM:
+ACTIVE_ADAPTER = "adapter"  # the name of `load(adapter=...)`'s adapter
+
+
+def _load(model, dtype, context_length, progress, threads, device, engine_options, adapters):
     if threads is not None:
         torch.set_num_threads(threads)
-    m = load_model(model, dtype, progress, device)
+    m = load_model(model, dtype, progress, device, adapters)
+    if ACTIVE_ADAPTER in adapters:
+        lora.set_adapter(m.model, ACTIVE_ADAPTER)  # every row, every path (scoring too)
     return LLM(
         m.name,
         m.checkpoint,

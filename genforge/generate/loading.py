@@ -26,10 +26,12 @@ import torch
 
 from genforge import hub
 from genforge.errors import GenforgeError
-from genforge.model import kernels
+from genforge.model import kernels, lora
 from genforge.model.quant import can_stack, quantize_structure, state_converter
 from genforge.model.transformer import Transformer
+from genforge.runs import model_folder
 from genforge.tokenizer import Tokenizer
+from genforge.weights import peft
 from genforge.weights.gguf import read_gguf
 from genforge.weights.load import Checkpoint, build_model, load_checkpoint
 
@@ -59,6 +61,34 @@ class LoadedModel:
     tokenizer: Tokenizer
     dtype: str  # the weight format chosen (never "auto")
     sampling: dict | None  # the model authors' recommended sampling, for a named model
+
+
+def adapter_folder(path: str | Path) -> Path:
+    """The adapter folder `path` stands for: a LoRA fine-tuning run's newest checkpoint, or the
+    folder itself (genforge's or peft's)."""
+    path = Path(path)
+    if not path.exists():
+        raise GenforgeError(
+            f"adapter {path} does not exist; give the folder `genforge finetune` wrote."
+        )
+    folder = model_folder(path) or path
+    if not peft.is_adapter(folder):
+        raise GenforgeError(
+            f"{folder} is not a LoRA adapter (no {peft.CONFIG}); give a `genforge finetune` run "
+            "or a peft adapter folder (a full fine-tuning run is a model: use it with -m)."
+        )
+    return folder
+
+
+def _add_adapter(net: Transformer, tokenizer: Tokenizer, name: str, path: str | Path) -> None:
+    folder = adapter_folder(path)
+    state, alpha = peft.read_adapter(folder, net.cfg)
+    lora.load_lora(net, state, alpha, name)
+    template = (
+        folder / "chat_template.jinja"
+    )  # the template it was trained with, if not the model's
+    if tokenizer.chat_template is None and template.is_file():
+        tokenizer.chat_template = template.read_text()
 
 
 def check_dtype(dtype: str) -> str:
@@ -107,11 +137,16 @@ def check_device(device: str, dtype: str) -> torch.device:
 
 
 def load_model(
-    model: str | None = None, dtype: str = "auto", progress: bool = True, device: str = "cpu"
+    model: str | None = None,
+    dtype: str = "auto",
+    progress: bool = True,
+    device: str = "cpu",
+    adapters: dict[str, str | Path] | None = None,
 ) -> LoadedModel:
     """Load a named model (pulling it if needed), a .gguf file, a Hugging Face model folder or a
     training run (its newest checkpoint) in the weight format `dtype`, onto `device` ("cpu", or
-    "cuda": bf16 weights by default there)."""
+    "cuda": bf16 weights by default there), with LoRA `adapters` (name -> adapter folder or
+    fine-tuning run) beside its weights (`genforge.model.lora`: none is switched on)."""
     model = model or hub.DEFAULT_MODEL
     check_dtype(dtype)
     dev = check_device(device, dtype)
@@ -140,10 +175,12 @@ def load_model(
         prepare = lambda m: m.fuse_projections()  # noqa: E731
     net = build_model(ckpt, prepare=prepare)
     ckpt.state = {}  # the model owns the tensors now
-    if dev.type != "cpu":
-        net = net.to(dev)
     if ckpt.format == "gguf":
         tokenizer = Tokenizer.from_gguf_metadata(ckpt.metadata)
+    for name, adapter in (adapters or {}).items():
+        _add_adapter(net, tokenizer, name, adapter)
+    if dev.type != "cpu":
+        net = net.to(dev)
     log.info("loaded %s in %.1fs", model, time.perf_counter() - t0)
     known = hub.KNOWN.get(model)
     name = model if known else Path(path).name

@@ -37,6 +37,7 @@ class Request:
     state: Any = None  # the engine's per-request data (sampler state, output queue)
     n_cached: int = 0  # prompt tokens served by the prefix cache (the last admission)
     n_preempted: int = 0
+    adapter: str | None = None  # the LoRA adapter its rows go through (None: the base model)
 
     @property
     def tokens(self) -> list[int]:

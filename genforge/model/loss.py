@@ -20,6 +20,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, targets, chunk: int):  # x (N, C), weight (V, C), targets (N,)
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        weight_grad = ctx.needs_input_grad[1]  # a frozen head (LoRA) needs none: a matmul saved
         ctx.weight_dtype = weight.dtype
         valid = targets != IGNORE
         count = valid.sum().clamp(min=1)
@@ -47,9 +48,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     probs.mul_(ok[:, None])  # ignored targets add no gradient
                 g = probs.to(x.dtype)
                 grad_x[start : start + chunk] = g @ weight.to(x.dtype)
-                if grad_w is None:
-                    grad_w = torch.zeros_like(weight, dtype=torch.float32)
-                grad_w.addmm_(g.t().float(), xs.float())
+                if weight_grad:
+                    if grad_w is None:
+                        grad_w = torch.zeros_like(weight, dtype=torch.float32)
+                    grad_w.addmm_(g.t().float(), xs.float())
         if need_grad:
             ctx.save_for_backward(grad_x, grad_w)
         return total / count
@@ -57,7 +59,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         grad_x, grad_w = ctx.saved_tensors  # already divided by the target count
-        grad_w = grad_w.mul_(grad_out).to(ctx.weight_dtype)  # in place: backward runs once
+        if grad_w is not None:
+            grad_w = grad_w.mul_(grad_out).to(ctx.weight_dtype)  # in place: backward runs once
         return grad_x * grad_out.to(grad_x.dtype), grad_w, None, None
 
 
@@ -73,4 +76,19 @@ def linear_cross_entropy(
     faster; on CPU 512-row blocks were 25-40 % slower per FLOP than 2048-row ones).
     """
     chunk = chunk or max(256, CHUNK_BYTES // (4 * weight.shape[0]))
+    keep = targets != IGNORE
+    if not bool(keep.all()):  # e.g. prompt tokens and padding in fine-tuning: no logits for them
+        x, targets = x[keep], targets[keep]
     return _LinearCrossEntropy.apply(x, weight, targets, chunk)
+
+
+def target_logprobs(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) of each row of `x @ weight.T` (x (N, C), targets (N,)), differentiable; for
+    preference losses, which sum them per answer. Rows go through in blocks of logits."""
+    chunk = max(64, CHUNK_BYTES // 4 // (4 * weight.shape[0]))  # autograd keeps a few copies
+    out = []
+    for start in range(0, x.shape[0], chunk):
+        logits = (x[start : start + chunk] @ weight.t()).float()
+        t = targets[start : start + chunk]
+        out.append(logits.gather(1, t[:, None])[:, 0] - logits.logsumexp(dim=-1))
+    return torch.cat(out) if out else x.new_zeros(0, dtype=torch.float32)

@@ -313,6 +313,38 @@ def state_converter(kind: str, act_dtype: torch.dtype, tied_head: bool):
     return convert
 
 
+def quantize_layers(model: nn.Module, kind: str) -> nn.Module:
+    """Swap the blocks' linear layers for (empty) q8 / q4 `QuantLinear`s with float32 activations,
+    in place, keeping embedding and head as they are: the frozen base of QLoRA-style training.
+    A layer whose width the kind cannot hold stays float. Fill it from `layer_converter`."""
+    for block in model.layers:
+        for module in list(block.modules()):
+            for child_name, child in list(module.named_children()):
+                if isinstance(child, nn.Linear) and layer_kind(kind, child.in_features) == kind:
+                    quant = QuantLinear(
+                        child.in_features, child.out_features, child.bias is not None, kind
+                    )
+                    setattr(module, child_name, quant)
+    return model
+
+
+def layer_converter(kind: str):
+    """The weight loader's converter for `quantize_layers`: the blocks' matrices as q8 / q4 blocks
+    (the file's own where they are of that kind), everything else float32."""
+
+    def convert(name: str, w) -> dict[str, torch.Tensor]:
+        is_layer = name.startswith("layers.") and name.endswith(".weight") and len(w.shape) == 2
+        if is_layer and layer_kind(kind, w.shape[1]) == kind:
+            prefix = name.removesuffix(".weight")
+            own = isinstance(w, Blocks) and w.kind == kind
+            parts = w.parts if own else _quantized_parts(_floats(w), kind, torch.float32)
+            return {f"{prefix}.{k}": v for k, v in parts.items()}
+        return {name: _floats(w).float()}
+
+    convert.accepts_blocks = True
+    return convert
+
+
 def _floats(w) -> torch.Tensor:
     return w.dequantize() if isinstance(w, Blocks) else w
 

@@ -216,6 +216,7 @@ class Block(nn.Module):
 
 class Transformer(nn.Module):
     fused_decode = True  # decode steps through `DecodeStep` where it covers the model
+    adapter_rows = False  # some rows of this step go through LoRA adapters (genforge.model.lora)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -226,6 +227,11 @@ class Transformer(nn.Module):
         self.output = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if torch.get_default_device().type != "meta":  # on meta, whoever fills it calls init_rope
             self.init_rope()
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        """The (vocab, dim) output projection of a float model (the embedding when tied)."""
+        return self.tok_emb.weight if self.output is None else self.output.weight
 
     def init_rope(self) -> None:
         """(Re)compute the RoPE inverse frequencies, e.g. after building the model on `meta`."""
@@ -248,7 +254,13 @@ class Transformer(nn.Module):
         where this model has a part it does not cover (q/k norms, sandwich or (1 + w) norms, GELU,
         another RoPE for sliding-window layers, weights other than q8/q4). Built on first use from the
         layers' own tensors, and again whenever a layer's module is replaced (e.g. an adapter)."""
-        linears = [(b.attn.wqkv, b.attn.wo, b.mlp.w_gate_up, b.mlp.w_down) for b in self.layers]
+        linears = [
+            tuple(
+                getattr(m, "base", m)
+                for m in (b.attn.wqkv, b.attn.wo, b.mlp.w_gate_up, b.mlp.w_down)
+            )
+            for b in self.layers
+        ]  # an adapter's layer (genforge.model.lora) counts as its base: steps without adapters
         key = tuple(id(m) for group in linears for m in group)
         if getattr(self, "_step_key", None) == key:
             return self._step
@@ -328,11 +340,13 @@ class Transformer(nn.Module):
         start_pos: int = 0,
         last_only: bool = False,
         targets: torch.Tensor | None = None,
+        hidden: bool = False,
     ) -> torch.Tensor:
         """Logits (B, T, vocab) for tokens (B, T) at positions start_pos.. (or (B, 1, vocab)).
 
         With `targets` (B, T), the mean cross-entropy loss instead (targets of -100 are ignored),
-        computed without materialising the logits (`linear_cross_entropy`).
+        computed without materialising the logits (`linear_cross_entropy`). With `hidden`, the
+        final normed hidden states (B, T, C) that the head (`head_weight`) turns into logits.
 
         With a `PagedBatch`, tokens are (1, N): several sequences' new tokens end to end, positions
         come from the batch, and `last_only` gives the rows `cache.last_rows` (each sequence's last
@@ -357,6 +371,7 @@ class Transformer(nn.Module):
             and x.dtype == torch.float32
             and x.is_cpu
             and not torch.is_grad_enabled()
+            and not self.adapter_rows
         ):
             step = self._decode_step()
         if step is not None:  # every layer in one call of genforge's kernels
@@ -378,6 +393,8 @@ class Transformer(nn.Module):
         if last_only:
             x = x[:, cache.last_rows, :] if isinstance(cache, PagedBatch) else x[:, -1:, :]
         x = self.norm(x)
+        if hidden:
+            return x
         if targets is not None:
             # imported here: defining its autograd.Function imports torch._dynamo (~0.9 s), which
             # inference never needs

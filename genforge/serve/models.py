@@ -60,8 +60,13 @@ class Registry:
         upstreams: list[Upstream] | None = None,
         allow_load: bool = True,
         preloaded: dict[str, object] | None = None,
+        adapters: dict[str, tuple[str, str]] | None = None,
     ):
         self.names = list(names)  # served from the start, in this order (the first is the default)
+        # LoRA adapters served as models of their own: name -> (the base model that holds them,
+        # the adapter's folder)
+        self.adapters = {name: base for name, (base, _) in (adapters or {}).items()}
+        self.adapter_paths = {name: path for name, (_, path) in (adapters or {}).items()}
         self.load_options = dict(load_options or {})
         self.idle_unload = idle_unload
         self.upstreams = list(upstreams or [])
@@ -90,13 +95,22 @@ class Registry:
             if name in self.loaded:
                 return self.loaded[name]
             log.info("loading %s", name)
-            llm = await asyncio.to_thread(load_llm, name, progress=False, **self.load_options)
+            options = dict(self.load_options)
+            if held := {a: self.adapter_paths[a] for a, b in self.adapters.items() if b == name}:
+                options["adapters"] = held
+            llm = await asyncio.to_thread(load_llm, name, progress=False, **options)
             llm.name = name  # requests name it as they asked for it (a path stays a path)
             self.loaded[name] = _Loaded(llm)
             return self.loaded[name]
 
     async def acquire(self, name: str):
-        """The LLM for `name`, loading it if needed; pair with `release`."""
+        """The LLM for `name`, loading it if needed; pair with `release`. An adapter's is its
+        base model seen through it (`LLM.with_adapter`): one engine batches them all."""
+        if name in self.adapters:
+            llm = await self.acquire(self.adapters[name])
+            view = llm.with_adapter(name)
+            view.name = name
+            return view
         if name not in self.loaded and not self.loadable(name):
             raise self.not_found(name)
         try:
@@ -108,6 +122,7 @@ class Registry:
         return entry.llm
 
     def release(self, name: str) -> None:
+        name = self.adapters.get(name, name)
         if entry := self.loaded.get(name):
             entry.active -= 1
             entry.last_used = time.monotonic()
@@ -165,7 +180,7 @@ class Registry:
 
     def upstream_for(self, name: str) -> Upstream | None:
         """The upstream that answers for `name`, unless a local model has that name."""
-        if name in self.names or name in self.loaded:
+        if name in self.names or name in self.loaded or name in self.adapters:
             return None
         for up in self.upstreams:
             if up.model == name or (
@@ -179,6 +194,10 @@ class Registry:
         if self.allow_load:
             names += [n for n in hub.KNOWN if n not in names and hub.installed_path(n)]
         out = [_entry(n, "chat", loaded=n in self.loaded) for n in names]
+        for name, base in self.adapters.items():
+            entry = _entry(name, "chat", loaded=base in self.loaded)
+            entry["genforge"] |= {"adapter": True, "base": base}
+            out.append(entry)
         if embeddings.available():
             out.append(_entry(embeddings.NAME, "embedding", loaded=self._embedder is not None))
         return out

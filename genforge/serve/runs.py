@@ -69,6 +69,7 @@ async def submit(
                     "out": run.sink,
                     "constraint": llm.constraint(grammar),
                     "logprobs": logprobs,
+                    "adapter": llm.adapter,
                 }
                 for run, (ids, params) in zip(new, jobs, strict=True)
             ]

@@ -98,6 +98,21 @@ class Tokenizer:
             name=path.name or str(path),
         )
 
+    def save(self, folder: str | Path, chat_template: str | None = None) -> None:
+        """Write `tokenizer.json` and `tokenizer_config.json` into `folder` (a Hugging Face model
+        folder's tokenizer files, which `from_dir` and transformers read back)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.hf.save(str(folder / "tokenizer.json"))
+        config = {
+            "bos_token": self._bos_text,
+            "eos_token": self._eos_text,
+            "add_bos_token": self.add_bos,
+            "chat_template": chat_template or self.chat_template,
+            "tokenizer_class": "PreTrainedTokenizerFast",
+        }
+        (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
     @property
     def vocab_size(self) -> int:
         return self.hf.get_vocab_size(with_added_tokens=True)

@@ -1,0 +1,249 @@
+"""LoRA: low-rank adapters swapped in for a model's linear layers.
+
+Design choices:
+- `LoRALinear` wraps the layer it adapts (`base`, frozen: float `nn.Linear` or weight-only quantized
+  `QuantLinear`, QLoRA-style) and adds `scaling * B(A(dropout(x)))`, as in Hu et al. (2021) and
+  peft: A (rank x in) starts Kaiming-uniform, B (out x rank) at zero, so training starts at the
+  base model; scaling = alpha / rank.
+- A quantized base has no weight to differentiate; `_FrozenQuant` runs its forward as usual and
+  its backward through the dequantized weight, so gradients reach the layers below.
+- Several named adapters live in one module (`adapters`); a step picks one per row
+  (`LoRALinear.route`), the way multi-LoRA servers batch requests for different adapters.
+- Names are genforge's (`layers.3.attn.wq`); the weights layer maps them to peft's files.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genforge.model.quant import QuantLinear
+
+# The projections LoRA can adapt, by genforge name (peft's names are genforge.weights.peft's job).
+TARGETS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+DEFAULT_TARGETS = TARGETS  # all linear layers: what QLoRA found matters more than the rank
+DEFAULT_ADAPTER = "default"
+
+
+class _FrozenQuant(torch.autograd.Function):
+    """y = x W^T through a quantized layer's own kernels; dx = dy W with W dequantized."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
+        ctx.layer, ctx.x_dtype = layer, x.dtype
+        with torch.no_grad():
+            return layer(x)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        w = ctx.layer.dequantize()  # (out, in) float32
+        return (dy.to(w.dtype) @ w).to(ctx.x_dtype), None
+
+
+def frozen_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`layer(x)` with gradients to `x` only (a quantized layer has no autograd of its own)."""
+    if isinstance(layer, QuantLinear) and torch.is_grad_enabled() and x.requires_grad:
+        return _FrozenQuant.apply(x, layer)
+    return layer(x)
+
+
+class LoRALinear(nn.Module):
+    """A frozen linear layer plus one or more low-rank adapters."""
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        self.base = base
+        self.in_features, self.out_features = base.in_features, base.out_features
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.lora_a = nn.ParameterDict()  # name -> (rank, in)
+        self.lora_b = nn.ParameterDict()  # name -> (out, rank)
+        self.scaling: dict[str, float] = {}
+        self.dropout = nn.Dropout(0.0)
+        self.active: str | None = None  # the adapter every row uses; None = the base alone
+        self.rows: list[tuple[str, slice]] | None = None  # per-row adapters (route)
+
+    def add(self, name: str, rank: int, alpha: float, dropout: float = 0.0) -> None:
+        a = torch.empty(rank, self.in_features)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5))  # peft's init of A
+        self.lora_a[name] = nn.Parameter(a)
+        self.lora_b[name] = nn.Parameter(torch.zeros(self.out_features, rank))
+        self.scaling[name] = alpha / rank
+        self.dropout.p = dropout
+        self.active = name
+
+    def delta(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.lora_a[name], self.lora_b[name]
+        x = self.dropout(x).to(a.dtype)
+        return F.linear(F.linear(x, a), b) * self.scaling[name]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = frozen_forward(self.base, x)
+        if self.rows is not None:  # rows of (1, N, C) routed to different adapters
+            if not self.rows:
+                return y
+            y = y.clone()
+            for name, rows in self.rows:
+                y[:, rows] += self.delta(name, x[:, rows]).to(y.dtype)
+            return y
+        if self.active is None:
+            return y
+        return y + self.delta(self.active, x).to(y.dtype)
+
+    def merged_weight(self, name: str | None) -> torch.Tensor:
+        """The float32 weight of base + adapter `name` (None: the base alone), for export."""
+        base = self.base
+        w = base.dequantize() if isinstance(base, QuantLinear) else base.weight.detach().float()
+        if name is None or name not in self.lora_a:
+            return w
+        a, b = self.lora_a[name].detach().float(), self.lora_b[name].detach().float()
+        return w + (b @ a) * self.scaling[name]
+
+
+def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    path, _, leaf = name.rpartition(".")
+    return (model.get_submodule(path) if path else model), leaf
+
+
+def add_lora(
+    model: nn.Module,
+    targets: tuple[str, ...] = DEFAULT_TARGETS,
+    rank: int = 8,
+    alpha: float = 16.0,
+    dropout: float = 0.0,
+    name: str = DEFAULT_ADAPTER,
+) -> list[str]:
+    """Give every `targets` projection of `model` an adapter `name`, freezing everything else;
+    returns the adapted module names. Layers fused for inference (wqkv) cannot take adapters."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    adapted = []
+    for module_name, module in list(model.named_modules()):
+        leaf = module_name.rpartition(".")[2]
+        if leaf not in targets:
+            continue
+        if not isinstance(module, LoRALinear):
+            parent, leaf = _parent(model, module_name)
+            module = LoRALinear(module)
+            setattr(parent, leaf, module)
+        module.add(name, rank, alpha, dropout)
+        adapted.append(module_name)
+    return adapted
+
+
+def lora_modules(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALinear):
+            yield name, module
+
+
+def lora_state(model: nn.Module, name: str = DEFAULT_ADAPTER) -> dict[str, torch.Tensor]:
+    """Adapter `name`'s tensors: {"layers.0.attn.wq.lora_a": (rank, in), "...lora_b": (out, rank)}."""
+    out = {}
+    for module_name, m in lora_modules(model):
+        if name in m.lora_a:
+            out[f"{module_name}.lora_a"] = m.lora_a[name].detach()
+            out[f"{module_name}.lora_b"] = m.lora_b[name].detach()
+    return out
+
+
+# Projections that inference fuses into one matmul (Transformer.fuse_projections), and their parts.
+FUSED_PARTS = {"wqkv": ("wq", "wk", "wv"), "w_gate_up": ("w_gate", "w_up")}
+
+
+def load_lora(
+    model: nn.Module, state: dict[str, torch.Tensor], alpha: float, name: str = DEFAULT_ADAPTER
+) -> None:
+    """Add adapter `name` (frozen) to `model` from `lora_state`-style tensors; the rank comes from
+    their shapes. On a model fused for inference, the adapters of q/k/v (gate/up) become one
+    adapter of the fused layer: A stacked, B block-diagonal, the same sums."""
+    pairs = {}
+    for key, a in state.items():
+        if key.endswith(".lora_a"):
+            module_name = key.removesuffix(".lora_a")
+            pairs[module_name] = (a, state[f"{module_name}.lora_b"])
+    for module_name, module in list(model.named_modules()):
+        parent_name, _, leaf = module_name.rpartition(".")
+        base = module.base if isinstance(module, LoRALinear) else module
+        if module_name in pairs:
+            a, b = pairs.pop(module_name)
+            _put(model, module_name, name, a, b, alpha / a.shape[0])
+        elif leaf in FUSED_PARTS:
+            parts = [f"{parent_name}.{p}" for p in FUSED_PARTS[leaf]]
+            if not any(p in pairs for p in parts):
+                continue
+            sizes = _part_sizes(model.get_submodule(parent_name), leaf, base.out_features)
+            found = [(i, pairs.pop(p)) for i, p in enumerate(parts) if p in pairs]
+            rank = sum(a.shape[0] for _, (a, _) in found)
+            a_all = torch.cat([a for _, (a, _) in found])
+            b_all = torch.zeros(base.out_features, rank, dtype=a_all.dtype)
+            col = 0
+            for i, (a, b) in found:
+                row = sum(sizes[:i])
+                b_all[row : row + sizes[i], col : col + a.shape[0]] = b
+                col += a.shape[0]
+            _put(model, module_name, name, a_all, b_all, alpha / found[0][1][0].shape[0])
+    if pairs:
+        raise ValueError(f"the model has no layer {next(iter(pairs))} for the adapter")
+
+
+def _part_sizes(parent: nn.Module, fused: str, out_features: int) -> tuple[int, ...]:
+    if fused == "wqkv":
+        return tuple(parent.qkv_sizes)
+    return (out_features // 2, out_features // 2)
+
+
+def _put(model, module_name, name, a, b, scaling) -> None:
+    module = model.get_submodule(module_name)
+    if not isinstance(module, LoRALinear):
+        parent, leaf = _parent(model, module_name)
+        module = LoRALinear(module)
+        setattr(parent, leaf, module)
+    if tuple(a.shape[1:]) != (module.in_features,) or tuple(b.shape) != (
+        module.out_features,
+        a.shape[0],
+    ):
+        raise ValueError(f"the adapter's tensors for {module_name} do not fit that layer")
+    module.lora_a[name] = nn.Parameter(a.detach().float().clone(), requires_grad=False)
+    module.lora_b[name] = nn.Parameter(b.detach().float().clone(), requires_grad=False)
+    module.scaling[name] = scaling
+
+
+def set_adapter(model: nn.Module, name: str | None) -> None:
+    """Make `name` the adapter every row uses (None: the base model alone)."""
+    for _, m in lora_modules(model):
+        m.active = name if name is None or name in m.lora_a else None
+        m.rows = None
+    model.adapter_rows = name is not None
+
+
+def route(model: nn.Module, rows: list[tuple[str | None, slice]] | None) -> None:
+    """Per-row adapters for the next forward passes: each (adapter name or None, rows of the
+    flattened (1, N) token batch). None clears the routing."""
+    routed = bool(rows) and any(name is not None for name, _ in rows)
+    model.adapter_rows = routed or any(m.active is not None for _, m in lora_modules(model))
+    for _, m in lora_modules(model):
+        m.rows = (
+            None if rows is None else [(n, r) for n, r in rows if n is not None and n in m.lora_a]
+        )
+
+
+def merge_lora(model: nn.Module, name: str = DEFAULT_ADAPTER) -> None:
+    """Fold adapter `name` into float weights and drop the adapters (for export)."""
+    for module_name, m in list(lora_modules(model)):
+        parent, leaf = _parent(model, module_name)
+        linear = nn.Linear(m.in_features, m.out_features, bias=m.base.bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(m.merged_weight(name))
+            if m.base.bias is not None:
+                linear.bias.copy_(m.base.bias.float())
+        setattr(parent, leaf, linear)
+
+
+def adapter_names(model: nn.Module) -> set[str]:
+    """The adapters `model` holds."""
+    return {name for _, m in lora_modules(model) for name in m.lora_a}

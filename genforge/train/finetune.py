@@ -1,0 +1,483 @@
+"""Fine-tuning: the training loop on a loaded model, with LoRA or every weight, SFT or DPO.
+
+Design choices:
+- The same `Loop` as pretraining (optimizer, schedule, accumulation, checkpoints, resume, torchrun);
+  what differs is the data (JSONL examples with loss masks, `genforge.data.sft`), the parameters
+  that train (adapters, or all) and the objective (cross-entropy on the answers, or DPO).
+- LoRA's frozen base stays in the 8- or 4-bit blocks inference runs (`--base-dtype auto`: the
+  file's own Q4_1 / Q8_0 blocks where it has them, as `genforge chat` loads it), so an adapter
+  trains on exactly the weights it will be used with, in a fraction of the memory.
+- Examples are padded to the longest of their micro-batch, rounded up to 64 tokens (right
+  padding, so causal attention never sees it) and carry no loss on prompt, padding or other turns.
+- The data position is the step count, as in pretraining: the global batch of step s is the next
+  rows of a seeded permutation per epoch, so a resumed run reads what an uninterrupted one would.
+- DPO's reference is the model before training. Its log-probabilities of every pair are computed
+  once at the start (for LoRA that is the base, adapter off; for full fine-tuning, the weights
+  before the first step) and kept in each checkpoint: no second copy of the model in memory.
+- Checkpoints: LoRA writes peft's adapter files (`genforge.weights.peft`), full fine-tuning a
+  Hugging Face model folder; both with `train_state.pt` beside them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from genforge import hub
+from genforge.data import sft
+from genforge.errors import GenforgeError
+from genforge.generate.loading import KERNEL_FORMATS, auto_dtype, cpu_kernels
+from genforge.model import lora
+from genforge.model.loss import IGNORE, target_logprobs
+from genforge.model.quant import layer_converter, quantize_layers
+from genforge.tokenizer import Tokenizer
+from genforge.train import checkpoint, distributed
+from genforge.train.config import LoopConfig
+from genforge.train.loop import Loop
+from genforge.weights import peft
+from genforge.weights.export import hf_config
+from genforge.weights.load import build_model, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+METHODS = ("lora", "full")
+OBJECTIVES = ("sft", "dpo")
+BASE_DTYPES = ("auto", "fp32", "int8", "int4")
+ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+REFERENCE = "reference_logps.pt"  # DPO: the reference model's log-probabilities, per pair
+TOKENIZER = "tokenizer"  # a GGUF base's tokenizer, written into the run for full fine-tuning
+# Micro-batches are padded to a multiple of this: oneDNN compiles each new matmul shape (seconds
+# with bf16), and a handful of widths recur where every length would be new.
+PAD_MULTIPLE = 64
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig(LoopConfig):
+    """A fine-tuning run: a loaded model adapted to JSONL examples."""
+
+    model: str  # the model to adapt: a named model, a .gguf file, a Hugging Face folder or a run
+    data: str  # JSONL training data: chat "messages", "prompt"/"completion" or "text" per line
+    method: str = "lora"  # "lora": low-rank adapters on the frozen model; "full": every weight
+    objective: str = "sft"  # "sft": learn the answers; "dpo": prefer "chosen" over "rejected"
+    rank: int = 16  # LoRA rank
+    alpha: float = 32.0  # LoRA alpha: adapters add (alpha / rank) x B A x
+    dropout: float = 0.05  # LoRA dropout on the adapters' inputs
+    targets: tuple[str, ...] = ALL_TARGETS  # the layers LoRA adapts (Hugging Face names)
+    base_dtype: str = (
+        "auto"  # LoRA's frozen base: auto (the 8/4-bit blocks inference runs), int8, int4, fp32
+    )
+    epochs: int = 1  # passes over the training data when --steps is 0
+    steps: int = 0  # optimizer steps; 0 = --epochs passes over the training data
+    seq_len: int = 1024  # the longest example in tokens; longer ones are an error (or --skip-bad)
+    val: str = ""  # JSONL validation data; none = --val-fraction of the training lines
+    val_fraction: float = 0.05  # share of training lines held out when there is no --val
+    beta: float = 0.1  # DPO: how strongly the model is held near the reference
+    skip_bad: bool = False  # skip (and count) bad lines instead of stopping at the first
+    lr: float = 0.0  # peak learning rate; 0 = 2e-4 for LoRA, 2e-5 for full fine-tuning
+    weight_decay: float = 0.0  # AdamW decoupled weight decay on matrices
+    batch_size: int = 4  # examples per micro-batch in each process (DPO: pairs)
+
+    IDENTITY = (
+        "method",
+        "objective",
+        "rank",
+        "alpha",
+        "dropout",
+        "targets",
+        "base_dtype",
+        "epochs",
+        "seq_len",
+        "val_fraction",
+        "beta",
+        *LoopConfig.IDENTITY,
+    )
+    POSITIVE = ("rank", "epochs", "seq_len", *LoopConfig.POSITIVE)
+
+    def check(self) -> None:
+        super().check()
+        for name, allowed in (
+            ("method", METHODS),
+            ("objective", OBJECTIVES),
+            ("base_dtype", BASE_DTYPES),
+        ):
+            if getattr(self, name) not in allowed:
+                choices = ", ".join(allowed)
+                raise GenforgeError(
+                    f"--{name.replace('_', '-')} must be one of {choices}, got {getattr(self, name)!r}."
+                )
+        if not 0 <= self.val_fraction < 0.5:
+            raise GenforgeError(f"--val-fraction must be in [0, 0.5), got {self.val_fraction}.")
+        if not 0 <= self.dropout < 1 or self.alpha <= 0 or self.beta <= 0:
+            raise GenforgeError("--dropout must be in [0, 1), --alpha and --beta above 0.")
+        unknown = [t for t in self.targets if t not in ALL_TARGETS]
+        if unknown or not self.targets:
+            raise GenforgeError(
+                f"--targets takes layer names from {', '.join(ALL_TARGETS)}; got "
+                f"{', '.join(unknown) or 'none'}."
+            )
+        if self.fsdp and self.method == "lora":
+            raise GenforgeError(
+                "--fsdp shards full fine-tuning; LoRA's adapters are small: run it under "
+                "torchrun without --fsdp (data parallel)."
+            )
+
+
+class FineTuner(Loop):
+    cfg: FinetuneConfig
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.path = hub.resolve(cfg.model, progress=self.world.main)
+        self.tokenizer = _tokenizer(self.path)
+        self.dpo = cfg.objective == "dpo"
+        self.template = self._template()
+        self.train_items, self.val_items = self._read_data()
+        self.model, self.base_dtype = self._load_model()
+        self.model.train()
+        rows = cfg.batch_size * cfg.grad_accum * self.world.size
+        self.rows = rows
+        n = len(self.train_items)
+        self.steps = cfg.steps or max(1, math.ceil(cfg.epochs * n / rows))
+        self.lr = cfg.lr or (2e-4 if cfg.method == "lora" else 2e-5)
+        self.warmup = cfg.warmup if cfg.warmup >= 0 else max(1, self.steps // 50)
+        self.reference = None
+        if self.dpo and not cfg.resume:
+            self.reference = self._reference_logps()
+        log.info(
+            "fine-tuning %s (%s, base %s) on %d examples, %d validation, %d steps",
+            cfg.model,
+            cfg.method,
+            self.base_dtype,
+            n,
+            len(self.val_items),
+            self.steps,
+        )
+
+    # Data.
+    def _template(self) -> str | None:
+        """The chat template examples are rendered with; a fallback is saved with the adapter."""
+        if self.tokenizer.chat_template:
+            return None
+        try:
+            template = sft.chat_template_for(self.tokenizer)
+        except GenforgeError:
+            return None
+        return template
+
+    def _read(self, path: str, stats: sft.ReadStats) -> list:
+        tok = self.tokenizer
+        if self.template is not None:  # chat lines on a model without its own template
+            tok = _with_template(tok, self.template)
+        read = sft.read_preferences if self.dpo else sft.read_sft
+        return read(path, tok, self.cfg.seq_len, skip_bad=self.cfg.skip_bad, stats=stats)
+
+    def _read_data(self) -> tuple[list, list]:
+        cfg = self.cfg
+        self.stats = sft.ReadStats()
+        items = self._read(cfg.data, self.stats)
+        if cfg.val:
+            return items, self._read(cfg.val, sft.ReadStats())
+        n_val = round(len(items) * cfg.val_fraction) if len(items) >= 2 else 0
+        if cfg.val_fraction > 0:
+            n_val = max(1, n_val) if len(items) >= 2 else 0
+        order = np.random.default_rng([cfg.seed, 1 << 20]).permutation(len(items))
+        held = set(order[:n_val].tolist())
+        train = [x for i, x in enumerate(items) if i not in held]
+        val = [x for i, x in enumerate(items) if i in held]
+        return train, val
+
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.train_items))
+
+    def micro_batches(self, step: int) -> list:
+        cfg, world = self.cfg, self.world
+        n, per_rank = len(self.train_items), cfg.batch_size * cfg.grad_accum
+        picked, orders = [], {}
+        for g in range(step * self.rows, (step + 1) * self.rows):
+            epoch, j = divmod(g, n)
+            if epoch not in orders:
+                orders[epoch] = self._order(epoch)
+            picked.append(self.train_items[int(orders[epoch][j])])
+        mine = picked[world.rank * per_rank : (world.rank + 1) * per_rank]
+        return [mine[i : i + cfg.batch_size] for i in range(0, per_rank, cfg.batch_size)]
+
+    def _collate(self, examples: list[sft.Example]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets), each (B, longest - 1): right-padded, IGNORE where nothing is learnt."""
+        width = max(len(e.ids) for e in examples) - 1
+        width = min(-(-width // PAD_MULTIPLE) * PAD_MULTIPLE, self.cfg.seq_len)
+        x = torch.zeros(len(examples), width, dtype=torch.long)
+        y = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+        for i, e in enumerate(examples):
+            ids = torch.tensor(e.ids)
+            mask = torch.tensor(e.mask[1:])
+            x[i, : len(ids) - 1] = ids[:-1]
+            y[i, : len(ids) - 1] = torch.where(mask, ids[1:], IGNORE)
+        return x.to(self.world.device), y.to(self.world.device)
+
+    def batch_tokens(self, batch: list) -> int:
+        examples = _examples(batch) if self.dpo else batch
+        return sum(len(e.ids) - 1 for e in examples)
+
+    # Objectives.
+    def loss(self, batch: list) -> torch.Tensor:
+        if not self.dpo:
+            x, y = self._collate(batch)
+            return self.net(x, targets=y)
+        return self._dpo(batch)[0]
+
+    def _logps(self, net, examples: list[sft.Example]) -> torch.Tensor:
+        """Summed log-probability of each example's answer tokens."""
+        x, y = self._collate(examples)
+        h = net(x, hidden=True)  # (B, T, C)
+        keep = y != IGNORE
+        rows = torch.arange(len(examples), device=y.device)[:, None].expand_as(y)[keep]
+        lp = target_logprobs(h[keep], distributed.unwrap(self.model).head_weight, y[keep])
+        return torch.zeros(len(examples), device=y.device).index_add(0, rows, lp)
+
+    def _dpo(self, pairs: list[sft.Pair]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean DPO loss, per-pair reward margins) of a micro-batch of pairs."""
+        logps = self._logps(self.net, _examples(pairs))
+        chosen, rejected = logps.chunk(2)
+        ref = torch.tensor([self.reference[p.source] for p in pairs], device=logps.device)
+        margins = self.cfg.beta * ((chosen - rejected) - (ref[:, 0] - ref[:, 1]))
+        return -F.logsigmoid(margins).mean(), margins.detach()
+
+    @torch.no_grad()
+    def _reference_logps(self) -> dict[str, tuple[float, float]]:
+        """log p(chosen), log p(rejected) of every pair under the model as loaded."""
+        self.model.eval()
+        out = {}
+        items = [*self.train_items, *self.val_items]
+        for start in range(0, len(items), self.cfg.batch_size):
+            pairs = items[start : start + self.cfg.batch_size]
+            with self._reference_autocast():
+                logps = self._logps(self.model, _examples(pairs)).float()
+            chosen, rejected = logps.chunk(2)
+            for p, c, r in zip(pairs, chosen.tolist(), rejected.tolist(), strict=True):
+                out[p.source] = (c, r)
+        self.model.train()
+        return out
+
+    def _reference_autocast(self):
+        # setup() runs before the loop picks its autocast: choose the same one here
+        from genforge.train.loop import autocast_dtype
+
+        dtype = autocast_dtype(self.cfg.dtype, self.world.device)
+        if dtype is None:
+            import contextlib
+
+            return contextlib.nullcontext()
+        return torch.autocast(self.world.device.type, dtype=dtype)
+
+    # Figures.
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        if not self.val_items:
+            return {}
+        self.model.eval()
+        try:
+            return self._evaluate()
+        finally:
+            self.model.train()
+
+    def _evaluate(self) -> dict:
+        world, B = self.world, self.cfg.batch_size
+        mine = self.val_items[world.rank :: world.size]
+        if self.dpo:
+            sums = [0.0, 0.0, 0.0, 0.0]  # loss, correct, margin, pairs
+            for start in range(0, len(mine), B):
+                pairs = mine[start : start + B]
+                with self._autocast():
+                    loss, margins = self._dpo(pairs)
+                sums[0] += float(loss) * len(pairs)
+                sums[1] += float((margins > 0).sum())
+                sums[2] += float(margins.sum())
+                sums[3] += len(pairs)
+            loss, correct, margin, n = distributed.total(sums, world)
+            return {
+                "val_loss": loss / max(n, 1),
+                "val_accuracy": correct / max(n, 1),
+                "val_margin": margin / max(n, 1),
+            }
+        sums = [0.0, 0.0]  # nats, target tokens
+        for start in range(0, len(mine), B):
+            x, y = self._collate(mine[start : start + B])
+            with self._autocast():
+                loss = self.net(x, targets=y)
+            count = int((y != IGNORE).sum())
+            sums[0] += float(loss) * count
+            sums[1] += count
+        nats, count = distributed.total(sums, world)
+        return {"val_loss": nats / max(count, 1)}
+
+    def eval_line(self, out: dict) -> str:
+        line = f"val loss {out['val_loss']:.4f}"
+        if "val_accuracy" in out:
+            line += (
+                f", preference accuracy {out['val_accuracy']:.3f}, margin {out['val_margin']:.3f}"
+            )
+        return line
+
+    @torch.no_grad()
+    def samples(self) -> list[tuple[str, str]]:
+        self.model.eval()
+        try:
+            out = []
+            for i, (prompt, ids) in enumerate(self._sample_prompts()):
+                n = min(self.cfg.sample_tokens, self.cfg.seq_len - len(ids))
+                answer = self.generate(ids, max(n, 0), self.cfg.seed + self.step + i, self._stop)
+                out.append((prompt, self.tokenizer.decode(answer)))
+            return out
+        finally:
+            self.model.train()
+
+    @property
+    def _stop(self) -> frozenset[int]:
+        return self.tokenizer.eos_ids
+
+    def _sample_prompts(self) -> list[tuple[str, list[int]]]:
+        tok = self.tokenizer
+        if self.cfg.sample_prompts:
+            out = []
+            for p in self.cfg.sample_prompts:
+                if tok.chat_template or self.template:
+                    t = _with_template(tok, self.template) if self.template else tok
+                    ids = t.encode_chat([{"role": "user", "content": p}])
+                else:
+                    ids = tok.encode(p)
+                out.append((p, ids))
+            return out
+        out = []
+        for item in (self.val_items or self.train_items)[:2]:
+            e = item.chosen if self.dpo else item
+            first = e.mask.index(True) if True in e.mask else len(e.ids)
+            ids = e.ids[:first]
+            out.append((tok.decode(ids, skip_special=False), ids))
+        return out
+
+    # Model and checkpoints.
+    def _load_model(self):
+        cfg = self.cfg
+        quant = None
+        if cfg.method == "lora" and cfg.base_dtype != "fp32":
+            quant = auto_dtype(self.path) if cfg.base_dtype == "auto" else cfg.base_dtype
+            if cpu_kernels() is None or self.world.device.type != "cpu":
+                if cfg.base_dtype != "auto":
+                    raise GenforgeError(
+                        f"--base-dtype {cfg.base_dtype} needs genforge's CPU kernels (a C++ "
+                        "compiler at set-up) and the CPU; use --base-dtype fp32."
+                    )
+                quant = None
+        if quant is None:
+            ckpt = load_checkpoint(self.path, torch.float32)
+            model = build_model(ckpt)
+        else:
+            kind = KERNEL_FORMATS[quant]
+            ckpt = load_checkpoint(self.path, convert=lambda c: layer_converter(kind))
+            model = build_model(ckpt, prepare=lambda m: quantize_layers(m, kind))
+        ckpt.state = {}
+        self.model_cfg = ckpt.config
+        if cfg.method == "full":
+            try:
+                hf_config(self.model_cfg)  # its checkpoints are Hugging Face folders
+            except GenforgeError as e:
+                raise GenforgeError(f"full fine-tuning writes model folders, but {e}") from None
+            for p in model.parameters():
+                p.requires_grad_(True)
+        else:
+            leaves = [_leaf(t, self.model_cfg) for t in cfg.targets]
+            lora.add_lora(model, tuple(leaves), cfg.rank, cfg.alpha, cfg.dropout)
+        return model, quant or "fp32"
+
+    def describe(self) -> dict:
+        return {"base": str(self.path), "arch": self.model_cfg.arch}
+
+    def describe_mismatch(self) -> str:
+        return "another base model"
+
+    def adapter_config(self) -> peft.AdapterConfig:
+        cfg = self.cfg
+        return peft.AdapterConfig(
+            cfg.rank, cfg.alpha, tuple(cfg.targets), cfg.dropout, base_model=cfg.model
+        )
+
+    def write_weights(self, folder: Path, model_state: dict[str, torch.Tensor]) -> None:
+        model = distributed.unwrap(self.model)
+        if self.cfg.method == "lora":
+            peft.write_adapter(
+                folder, lora.lora_state(model), self.model_cfg, self.adapter_config()
+            )
+            if self.template:  # a fallback template: chat with the adapter as it was trained
+                (folder / "chat_template.jinja").write_text(self.template)
+        else:
+            checkpoint.model_writer(model_state, self.model_cfg, self._tokenizer_dir())(folder)
+        if self.reference is not None:
+            torch.save(self.reference, folder / REFERENCE)
+
+    def _tokenizer_dir(self) -> Path:
+        if Path(self.path).is_dir():
+            return Path(self.path)
+        folder = self.run / TOKENIZER
+        if not (folder / "tokenizer.json").is_file():
+            self.tokenizer.save(folder, self.template)
+        return folder
+
+    def load_weights(self, folder: Path) -> None:
+        model = distributed.unwrap(self.model)
+        if self.cfg.method == "lora":
+            state, _ = peft.read_adapter(folder, self.model_cfg)
+            params = dict(model.named_parameters())
+            with torch.no_grad():
+                for key, value in state.items():
+                    module, _, part = key.rpartition(".")
+                    params[f"{module}.{part}.{lora.DEFAULT_ADAPTER}"].copy_(value)
+        else:
+            weights, _ = checkpoint.load(folder)
+            model.load_state_dict(weights, strict=True)
+        if self.dpo:
+            self.reference = torch.load(folder / REFERENCE, weights_only=True)
+
+
+def _examples(pairs: list[sft.Pair]) -> list[sft.Example]:
+    """The chosen answers, then the rejected ones."""
+    return [p.chosen for p in pairs] + [p.rejected for p in pairs]
+
+
+def _leaf(target: str, cfg) -> str:
+    """A Hugging Face layer name (q_proj) as genforge's (wq)."""
+    for ours, hf in peft.module_names(cfg).items():
+        if hf.rpartition(".")[2] == target:
+            return ours.rpartition(".")[2]
+    raise GenforgeError(f"a {cfg.arch} model has no {target} layers to adapt.")
+
+
+def _tokenizer(path: Path) -> Tokenizer:
+    if Path(path).is_dir():
+        return Tokenizer.from_dir(path)
+    from genforge.weights.gguf import read_gguf
+
+    return Tokenizer.from_gguf_metadata(read_gguf(path).metadata)
+
+
+def _with_template(tok: Tokenizer, template: str) -> Tokenizer:
+    import copy
+
+    out = copy.copy(tok)
+    out.chat_template = template
+    return out
+
+
+def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
+    """Run (or resume) the fine-tuning run `cfg` describes, under torchrun or in this process."""
+    world = distributed.init(cfg.fsdp)
+    try:
+        tuner = FineTuner(cfg, world)
+        return tuner.fit(progress) | {"method": cfg.method, "skipped": tuner.stats.skipped}
+    finally:
+        distributed.shutdown(world)
