@@ -11,7 +11,8 @@ def add_parser(sub) -> None:
         help="write a trained model as a Hugging Face folder or a GGUF file",
         description="Export RUN's newest checkpoint (or a Hugging Face model folder) "
         "as a Hugging Face folder that transformers loads, or as a GGUF file that "
-        "llama.cpp loads. The training state stays behind.",
+        "llama.cpp loads, optionally with a LoRA adapter merged in (--adapter). The "
+        "training state stays behind.",
     )
     p.add_argument(
         "source",
@@ -32,6 +33,13 @@ def add_parser(sub) -> None:
         help="the folder (hf) or file (gguf) to write; an earlier export there is replaced",
     )
     p.add_argument(
+        "--adapter",
+        default=None,
+        metavar="DIR",
+        help="merge this LoRA adapter (a `genforge finetune` run or a peft folder) into the "
+        "weights; RUN may then also be a named model or a .gguf file",
+    )
+    p.add_argument(
         "--dtype",
         default="f32",
         choices=["f32", "f16", "bf16"],
@@ -43,6 +51,10 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from genforge.train.export import export, source_folder
 
+    if args.adapter is not None:
+        path = export(args.source, args.format, args.out, args.dtype, adapter=args.adapter)
+        print(f"wrote {path} ({args.format}, {args.dtype}): {args.source} + {args.adapter}")
+        return 0
     folder = source_folder(args.source)
     path = export(folder, args.format, args.out, args.dtype)
     print(f"wrote {path} ({args.format}, {args.dtype}) from {folder}")
