@@ -30,17 +30,23 @@ DEFAULT_ADAPTER = "default"
 
 
 class _FrozenQuant(torch.autograd.Function):
-    """y = x W^T through a quantized layer's own kernels; dx = dy W with W dequantized."""
+    """y = x W^T and dx = dy W through a quantized layer's weight, dequantized for each (by
+    genforge's kernel: a few ms a layer) and never kept: the memory stays the quantized size.
+    In bf16 where the CPU multiplies it natively (or under bf16 autocast), as training runs."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
-        ctx.layer, ctx.x_dtype = layer, x.dtype
-        with torch.no_grad():
-            return layer(x)
+        bf16 = x.dtype == torch.bfloat16 or torch.is_autocast_enabled(x.device.type)
+        ctx.layer, ctx.x_dtype, ctx.bf16 = layer, x.dtype, bf16
+        w = layer.dequantized(bf16)
+        y = F.linear(x.to(w.dtype), w)
+        if layer.bias is not None:
+            y = y + layer.bias.to(y.dtype)
+        return y.to(x.dtype)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
-        w = ctx.layer.dequantize()  # (out, in) float32
+        w = ctx.layer.dequantized(ctx.bf16)  # (out, in)
         return (dy.to(w.dtype) @ w).to(ctx.x_dtype), None
 
 

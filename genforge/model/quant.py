@@ -201,6 +201,16 @@ class QuantLinear(nn.Module):
         w = ops.dequantize(self.qweight, self.scales, mins, bf16)
         return F.linear(xq.to(w.dtype), w).to(x.dtype)
 
+    def dequantized(self, bf16: bool = False) -> torch.Tensor:
+        """The (out, in) weight this layer holds as float32 (or bf16), by genforge's dequantize
+        kernel where it is built (q8 and q4)."""
+        if kernels.ops is None:
+            w = self.dequantize()
+            return w.to(torch.bfloat16) if bf16 else w
+        return kernels.ops.dequantize(
+            self.qweight, self.scales, self.mins if self.kind == "q4" else None, bf16
+        )
+
     def dequantize(self) -> torch.Tensor:
         """The float32 (out, in) weight this layer holds (q8 and q4)."""
         if self.kind == "q4":

@@ -112,7 +112,10 @@ def read_adapter(folder: str | Path, cfg: ModelConfig) -> tuple[dict[str, torch.
             raise GenforgeError(f"{folder} uses peft's {key}, which genforge does not load.")
     if config.get("bias", "none") != "none":
         raise GenforgeError(f"{folder} trains biases (bias={config['bias']}); genforge loads none.")
-    rank, alpha = int(config["r"]), float(config["lora_alpha"])
+    try:
+        rank, alpha = int(config["r"]), float(config.get("lora_alpha", config["r"]))
+    except (KeyError, TypeError, ValueError):
+        raise GenforgeError(f"{folder / CONFIG} has no valid rank r and lora_alpha.") from None
     if config.get("use_rslora"):
         alpha = alpha * rank**0.5  # rsLoRA scales by alpha / sqrt(rank)
     path = folder / WEIGHTS
@@ -136,11 +139,13 @@ def read_adapter(folder: str | Path, cfg: ModelConfig) -> tuple[dict[str, torch.
                 "does not have; use the adapter with the model it was trained on."
             )
         state[f"{ours[module]}.{suffix}"] = t.float()
-    _check_shapes(state, cfg, path)
+    _check_shapes(state, cfg, path, rank)
     return state, alpha
 
 
-def _check_shapes(state: dict[str, torch.Tensor], cfg: ModelConfig, path: Path) -> None:
+def _check_shapes(state: dict[str, torch.Tensor], cfg: ModelConfig, path: Path, rank: int) -> None:
+    """Every adapted layer has A (rank, in) and B (out, rank) of the config's rank and the model's
+    sizes; else one sentence, not an error from deep inside torch."""
     q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
     sizes = {
         "wq": (cfg.dim, q),
@@ -151,13 +156,20 @@ def _check_shapes(state: dict[str, torch.Tensor], cfg: ModelConfig, path: Path) 
         "w_up": (cfg.dim, cfg.hidden_dim),
         "w_down": (cfg.hidden_dim, cfg.dim),
     }
-    for key, t in state.items():
-        module, _, part = key.rpartition(".")
+    modules = {key.rpartition(".")[0] for key in state}
+    for module in sorted(modules):
+        a, b = state.get(f"{module}.lora_a"), state.get(f"{module}.lora_b")
         n_in, n_out = sizes[module.rpartition(".")[2]]
-        ok = t.shape[1] == n_in if part == "lora_a" else t.shape[0] == n_out
-        other = f"{module}.{'lora_b' if part == 'lora_a' else 'lora_a'}"
-        if not ok or other not in state:
-            raise GenforgeError(
-                f"{path}: the adapter of {module} does not fit this model (shape "
-                f"{tuple(t.shape)}); use the adapter with the model it was trained on."
+        if a is None or b is None:
+            problem = "has only one of its two LoRA matrices"
+        elif (tuple(a.shape), tuple(b.shape)) != ((rank, n_in), (n_out, rank)):
+            problem = (
+                f"has A {tuple(a.shape)} and B {tuple(b.shape)} where rank {rank} on this model "
+                f"needs {(rank, n_in)} and {(n_out, rank)}"
             )
+        else:
+            continue
+        raise GenforgeError(
+            f"{path}: the adapter of {module} {problem}; use the adapter with the model it was "
+            "trained on."
+        )
