@@ -3,11 +3,13 @@
 One JSON object per line; the format is told by its keys:
 - `{"messages": [...], "tools": [...]}`: an OpenAI-style chat (system, user, assistant with optional
   `tool_calls`, tool), rendered with the model's chat template;
-- `{"prompt": ..., "completion": ...}`: a one-turn chat if the model has its own chat template (so
-  training matches how `genforge chat` asks), else plain text: prompt, completion, EOS;
+- `{"prompt": ..., "completion": ...}`, as TRL reads them: text prompt and completion are plain
+  text (the prompt, then the completion and EOS: what `genforge generate` and the multiple-choice
+  evaluations see); a prompt that is a list of messages, with a completion (string or assistant
+  message), is a chat rendered with the template;
 - `{"text": ...}`: plain text, BOS (if the model adds one), the text, one EOS;
 - preferences: `{"prompt": ... | "messages": [...], "chosen": X, "rejected": X}`, X an answer string,
-  an assistant message, or a list holding one.
+  an assistant message, or a list holding one; plain text or chat by the same rule.
 
 Design choices:
 - The mask is True on what the model should learn to write: each assistant turn's content (its tool
@@ -239,15 +241,12 @@ def _sft_example(tokenizer: Tokenizer, obj: dict[str, Any], source: str) -> Exam
             f"tuning, or write SFT lines: {SFT_LINES}."
         )
     elif "prompt" in obj or "completion" in obj:
-        prompt, completion = _string(obj, "prompt"), _string(obj, "completion")
-        if tokenizer.chat_template:
-            chat = [
-                {"role": "user", "content": prompt},
-                {"role": "assistant", "content": completion},
-            ]
-            ids, mask = encode_messages(tokenizer, chat)
-        else:
-            ids, mask = _plain(tokenizer, prompt, completion)
+        if isinstance(obj.get("prompt"), list):  # conversational, as TRL: the chat template
+            prompt = _checked_messages(obj["prompt"], '"prompt"')
+            answer = _answer(obj.get("completion"), "completion")
+            ids, mask = _encode_chat(tokenizer, [*prompt, answer], _tools(obj), [len(prompt)])
+        else:  # plain text, as TRL's standard format: the prompt, then the completion and EOS
+            ids, mask = _plain(tokenizer, _string(obj, "prompt"), _string(obj, "completion"))
     elif "text" in obj:
         ids = [*tokenizer.encode(_string(obj, "text")), _eos_id(tokenizer)]
         mask = [not (i == 0 and tokenizer.add_bos) for i in range(len(ids))]
@@ -309,16 +308,14 @@ def _pair(tokenizer: Tokenizer, obj: dict[str, Any], source: str) -> Pair:
         )
     answers = [_answer(obj[key], key) for key in ("chosen", "rejected")]
     tools = _tools(obj)
-    if "messages" in obj:
-        prompt = _checked_messages(obj["messages"])
-    elif "prompt" in obj:
-        prompt = [{"role": "user", "content": _string(obj, "prompt")}]
-    else:
-        raise GenforgeError('a preference line needs a "prompt" string or a "messages" list.')
-    if "messages" in obj or tokenizer.chat_template:
+    if "messages" in obj or isinstance(obj.get("prompt"), list):  # conversational: the template
+        prompt = _checked_messages(obj.get("messages", obj.get("prompt")))
         encoded = [_encode_chat(tokenizer, [*prompt, a], tools, [len(prompt)]) for a in answers]
-    else:
+    elif "prompt" in obj:  # plain text: the prompt, then each answer and EOS
+        prompt = [{"role": "user", "content": _string(obj, "prompt")}]
         encoded = [_plain(tokenizer, prompt[0]["content"], _plain_answer(a)) for a in answers]
+    else:
+        raise GenforgeError('a preference line needs a "prompt" (text or messages) or "messages".')
     chosen, rejected = (Example(ids, mask, source) for ids, mask in encoded)
     start = chosen.mask.index(True) if any(chosen.mask) else len(chosen.ids)
     if rejected.ids[:start] != chosen.ids[:start] or rejected.mask[:start] != chosen.mask[:start]:

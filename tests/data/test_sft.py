@@ -294,13 +294,24 @@ def test_gemma_fallback_renders_like_gemma_3(real):
 # --- prompt/completion and text lines -----------------------------------------------------------
 
 
-def test_prompt_completion_is_a_chat_turn_when_the_model_has_a_template(real, tmp_path):
+def test_prompt_completion_is_text_or_a_chat_by_the_prompts_type(real, tmp_path):
+    """As TRL reads them: a text prompt is plain text even for a chat model; a prompt of messages
+    is rendered with the chat template."""
     tok = real("smollm2")
-    path = write_lines(tmp_path / "pc.jsonl", line({"prompt": "2+2?", "completion": "4"}))
-    (example,) = read_sft(path, tok, max_len=256)
-    chat = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
-    assert (example.ids, example.mask) == encode_messages(tok, chat)
-    assert example.source == f"{path}:1"
+    user = [{"role": "user", "content": "2+2?"}]
+    path = write_lines(
+        tmp_path / "pc.jsonl",
+        line({"prompt": user, "completion": "4"}),
+        line({"prompt": user, "completion": [{"role": "assistant", "content": "4"}]}),
+        line({"prompt": "2+2?", "completion": " 4"}),
+    )
+    chat, chat_message, plain = read_sft(path, tok, max_len=256)
+    expected = encode_messages(tok, [*user, {"role": "assistant", "content": "4"}])
+    assert (chat.ids, chat.mask) == (chat_message.ids, chat_message.mask) == expected
+    assert chat.source == f"{path}:1"
+    head = tok.encode("2+2?")
+    assert plain.ids[: len(head)] == head and plain.ids[len(head) :][-1] in tok.eos_ids
+    assert plain.mask == [False] * len(head) + [True] * (len(plain.ids) - len(head))
 
 
 @pytest.mark.parametrize("add_bos", [True, False])
@@ -433,7 +444,7 @@ def test_a_bad_sft_line_names_file_and_line_or_is_skipped(chatml, tmp_path, case
 
 BAD_PREFERENCES = {
     "no-rejected": ({"prompt": "a", "chosen": "b"}, 'has no "rejected"'),
-    "no-prompt": ({"chosen": "b", "rejected": "c"}, 'needs a "prompt" string or a "messages"'),
+    "no-prompt": ({"chosen": "b", "rejected": "c"}, 'needs a "prompt" (text or messages)'),
     "answer-type": ({"prompt": "a", "chosen": 3, "rejected": "c"}, '"chosen" must be a string'),
     "answer-role": (
         {"prompt": "a", "chosen": {"role": "user", "content": "b"}, "rejected": "c"},
