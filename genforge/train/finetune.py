@@ -130,6 +130,7 @@ class FinetuneConfig(LoopConfig):
 
 class FineTuner(Loop):
     cfg: FinetuneConfig
+    eval_at_start = True  # the model before fine-tuning is the figure to beat
 
     def setup(self) -> None:
         cfg = self.cfg

@@ -174,6 +174,8 @@ class Loop:
     def check_memory(self) -> None:
         pass
 
+    eval_at_start = False  # evaluate before the first step too (a fine-tuned model's baseline)
+
     # The loop.
     def _optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.net.parameters() if p.requires_grad]
@@ -327,6 +329,8 @@ class Loop:
             disable=not (progress and world.main),
         )
         result, stop = {}, _StopFlag(world)
+        if self.step == 0 and self.eval_at_start:
+            self._evaluation(bar)  # the starting point the training is measured against
         window_t, window_steps, window_tokens = 0.0, 0, 0
         while self.step < self.steps and not stop.requested:
             t = time.perf_counter()
@@ -371,20 +375,17 @@ class Loop:
             "main": world.main,
         }
 
+    def _evaluation(self, bar) -> dict:
+        out = self.evaluate()
+        if out and self.world.main:
+            self.metrics.write({"kind": "eval", "step": self.step, "tokens": self.tokens, **out})
+            bar.write(f"step {self.step}: " + self.eval_line(out))
+        return out
+
     def _periodic(self, every: dict, last: bool, bar) -> dict:
         out = {}
         if self.step % every["eval"] == 0 or last:
-            out = self.evaluate()
-            if out and self.world.main:
-                self.metrics.write(
-                    {
-                        "kind": "eval",
-                        "step": self.step,
-                        "tokens": self.tokens,
-                        **out,
-                    }
-                )
-                bar.write(f"step {self.step}: " + self.eval_line(out))
+            out = self._evaluation(bar)
         if self.step % every["sample"] == 0 or last:
             for prompt, text in self.samples():
                 self.metrics.write(
