@@ -105,7 +105,9 @@ class Engine:
                 f"kv_dtype must be one of {', '.join(KV_DTYPES)}, got {kv_dtype!r}."
             )
         self.model = model
-        self.adapters = lora.adapter_names(model)  # LoRA adapters a request may name
+        # The LoRA adapters a request may name: none where one adapter is on for every row
+        # (`lora.set_adapter`: it is part of the model then)
+        self.adapters = set() if lora.active_adapter(model) else lora.adapter_names(model)
         limit = model.cfg.max_seq_len
         self.context_length = min(context_length or limit, limit)
         kv_tokens = max(kv_tokens or 0, self.context_length)
@@ -166,9 +168,7 @@ class Engine:
         `request.state.token_logprobs`; adapter: the LoRA adapter (of those the model holds) the
         request runs through, batched with requests for other adapters and the base model.
         """
-        if adapter is not None and adapter not in self.adapters:
-            held = ", ".join(sorted(self.adapters)) or "none"
-            raise GenforgeError(f"no adapter {adapter!r} is loaded (loaded: {held}).")
+        self._check_adapter(adapter)
         max_new = self.check_fits(len(prompt_ids), params.max_tokens)
         vocab = self.model.cfg.vocab_size
         if bad := [t for t in [*prompt_ids, *params.logit_bias] if not 0 <= t < vocab]:
@@ -189,10 +189,15 @@ class Engine:
         )
         req = Request(list(prompt_ids), max_new, params, frozenset(eos_ids), state=state)
         if adapter is not None:
-            req.adapter, req.table.salt = adapter, b"lora:" + adapter.encode() + b"\0"
+            req.adapter, req.table.salt = adapter, _salt(adapter)
         with self._lock:
             self.scheduler.add(req)
         return req
+
+    def _check_adapter(self, adapter: str | None) -> None:
+        if adapter is not None and adapter not in self.adapters:
+            held = ", ".join(sorted(self.adapters)) or "none"
+            raise GenforgeError(f"no adapter {adapter!r} is loaded (loaded: {held}).")
 
     def cancel(self, req: Request) -> None:
         with self._lock:
@@ -206,28 +211,39 @@ class Engine:
         *,
         batch_tokens: int = 2048,
         progress=None,
+        adapter: str | None = None,
     ) -> list[Scored]:
         """Log-likelihood of each (context ids, continuation ids) under the model, batched through
         this engine's KV cache (genforge.generate.score), on the compute thread. Generation takes
-        turns with the batches."""
+        turns with the batches. adapter: the LoRA adapter every pass goes through."""
         check_requests(requests, self.context_length)
+        self._check_adapter(adapter)
         out: list[Scored] = []
         step = max(1, batch_tokens // 4)  # requests per job: generation steps run in between
         for i in range(0, len(requests), step):
-            out += compute.run(self._loglikelihood, requests[i : i + step], batch_tokens, progress)
+            out += compute.run(
+                self._loglikelihood, requests[i : i + step], batch_tokens, progress, adapter
+            )
         return out
 
     @torch.inference_mode()
-    def _loglikelihood(self, requests, batch_tokens: int, progress) -> list[Scored]:
+    def _loglikelihood(self, requests, batch_tokens: int, progress, adapter) -> list[Scored]:
         with self._lock:
-            return loglikelihood(
-                self.model,
-                self.cache,
-                self.pool,
-                requests,
-                batch_tokens=batch_tokens,
-                progress=progress,
-            )
+            if adapter is not None:
+                lora.route(self.model, [(adapter, slice(None))])  # every row of every pass
+            try:
+                return loglikelihood(
+                    self.model,
+                    self.cache,
+                    self.pool,
+                    requests,
+                    batch_tokens=batch_tokens,
+                    progress=progress,
+                    salt=_salt(adapter),
+                )
+            finally:
+                if adapter is not None:
+                    lora.route(self.model, None)
 
     def reset_prefix_cache(self) -> None:
         """Forget cached prefixes (e.g. to time a cold prompt); blocks in use are untouched."""
@@ -421,6 +437,11 @@ class TokenStream:
 
     def __del__(self) -> None:
         self.close()
+
+
+def _salt(adapter: str | None) -> bytes:
+    """What starts the prefix cache's hash chain of a request through `adapter`."""
+    return b"" if adapter is None else b"lora:" + adapter.encode() + b"\0"
 
 
 def is_end(item) -> bool:

@@ -269,7 +269,7 @@ class LLM:
         progress: called with the number of pairs finished after each batch.
         """
         return self.engine.loglikelihood(
-            [self.encode_pair(c, x) for c, x in pairs], progress=progress
+            [self.encode_pair(c, x) for c, x in pairs], progress=progress, adapter=self.adapter
         )
 
     def complete_many(self, prompts: list[list[int]], **sampling) -> Iterator[Completion]:

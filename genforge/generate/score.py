@@ -65,11 +65,13 @@ def loglikelihood(
     *,
     batch_tokens: int = 2048,
     progress: Callable[[int], None] | None = None,
+    salt: bytes = b"",
 ) -> list[Scored]:
     """Score each (context ids, continuation ids) request; results in the same order.
 
     batch_tokens: tokens per forward pass (contexts and continuations are separate passes);
-    progress: called with the number of requests finished after each batch.
+    progress: called with the number of requests finished after each batch; salt: the prefix
+    cache's name for the adapter the model runs through (`BlockTable.salt`).
     """
     groups: dict[tuple[int, ...], _Group] = {}
     for i, (context, _) in enumerate(requests):
@@ -92,7 +94,7 @@ def loglikelihood(
             or rows + g_rows > max_rows
             or blocks + g_blocks > pool.n_available
         ):
-            _score_batch(model, cache, pool, batch, requests, results, progress)
+            _score_batch(model, cache, pool, batch, requests, results, progress, salt)
             batch, tokens, rows, blocks = [], 0, 0, 0
         if g_blocks > pool.n_available:
             raise GenforgeError(
@@ -102,7 +104,7 @@ def loglikelihood(
         batch.append(group)
         tokens, rows, blocks = tokens + g_tokens, rows + g_rows, blocks + g_blocks
     if batch:
-        _score_batch(model, cache, pool, batch, requests, results, progress)
+        _score_batch(model, cache, pool, batch, requests, results, progress, salt)
     return results  # type: ignore[return-value]
 
 
@@ -116,7 +118,9 @@ def _cost(group: _Group, requests, pool: BlockPool) -> tuple[int, int, int]:
     return n + sum(conts), 1 + sum(conts), blocks
 
 
-def _score_batch(model, cache, pool, batch: list[_Group], requests, results, progress) -> None:
+def _score_batch(
+    model, cache, pool, batch: list[_Group], requests, results, progress, salt: bytes
+) -> None:
     bs = pool.block_size
     tables: list[BlockTable] = []
     try:
@@ -124,7 +128,7 @@ def _score_batch(model, cache, pool, batch: list[_Group], requests, results, pro
         # that pair in one sequence); otherwise its last row predicts each continuation's first token.
         seqs, feed = [], []
         for group in batch:
-            table, n = BlockTable(), len(group.context)
+            table, n = BlockTable(salt=salt), len(group.context)
             tables.append(table)
             cached = pool.match_prefix(table, group.context, n - 1)
             tokens = group.context[cached:]
@@ -154,7 +158,7 @@ def _score_batch(model, cache, pool, batch: list[_Group], requests, results, pro
                 results[i] = Scored(float(first[cont[0]]), best == cont[0], len(cont))
                 if len(cont) == 1:
                     continue
-                own = BlockTable()
+                own = BlockTable(salt=salt)
                 tables.append(own)
                 pool.share(own, table.blocks[: n // bs])
                 pool.grow(own, n + len(cont) - 1)

@@ -253,3 +253,8 @@ def merge_lora(model: nn.Module, name: str = DEFAULT_ADAPTER) -> None:
 def adapter_names(model: nn.Module) -> set[str]:
     """The adapters `model` holds."""
     return {name for _, m in lora_modules(model) for name in m.lora_a}
+
+
+def active_adapter(model: nn.Module) -> str | None:
+    """The adapter `set_adapter` switched on for every row, if any."""
+    return next((m.active for _, m in lora_modules(model) if m.active is not None), None)
