@@ -7,7 +7,7 @@ DEFAULT_MODEL := smollm2-135m-instruct
 # Set-up output goes to stderr so that `echo "question" | make run` prints only the answer.
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run rag-setup serve test test-slow lint format setup setup-dev model browser pydocs bench bench-engine bench-llama-cpp bench-serve bench-train bench-eval bench-rag eval recipe clean help
+.PHONY: run rag-setup serve test test-slow lint format setup setup-dev model browser pydocs bench bench-engine bench-llama-cpp bench-serve bench-train bench-finetune recipe-finetune bench-eval bench-rag eval recipe clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -135,6 +135,17 @@ bench-rag: $(VENV)/.installed-dev  ## ingest vs raw embedding, query latency on 
 # e.g. make bench-train BENCH_TRAIN_ARGS="--rounds 5 --no-compile"
 bench-train: $(VENV)/.installed-dev  ## genforge's training step vs a nanoGPT-style reference loop, into RESULTS.md
 	$(PY) benchmarks/train_speed.py $(BENCH_TRAIN_ARGS)
+
+# e.g. make bench-finetune BENCH_FINETUNE_ARGS="--batch 4 --seq 512"
+bench-finetune: $(VENV)/.installed-bench model  ## genforge's fine-tuning step and memory vs transformers + peft (+ TRL), into RESULTS.md
+	$(PY) benchmarks/finetune_speed.py $(BENCH_FINETUNE_ARGS)
+
+# e.g. make recipe-finetune FINETUNE_RECIPE=hellaswag-dpo
+FINETUNE_RECIPE ?= hellaswag-sft
+recipe-finetune: $(VENV)/.installed-eval model  ## a fine-tuning recipe (hellaswag-sft, hellaswag-dpo, pydocs-chat), into recipes/RESULTS.md
+	@test "$(FINETUNE_RECIPE)" != pydocs-chat || test -d /usr/share/doc/python3.11/html/_sources || \
+		{ apt-get update -qq && apt-get install -y -qq python3.11-doc; } 1>&2
+	$(PY) recipes/finetune.py $(FINETUNE_RECIPE)
 
 # e.g. make recipe RECIPE=stdlib-code
 RECIPE ?= pydocs-tiny

