@@ -92,7 +92,8 @@ def write_data(path: Path, n: int, seq: int) -> None:
 
 
 def tuner(variant: str, data: Path, out: Path, args):
-    from genforge.train.finetune import FinetuneConfig, FineTuner
+    from genforge.train.config import FinetuneConfig
+    from genforge.train.finetune import FineTuner
 
     method = "full" if variant == "genforge-full" else "lora"
     base = {"genforge-lora-auto": "auto", "genforge-lora-int8": "int8"}.get(variant, "fp32")

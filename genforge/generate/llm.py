@@ -98,6 +98,11 @@ class LLM:
     def with_adapter(self, name: str | None) -> LLM:
         """This model seen through LoRA adapter `name` (None: the base): the same weights and
         engine, so requests for different adapters run batched in the same steps."""
+        if lora.active_adapter(self.model) is not None:
+            raise GenforgeError(
+                "this model runs every request through the adapter it was loaded with; load it "
+                "with adapters={name: folder} to pick one per request (or none)."
+            )
         if name is not None and name not in self.engine.adapters:
             raise GenforgeError(
                 f"no adapter {name!r} is loaded (loaded: {', '.join(self.adapters) or 'none'})."

@@ -82,10 +82,17 @@ class LoRALinear(nn.Module):
         self.dropout.p = dropout
         self.active = name
 
-    def delta(self, name: str, x: torch.Tensor) -> torch.Tensor:
+    def plus_delta(self, name: str, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """y + scaling * (x A^T) B^T, the last two as one addmm (no separate scale and add over
+        the output): the same arithmetic for every row, routed or not."""
         a, b = self.lora_a[name], self.lora_b[name]
-        x = self.dropout(x).to(a.dtype)
-        return F.linear(F.linear(x, a), b) * self.scaling[name]
+        if self.dropout.p and self.training:
+            x = self.dropout(x)
+        xa = F.linear(x.to(a.dtype), a).reshape(-1, a.shape[0])
+        out = torch.addmm(
+            y.reshape(-1, y.shape[-1]).to(xa.dtype), xa, b.t(), alpha=self.scaling[name]
+        )
+        return out.view(y.shape).to(y.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = frozen_forward(self.base, x)
@@ -94,11 +101,11 @@ class LoRALinear(nn.Module):
                 return y
             y = y.clone()
             for name, rows in self.rows:
-                y[:, rows] += self.delta(name, x[:, rows]).to(y.dtype)
+                y[:, rows] = self.plus_delta(name, y[:, rows], x[:, rows])
             return y
         if self.active is None:
             return y
-        return y + self.delta(self.active, x).to(y.dtype)
+        return self.plus_delta(self.active, y, x)
 
     def merged_weight(self, name: str | None) -> torch.Tensor:
         """The float32 weight of base + adapter `name` (None: the base alone), for export."""

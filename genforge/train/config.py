@@ -1,4 +1,6 @@
-"""What a training run is: `TrainConfig`, and the model size derived from one dial (depth)."""
+"""What a run of the training loop is: `LoopConfig`, `TrainConfig` (pretraining, sized by one
+dial: depth) and `FinetuneConfig`. Dataclasses only, without torch: the CLI builds its flags from
+them and `--help` stays fast."""
 
 from __future__ import annotations
 
@@ -89,6 +91,83 @@ class TrainConfig(LoopConfig):
 
     IDENTITY = ("depth", "seq_len", *LoopConfig.IDENTITY)
     POSITIVE = ("depth", "seq_len", "eval_tokens", *LoopConfig.POSITIVE)
+
+
+METHODS = ("lora", "full")
+OBJECTIVES = ("sft", "dpo")
+BASE_DTYPES = ("auto", "fp32", "int8", "int4")
+ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig(LoopConfig):
+    """A fine-tuning run: a loaded model adapted to JSONL examples."""
+
+    model: str  # the model to adapt: a named model, a .gguf file, a Hugging Face folder or a run
+    data: str  # JSONL training data: chat "messages", "prompt"/"completion" or "text" per line
+    method: str = "lora"  # "lora": low-rank adapters on the frozen model; "full": every weight
+    objective: str = "sft"  # "sft": learn the answers; "dpo": prefer "chosen" over "rejected"
+    rank: int = 16  # LoRA rank
+    alpha: float = 32.0  # LoRA alpha: adapters add (alpha / rank) x B A x
+    dropout: float = 0.0  # LoRA dropout on the adapters' inputs (peft's default: none)
+    targets: tuple[str, ...] = ALL_TARGETS  # the layers LoRA adapts (Hugging Face names)
+    base_dtype: str = (
+        "auto"  # LoRA's frozen base: auto (the 8/4-bit blocks inference runs), int8, int4, fp32
+    )
+    epochs: int = 1  # passes over the training data when --steps is 0
+    steps: int = 0  # optimizer steps; 0 = --epochs passes over the training data
+    seq_len: int = 1024  # the longest example in tokens; longer ones are an error (or --skip-bad)
+    val: str = ""  # JSONL validation data; none = --val-fraction of the training lines
+    val_fraction: float = 0.05  # share of training lines held out when there is no --val
+    beta: float = 0.1  # DPO: how strongly the model is held near the reference
+    skip_bad: bool = False  # skip (and count) bad lines instead of stopping at the first
+    lr: float = 0.0  # peak learning rate; 0 = 2e-4 for LoRA, 2e-5 for full fine-tuning
+    weight_decay: float = 0.0  # AdamW decoupled weight decay on matrices
+    batch_size: int = 4  # examples per micro-batch in each process (DPO: pairs)
+
+    IDENTITY = (
+        "method",
+        "objective",
+        "rank",
+        "alpha",
+        "dropout",
+        "targets",
+        "base_dtype",
+        "epochs",
+        "seq_len",
+        "val_fraction",
+        "beta",
+        *LoopConfig.IDENTITY,
+    )
+    POSITIVE = ("rank", "epochs", "seq_len", *LoopConfig.POSITIVE)
+
+    def check(self) -> None:
+        super().check()
+        for name, allowed in (
+            ("method", METHODS),
+            ("objective", OBJECTIVES),
+            ("base_dtype", BASE_DTYPES),
+        ):
+            if getattr(self, name) not in allowed:
+                choices = ", ".join(allowed)
+                raise GenforgeError(
+                    f"--{name.replace('_', '-')} must be one of {choices}, got {getattr(self, name)!r}."
+                )
+        if not 0 <= self.val_fraction < 0.5:
+            raise GenforgeError(f"--val-fraction must be in [0, 0.5), got {self.val_fraction}.")
+        if not 0 <= self.dropout < 1 or self.alpha <= 0 or self.beta <= 0:
+            raise GenforgeError("--dropout must be in [0, 1), --alpha and --beta above 0.")
+        unknown = [t for t in self.targets if t not in ALL_TARGETS]
+        if unknown or not self.targets:
+            raise GenforgeError(
+                f"--targets takes layer names from {', '.join(ALL_TARGETS)}; got "
+                f"{', '.join(unknown) or 'none'}."
+            )
+        if self.fsdp and self.method == "lora":
+            raise GenforgeError(
+                "--fsdp shards full fine-tuning; LoRA's adapters are small: run it under "
+                "torchrun without --fsdp (data parallel)."
+            )
 
 
 def model_config(depth: int, vocab_size: int, seq_len: int) -> ModelConfig:

@@ -126,6 +126,8 @@ class Loop:
         self.cfg, self.world = cfg, world or World()
         self.run = Path(cfg.out)
         self.step, self.elapsed, self.tokens, self.last_tokens = 0, 0.0, 0, 0
+        if not cfg.resume:
+            self._refuse_existing()  # before any data or model is read
         torch.manual_seed(cfg.seed)
         self.setup()
         self.autocast = autocast_dtype(cfg.dtype, self.world.device)
@@ -186,12 +188,15 @@ class Loop:
         fused = not self.world.fsdp  # one kernel per step (half the time of foreach on CPU)
         return torch.optim.AdamW(groups, lr=self.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused)
 
-    def _start(self) -> None:
+    def _refuse_existing(self) -> None:
         if existing := checkpoint.latest(self.run):
             raise GenforgeError(
                 f"{self.run} already holds a run (checkpoint {existing.name}); add --resume to "
                 "continue it, or choose another --out."
             )
+
+    def _start(self) -> None:
+        self._refuse_existing()
         if self.world.main:
             self.run.mkdir(parents=True, exist_ok=True)
             info = {

@@ -199,8 +199,9 @@ def test_one_adapter_for_every_request_is_part_of_the_model(single, prompts):
     """With `load(adapter=...)` the adapter is on for every row: no request can name it or step
     around it (mixing it with routed requests would leave the unnamed ones on the base)."""
     assert single.adapters == []
-    with pytest.raises(GenforgeError, match="no adapter 'adapter'"):
-        single.with_adapter("adapter")
+    for name in ("adapter", None):
+        with pytest.raises(GenforgeError, match="every request through the adapter"):
+            single.with_adapter(name)
     with pytest.raises(GenforgeError, match="no adapter 'adapter'"):
         single.engine.add_request(prompts[0], GREEDY, adapter="adapter")
 

@@ -9,6 +9,7 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +26,8 @@ from genforge import hub
 from genforge.cli import main
 from genforge.errors import GenforgeError
 from genforge.train import checkpoint
-from genforge.train.finetune import ALL_TARGETS, REFERENCE, FinetuneConfig, FineTuner, finetune
+from genforge.train.config import ALL_TARGETS, FinetuneConfig
+from genforge.train.finetune import REFERENCE, FineTuner, finetune
 from genforge.train.metrics import METRICS
 from genforge.weights import peft
 
@@ -109,10 +111,10 @@ def test_sft_lora_learns_a_new_answer_format_and_chat_uses_the_adapter(smollm2_p
     losses = train_losses(run)
     assert sorted(losses) == list(range(1, 21))
     evals = records(run, "eval")
-    assert [e["step"] for e in evals] == [5, 10, 15, 20]
+    assert [e["step"] for e in evals] == [0, 5, 10, 15, 20]  # step 0: the base model
     first, last = evals[0]["val_loss"], evals[-1]["val_loss"]
-    assert losses[1] > 2.0, losses  # the base model does not answer this way
-    assert last < 0.4 and last < first / 2, evals  # the adapter has learnt it
+    assert first > 2.0 and losses[1] > 2.0, evals  # the base model does not answer this way
+    assert last < 0.4 and last < first / 4, evals  # the adapter has learnt it
     assert result["val_loss"] == pytest.approx(last) and result["step"] == 20
 
     saved = checkpoint.latest(run)
@@ -131,6 +133,8 @@ def test_sft_lora_learns_a_new_answer_format_and_chat_uses_the_adapter(smollm2_p
     assert (23, 31) not in sums(40, seed=0)
     answer = llm.chat(held_out, max_tokens=12, temperature=0)
     assert FORMAT.fullmatch(answer.strip()), answer
+    base = genforge.load(MODEL, progress=False).chat(held_out, max_tokens=12, temperature=0)
+    assert not FORMAT.search(base), base  # the adapter made the difference
 
 
 def resume_args(data: Path, val: Path) -> list[str]:
@@ -176,11 +180,13 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(smollm2_path, tmp_pat
 
     p = cli(*args, "--out", str(cut))
     deadline = time.time() + 300
-    while not checkpoint.checkpoints(cut) and time.time() < deadline and p.poll() is None:
-        time.sleep(0.01)
-    p.send_signal(signal.SIGKILL)
-    p.communicate(timeout=60)
-    assert p.returncode == -signal.SIGKILL  # killed mid-run, not finished
+    try:
+        while not checkpoint.checkpoints(cut) and p.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+    finally:
+        p.send_signal(signal.SIGKILL)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == -signal.SIGKILL, err  # killed mid-run, not finished
     killed_at = checkpoint.latest(cut)
     assert killed_at is not None and killed_at.name != "step_0000006"
     p = cli(*args, "--out", str(cut), "--resume")
@@ -226,6 +232,25 @@ def test_a_bad_line_stops_the_cli_with_its_file_and_line(
     assert err.startswith(f"genforge: error: {data} line 3: "), err
     assert re.search(message, err), err
     assert not out.exists()  # the data is read before anything is written (or loaded)
+
+
+def test_a_bad_preference_line_names_its_line(smollm2_path, tmp_path, capsys):
+    good = {"prompt": "Say yes.", "chosen": "YES", "rejected": "yes"}
+    data = write_jsonl(tmp_path / "pairs.jsonl", [good, {"prompt": "Say no.", "chosen": "NO"}])
+    args = ["finetune", "--model", MODEL, "--data", str(data), "--objective", "dpo"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 1
+    err = one_line_error(capsys.readouterr().err)
+    assert err.startswith(f"genforge: error: {data} line 2: a preference line needs"), err
+    assert 'has no "rejected"' in err
+
+
+def test_skip_bad_needs_one_good_line(smollm2_path, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "data.jsonl", [bad for bad, _ in BAD_LINES])
+    args = ["finetune", "--model", MODEL, "--data", str(data), "--out", str(tmp_path / "run")]
+    assert main([*args, "--seq-len", "64", "--skip-bad"]) == 1
+    err = one_line_error(capsys.readouterr().err)
+    assert f"{data} has no usable example: all 4 lines were bad; the first: {data} line 1: " in err
+    assert "not valid JSON" in err
 
 
 def test_skip_bad_trains_on_the_good_lines_and_counts_the_rest(smollm2_path, tmp_path, capsys):
@@ -349,9 +374,8 @@ def preference_data(folder: Path) -> tuple[Path, Path]:
         "feather",
     )
     rows = [{"prompt": f"Say the word {w}.", "chosen": w.upper(), "rejected": w} for w in words]
-    return write_jsonl(folder / "train.jsonl", rows[:24]), write_jsonl(
-        folder / "val.jsonl", rows[24:]
-    )
+    train = write_jsonl(folder / "train.jsonl", rows[:24])
+    return train, write_jsonl(folder / "val.jsonl", rows[24:])
 
 
 def test_dpo_learns_the_preference(smollm2_path, tmp_path):
@@ -363,20 +387,25 @@ def test_dpo_learns_the_preference(smollm2_path, tmp_path):
         val=str(val),
         out=str(run),
         objective="dpo",
-        steps=18,
-        eval_every=3,
-        save_every=18,
+        steps=8,
+        batch_size=2,  # pairs: a chosen and a rejected answer each
+        lr=4e-4,  # twice the LoRA default: 8 steps move the margin well clear of 0 (about 0.75)
+        eval_every=4,
+        save_every=8,
         base_dtype="fp32",
         **FAST,
     )
     result = finetune(cfg, progress=False)
     evals = records(run, "eval")
-    assert [e["step"] for e in evals] == list(range(3, 19, 3))
+    assert [e["step"] for e in evals] == [0, 4, 8]
     first, last = evals[0], evals[-1]
-    assert {"val_loss", "val_accuracy", "val_margin"} <= last.keys()
-    assert last["val_margin"] > first["val_margin"] and last["val_margin"] > 0, evals
+    assert {"val_loss", "val_accuracy", "val_margin"} <= first.keys()
+    # Step 0 is the reference itself (the adapters' B starts at zero): every margin is 0.
+    assert first["val_margin"] == pytest.approx(0, abs=1e-4), first
+    assert first["val_loss"] == pytest.approx(math.log(2), abs=1e-4)  # -log sigmoid(0)
+    assert last["val_margin"] > first["val_margin"] + 0.3, evals
     assert last["val_accuracy"] >= first["val_accuracy"] and last["val_accuracy"] >= 0.75, evals
-    assert last["val_loss"] < math.log(2), evals  # -log sigmoid(0): where DPO starts
+    assert last["val_loss"] < first["val_loss"] - 0.15, evals
     assert result["val_accuracy"] == pytest.approx(last["val_accuracy"])
 
     saved = checkpoint.latest(run)
@@ -416,8 +445,11 @@ def test_full_fine_tuning_writes_a_model_folder_that_loads(smollm2_path, tmp_pat
 
     llm = genforge.load(str(run), dtype="fp32", progress=False)
     assert llm.config.n_layers == 30 and llm.config.arch == "llama"
-    answer = llm.chat([{"role": "user", "content": "What is 12 plus 30?"}], max_tokens=8)
-    assert isinstance(answer, str) and answer.strip(), answer
+    question = [{"role": "user", "content": "What is 12 plus 30?"}]
+    answer = llm.chat(question, max_tokens=12, temperature=0)
+    assert FORMAT.fullmatch(answer.strip()), answer  # the folder holds the trained weights
+    del llm
+    shutil.rmtree(run)  # 1.6 GB (weights and AdamW's moments): pytest keeps its last folders
 
 
 def test_finetune_help_names_the_key_flags():
