@@ -4,7 +4,7 @@
 
 Every variant fine-tunes the same model (SmolLM2-135M-Instruct) on the same micro-batches (chat
 examples padded to --seq tokens, the loss on the answers only), with the same optimizer (AdamW,
-lr 2e-4, betas 0.9/0.95, weight decay 0), LoRA rank 16 / alpha 32 / dropout 0.05 on all seven
+lr 2e-4, betas 0.9/0.95, weight decay 0), LoRA rank 16 / alpha 32 / no dropout on all seven
 linear layers, on the same number of threads, each in its own process so that its peak resident
 memory is its own. Step times are the median of the steps after two warm-up steps.
 
@@ -39,10 +39,11 @@ HERE = Path(__file__).parent
 HEADING = "## Fine-tuning against transformers + peft (finetune_speed.py)"
 MODEL = "smollm2-135m-instruct"
 TARGETS_HF = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-RANK, ALPHA, DROPOUT, LR = 16, 32.0, 0.05, 2e-4
+RANK, ALPHA, DROPOUT, LR = 16, 32.0, 0.0, 2e-4  # genforge's and peft's defaults (no dropout)
 VARIANTS = {
     "genforge-lora-auto": "genforge, LoRA on the 4-bit base (auto)",
     "genforge-lora-int8": "genforge, LoRA on an int8 base",
+    "genforge-lora-int8-ckpt": "genforge, LoRA on an int8 base, --checkpointing",
     "genforge-lora-fp32": "genforge, LoRA on a float32 base",
     "genforge-full": "genforge, full fine-tuning",
     "hf-peft": "transformers + peft, LoRA (float32)",
@@ -92,12 +93,17 @@ def write_data(path: Path, n: int, seq: int) -> None:
 
 
 def tuner(variant: str, data: Path, out: Path, args):
-    from genforge.train.config import FinetuneConfig
     from genforge.train.finetune import FineTuner
 
+    return FineTuner(tuner_config(variant, data, out, args))
+
+
+def tuner_config(variant: str, data: Path, out: Path, args):
+    from genforge.train.config import FinetuneConfig
+
     method = "full" if variant == "genforge-full" else "lora"
-    base = {"genforge-lora-auto": "auto", "genforge-lora-int8": "int8"}.get(variant, "fp32")
-    cfg = FinetuneConfig(
+    base = "auto" if variant == "genforge-lora-auto" else "int8" if "int8" in variant else "fp32"
+    return FinetuneConfig(
         model=MODEL,
         data=str(data),
         out=str(out),
@@ -113,8 +119,24 @@ def tuner(variant: str, data: Path, out: Path, args):
         val_fraction=0.0,
         warmup=0,
         dtype=args.dtype,
+        checkpointing=variant.endswith("-ckpt"),
     )
-    return FineTuner(cfg)
+
+
+def data_only(data: Path, args):
+    """genforge's batches of the run (the same examples, order and padding) without its model."""
+    from genforge import hub
+    from genforge.train.distributed import World
+    from genforge.train.finetune import FineTuner, _tokenizer
+
+    cfg = tuner_config("genforge-lora-fp32", data, Path(args.work) / "unused", args)
+    t = FineTuner.__new__(FineTuner)
+    t.cfg, t.world, t.dpo, t.template = cfg, World(), False, None
+    t.path = hub.resolve(MODEL, progress=False)
+    t.tokenizer = _tokenizer(t.path)
+    t.train_items, t.val_items = t._read_data()
+    t.rows = cfg.batch_size * cfg.grad_accum
+    return t
 
 
 def child(variant: str, args) -> dict:
@@ -123,10 +145,9 @@ def child(variant: str, args) -> dict:
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    t = tuner("genforge-lora-fp32", work / "data.jsonl", work / f"probe-{os.getpid()}", args)
+    t = data_only(work / "data.jsonl", args)  # no weights: the peak memory is the variant's own
     batches = [t._collate(t.micro_batches(s)[0]) for s in range(args.steps + 2)]
     tokens = sum(len(e.ids) - 1 for s in range(args.steps + 2) for e in t.micro_batches(s)[0])
-    del t
     if variant.startswith("genforge"):
         t = tuner(variant, work / "data.jsonl", work / f"run-{variant}", args)
         step = t.train_step

@@ -64,6 +64,7 @@ class FineTuner(Loop):
         self.template = self._template()
         self.train_items, self.val_items = self._read_data()
         self.model, self.base_dtype = self._load_model()
+        self.model.checkpoint_blocks = cfg.checkpointing
         self.model.train()
         rows = cfg.batch_size * cfg.grad_accum * self.world.size
         self.rows = rows
