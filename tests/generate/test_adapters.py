@@ -15,43 +15,22 @@ import subprocess
 import sys
 
 import pytest
-import torch
+from adapters import RANK, make_adapter
 
 import genforge
 from genforge import compute
 from genforge.errors import GenforgeError
 from genforge.generate.engine import BLOCK_SIZE, Engine, TokenStream
 from genforge.generate.sampling import SamplingParams
-from genforge.model import lora
 from genforge.model.config import ModelConfig
-from genforge.model.transformer import Transformer
 from genforge.weights import peft
 from genforge.weights.configs import config_from_gguf
 from genforge.weights.gguf import read_gguf
 
 MODEL = "smollm2-135m-instruct"
-RANK, ALPHA = 8, 16.0
-STD = 0.08  # of B: changes an answer within a few tokens, keeps it English
 MESSAGES = ("Name three colours.", "Write one sentence about the sea.")
 GREEDY = SamplingParams(temperature=0, max_tokens=24)
 NAMES = (None, "a", "b")  # None: the base model
-
-
-def make_adapter(folder, cfg: ModelConfig, seed: int, std: float = STD):
-    """A peft adapter folder for a model of `cfg`, as `genforge finetune` would write one."""
-    with torch.device("meta"):  # the structure only: add_lora puts the adapters on the CPU
-        net = Transformer(cfg)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)  # A's Kaiming start
-        lora.add_lora(net, lora.TARGETS, RANK, ALPHA)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, m in lora.lora_modules(net):
-            m.lora_b["default"].normal_(0, std, generator=g)
-    folder.mkdir(parents=True)
-    targets = tuple(peft.hf_target(t, cfg) for t in lora.TARGETS)
-    peft.write_adapter(folder, lora.lora_state(net), cfg, peft.AdapterConfig(RANK, ALPHA, targets))
-    return folder
 
 
 @pytest.fixture(scope="module")

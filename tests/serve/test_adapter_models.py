@@ -8,43 +8,21 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
+from adapters import make_adapter
 from conftest import MODEL, Server
 
 import genforge
-from genforge.model import lora
-from genforge.model.config import ModelConfig
-from genforge.model.transformer import Transformer
-from genforge.weights import peft
 from genforge.weights.configs import config_from_gguf
 from genforge.weights.gguf import read_gguf
 
 openai = pytest.importorskip("openai")
 
-RANK, ALPHA, STD = 8, 16.0, 0.08  # strong enough to change greedy answers (checked below)
 NAMES = (MODEL, "a", "b")
 MESSAGES = ("Name three colours.", "Write one sentence about the sea.")
 PROMPT = "The three primary colours are"  # for /v1/completions
 # float32 weights and cache on both sides: batched and alone then round alike (fp16 keys would
 # round float32-sized differences between batchings up to fp16 steps)
 FLOAT32 = ("--dtype", "fp32", "--kv-dtype", "fp32", "--ctx", "1024")
-
-
-def make_adapter(folder, cfg: ModelConfig, seed: int):
-    """A peft adapter folder for `cfg`: untrained, B random (seeded)."""
-    with torch.device("meta"):
-        net = Transformer(cfg)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        lora.add_lora(net, lora.TARGETS, RANK, ALPHA)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, m in lora.lora_modules(net):
-            m.lora_b["default"].normal_(0, STD, generator=g)
-    folder.mkdir(parents=True)
-    targets = tuple(peft.hf_target(t, cfg) for t in lora.TARGETS)
-    peft.write_adapter(folder, lora.lora_state(net), cfg, peft.AdapterConfig(RANK, ALPHA, targets))
-    return folder
 
 
 @pytest.fixture(scope="module")
