@@ -37,6 +37,7 @@ MODEL = "smollm2-135m-instruct"
 N_EVAL = 1000  # HellaSwag items 0..999: evaluated, never trained on
 N_TRAIN = 3000  # items 1000..3999: training
 N_VAL = 200  # items 4000..4199: the fine-tuning run's own validation
+N_DPO = 1200  # DPO: items 1000..2199, one epoch of 300 steps of 4 pairs
 
 
 def genforge(*args: str) -> None:
@@ -55,7 +56,7 @@ def write_lines(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def hellaswag_data(work: Path, dpo: bool) -> tuple[Path, Path]:
+def hellaswag_data(work: Path, dpo: bool, n_train: int = N_TRAIN) -> tuple[Path, Path]:
     items = hellaswag_items()
     rng = random.Random(0)
 
@@ -66,7 +67,7 @@ def hellaswag_data(work: Path, dpo: bool) -> tuple[Path, Path]:
         wrong = rng.choice([c for i, (_, c) in enumerate(item.pairs) if i != item.gold])
         return {"prompt": context, "chosen": gold, "rejected": wrong}
 
-    train = [line(i) for i in items[N_EVAL : N_EVAL + N_TRAIN]]
+    train = [line(i) for i in items[N_EVAL : N_EVAL + n_train]]
     val = [line(i) for i in items[N_EVAL + N_TRAIN : N_EVAL + N_TRAIN + N_VAL]]
     work.mkdir(parents=True, exist_ok=True)
     return write_lines(work / "train.jsonl", train), write_lines(work / "val.jsonl", val)
@@ -138,7 +139,7 @@ def hellaswag_sft(work: Path) -> list[str]:
 
 
 def hellaswag_dpo(work: Path) -> list[str]:
-    data, val = hellaswag_data(work, dpo=True)
+    data, val = hellaswag_data(work, dpo=True, n_train=N_DPO)
     before = evaluate(work.parent / "hellaswag-sft", "base", None)
     run = work / "run"
     minutes = finetune(
@@ -153,7 +154,7 @@ def hellaswag_dpo(work: Path) -> list[str]:
         "",
         f"Preference tuning: SmolLM2-135M-Instruct, LoRA, DPO (beta 0.1) for 300 steps of 4 "
         f"pairs, each a HellaSwag item's gold ending (chosen) against another of its endings "
-        f"(rejected), from items {N_EVAL:,}-{N_EVAL + N_TRAIN - 1:,}; measured on {N_VAL} "
+        f"(rejected), from items {N_EVAL:,}-{N_EVAL + N_DPO - 1:,}; measured on {N_VAL} "
         f"held-out pairs of other items. `python recipes/finetune.py hellaswag-dpo` on "
         f"{time.strftime('%Y-%m-%d')}, {cpu_name()}: training {minutes:.1f} minutes.",
         "",
