@@ -160,7 +160,9 @@ def hellaswag_dpo(work: Path) -> list[str]:
         "",
         "| held-out pairs | step " + str(first["step"]) + " | step " + str(last["step"]) + " |",
         "|---|---|---|",
-        f"| preference accuracy | {first['val_accuracy']:.3f} | {last['val_accuracy']:.3f} |",
+        "| preference accuracy (chosen's reward above rejected's; 0.5 = chance) | "
+        f"{first['val_accuracy']:.3f} (all margins 0: the model is its own reference) | "
+        f"{last['val_accuracy']:.3f} |",
         f"| mean reward margin | {first['val_margin']:+.3f} | {last['val_margin']:+.3f} |",
         f"| DPO loss | {first['val_loss']:.3f} | {last['val_loss']:.3f} |",
         "",
