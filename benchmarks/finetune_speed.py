@@ -128,6 +128,7 @@ def data_only(data: Path, args):
     from genforge import hub
     from genforge.train.distributed import World
     from genforge.train.finetune import FineTuner, _tokenizer
+    from genforge.train.loader import StepOrder
 
     cfg = tuner_config("genforge-lora-fp32", data, Path(args.work) / "unused", args)
     t = FineTuner.__new__(FineTuner)
@@ -135,7 +136,7 @@ def data_only(data: Path, args):
     t.path = hub.resolve(MODEL, progress=False)
     t.tokenizer = _tokenizer(t.path)
     t.train_items, t.val_items = t._read_data()
-    t.rows = cfg.batch_size * cfg.grad_accum
+    t.order = StepOrder(len(t.train_items), cfg.seed, cfg.batch_size * cfg.grad_accum)
     return t
 
 

@@ -38,6 +38,7 @@ from genforge.model.quant import layer_converter, quantize_layers
 from genforge.tokenizer import Tokenizer
 from genforge.train import checkpoint, distributed
 from genforge.train.config import FinetuneConfig
+from genforge.train.loader import StepOrder
 from genforge.train.loop import Loop
 from genforge.weights import peft
 from genforge.weights.export import hf_config
@@ -67,8 +68,8 @@ class FineTuner(Loop):
         self.model.checkpoint_blocks = cfg.checkpointing
         self.model.train()
         rows = cfg.batch_size * cfg.grad_accum * self.world.size
-        self.rows = rows
         n = len(self.train_items)
+        self.order = StepOrder(n, cfg.seed, rows)  # the data position is the step, as pretraining
         self.steps = cfg.steps or max(1, math.ceil(cfg.epochs * n / rows))
         self.lr = cfg.lr or (2e-4 if cfg.method == "lora" else 2e-5)
         self.warmup = cfg.warmup if cfg.warmup >= 0 else max(1, self.steps // 50)
@@ -118,18 +119,10 @@ class FineTuner(Loop):
         val = [x for i, x in enumerate(items) if i in held]
         return train, val
 
-    def _order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.train_items))
-
     def micro_batches(self, step: int) -> list:
         cfg, world = self.cfg, self.world
-        n, per_rank = len(self.train_items), cfg.batch_size * cfg.grad_accum
-        picked, orders = [], {}
-        for g in range(step * self.rows, (step + 1) * self.rows):
-            epoch, j = divmod(g, n)
-            if epoch not in orders:
-                orders[epoch] = self._order(epoch)
-            picked.append(self.train_items[int(orders[epoch][j])])
+        per_rank = cfg.batch_size * cfg.grad_accum
+        picked = [self.train_items[i] for i in self.order.indices(step)]
         mine = picked[world.rank * per_rank : (world.rank + 1) * per_rank]
         return [mine[i : i + cfg.batch_size] for i in range(0, per_rank, cfg.batch_size)]
 
@@ -182,24 +175,13 @@ class FineTuner(Loop):
         items = [*self.train_items, *self.val_items]
         for start in range(0, len(items), self.cfg.batch_size):
             pairs = items[start : start + self.cfg.batch_size]
-            with self._reference_autocast():
+            with self._autocast():
                 logps = self._logps(self.model, _examples(pairs)).float()
             chosen, rejected = logps.chunk(2)
             for p, c, r in zip(pairs, chosen.tolist(), rejected.tolist(), strict=True):
                 out[p.source] = (c, r)
         self.model.train()
         return out
-
-    def _reference_autocast(self):
-        # setup() runs before the loop picks its autocast: choose the same one here
-        from genforge.train.loop import autocast_dtype
-
-        dtype = autocast_dtype(self.cfg.dtype, self.world.device)
-        if dtype is None:
-            import contextlib
-
-            return contextlib.nullcontext()
-        return torch.autocast(self.world.device.type, dtype=dtype)
 
     # Figures.
     @torch.no_grad()

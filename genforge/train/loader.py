@@ -42,7 +42,27 @@ class TokenWindows:
         return torch.from_numpy(rows)  # (len(indices), seq_len + 1)
 
 
-class TrainBatches:
+class StepOrder:
+    """Which of `n` items make up the global batch of `rows` of each step: every epoch visits all
+    of them once, in a permutation seeded by (seed, epoch). A pure function of the step."""
+
+    def __init__(self, n: int, seed: int, rows: int):
+        self.n, self.seed, self.rows = n, seed, rows
+
+    @lru_cache(maxsize=2)  # noqa: B019 (one order per run)
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+    def indices(self, step: int) -> list[int]:
+        """Item indices of the global batch of optimizer step `step`."""
+        out = []
+        for g in range(step * self.rows, (step + 1) * self.rows):
+            epoch, j = divmod(g, self.n)
+            out.append(int(self._order(epoch)[j]))
+        return out
+
+
+class TrainBatches(StepOrder):
     """The global batch of each step, of which each process reads its own rows."""
 
     def __init__(self, windows: TokenWindows, seed: int, rows: int):
@@ -51,19 +71,8 @@ class TrainBatches:
                 f"the training split has {windows.n_tokens} tokens, fewer than one sequence of "
                 f"{windows.seq_len + 1}; lower --seq-len or prepare more data."
             )
-        self.windows, self.seed, self.rows = windows, seed, rows
-
-    @lru_cache(maxsize=2)  # noqa: B019 (one loader per run)
-    def _order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.windows.n)
-
-    def indices(self, step: int) -> list[int]:
-        """Window indices of the global batch of optimizer step `step`."""
-        out = []
-        for g in range(step * self.rows, (step + 1) * self.rows):
-            epoch, j = divmod(g, self.windows.n)
-            out.append(int(self._order(epoch)[j]))
-        return out
+        super().__init__(windows.n, seed, rows)
+        self.windows = windows
 
     def batch(self, step: int, rank: int, world: int, accum: int, batch: int) -> torch.Tensor:
         """This process's rows of step `step`: (accum, batch, seq_len + 1) token ids."""

@@ -129,8 +129,8 @@ class Loop:
         if not cfg.resume:
             self._refuse_existing()  # before any data or model is read
         torch.manual_seed(cfg.seed)
+        self.autocast = autocast_dtype(cfg.dtype, self.world.device)  # setup() may run the model
         self.setup()
-        self.autocast = autocast_dtype(cfg.dtype, self.world.device)
         self.check_memory()
         self.metrics = MetricsLog(self.run, enabled=self.world.main)
         state = self._resume_state() if cfg.resume else self._start()
