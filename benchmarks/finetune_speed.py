@@ -8,11 +8,13 @@ lr 2e-4, betas 0.9/0.95, weight decay 0), LoRA rank 16 / alpha 32 / no dropout o
 linear layers, on the same number of threads, each in its own process so that its peak resident
 memory is its own. Step times are the median of the steps after two warm-up steps.
 
-- genforge: its own `FineTuner.train_step` (what `genforge finetune` runs), LoRA on the base in the
-  file's own 4-bit blocks (auto), on int8 blocks, on float32, and full fine-tuning;
+- genforge: its own `FineTuner.train_step` (what `genforge finetune` runs: blocks compiled), LoRA on
+  the base in the file's own 4-bit blocks (auto; also with --no-compile), on int8 blocks (also with
+  --checkpointing), on float32, and full fine-tuning;
 - transformers + peft: the Hugging Face model (float32, the same weights, exported by genforge),
   `peft.get_peft_model`, a plain PyTorch loop (forward, the model's own loss, backward, step), with
-  and without bf16 autocast (the faster counts as the peer);
+  and without bf16 autocast, and with bf16 autocast under torch.compile (the fastest counts as the
+  peer);
 - TRL's SFTTrainer over the same model and LoRA config, when trl is installed.
 
 The section "Fine-tuning against transformers + peft" of RESULTS.md is rewritten.
@@ -42,12 +44,14 @@ TARGETS_HF = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 RANK, ALPHA, DROPOUT, LR = 16, 32.0, 0.0, 2e-4  # genforge's and peft's defaults (no dropout)
 VARIANTS = {
     "genforge-lora-auto": "genforge, LoRA on the 4-bit base (auto)",
+    "genforge-lora-auto-eager": "genforge, LoRA on the 4-bit base (auto), --no-compile",
     "genforge-lora-int8": "genforge, LoRA on an int8 base",
     "genforge-lora-int8-ckpt": "genforge, LoRA on an int8 base, --checkpointing",
     "genforge-lora-fp32": "genforge, LoRA on a float32 base",
     "genforge-full": "genforge, full fine-tuning",
     "hf-peft": "transformers + peft, LoRA (float32)",
     "hf-peft-bf16": "transformers + peft, LoRA (bf16 autocast)",
+    "hf-peft-bf16-compile": "transformers + peft, LoRA (bf16 autocast, torch.compile)",
     "hf-full": "transformers, full fine-tuning (float32)",
     "trl": "TRL SFTTrainer + peft, LoRA",
 }
@@ -102,7 +106,7 @@ def tuner_config(variant: str, data: Path, out: Path, args):
     from genforge.train.config import FinetuneConfig
 
     method = "full" if variant == "genforge-full" else "lora"
-    base = "auto" if variant == "genforge-lora-auto" else "int8" if "int8" in variant else "fp32"
+    base = "auto" if "auto" in variant else "int8" if "int8" in variant else "fp32"
     return FinetuneConfig(
         model=MODEL,
         data=str(data),
@@ -120,6 +124,7 @@ def tuner_config(variant: str, data: Path, out: Path, args):
         warmup=0,
         dtype=args.dtype,
         checkpointing=variant.endswith("-ckpt"),
+        compile=not variant.endswith("-eager"),
     )
 
 
@@ -164,6 +169,7 @@ def child(variant: str, args) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "step_s": statistics.median(times[2:]),
+        "first_s": times[0],
         "peak_mb": peak,
         "tokens_per_step": tokens / (args.steps + 2),
     }
@@ -181,9 +187,11 @@ def hf_step(variant: str, batches, args):
         lora = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=DROPOUT, target_modules=TARGETS_HF)
         model = get_peft_model(model, lora)
     model.train()
+    if variant.endswith("-compile"):
+        model = torch.compile(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.95), weight_decay=0.0, fused=True)
-    bf16 = variant == "hf-peft-bf16"
+    bf16 = variant.startswith("hf-peft-bf16")
     it = iter(batches)
 
     def step():
@@ -253,7 +261,12 @@ def trl_child(batches, args) -> dict:
     trainer.train()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     tokens = sum(int((y != -100).sum()) * 0 + y.numel() for _, y in batches) / len(batches)
-    return {"step_s": statistics.median(times[2:]), "peak_mb": peak, "tokens_per_step": tokens}
+    return {
+        "step_s": statistics.median(times[2:]),
+        "first_s": times[0],
+        "peak_mb": peak,
+        "tokens_per_step": tokens,
+    }
 
 
 def hf_folder() -> Path:
@@ -332,7 +345,7 @@ def main() -> None:
 
 
 def section(results: dict, args, load0: float) -> list[str]:
-    hf = [results.get(v) for v in ("hf-peft", "hf-peft-bf16")]
+    hf = [results.get(v) for v in ("hf-peft", "hf-peft-bf16", "hf-peft-bf16-compile")]
     peer = min((r["step_s"] for r in hf if r), default=None)
     full = results.get("genforge-full")
     lines = [
@@ -345,24 +358,30 @@ def section(results: dict, args, load0: float) -> list[str]:
         f"AdamW lr {LR}, {args.threads} threads; median of {args.steps} steps after 2 warm-up "
         "steps; peak = the process's peak resident memory.",
         "",
-        "| variant | step (s) | vs transformers + peft | peak memory (MB) | vs genforge full |",
-        "|---|---|---|---|---|",
+        "| variant | step (s) | vs transformers + peft | first step (s) | peak memory (MB) "
+        "| vs genforge full |",
+        "|---|---|---|---|---|---|",
     ]
     for variant, label in VARIANTS.items():
         r = results.get(variant)
         if variant not in results:
             continue
         if r is None:
-            lines.append(f"| {label} | failed | | | |")
+            lines.append(f"| {label} | failed | | | | |")
             continue
         speed = f"{peer / r['step_s']:.2f}x" if peer else "—"
         mem = f"{r['peak_mb'] / full['peak_mb']:.2f}" if full else "—"
-        lines.append(f"| {label} | {r['step_s']:.2f} | {speed} | {r['peak_mb']:,.0f} | {mem} |")
+        lines.append(
+            f"| {label} | {r['step_s']:.2f} | {speed} | {r['first_s']:.1f} | {r['peak_mb']:,.0f} "
+            f"| {mem} |"
+        )
     lines += [
         "",
-        '"vs transformers + peft" is the faster of the two transformers + peft LoRA loops\' step '
-        "time over this row's (above 1 = genforge faster); targets: genforge's LoRA step at least "
-        "1.5x, LoRA on an int8 base at most 0.5 of full fine-tuning's peak memory.",
+        '"vs transformers + peft" is the fastest transformers + peft LoRA loop\'s step time '
+        "over this row's (above 1 = genforge faster); targets: genforge's LoRA step at least "
+        '1.5x, LoRA on an int8 base at most 0.5 of full fine-tuning\'s peak memory. "first step" '
+        "includes torch.compile's work where the variant compiles (genforge fine-tuning does by "
+        "default: its blocks, once for all layers; --no-compile turns it off).",
     ]
     return lines
 

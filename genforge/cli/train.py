@@ -142,6 +142,10 @@ def add_config_args(
                 metavar="TEXT",
                 help=f"{text} (repeatable)",
             )
+        elif f.type == "bool" and f.default is True:  # on unless --no-NAME
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=True, help=text
+            )
         elif f.type == "bool":
             parser.add_argument(flag, action="store_true", help=text)
         elif f.type.startswith("tuple"):  # e.g. LoRA targets: a comma-separated list

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genforge.model import kernels
 from genforge.model.quant import QuantLinear
 
 # The projections LoRA can adapt, by genforge name (peft's names are genforge.weights.peft's job).
@@ -29,31 +30,65 @@ DEFAULT_TARGETS = TARGETS  # all linear layers: what QLoRA found matters more th
 DEFAULT_ADAPTER = "default"
 
 
+@torch.library.custom_op("genforge::dequantize", mutates_args=())
+def _dequantize(
+    qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, cols: int, bf16: bool
+) -> torch.Tensor:
+    """A q8 (`mins` None) or q4 layer's (out, cols) weight, by genforge's dequantize kernel where it
+    is built. An operator of its own, so that torch.compile keeps it whole instead of breaking the
+    graph at a C++ call."""
+    if kernels.ops is not None:
+        return kernels.ops.dequantize(qweight, scales, mins, bf16)
+    w = (
+        kernels.unpack_q8(qweight, scales)
+        if mins is None
+        else kernels.unpack_q4(qweight, scales, mins)
+    )
+    return w.to(torch.bfloat16) if bf16 else w
+
+
+@_dequantize.register_fake
+def _(qweight, scales, mins, cols, bf16):
+    return qweight.new_empty(
+        (qweight.shape[0], cols), dtype=torch.bfloat16 if bf16 else torch.float32
+    )
+
+
 class _FrozenQuant(torch.autograd.Function):
     """y = x W^T and dx = dy W through a quantized layer's weight, dequantized for each (by
     genforge's kernel: a few ms a layer) and never kept: the memory stays the quantized size.
-    In bf16 where the CPU multiplies it natively (or under bf16 autocast), as training runs."""
+    In bf16 where the CPU multiplies it natively (or under bf16 autocast), as training runs.
+    Its inputs are the layer's tensors, not the layer, so that torch.compile traces it once for
+    every layer."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
-        bf16 = x.dtype == torch.bfloat16 or torch.is_autocast_enabled(x.device.type)
-        ctx.layer, ctx.x_dtype, ctx.bf16 = layer, x.dtype, bf16
-        w = layer.dequantized(bf16)
+    def forward(ctx, x, qweight, scales, mins, bias, cols: int, bf16: bool) -> torch.Tensor:
+        ctx.save_for_backward(qweight, scales, mins)
+        ctx.cols, ctx.bf16, ctx.x_dtype = cols, bf16, x.dtype
+        w = _dequantize(qweight, scales, mins, cols, bf16)
         y = F.linear(x.to(w.dtype), w)
-        if layer.bias is not None:
-            y = y + layer.bias.to(y.dtype)
+        if bias is not None:
+            y = y + bias.to(y.dtype)
         return y.to(x.dtype)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
-        w = ctx.layer.dequantized(ctx.bf16)  # (out, in)
-        return (dy.to(w.dtype) @ w).to(ctx.x_dtype), None
+        qweight, scales, mins = ctx.saved_tensors
+        w = _dequantize(qweight, scales, mins, ctx.cols, ctx.bf16)  # (out, in)
+        return (dy.to(w.dtype) @ w).to(ctx.x_dtype), None, None, None, None, None, None
 
 
 def frozen_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`layer(x)` with gradients to `x` only (a quantized layer has no autograd of its own)."""
-    if isinstance(layer, QuantLinear) and torch.is_grad_enabled() and x.requires_grad:
-        return _FrozenQuant.apply(x, layer)
+    """`layer(x)` with gradients to `x` only (a quantized layer has no autograd of its own); while
+    training, every quantized layer takes this path, the first one too (whose input needs no
+    gradient), so that torch.compile sees one kind of layer."""
+    if isinstance(layer, QuantLinear) and layer.kind in ("q8", "q4") and torch.is_grad_enabled():
+        bf16 = x.dtype == torch.bfloat16 or torch.is_autocast_enabled(x.device.type)
+        mins = layer.mins if layer.kind == "q4" else None
+        bias = None if layer.bias is None else layer.bias.detach()
+        return _FrozenQuant.apply(
+            x, layer.qweight, layer.scales, mins, bias, layer.in_features, bf16
+        )
     return layer(x)
 
 

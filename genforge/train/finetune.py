@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +53,9 @@ TOKENIZER = "tokenizer"  # a GGUF base's tokenizer, written into the run for ful
 # Micro-batches are padded to a multiple of this: oneDNN compiles each new matmul shape (seconds
 # with bf16), and a handful of widths recur where every length would be new.
 PAD_MULTIPLE = 64
+# The share of activations compiled blocks keep for backward (the rest is recomputed: norms,
+# activations, RoPE): a third less memory at the same step time (benchmarks/finetune_speed.py).
+MEMORY_BUDGET = 0.5
 
 
 class FineTuner(Loop):
@@ -303,6 +308,14 @@ class FineTuner(Loop):
             lora.add_lora(model, tuple(leaves), cfg.rank, cfg.alpha, cfg.dropout)
         return model, quant or "fp32"
 
+    def compile(self) -> None:
+        """Compile the blocks (traced once for all layers) where a compiler can build them."""
+        device = self.world.device
+        if device.type == "cpu" and not _cxx_compiler():
+            log.warning("no C++ compiler found: fine-tuning runs without torch.compile (slower)")
+            return
+        distributed.unwrap(self.model).compile_blocks(memory_budget=MEMORY_BUDGET)
+
     def describe(self) -> dict:
         return {"base": str(self.path), "arch": self.model_cfg.arch}
 
@@ -363,6 +376,11 @@ def _leaf(target: str, cfg) -> str:
         if hf.rpartition(".")[2] == target:
             return ours.rpartition(".")[2]
     raise GenforgeError(f"a {cfg.arch} model has no {target} layers to adapt.")
+
+
+def _cxx_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU code would be built with, if there is one."""
+    return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
 
 
 def _tokenizer(path: Path) -> Tokenizer:

@@ -140,7 +140,11 @@ class Loop:
         if state is not None:
             distributed.load_optimizer(self.net, self.optimizer, state["optimizer"], self.world)
         if cfg.compile:
-            self.net = torch.compile(self.net)
+            self.compile()
+
+    def compile(self) -> None:
+        """torch.compile what the steps run (here: the whole model)."""
+        self.net = torch.compile(self.net)
 
     # What a subclass provides.
     def setup(self) -> None:

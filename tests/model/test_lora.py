@@ -14,7 +14,7 @@ from genforge.generate.loading import cpu_kernels
 from genforge.model import lora
 from genforge.model.config import ModelConfig
 from genforge.model.kv_cache import PagedBatch, PagedKVCache
-from genforge.model.quant import QuantLinear
+from genforge.model.quant import QuantLinear, layer_kind
 from genforge.model.transformer import Transformer
 from genforge.weights import peft
 from genforge.weights.load import build_model, load_hf_dir
@@ -311,6 +311,50 @@ def test_gradients_through_a_q8_base_are_those_of_its_dequantized_weight():
     # the forward rounds activations to the kernels' int8 grid: close, not equal
     torch.testing.assert_close(yq, yf, rtol=0.02, atol=0.02)
     assert all(p.grad is None for p in quant.parameters())
+
+
+@pytest.mark.parametrize("kind", ["q8", "q4"])
+def test_compiled_blocks_give_the_eager_loss_and_gradients_on_a_quantized_base(kind):
+    """What `genforge finetune` runs by default: the blocks compiled (the dequantize kernel as an
+    operator of its own, cheap activations recomputed in backward), next to the eager blocks."""
+    if cpu_kernels() is None:
+        pytest.skip("genforge's kernels are not built here (no compiler, or GENFORGE_KERNELS=0)")
+    runs = []
+    for compiled in (False, True):
+        model = tiny_model()
+        for block in model.layers:
+            for module in list(block.modules()):
+                for name, child in list(module.named_children()):
+                    if (
+                        isinstance(child, torch.nn.Linear)
+                        and layer_kind(kind, child.in_features) == kind  # q4: w_down stays float
+                    ):
+                        with torch.no_grad():
+                            quant = QuantLinear.from_linear(child, kind, torch.float32)
+                        setattr(module, name, quant)
+        torch.manual_seed(3)
+        lora.add_lora(model, lora.TARGETS, RANK, ALPHA)
+        randomize(model, "default", 4)
+        model.train()
+        if compiled:
+            model.compile_blocks(memory_budget=0.5)
+            torch._dynamo.utils.counters.clear()
+        targets = torch.roll(TOKENS, -1, dims=1)
+        for _ in range(2):  # the second step runs the compiled code without compiling
+            model.zero_grad(set_to_none=True)
+            loss = model(TOKENS, targets=targets)
+            loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        runs.append((loss.detach(), grads))
+    counters = torch._dynamo.utils.counters
+    assert counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"]  # whole
+    (eager_loss, eager), (compiled_loss, compiled) = runs
+    # float32 both ways; the compiler fuses and reorders sums: float32 rounding, not more
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-5)
+    assert eager.keys() == compiled.keys() and len(eager) == 2 * CFG.n_layers * len(lora.TARGETS)
+    for name, grad in eager.items():
+        assert grad.abs().max() > 0, name  # B is random: A's gradients are not zero either
+        torch.testing.assert_close(compiled[name], grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
 # -- peft's files --------------------------------------------------------------------------------

@@ -36,7 +36,9 @@ MODEL = "smollm2-135m-instruct"
 FORMAT = re.compile(r"ANSWER: \d+")
 # Small and fast: a 64-token context holds SmolLM2's system prompt, the question and the answer;
 # evaluations, samples and checkpoints only where a test looks at them.
-FAST = dict(seq_len=64, sample_every=1000, sample_tokens=4, log_every=1, keep=1)
+# compile=False: the kill -9 resume test runs the default (compiled blocks); the rest skip the
+# compiler's ~15 s before their few steps.
+FAST = dict(seq_len=64, sample_every=1000, sample_tokens=4, log_every=1, keep=1, compile=False)
 
 
 def sums(n: int, seed: int) -> list[tuple[int, int]]:
@@ -262,7 +264,7 @@ def test_skip_bad_trains_on_the_good_lines_and_counts_the_rest(smollm2_path, tmp
     args = ["finetune", "--model", MODEL, "--data", str(data), "--out", str(out), "--skip-bad"]
     args += ["--seq-len", "64", "--steps", "1", "--batch-size", "2", "--rank", "2"]
     args += ["--targets", "q_proj,v_proj", "--base-dtype", "fp32", "--sample-tokens", "1"]
-    assert main(args) == 0
+    assert main([*args, "--no-compile"]) == 0
     printed = capsys.readouterr().out
     assert f"skipped 4 bad lines of {data} (--skip-bad)" in printed, printed
     state = torch.load(checkpoint.latest(out) / checkpoint.STATE, weights_only=True)
