@@ -39,12 +39,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")  # what `genforge finetune` r
 
 HERE = Path(__file__).parent
 HEADING = "## Fine-tuning against transformers + peft (finetune_speed.py)"
+MIXED_HEADING = (
+    "## Fine-tuning on examples of mixed lengths: packing against padding (finetune_speed.py)"
+)
 MODEL = "smollm2-135m-instruct"
 TARGETS_HF = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 RANK, ALPHA, DROPOUT, LR = 16, 32.0, 0.0, 2e-4  # genforge's and peft's defaults (no dropout)
 VARIANTS = {
     "genforge-lora-auto": "genforge, LoRA on the 4-bit base (auto)",
     "genforge-lora-auto-eager": "genforge, LoRA on the 4-bit base (auto), --no-compile",
+    "genforge-lora-auto-padded": "genforge, LoRA on the 4-bit base (auto), --no-pack",
     "genforge-lora-int8": "genforge, LoRA on an int8 base",
     "genforge-lora-int8-ckpt": "genforge, LoRA on an int8 base, --checkpointing",
     "genforge-lora-fp32": "genforge, LoRA on a float32 base",
@@ -57,8 +61,9 @@ VARIANTS = {
 }
 
 
-def write_data(path: Path, n: int, seq: int) -> None:
-    """`n` chat examples of about `seq` tokens: a question, then a long answer."""
+def write_data(path: Path, n: int, seq: int, mixed: bool = False) -> None:
+    """`n` chat examples of about `seq` tokens: a question, then a long answer; `mixed`: of
+    lengths spread from about seq / 8 to seq, as real chat data is."""
     import random
 
     rng = random.Random(0)
@@ -81,8 +86,9 @@ def write_data(path: Path, n: int, seq: int) -> None:
     ]
     lines = []
     for i in range(n):
-        question = " ".join(rng.choice(words) for _ in range(seq // 6))
-        answer = " ".join(rng.choice(words) for _ in range(seq // 2))
+        scale = rng.uniform(0.125, 1.0) if mixed else 1.0
+        question = " ".join(rng.choice(words) for _ in range(int(seq * scale) // 6))
+        answer = " ".join(rng.choice(words) for _ in range(int(seq * scale) // 2))
         lines.append(
             json.dumps(
                 {
@@ -125,6 +131,7 @@ def tuner_config(variant: str, data: Path, out: Path, args):
         dtype=args.dtype,
         checkpointing=variant.endswith("-ckpt"),
         compile=not variant.endswith("-eager"),
+        pack=not variant.endswith("-padded"),
     )
 
 
@@ -308,6 +315,7 @@ def _passthrough(args) -> list[str]:
         args.dtype,
         "--work",
         args.work,
+        *(["--mixed"] if args.mixed else []),
     ]
 
 
@@ -319,6 +327,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--dtype", default="auto", help="genforge's autocast (default: auto)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
+    p.add_argument(
+        "--mixed",
+        action="store_true",
+        help="examples of mixed lengths (seq / 8 to seq): packing against padding",
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     p.add_argument("--out", default=str(HERE / "RESULTS.md"))
@@ -330,7 +343,7 @@ def main() -> None:
     print(f"CPU: {cpu_description()}; threads: {args.threads}")
     with tempfile.TemporaryDirectory(prefix="genforge-ftbench-") as work:
         args.work = work
-        write_data(Path(work) / "data.jsonl", args.batch * (args.steps + 2), args.seq)
+        write_data(Path(work) / "data.jsonl", args.batch * (args.steps + 2), args.seq, args.mixed)
         hf_folder()
         results = {}
         for variant in args.variants.split(","):
@@ -341,39 +354,46 @@ def main() -> None:
                     continue
             results[variant] = run_variant(variant, args)
             print(variant, results[variant], flush=True)
-    write_section(Path(args.out), HEADING, section(results, args, load0))
+    lines = section(results, args, load0)
+    write_section(Path(args.out), lines[0], lines)
 
 
 def section(results: dict, args, load0: float) -> list[str]:
     hf = [results.get(v) for v in ("hf-peft", "hf-peft-bf16", "hf-peft-bf16-compile")]
     peer = min((r["step_s"] for r in hf if r), default=None)
     full = results.get("genforge-full")
+    lengths = f"~{args.seq} tokens"
+    if args.mixed:
+        lengths = f"mixed lengths ({args.seq // 8} to {args.seq} tokens)"
     lines = [
-        HEADING,
+        MIXED_HEADING if args.mixed else HEADING,
         "",
-        provenance(load0, "make bench-finetune"),
+        provenance(
+            load0, "make bench-finetune" + (" BENCH_FINETUNE_ARGS=--mixed" if args.mixed else "")
+        ),
         "",
-        f"SmolLM2-135M-Instruct, {args.batch} chat examples of ~{args.seq} tokens per step "
-        f"(padded to a multiple of 64), LoRA r={RANK} alpha={int(ALPHA)} on all linear layers, "
+        f"SmolLM2-135M-Instruct, {args.batch} chat examples of {lengths} per step "
+        "(padded to a multiple of 64; genforge packs them into fewer rows unless --no-pack), "
+        f"LoRA r={RANK} alpha={int(ALPHA)} on all linear layers, "
         f"AdamW lr {LR}, {args.threads} threads; median of {args.steps} steps after 2 warm-up "
         "steps; peak = the process's peak resident memory.",
         "",
-        "| variant | step (s) | vs transformers + peft | first step (s) | peak memory (MB) "
-        "| vs genforge full |",
-        "|---|---|---|---|---|---|",
+        "| variant | step (s) | vs transformers + peft | tokens/s | first step (s) "
+        "| peak memory (MB) | vs genforge full |",
+        "|---|---|---|---|---|---|---|",
     ]
     for variant, label in VARIANTS.items():
         r = results.get(variant)
         if variant not in results:
             continue
         if r is None:
-            lines.append(f"| {label} | failed | | | | |")
+            lines.append(f"| {label} | failed | | | | | |")
             continue
         speed = f"{peer / r['step_s']:.2f}x" if peer else "—"
         mem = f"{r['peak_mb'] / full['peak_mb']:.2f}" if full else "—"
         lines.append(
-            f"| {label} | {r['step_s']:.2f} | {speed} | {r['first_s']:.1f} | {r['peak_mb']:,.0f} "
-            f"| {mem} |"
+            f"| {label} | {r['step_s']:.2f} | {speed} | {r['tokens_per_step'] / r['step_s']:,.0f} "
+            f"| {r['first_s']:.1f} | {r['peak_mb']:,.0f} | {mem} |"
         )
     lines += [
         "",
@@ -381,7 +401,8 @@ def section(results: dict, args, load0: float) -> list[str]:
         "over this row's (above 1 = genforge faster); targets: genforge's LoRA step at least "
         '1.5x, LoRA on an int8 base at most 0.5 of full fine-tuning\'s peak memory. "first step" '
         "includes torch.compile's work where the variant compiles (genforge fine-tuning does by "
-        "default: its blocks, once for all layers; --no-compile turns it off).",
+        "default: its blocks, once for all layers; --no-compile turns it off). tokens/s counts the "
+        "examples' own tokens (no padding).",
     ]
     return lines
 

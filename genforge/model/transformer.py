@@ -71,7 +71,7 @@ def rope_frequencies(head_dim: int, theta: float, scaling: dict | None) -> torch
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: (B, T, H, D); cos/sin: (T, 1, D)
+    # x: (B, T, H, D); cos/sin: (T, 1, D), or (B, T, 1, D) for packed rows
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return (x * cos + rotated * sin).type_as(x)
@@ -329,13 +329,14 @@ class Transformer(nn.Module):
         return step
 
     def _rope(self, positions: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """cos and sin (T, 1, D) for positions (T,), or (B, T, 1, D) for (B, T)."""
         out = {}
         for kind in ("full", "sliding"):
             inv_freq = getattr(self, f"inv_freq_{kind}", None)
             if inv_freq is None:
                 continue
-            angles = positions[:, None].float() * inv_freq[None, :]  # (T, D/2)
-            angles = torch.cat((angles, angles), dim=-1)[:, None, :]  # (T, 1, D)
+            angles = positions[..., None].float() * inv_freq  # (..., T, D/2)
+            angles = torch.cat((angles, angles), dim=-1)[..., None, :]  # (..., T, 1, D)
             out[kind] = (angles.cos(), angles.sin())
         out.setdefault("sliding", out["full"])
         return out
@@ -350,6 +351,17 @@ class Transformer(nn.Module):
             return {"full": full, "sliding": (k <= q) & (q - k < window)}
         return {"full": full, "sliding": full}
 
+    def _packed_masks(self, positions: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Masks (B, 1, T, T) for rows of several sequences end to end, each starting at position
+        0: a token attends to the earlier tokens of its own sequence only."""
+        segment = (positions == 0).cumsum(dim=1)  # (B, T): which sequence of its row
+        same = segment[:, :, None] == segment[:, None, :]
+        q, k = positions[:, :, None], positions[:, None, :]
+        full = same & (k <= q)
+        window = self.cfg.sliding_window
+        sliding = full & (q - k < window) if window else full
+        return {"full": full[:, None], "sliding": sliding[:, None]}
+
     def forward(
         self,
         tokens: torch.Tensor,
@@ -358,6 +370,7 @@ class Transformer(nn.Module):
         last_only: bool = False,
         targets: torch.Tensor | None = None,
         hidden: bool = False,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab) for tokens (B, T) at positions start_pos.. (or (B, 1, vocab)).
 
@@ -368,6 +381,9 @@ class Transformer(nn.Module):
         With a `PagedBatch`, tokens are (1, N): several sequences' new tokens end to end, positions
         come from the batch, and `last_only` gives the rows `cache.last_rows` (each sequence's last
         new token, for those that sample this step).
+
+        With `positions` (B, T) (no cache), each row holds several sequences end to end (packed
+        training examples): a position of 0 starts a sequence, which attends to itself only.
         """
         B, T = tokens.shape
         x = self.tok_emb(tokens)  # (B, T, C)
@@ -377,6 +393,8 @@ class Transformer(nn.Module):
             x = x * torch.tensor(self.cfg.dim**0.5, dtype=x.dtype)
         if isinstance(cache, PagedBatch):
             rope, masks = self._rope(cache.positions), None
+        elif positions is not None:
+            rope, masks = self._rope(positions), self._packed_masks(positions)
         else:
             positions = torch.arange(start_pos, start_pos + T, device=tokens.device)
             rope, masks = self._rope(positions), self._masks(T, start_pos, tokens.device)

@@ -144,6 +144,50 @@ class FineTuner(Loop):
             y[i, : len(ids) - 1] = torch.where(mask, ids[1:], IGNORE)
         return x.to(self.world.device), y.to(self.world.device)
 
+    def _packed(self, examples: list[sft.Example]):
+        """(inputs, targets, positions), each (rows, width): the examples end to end in as few
+        rows as hold them (first fit, longest first), none wider than the longest example padded,
+        each example attending to itself only (`Transformer(positions=)`); None where every
+        example would still need a row of its own. The same tokens, targets and loss as
+        `_collate`'s layout, without most of its padding."""
+        lengths = [len(e.ids) - 1 for e in examples]
+        width = min(-(-max(lengths) // PAD_MULTIPLE) * PAD_MULTIPLE, self.cfg.seq_len)
+        rows: list[list[int]] = []  # example indices per row
+        free: list[int] = []
+        for i in sorted(range(len(examples)), key=lambda i: -lengths[i]):
+            row = next((r for r, room in enumerate(free) if room >= lengths[i]), None)
+            if row is None:
+                rows.append([])
+                free.append(width)
+                row = len(rows) - 1
+            rows[row].append(i)
+            free[row] -= lengths[i]
+        if len(rows) == len(examples):
+            return None
+        x = torch.zeros(len(rows), width, dtype=torch.long)
+        y = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        pos = torch.arange(width).repeat(len(rows), 1)  # padding continues the row's last example
+        for r, members in enumerate(rows):
+            at = 0
+            for i in members:
+                e, n = examples[i], lengths[i]
+                ids, mask = torch.tensor(e.ids), torch.tensor(e.mask[1:])
+                x[r, at : at + n] = ids[:-1]
+                y[r, at : at + n] = torch.where(mask, ids[1:], IGNORE)
+                pos[r, at:] = torch.arange(width - at)
+                at += n
+        device = self.world.device
+        return x.to(device), y.to(device), pos.to(device)
+
+    def _lm_loss(self, net, examples: list[sft.Example]) -> torch.Tensor:
+        """Mean loss over the examples' answer tokens, packed into rows where --pack saves some."""
+        packed = self._packed(examples) if self.cfg.pack else None
+        if packed is None:
+            x, y = self._collate(examples)
+            return net(x, targets=y)
+        x, y, positions = packed
+        return net(x, targets=y, positions=positions)
+
     def batch_tokens(self, batch: list) -> int:
         examples = _examples(batch) if self.dpo else batch
         return sum(len(e.ids) - 1 for e in examples)
@@ -151,8 +195,7 @@ class FineTuner(Loop):
     # Objectives.
     def loss(self, batch: list) -> torch.Tensor:
         if not self.dpo:
-            x, y = self._collate(batch)
-            return self.net(x, targets=y)
+            return self._lm_loss(self.net, batch)
         return self._dpo(batch)[0]
 
     def _logps(self, net, examples: list[sft.Example]) -> torch.Tensor:
@@ -220,10 +263,10 @@ class FineTuner(Loop):
             }
         sums = [0.0, 0.0]  # nats, target tokens
         for start in range(0, len(mine), B):
-            x, y = self._collate(mine[start : start + B])
+            examples = mine[start : start + B]
             with self._autocast():
-                loss = self.net(x, targets=y)
-            count = int((y != IGNORE).sum())
+                loss = self._lm_loss(self.net, examples)
+            count = sum(int(sum(e.mask[1:])) for e in examples)
             sums[0] += float(loss) * count
             sums[1] += count
         nats, count = distributed.total(sums, world)

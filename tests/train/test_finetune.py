@@ -468,3 +468,42 @@ def test_finetune_help_names_the_key_flags():
     flags += ("--base-dtype", "--seq-len", "--val", "--skip-bad", "--resume", "--out", "--beta")
     for flag in flags:
         assert flag in text, flag
+
+
+def test_a_micro_batch_is_packed_into_fewer_rows_with_the_same_targets():
+    from genforge.data.sft import Example
+    from genforge.train.distributed import World
+
+    t = FineTuner.__new__(FineTuner)  # the layout only: no model
+    t.cfg = FinetuneConfig(model=MODEL, data="unused", out="unused", seq_len=256)
+    t.world = World()
+    rng = random.Random(0)
+    examples = []
+    for i, n in enumerate((120, 30, 65, 12, 100, 40)):
+        ids = [rng.randint(1, 1000) for _ in range(n)]
+        mask = [False] * (n // 2) + [True] * (n - n // 2)  # the answer: the second half
+        examples.append(Example(ids, mask, f"data.jsonl:{i + 1}"))
+    px, py, positions = t._packed(examples)
+    x, y = t._collate(examples)
+    assert x.shape == (6, 128) and px.shape[1] == 128 and px.shape[0] <= 3  # 361 tokens, 6 rows
+    # every example's inputs and targets appear whole in one row, from a position of 0 up
+    found = 0
+    for e in examples:
+        n = len(e.ids) - 1
+        want = torch.tensor(e.ids[:-1])
+        for r in range(px.shape[0]):
+            for at in (positions[r] == 0).nonzero().flatten().tolist():
+                if at + n <= px.shape[1] and torch.equal(px[r, at : at + n], want):
+                    assert torch.equal(positions[r, at : at + n], torch.arange(n))
+                    targets = torch.tensor(e.ids[1:])
+                    learnt = torch.tensor(e.mask[1:])
+                    assert torch.equal(py[r, at : at + n], torch.where(learnt, targets, -100))
+                    found += 1
+                    break
+            else:
+                continue
+            break
+    assert found == len(examples)
+    assert int((py != -100).sum()) == int((y != -100).sum())  # the same targets, no more
+    one = t._packed(examples[:1])
+    assert one is None  # nothing to pack: the padded layout
