@@ -154,7 +154,7 @@ class Attention(nn.Module):
             k,
             v,
             attn_mask=mask,
-            is_causal=mask is None and T > 1,
+            is_causal=mask is None and (cache is None or T > 1),  # no SymBool when compiled
             scale=self.scale,
             enable_gqa=self.n_heads != self.n_kv_heads,
         )
@@ -209,7 +209,10 @@ class Block(nn.Module):
         kind = "sliding" if self.sliding else "full"
         cos, sin = rope[kind]
         mask = masks[kind] if masks else None
-        h = self.attn(self.attn_norm(x), cos, sin, mask, cache, self.layer, start_pos, self.sliding)
+        # the layer's index addresses its cache only; read without one, torch.compile would
+        # specialise the block's code to each layer (a compile per layer, then eager past 8)
+        layer = self.layer if cache is not None else 0
+        h = self.attn(self.attn_norm(x), cos, sin, mask, cache, layer, start_pos, self.sliding)
         x = x + self.post_attn_norm(h)
         return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
 
@@ -263,7 +266,8 @@ class Transformer(nn.Module):
         memory_budget: the share of the block's activations backward may keep (the compiler's
         `activation_memory_budget`); below 1 it recomputes the cheapest ones (norms, activations,
         RoPE) in backward instead: at 0.5, a third less memory at about the same speed."""
-        self.train_blocks = [torch.compile(block) for block in self.layers]
+        # dynamic: batches differ in rows and width, and one compile covers them all
+        self.train_blocks = [torch.compile(block, dynamic=True) for block in self.layers]
         self.memory_budget = memory_budget
 
     def _decode_step(self):
