@@ -147,9 +147,10 @@ class FineTuner(Loop):
     def _packed(self, examples: list[sft.Example]):
         """(inputs, targets, positions), each (rows, width): the examples end to end in as few
         rows as hold them (first fit, longest first), none wider than the longest example padded,
-        each example attending to itself only (`Transformer(positions=)`). The same tokens,
-        targets and loss as `_collate`'s layout, without most of its padding (and with one kind of
-        batch, masked, where examples that fit nowhere else get rows of their own)."""
+        each example attending to itself only (`Transformer(positions=)`); None where every
+        example would still need a row of its own (the padded layout is then as small, and its
+        attention, plainly causal, skips the masked half). The same tokens, targets and loss as
+        `_collate`'s layout, without most of its padding."""
         lengths = [len(e.ids) - 1 for e in examples]
         width = min(-(-max(lengths) // PAD_MULTIPLE) * PAD_MULTIPLE, self.cfg.seq_len)
         rows: list[list[int]] = []  # example indices per row
@@ -162,6 +163,8 @@ class FineTuner(Loop):
                 row = len(rows) - 1
             rows[row].append(i)
             free[row] -= lengths[i]
+        if len(rows) == len(examples):
+            return None
         x = torch.zeros(len(rows), width, dtype=torch.long)
         y = torch.full((len(rows), width), IGNORE, dtype=torch.long)
         pos = torch.arange(width).repeat(len(rows), 1)  # padding continues the row's last example
@@ -179,10 +182,11 @@ class FineTuner(Loop):
 
     def _lm_loss(self, net, examples: list[sft.Example]) -> torch.Tensor:
         """Mean loss over the examples' answer tokens, packed into rows where --pack saves some."""
-        if not self.cfg.pack:
+        packed = self._packed(examples) if self.cfg.pack else None
+        if packed is None:
             x, y = self._collate(examples)
             return net(x, targets=y)
-        x, y, positions = self._packed(examples)
+        x, y, positions = packed
         return net(x, targets=y, positions=positions)
 
     def batch_tokens(self, batch: list) -> int:
