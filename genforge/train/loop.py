@@ -341,7 +341,9 @@ class Loop:
         if self.step == 0 and self.eval_at_start:
             self._evaluation(bar)  # the starting point the training is measured against
         window_t, window_steps, window_tokens = 0.0, 0, 0
-        while self.step < self.steps and not stop.requested:
+        # Ctrl-C stops after the step under way and saves it: one arriving before the first step
+        # still gets a step and a checkpoint, so that --resume has something to continue from
+        while self.step < self.steps:
             t = time.perf_counter()
             try:
                 loss = self.train_step()
@@ -355,7 +357,8 @@ class Loop:
             window_tokens += self.last_tokens
             self.tokens += self.last_tokens
             speed = window_tokens / window_t
-            last = self.step == self.steps or stop.requested
+            stopping = stop.requested  # read once: a Ctrl-C after this waits for the next step
+            last = self.step == self.steps or stopping
             bar.update(1)
             bar.set_postfix_str(self._progress(loss, speed), refresh=False)
             if self.step % every["log"] == 0 or last:
@@ -373,6 +376,8 @@ class Loop:
                 window_t, window_steps, window_tokens = 0.0, 0, 0
             result |= {"loss": loss, "tokens_per_s": speed}
             result |= self._periodic(every, last, bar)
+            if stopping:
+                break
         bar.close()
         stop.restore()
         if stop.requested and self.step < self.steps:

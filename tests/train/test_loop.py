@@ -137,6 +137,23 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tiny_data, tmp_path):
     assert state["step"] == int(saved.name.split("_")[1]) > 0
 
 
+def test_a_ctrl_c_before_the_first_step_still_leaves_a_checkpoint(tiny_data, tmp_path, monkeypatch):
+    """Ctrl-C stops after the step under way; pressed before the first one (while the model
+    loads), the run still makes that step and saves it, so that the --resume it advises works."""
+    from genforge.train import loop
+
+    class AlreadyPressed(loop._StopFlag):
+        def __init__(self, world):
+            super().__init__(world)
+            self.requested = True
+
+    monkeypatch.setattr(loop, "_StopFlag", AlreadyPressed)
+    run = tmp_path / "run"
+    r = train(TrainConfig(data=str(tiny_data), out=str(run), steps=50, **TINY), progress=False)
+    assert r["interrupted"] and r["step"] == 1
+    assert checkpoint.latest(run).name == "step_0000001"
+
+
 def test_resume_refuses_an_incompatible_run(tiny_data, tmp_path):
     run = tmp_path / "run"
     train(TrainConfig(data=str(tiny_data), out=str(run), steps=2, **TINY), progress=False)
