@@ -35,7 +35,9 @@ from pathlib import Path
 
 from bench_engine import cpu_description, provenance, write_section
 
-os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")  # what `genforge finetune` runs with
+# Every variant, the peers' too, with spinning OpenMP workers (what `genforge train` sets);
+# `genforge finetune` itself keeps OpenMP's default policy (cli/finetune.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 
 HERE = Path(__file__).parent
 HEADING = "## Fine-tuning against transformers + peft (finetune_speed.py)"

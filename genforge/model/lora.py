@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genforge.model import kernels
-from genforge.model.quant import QuantLinear
+from genforge.model.quant import QuantLinear, dequantize_blocks
 
 # The projections LoRA can adapt, by genforge name (peft's names are genforge.weights.peft's job).
 TARGETS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
@@ -34,17 +33,9 @@ DEFAULT_ADAPTER = "default"
 def _dequantize(
     qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, cols: int, bf16: bool
 ) -> torch.Tensor:
-    """A q8 (`mins` None) or q4 layer's (out, cols) weight, by genforge's dequantize kernel where it
-    is built. An operator of its own, so that torch.compile keeps it whole instead of breaking the
-    graph at a C++ call."""
-    if kernels.ops is not None:
-        return kernels.ops.dequantize(qweight, scales, mins, bf16)
-    w = (
-        kernels.unpack_q8(qweight, scales)
-        if mins is None
-        else kernels.unpack_q4(qweight, scales, mins)
-    )
-    return w.to(torch.bfloat16) if bf16 else w
+    """`quant.dequantize_blocks` as an operator of its own (of a weight with `cols` inputs), so
+    that torch.compile keeps it whole instead of breaking the graph at a C++ call."""
+    return dequantize_blocks(qweight, scales, mins, bf16)
 
 
 @_dequantize.register_fake

@@ -204,18 +204,29 @@ class QuantLinear(nn.Module):
     def dequantized(self, bf16: bool = False) -> torch.Tensor:
         """The (out, in) weight this layer holds as float32 (or bf16), by genforge's dequantize
         kernel where it is built (q8 and q4)."""
-        if kernels.ops is None:
-            w = self.dequantize()
-            return w.to(torch.bfloat16) if bf16 else w
-        return kernels.ops.dequantize(
-            self.qweight, self.scales, self.mins if self.kind == "q4" else None, bf16
-        )
+        mins = self.mins if self.kind == "q4" else None
+        return dequantize_blocks(self.qweight, self.scales, mins, bf16)
 
     def dequantize(self) -> torch.Tensor:
         """The float32 (out, in) weight this layer holds (q8 and q4)."""
         if self.kind == "q4":
             return kernels.unpack_q4(self.qweight, self.scales, self.mins)
         return kernels.unpack_q8(self.qweight, self.scales)
+
+
+def dequantize_blocks(
+    qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, bf16: bool = False
+) -> torch.Tensor:
+    """A q8 (`mins` None) or q4 weight's (out, in) floats (bf16 if asked), by genforge's dequantize
+    kernel where it is built."""
+    if kernels.ops is not None:
+        return kernels.ops.dequantize(qweight, scales, mins, bf16)
+    w = (
+        kernels.unpack_q8(qweight, scales)
+        if mins is None
+        else kernels.unpack_q4(qweight, scales, mins)
+    )
+    return w.to(torch.bfloat16) if bf16 else w
 
 
 def _quantized_parts(w: torch.Tensor, kind: str, act_dtype: torch.dtype) -> dict[str, torch.Tensor]:

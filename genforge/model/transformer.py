@@ -16,6 +16,7 @@ Design choices:
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -426,28 +427,22 @@ class Transformer(nn.Module):
                 pools.k,
                 pools.v,
             )[None]
-        elif (
-            torch.is_grad_enabled()
-            and cache is None
-            and (self.checkpoint_blocks or self.train_blocks)
-        ):
-            import contextlib
+        else:
+            training = torch.is_grad_enabled() and cache is None
+            blocks, budget = self.layers, contextlib.nullcontext()
+            if training and self.train_blocks:
+                from torch._functorch import config as functorch_config  # training only
 
-            from torch._functorch import config as functorch_config
-            from torch.utils.checkpoint import checkpoint
-
-            budget = contextlib.nullcontext()
-            if self.train_blocks:  # read when a block is compiled (its first step)
+                blocks = self.train_blocks  # the budget is read when they compile (first step)
                 budget = functorch_config.patch(activation_memory_budget=self.memory_budget)
             with budget:
-                for block in self.train_blocks or self.layers:
-                    if self.checkpoint_blocks:
+                for block in blocks:
+                    if training and self.checkpoint_blocks:
+                        from torch.utils.checkpoint import checkpoint
+
                         x = checkpoint(block, x, rope, masks, cache, start_pos, use_reentrant=False)
                     else:
                         x = block(x, rope, masks, cache, start_pos)
-        else:
-            for block in self.layers:
-                x = block(x, rope, masks, cache, start_pos)
         if last_only:
             x = x[:, cache.last_rows, :] if isinstance(cache, PagedBatch) else x[:, -1:, :]
         x = self.norm(x)

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +32,7 @@ from genforge import hub
 from genforge.data import sft
 from genforge.errors import GenforgeError
 from genforge.generate.loading import KERNEL_FORMATS, auto_dtype, cpu_kernels
-from genforge.model import lora
+from genforge.model import kernels, lora
 from genforge.model.loss import IGNORE, target_logprobs
 from genforge.model.quant import layer_converter, quantize_layers
 from genforge.tokenizer import Tokenizer
@@ -133,16 +131,33 @@ class FineTuner(Loop):
 
     def _collate(self, examples: list[sft.Example]) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets), each (B, longest - 1): right-padded, IGNORE where nothing is learnt."""
-        width = max(len(e.ids) for e in examples) - 1
-        width = min(-(-width // PAD_MULTIPLE) * PAD_MULTIPLE, self.cfg.seq_len)
-        x = torch.zeros(len(examples), width, dtype=torch.long)
-        y = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-        for i, e in enumerate(examples):
-            ids = torch.tensor(e.ids)
-            mask = torch.tensor(e.mask[1:])
-            x[i, : len(ids) - 1] = ids[:-1]
-            y[i, : len(ids) - 1] = torch.where(mask, ids[1:], IGNORE)
-        return x.to(self.world.device), y.to(self.world.device)
+        x, y, _ = self._rows(examples, [[i] for i in range(len(examples))])
+        return x, y
+
+    def _width(self, examples: list[sft.Example]) -> int:
+        """The row width of a micro-batch: its longest input, rounded up to PAD_MULTIPLE."""
+        longest = max(len(e.ids) for e in examples) - 1
+        return min(-(-longest // PAD_MULTIPLE) * PAD_MULTIPLE, self.cfg.seq_len)
+
+    def _rows(self, examples: list[sft.Example], rows: list[list[int]]):
+        """(inputs, targets, positions), each (len(rows), width): row r holds the examples
+        `rows[r]` end to end, each from position 0; padding continues the row's last example."""
+        width = self._width(examples)
+        x = torch.zeros(len(rows), width, dtype=torch.long)
+        y = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        pos = torch.arange(width).repeat(len(rows), 1)
+        for r, members in enumerate(rows):
+            at = 0
+            for i in members:
+                e = examples[i]
+                n = len(e.ids) - 1
+                ids, mask = torch.tensor(e.ids), torch.tensor(e.mask[1:])
+                x[r, at : at + n] = ids[:-1]
+                y[r, at : at + n] = torch.where(mask, ids[1:], IGNORE)
+                pos[r, at:] = torch.arange(width - at)
+                at += n
+        device = self.world.device
+        return x.to(device), y.to(device), pos.to(device)
 
     def _packed(self, examples: list[sft.Example]):
         """(inputs, targets, positions), each (rows, width): the examples end to end in as few
@@ -152,7 +167,7 @@ class FineTuner(Loop):
         attention, plainly causal, skips the masked half). The same tokens, targets and loss as
         `_collate`'s layout, without most of its padding."""
         lengths = [len(e.ids) - 1 for e in examples]
-        width = min(-(-max(lengths) // PAD_MULTIPLE) * PAD_MULTIPLE, self.cfg.seq_len)
+        width = self._width(examples)
         rows: list[list[int]] = []  # example indices per row
         free: list[int] = []
         for i in sorted(range(len(examples)), key=lambda i: -lengths[i]):
@@ -165,20 +180,7 @@ class FineTuner(Loop):
             free[row] -= lengths[i]
         if len(rows) == len(examples):
             return None
-        x = torch.zeros(len(rows), width, dtype=torch.long)
-        y = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-        pos = torch.arange(width).repeat(len(rows), 1)  # padding continues the row's last example
-        for r, members in enumerate(rows):
-            at = 0
-            for i in members:
-                e, n = examples[i], lengths[i]
-                ids, mask = torch.tensor(e.ids), torch.tensor(e.mask[1:])
-                x[r, at : at + n] = ids[:-1]
-                y[r, at : at + n] = torch.where(mask, ids[1:], IGNORE)
-                pos[r, at:] = torch.arange(width - at)
-                at += n
-        device = self.world.device
-        return x.to(device), y.to(device), pos.to(device)
+        return self._rows(examples, rows)
 
     def _lm_loss(self, net, examples: list[sft.Example]) -> torch.Tensor:
         """Mean loss over the examples' answer tokens, packed into rows where --pack saves some."""
@@ -355,7 +357,7 @@ class FineTuner(Loop):
     def compile(self) -> None:
         """Compile the blocks (traced once for all layers) where a compiler can build them."""
         device = self.world.device
-        if device.type == "cpu" and not _cxx_compiler():
+        if device.type == "cpu" and kernels.compiler() is None:
             log.warning("no C++ compiler found: fine-tuning runs without torch.compile (slower)")
             return
         distributed.unwrap(self.model).compile_blocks(memory_budget=MEMORY_BUDGET)
@@ -420,11 +422,6 @@ def _leaf(target: str, cfg) -> str:
         if hf.rpartition(".")[2] == target:
             return ours.rpartition(".")[2]
     raise GenforgeError(f"a {cfg.arch} model has no {target} layers to adapt.")
-
-
-def _cxx_compiler() -> str | None:
-    """The C++ compiler torch.compile's CPU code would be built with, if there is one."""
-    return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
 
 
 def _tokenizer(path: Path) -> Tokenizer:

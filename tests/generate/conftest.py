@@ -1,10 +1,9 @@
 """Shared fixtures of the generation tests."""
 
 import pytest
-import torch
+from tiny import random_transformer
 
 from genforge.model.config import ModelConfig
-from genforge.model.transformer import Transformer
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +23,4 @@ def random_model():
         sliding_window=8,
         layer_types=("sliding", "full"),
     )
-    torch.manual_seed(0)
-    model = Transformer(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2 and name != "tok_emb.weight":
-                p.normal_(0, 2 / p.shape[1] ** 0.5)
-    return model.eval()
+    return random_transformer(cfg).eval()

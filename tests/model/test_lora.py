@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 from components import require_module
+from tiny import random_transformer
 
 from genforge.generate.loading import cpu_kernels
 from genforge.model import lora
@@ -45,13 +46,7 @@ def assert_same_sums(got: torch.Tensor, want: torch.Tensor, model, tokens=None) 
 
 def tiny_model(seed: int = 0) -> Transformer:
     """Random weights with gain 2, so that logits depend on every layer (not just the embedding)."""
-    torch.manual_seed(seed)
-    model = Transformer(CFG)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2 and name != "tok_emb.weight":
-                p.normal_(0, 2 / p.shape[1] ** 0.5)
-    return model.eval()
+    return random_transformer(CFG, seed).eval()
 
 
 def randomize(model: torch.nn.Module, name: str, seed: int, std: float = 0.3) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import random_transformer
 
 from genforge.model.config import ModelConfig
-from genforge.model.transformer import Transformer
 
 LLAMA = ModelConfig(vocab_size=89, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=96)
 # q/k norms, sandwich norms, sliding-window layers with their own RoPE: the gemma3 flags
@@ -29,16 +29,6 @@ GEMMA = ModelConfig(
 LENGTHS = (5, 9, 3)
 
 
-def model_for(cfg: ModelConfig) -> Transformer:
-    torch.manual_seed(0)
-    model = Transformer(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2 and name != "tok_emb.weight":
-                p.normal_(0, 2 / p.shape[1] ** 0.5)
-    return model
-
-
 def layouts():
     """The same three sequences padded (3, 9) and packed into one row of 17 (+ 3 of padding)."""
     g = torch.Generator().manual_seed(1)
@@ -57,7 +47,7 @@ def layouts():
 
 @pytest.mark.parametrize("cfg", [LLAMA, GEMMA], ids=["llama", "gemma3"])
 def test_each_packed_sequence_gets_its_padded_logits(cfg):
-    model = model_for(cfg).eval()
+    model = random_transformer(cfg).eval()
     seqs, padded, packed, positions = layouts()
     with torch.no_grad():
         want = model(padded)
@@ -88,7 +78,7 @@ def test_packed_loss_and_gradients_are_the_padded_ones():
         at += len(s)
     runs = []
     for tokens, targets, pos in ((padded, pad_targets, None), (packed, pack_targets, positions)):
-        model = model_for(LLAMA)
+        model = random_transformer(LLAMA)
         loss = model(tokens, targets=targets, positions=pos)
         loss.backward()
         runs.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))

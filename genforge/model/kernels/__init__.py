@@ -79,11 +79,17 @@ def _import(name: str, path: Path) -> ModuleType | None:
         return None
 
 
+def compiler() -> str | None:
+    """The C++ compiler on PATH ($CXX, else c++): what builds these kernels and torch.compile's
+    CPU code; None where there is none."""
+    return shutil.which(os.environ.get("CXX", "c++"))
+
+
 def _build(name: str, folder: Path) -> ModuleType | None:
-    compiler = os.environ.get("CXX", "c++")
-    if shutil.which(compiler) is None:
+    if compiler() is None:
         log.warning(
-            "no C++ compiler (%s) to build genforge's CPU kernels; using PyTorch's", compiler
+            "no C++ compiler (%s) to build genforge's CPU kernels; using PyTorch's",
+            os.environ.get("CXX", "c++"),
         )
         return None
     try:
