@@ -122,7 +122,7 @@ class FinetuneConfig(LoopConfig):
     beta: float = 0.1  # DPO: how strongly the model is held near the reference
     skip_bad: bool = False  # skip (and count) bad lines instead of stopping at the first
     checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
-    compile: bool = True  # torch.compile the blocks (~15 s before the first step, then faster)
+    compile: bool = True  # torch.compile the blocks (10-30 s before the first step, then faster)
     pack: bool = True  # put a micro-batch's short examples end to end in fewer rows (no padding)
     lr: float = 0.0  # peak learning rate; 0 = 2e-4 for LoRA, 2e-5 for full fine-tuning
     weight_decay: float = 0.0  # AdamW decoupled weight decay on matrices
