@@ -24,10 +24,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from genforge.agents.sandbox import run_python
 from genforge.data.corpus import read_documents
 from genforge.errors import GenforgeError
 from genforge.evals import everyday, rag
-from genforge.evals.sandbox import run_python
 from genforge.evals.tasks import (
     CODE_ANSWER_PREFIX,
     Code,

@@ -22,7 +22,12 @@ from genforge.generate.engine import Engine, TokenStream
 from genforge.generate.loading import check_dtype, load_model
 from genforge.generate.sampling import SamplingParams
 from genforge.generate.score import Scored
-from genforge.generate.structured import Grammar, inline_tools, tool_call_grammar
+from genforge.generate.structured import (
+    Grammar,
+    inline_tools,
+    no_call_grammar,
+    tool_call_grammar,
+)
 from genforge.generate.text import Delta, stream_text
 from genforge.model import lora
 
@@ -181,21 +186,27 @@ class LLM:
         json_schema: dict | None = None,
         grammar: Grammar | str | None = None,
         parallel_tool_calls: bool = True,
+        bare_calls: bool = False,
     ) -> ChatPrompt:
         """Render a chat with the model's template, and the grammar its answer must follow.
 
         tools: OpenAI-style function tools; tool_choice "auto" (answer or call), "required" (call
-        at least one), "none" (tools hidden), or {"type": "function", "function": {"name": ...}};
+        at least one), "none" (shown, but the answer calls none), or {"type": "function", "function": {"name": ...}};
         parallel_tool_calls=False allows one call per answer. Tool calls are decoded under a grammar, so their arguments always match the schema.
+        bare_calls=True: a call written as a bare JSON object, without the tags, counts too
+        (`tool_call_grammar(bare=True)`; agents use it, since small models often write calls so).
         """
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
         answer = _grammar(json_schema, grammar)
         native = "tools" in (self.tokenizer.chat_template or "")
-        if not tools or tool_choice == "none":
+        if not tools:
             # Earlier tool calls and results still need writing out for a template without tools.
             msgs = messages if native else inline_tools(messages, None)
             return ChatPrompt(self.tokenizer.encode_chat(msgs, add_generation_prompt=True), answer)
+        if tool_choice == "none":  # as OpenAI: the tools are shown, but the answer calls none
+            ids = self._encode_with_tools(messages, tools, native)
+            return ChatPrompt(ids, answer or no_call_grammar(bare_calls))
         if isinstance(tool_choice, dict):
             name = (tool_choice.get("function") or {}).get("name")
             chosen = [t for t in tools if (t.get("function") or {}).get("name") == name]
@@ -210,14 +221,17 @@ class LLM:
         required = tool_choice != "auto"
         if answer is not None and required:
             raise GenforgeError("a response format has no effect when a tool call is required.")
-        if native:
-            ids = self.tokenizer.encode_chat(messages, add_generation_prompt=True, tools=tools)
-        else:  # the template knows nothing of tools: describe them in the system message
-            ids = self.tokenizer.encode_chat(
-                inline_tools(messages, tools), add_generation_prompt=True
-            )
-        grammar = tool_call_grammar(chosen, required, answer, self.tokenizer, parallel_tool_calls)
+        ids = self._encode_with_tools(messages, tools, native)
+        grammar = tool_call_grammar(
+            chosen, required, answer, self.tokenizer, parallel_tool_calls, bare_calls
+        )
         return ChatPrompt(ids, grammar, chosen)
+
+    def _encode_with_tools(self, messages, tools, native: bool) -> list[int]:
+        if native:
+            return self.tokenizer.encode_chat(messages, add_generation_prompt=True, tools=tools)
+        # The template knows nothing of tools: describe them in the system message.
+        return self.tokenizer.encode_chat(inline_tools(messages, tools), add_generation_prompt=True)
 
     def chat(
         self,

@@ -231,6 +231,7 @@ def tool_call_grammar(
     answer: Grammar | None = None,
     tokenizer=None,
     parallel: bool = True,
+    bare: bool = False,
 ) -> Grammar:
     """Calls of `tools` (one or more, newline-separated); with required=False, or an answer instead:
     one matching `answer` (a JSON schema grammar), or else any text that does not start with a
@@ -238,7 +239,9 @@ def tool_call_grammar(
     parallel=False allows one call only.
 
     When the tokenizer has the tags as tokens of their own (Qwen), the grammar asks for those
-    tokens, as the model was trained to write them.
+    tokens, as the model was trained to write them. bare=True (with required=False and no answer
+    schema) also takes one call written as a bare JSON object, without the tags, as small models
+    often write it, and so holds any answer that starts with "{" to the calls' schema.
     """
     schema = json.dumps(tool_call_schema(tools))
     open_, close = (_tag(tokenizer, t) for t in (TOOL_CALL_OPEN, TOOL_CALL_CLOSE))
@@ -253,6 +256,11 @@ def tool_call_grammar(
         if answer.kind != "json_schema":
             raise GenforgeError("with tools, only a JSON schema can constrain the answer.")
         start = ["start: answer | calls", f"answer: %json {json.dumps(answer.source)}"]
+    elif bare:
+        start = [
+            "start: TEXT | calls | args",
+            f"TEXT: /(?s:.*)/ & ~/(?s:[ \\t\\n]*({TOOL_CALL_OPEN}|\\{{).*)/",
+        ]
     else:
         start = [
             "start: TEXT | calls",
@@ -261,18 +269,31 @@ def tool_call_grammar(
     return Grammar.lark("\n".join(start + rules))
 
 
+def no_call_grammar(bare: bool = False) -> Grammar:
+    """An answer that is not a tool call (`tool_choice="none"`): any text of at least one
+    character that does not start with the call tag, nor with "{" when bare calls count."""
+    starts = f"({TOOL_CALL_OPEN}|\\{{)" if bare else TOOL_CALL_OPEN
+    return Grammar.lark(f"start: TEXT\nTEXT: /(?s:.+)/ & ~/(?s:[ \\t\\n]*{starts}.*)/")
+
+
 def _tag(tokenizer, text: str) -> str:
     """A Lark item for `text`: its own token where the vocabulary has one, else the literal text."""
     token_id = tokenizer.hf.token_to_id(text) if tokenizer is not None else None
     return f"<[{token_id}]>" if token_id is not None else json.dumps(text)
 
 
-def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
+def parse_tool_calls(text: str, bare: bool = False) -> tuple[str, list[dict[str, Any]]]:
     """Split model output into (text before the calls, [{"name", "arguments"}...]).
 
     Output produced under `tool_call_grammar` always parses; unconstrained output that is not a
-    well-formed call is left as text.
+    well-formed call is left as text. bare=True: output that is one JSON object with a "name" is
+    a call too (`tool_call_grammar(bare=True)`).
     """
+    if bare and text.lstrip().startswith("{"):
+        with contextlib.suppress(json.JSONDecodeError):
+            call = json.loads(text)
+            if isinstance(call, dict) and isinstance(call.get("name"), str):
+                return "", [{"name": call["name"], "arguments": call.get("arguments", {})}]
     calls, rest = [], text
     start = text.find(TOOL_CALL_OPEN)
     if start < 0:

@@ -8,6 +8,7 @@ matters: a prompt that differs by one newline from what the model was trained on
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import datetime
 from functools import lru_cache
@@ -34,7 +35,7 @@ def render_chat_template(
     """Render `messages` (and `tools`) with a chat template; template failures raise GenforgeError."""
     # Like transformers: a key set to None (OpenAI's `content=None`, `tool_calls=None`) is dropped,
     # since templates test for a key's presence and would otherwise print "None".
-    messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
+    messages = [_arguments_decoded({k: v for k, v in m.items() if v is not None}) for m in messages]
     context = {"bos_token": bos_token, "eos_token": eos_token, "documents": None, **extra}
     try:
         return _compile(template).render(
@@ -42,6 +43,24 @@ def render_chat_template(
         )
     except (jinja2.TemplateError, TypeError, ValueError) as e:
         raise GenforgeError(f"The chat template failed to render these messages: {e}") from None
+
+
+def _arguments_decoded(message: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's tool calls carry their arguments as a JSON string; templates expect the object
+    (Qwen's writes `arguments | tojson`, which would quote the string a second time, a prompt unlike
+    the model's training that makes it call the tool again instead of answering). vLLM decodes
+    them the same way."""
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list):
+        return message
+    decoded = []
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+            with contextlib.suppress(json.JSONDecodeError):  # not JSON: shown as it is
+                call = {**call, "function": {**fn, "arguments": json.loads(fn["arguments"])}}
+        decoded.append(call)
+    return {**message, "tool_calls": decoded}
 
 
 @lru_cache(maxsize=16)

@@ -295,7 +295,7 @@ def _programs(n: int | None):
 def _check_programs(programs):
     from concurrent.futures import ThreadPoolExecutor
 
-    from genforge.evals.sandbox import run_python
+    from genforge.agents.sandbox import run_python
 
     with ThreadPoolExecutor(2) as pool:
         good = list(pool.map(run_python, [p for _, p, _ in programs]))
@@ -318,7 +318,7 @@ def test_every_reference_solution_passes():
 def test_chat_answers_keep_their_definitions_only():
     """A model that tests its own function with a wrong expectation, prints a demo, or runs out of
     tokens mid-line still gets its function judged by the task's tests, not its own."""
-    from genforge.evals.sandbox import run_python
+    from genforge.agents.sandbox import run_python
 
     humaneval, _ = _references()
     item = TASKS["humaneval"].load()[2]  # truncate_number: 4.2 -> 0.2 is not exact in floats

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from genforge.evals.workdir import MAX_ENTRIES, folder_over, remove_folder
+from genforge.agents.workdir import MAX_ENTRIES, folder_over, remove_folder
 
 
 def test_removal_gives_back_permissions_and_does_not_follow_links(tmp_path):
@@ -25,7 +25,7 @@ def test_removal_gives_back_permissions_and_does_not_follow_links(tmp_path):
 def test_removal_never_raises(tmp_path, caplog):
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("x")
-    with caplog.at_level(logging.WARNING, logger="genforge.evals.workdir"):
+    with caplog.at_level(logging.WARNING, logger="genforge.agents.workdir"):
         remove_folder(str(not_a_folder))
         remove_folder(str(tmp_path / "missing"))  # nothing there: nothing to say
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [

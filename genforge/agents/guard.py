@@ -1,6 +1,6 @@
 """The guard: stage two of the sandboxed child, which installs an audit hook and runs the program.
 
-It runs inside the child that `genforge/evals/sandbox.py` starts: stage one there sets the limits
+It runs inside the child that `genforge/agents/sandbox.py` starts: stage one there sets the limits
 and the kernel isolation, then execs this file as a script, in a fresh interpreter that has never
 loaded ctypes. Here the guard (layer 4 in sandbox.py's docstring) is installed as an audit hook
 (PEP 578) before the program is compiled, and cannot be removed. When the program's code has

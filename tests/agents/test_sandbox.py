@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from genforge.agents import guard, sandbox
+from genforge.agents.sandbox import SandboxResult, run_python
 from genforge.errors import GenforgeError
-from genforge.evals import guard, sandbox
-from genforge.evals.sandbox import SandboxResult, run_python
 
 SECRET = "TOPSECRET-5d0c2f"  # written outside the sandbox; must never reach the output
 

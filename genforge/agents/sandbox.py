@@ -37,8 +37,8 @@ read it (the audit hook checks the calling frames) and copy it to a file descrip
 parent reads. The program may write there too, but cannot know the nonce; trace functions, which
 could jump over lines, are refused.
 
-Layer 4, the guard, is genforge/evals/guard.py; measuring and removing the folder,
-genforge/evals/workdir.py. The child's two stages are scripts, this file and then the guard, so
+Layer 4, the guard, is genforge/agents/guard.py; measuring and removing the folder,
+genforge/agents/workdir.py. The child's two stages are scripts, this file and then the guard, so
 that their code stays ordinary, linted Python.
 
 Not enforced: disk use between two measures of the folder; and an audit hook is no sandbox on
@@ -61,6 +61,7 @@ import sys
 import sysconfig
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # The layers, by name: the audit hook (always), then the kernel's, each where it allows it.
@@ -104,9 +105,20 @@ class SandboxResult:
         return self.status == "passed"
 
 
-def run_python(code: str, *, timeout: float = 10.0, memory_mb: int = 1024) -> SandboxResult:
+def run_python(
+    code: str,
+    *,
+    timeout: float = 10.0,
+    memory_mb: int = 1024,
+    channel: Callable[[bytes], bytes] | None = None,
+) -> SandboxResult:
     """Run `code` as a Python program in a sandboxed subprocess; safe to call from many threads.
-    "passed" means that its last line ran and it then exited with status 0."""
+    "passed" means that its last line ran and it then exited with status 0.
+
+    channel: the program's one way out, for calling tools that run here, in the parent. The
+    program writes a request line to the descriptor named first in $GENFORGE_CHANNEL and reads
+    the reply line from the second; `channel(request)` makes the reply (a line, no newline).
+    The time the parent takes to answer counts towards `timeout`."""
     # Imported here, not at the top: the child runs this file as a script, where genforge may not
     # be importable and where these modules would only slow down every run.
     from genforge.errors import GenforgeError
@@ -117,7 +129,7 @@ def run_python(code: str, *, timeout: float = 10.0, memory_mb: int = 1024) -> Sa
         raise GenforgeError(f"timeout must be a positive number of seconds, got {timeout!r}.")
     if memory_mb < _MIN_MEMORY_MB:
         raise GenforgeError(f"memory_mb must be at least {_MIN_MEMORY_MB}, got {memory_mb}.")
-    result, applied = _run(code, timeout, memory_mb)
+    result, applied = _run(code, timeout, memory_mb, channel)
     _warn_once_of_missing(applied)
     return result
 
@@ -149,12 +161,14 @@ def _warn_once_of_missing(applied: frozenset[str]) -> None:
         )
 
 
-def _run(code: str, timeout: float, memory_mb: int) -> tuple[SandboxResult, frozenset[str]]:
+def _run(
+    code: str, timeout: float, memory_mb: int, channel=None
+) -> tuple[SandboxResult, frozenset[str]]:
     """run_python's work; also returns the protections that stage one applied."""
     import secrets  # see run_python
     import tempfile
 
-    from genforge.evals.workdir import MAX_ENTRIES, folder_over, remove_folder
+    from genforge.agents.workdir import MAX_ENTRIES, folder_over, remove_folder
 
     # The proof that the program ran to its end: a nonce in a file that only the guard's last
     # step may read, once the program's last line has run, and copy into `report`.
@@ -172,7 +186,7 @@ def _run(code: str, timeout: float, memory_mb: int) -> tuple[SandboxResult, froz
             tempfile.TemporaryFile() as report,
         ):
             returncode, ending, seconds = _execute(
-                workdir, nonce_path, timeout, memory_mb, out, err, report
+                workdir, nonce_path, timeout, memory_mb, out, err, report, channel
             )
             stdout, stderr = _head(out), _tail(err)
             report.seek(0)
@@ -207,10 +221,18 @@ def _execute(
     out: io.BufferedRandom,
     err: io.BufferedRandom,
     report: io.BufferedRandom,
+    channel=None,
 ) -> tuple[int, str | None, float]:
     """Run the child to its end; (exit status, ending as _wait_for_exit says, seconds)."""
     import subprocess  # see run_python
 
+    env, pass_fds, theirs, serving = _child_environment(workdir), [report.fileno()], [], None
+    if channel is not None:
+        requests, their_requests = os.pipe()
+        their_replies, replies = os.pipe()
+        theirs = [their_requests, their_replies]
+        env["GENFORGE_CHANNEL"] = f"{their_requests},{their_replies}"
+        pass_fds += theirs
     cpu_seconds = math.ceil(timeout) + 1  # a backstop: the wall clock normally ends it first
     command = [sys.executable, *_PYTHON_FLAGS, os.path.realpath(__file__), workdir]
     command += [str(memory_mb), str(cpu_seconds), nonce_path, str(report.fileno())]
@@ -218,13 +240,18 @@ def _execute(
     proc = subprocess.Popen(
         command,
         cwd=workdir,
-        env=_child_environment(workdir),
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=out,
         stderr=err,
-        pass_fds=(report.fileno(),),
+        pass_fds=tuple(pass_fds),
         start_new_session=True,
     )
+    for fd in theirs:
+        os.close(fd)
+    if channel is not None:
+        serving = threading.Thread(target=_serve, args=(requests, replies, channel), daemon=True)
+        serving.start()
     try:
         ending = _wait_for_exit(proc.pid, timeout, workdir, memory_mb * 2**20)
     finally:
@@ -233,7 +260,22 @@ def _execute(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        if serving is not None:
+            serving.join()  # the program's end of the pipe is closed: the server has stopped
     return proc.returncode, ending, time.monotonic() - start
+
+
+_MAX_REQUEST = 1 << 20  # bytes of one request line from the program
+
+
+def _serve(requests: int, replies: int, channel: Callable[[bytes], bytes]) -> None:
+    """Answer the program's request lines until it closes its end (it ended, or was killed)."""
+    with open(requests, "rb") as reader, open(replies, "wb", buffering=0) as writer:
+        while line := reader.readline(_MAX_REQUEST):
+            try:
+                writer.write(channel(line.rstrip(b"\n")).replace(b"\n", b" ") + b"\n")
+            except (BrokenPipeError, ValueError):  # it is gone, or the line is not a request
+                return
 
 
 def _child_environment(workdir: str) -> dict[str, str]:
@@ -246,7 +288,7 @@ def _child_environment(workdir: str) -> dict[str, str]:
 def _wait_for_exit(pid: int, timeout: float, workdir: str, folder_limit: int) -> str | None:
     """Wait for the child to end, without reaping it. None when it did; "timeout" when the
     timeout ran out first, "folder" when its folder outgrew the limit (checked every 0.1 s)."""
-    from genforge.evals.workdir import folder_over  # see run_python
+    from genforge.agents.workdir import folder_over  # see run_python
 
     start = time.monotonic()
     deadline, next_check = start + timeout, start + _FOLDER_CHECK_SECONDS
@@ -265,7 +307,7 @@ def _wait_for_exit(pid: int, timeout: float, workdir: str, folder_limit: int) ->
 
 
 def _status(returncode: int, timed_out: bool) -> str:
-    from genforge.evals.guard import BLOCKED_EXIT, MEMORY_EXIT  # see run_python
+    from genforge.agents.guard import BLOCKED_EXIT, MEMORY_EXIT  # see run_python
 
     if timed_out or returncode == -signal.SIGXCPU:
         return "timeout"

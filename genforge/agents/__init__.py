@@ -1,0 +1,1 @@
+"""Agents: typed tools, the built-in ones, the code sandbox, MCP, and the loop that runs them."""
