@@ -11,7 +11,19 @@ import os
 import sys
 from collections.abc import Callable
 
-from genforge.cli import agent, chat, eval, export, finetune, generate, models, rag, serve, train
+from genforge.cli import (
+    agent,
+    chat,
+    eval,
+    export,
+    finetune,
+    generate,
+    mcp,
+    models,
+    rag,
+    serve,
+    train,
+)
 from genforge.cli.parser import Parser
 from genforge.errors import GenforgeError
 
@@ -35,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_parser(sub)
     eval.add_parser(sub)
     rag.add_parser(sub)
+    mcp.add_parser(sub)
     agent.add_parser(sub)
     models.add_parsers(sub)  # pull, models, rm
     return parser
