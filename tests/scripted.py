@@ -24,7 +24,15 @@ class ScriptedModel:
         self.seen: list[dict] = []  # per turn: messages, tools, tool_choice, grammar
 
     def respond(
-        self, messages, tools, *, tool_choice="auto", grammar=None, max_tokens=512, sampling=None
+        self,
+        messages,
+        tools,
+        *,
+        tool_choice="auto",
+        grammar=None,
+        max_tokens=512,
+        sampling=None,
+        parallel=True,
     ) -> Reply:
         self.seen.append(
             {
@@ -33,6 +41,7 @@ class ScriptedModel:
                 "tool_choice": tool_choice,
                 "grammar": grammar,
                 "max_tokens": max_tokens,
+                "parallel": parallel,
             }
         )
         if not self.turns:

