@@ -43,7 +43,8 @@ def add_parser(sub) -> None:
         default=[],
         metavar="'CMD ARGS' | URL",
         help="an MCP server whose tools the agent may call: a command line (stdio) or an "
-        "http(s) URL (streamable HTTP); repeatable",
+        "http(s) URL (streamable HTTP); repeatable; a server's tools are named mcpN_NAME when "
+        "a name is already taken",
     )
     p.add_argument(
         "--workspace",
@@ -127,9 +128,13 @@ def _tools(args: argparse.Namespace, stack: contextlib.ExitStack) -> list:
     if args.mcp:
         from genforge.agents.mcp import connect
 
-        for spec in args.mcp:
+        for n, spec in enumerate(args.mcp, 1):
             server = stack.enter_context(contextlib.closing(connect(spec)))
-            tools.extend(server.tools())
+            served = server.tools()
+            taken = {t.name for t in tools}
+            if taken & {t.name for t in served}:  # a second `python`: tell them apart
+                served = server.tools(prefix=f"mcp{n}_")
+            tools.extend(served)
     return tools
 
 
