@@ -27,7 +27,7 @@ from tqdm import tqdm
 from genforge.agents.sandbox import run_python
 from genforge.data.corpus import read_documents
 from genforge.errors import GenforgeError
-from genforge.evals import everyday, rag
+from genforge.evals import everyday, rag, tool_calls
 from genforge.evals.tasks import (
     CODE_ANSWER_PREFIX,
     Code,
@@ -42,6 +42,7 @@ TASKS = {
     **BENCHMARKS,
     **{t.name: t for t in rag.RAG_TASKS},
     **{t.name: t for t in everyday.EVERYDAY_TASKS},
+    **{t.name: t for t in tool_calls.TOOL_TASKS},
 }
 
 WINDOW = 2048  # perplexity: tokens scored per window at most
@@ -127,6 +128,7 @@ def evaluate(
         "perplexity": _perplexity,
         "retrieval": rag.run,
         "everyday": everyday.run,
+        "tool_calls": tool_calls.run,
     }
     for task in tasks:
         k = task.shots if shots is None else shots
@@ -156,6 +158,8 @@ def evaluate(
 
 
 def _wants_chat(llm, task, chat: bool | None) -> bool:
+    if task.kind == "tool_calls":  # tools are offered through the chat template
+        return True
     if task.kind not in ("generation", "code"):
         return False
     has_template = bool(llm.tokenizer.chat_template)

@@ -291,15 +291,32 @@ class LLM:
             [self.encode_pair(c, x) for c, x in pairs], progress=progress, adapter=self.adapter
         )
 
-    def complete_many(self, prompts: list[list[int]], **sampling) -> Iterator[Completion]:
+    def complete_many(
+        self,
+        prompts: list[list[int]],
+        *,
+        grammars: list[Grammar | None] | None = None,
+        **sampling,
+    ) -> Iterator[Completion]:
         """Completions of many prompts (token ids), yielded in order. They are queued together, so
-        they run batched and the same way every time; leaving early cancels the rest."""
+        they run batched and the same way every time; leaving early cancels the rest.
+        grammars: one per prompt (None: unconstrained), e.g. each `chat_prompt(...).grammar`."""
         params = self.sampling_params(**sampling)
         eos = self.tokenizer.eos_ids
+        grammars = [None] * len(prompts) if grammars is None else grammars
+        if len(grammars) != len(prompts):
+            raise GenforgeError(f"{len(prompts)} prompts but {len(grammars)} grammars.")
         outs = [queue.SimpleQueue() for _ in prompts]
         jobs = [
-            dict(prompt_ids=p, params=params, eos_ids=eos, out=o, adapter=self.adapter)
-            for p, o in zip(prompts, outs, strict=True)
+            dict(
+                prompt_ids=p,
+                params=params,
+                eos_ids=eos,
+                out=o,
+                adapter=self.adapter,
+                constraint=self.constraint(g),
+            )
+            for p, o, g in zip(prompts, outs, grammars, strict=True)
         ]
         streams = [
             TokenStream(self.engine, req, out)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -240,8 +241,9 @@ def tool_call_grammar(
 
     When the tokenizer has the tags as tokens of their own (Qwen), the grammar asks for those
     tokens, as the model was trained to write them. bare=True (with required=False and no answer
-    schema) also takes one call written as a bare JSON object, without the tags, as small models
-    often write it, and so holds any answer that starts with "{" to the calls' schema.
+    schema) also takes one call written as a bare JSON object, without the tags, or in a ```json
+    fence, as small models often write it (Qwen2.5-Coder-0.5B fences every call), and so holds any
+    answer that starts with "{" or a fenced "{" to the calls' schema.
     """
     schema = json.dumps(tool_call_schema(tools))
     open_, close = (_tag(tokenizer, t) for t in (TOOL_CALL_OPEN, TOOL_CALL_CLOSE))
@@ -258,8 +260,10 @@ def tool_call_grammar(
         start = ["start: answer | calls", f"answer: %json {json.dumps(answer.source)}"]
     elif bare:
         start = [
-            "start: TEXT | calls | args",
-            f"TEXT: /(?s:.*)/ & ~/(?s:[ \\t\\n]*({TOOL_CALL_OPEN}|\\{{).*)/",
+            "start: TEXT | calls | args | fenced",
+            'fenced: FENCE args "\\n```"',
+            "FENCE: /```(json)?\\n/",
+            f"TEXT: /(?s:.*)/ & ~/(?s:[ \\t\\n]*{_BARE_STARTS}.*)/",
         ]
     else:
         start = [
@@ -271,9 +275,15 @@ def tool_call_grammar(
 
 def no_call_grammar(bare: bool = False) -> Grammar:
     """An answer that is not a tool call (`tool_choice="none"`): any text of at least one
-    character that does not start with the call tag, nor with "{" when bare calls count."""
-    starts = f"({TOOL_CALL_OPEN}|\\{{)" if bare else TOOL_CALL_OPEN
+    character that does not start with the call tag, nor with "{" (or a fenced "{") when bare
+    calls count."""
+    starts = _BARE_STARTS if bare else TOOL_CALL_OPEN
     return Grammar.lark(f"start: TEXT\nTEXT: /(?s:.+)/ & ~/(?s:[ \\t\\n]*{starts}.*)/")
+
+
+# How a bare call begins: the tag, "{", or a ```json fence opening on "{".
+_BARE_STARTS = f"({TOOL_CALL_OPEN}|\\{{|```(json)?[ \\t\\n]*\\{{)"
+_FENCED = re.compile(r"```(?:json)?[ \t]*\n?(\{.*\})\s*```", re.DOTALL)
 
 
 def _tag(tokenizer, text: str) -> str:
@@ -286,12 +296,13 @@ def parse_tool_calls(text: str, bare: bool = False) -> tuple[str, list[dict[str,
     """Split model output into (text before the calls, [{"name", "arguments"}...]).
 
     Output produced under `tool_call_grammar` always parses; unconstrained output that is not a
-    well-formed call is left as text. bare=True: output that is one JSON object with a "name" is
-    a call too (`tool_call_grammar(bare=True)`).
+    well-formed call is left as text. bare=True: output that is one JSON object with a "name",
+    alone or in a ```json fence, is a call too (`tool_call_grammar(bare=True)`).
     """
-    if bare and text.lstrip().startswith("{"):
+    fenced = _FENCED.fullmatch(text.strip()) if bare else None
+    if fenced or (bare and text.lstrip().startswith("{")):
         with contextlib.suppress(json.JSONDecodeError):
-            call = json.loads(text)
+            call = json.loads(fenced.group(1) if fenced else text)
             if isinstance(call, dict) and isinstance(call.get("name"), str):
                 return "", [{"name": call["name"], "arguments": call.get("arguments", {})}]
     calls, rest = [], text
