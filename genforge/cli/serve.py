@@ -18,13 +18,23 @@ def add_parser(sub) -> None:
         "serve",
         help="OpenAI-compatible HTTP API and web UI",
         description="Serve models over an OpenAI-compatible HTTP API (/v1/chat/"
-        "completions, /v1/completions, /v1/embeddings, /v1/models), with a web UI "
+        "completions, /v1/completions, /v1/embeddings, /v1/models) and agent runs "
+        "(/v1/agents/runs), with a web UI "
         "at / and Prometheus metrics at /metrics.",
     )
     add_model_args(p, many=True, default=ANSWER_MODEL)
     _add_server_args(p)
     _add_upstream_args(p)
     _add_rag_args(p)
+    p.add_argument(
+        "--agent-tools",
+        default="calculator,python",
+        metavar="NAMES",
+        help="the tools agents may call on /v1/agents/runs and in the web UI's Agents view: "
+        "calculator, python (sandboxed), rag_search (needs --rag-store), comma-separated, or "
+        "none to disable agents (default: calculator,python). Tools that ask for approval "
+        "(write_file) cannot be enabled: HTTP has no way to approve a call",
+    )
     p.set_defaults(func=run)
 
 
@@ -125,10 +135,12 @@ def _add_rag_args(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     names = args.model or ([] if args.upstream else [ANSWER_MODEL])
     _check_flags(args)
+    from genforge.serve.agents import parse_agent_tools
     from genforge.serve.models import Registry, Upstream
     from genforge.serve.rag import parse_root, parse_stores
 
     rag_stores, rag_root = parse_stores(args.rag_store), parse_root(args.rag_root)
+    agent_tools = parse_agent_tools(args.agent_tools, has_store=bool(rag_stores))
     up_key = args.upstream_api_key or os.environ.get("GENFORGE_UPSTREAM_API_KEY")
     upstreams = [Upstream.parse(u, up_key) for u in args.upstream]
     api_key = args.api_key or os.environ.get("GENFORGE_API_KEY") or None
@@ -181,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
         cors_origins=args.cors_origin,
         rag_stores=rag_stores,
         rag_root=rag_root,
+        agent_tools=agent_tools,
     )
     print(
         f"genforge: serving {', '.join(names + list(adapters) + [u.url for u in upstreams])} on "

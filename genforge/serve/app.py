@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genforge.errors import GenforgeError
+from genforge.serve.agents import DEFAULT_TOOLS
 from genforge.serve.errors import APIError, bad_request, error_body
 from genforge.serve.metrics import Metrics
 from genforge.serve.middleware import (
@@ -29,7 +30,7 @@ from genforge.serve.middleware import (
 )
 from genforge.serve.models import Registry
 from genforge.serve.rag import DocumentStores, StoreSpec
-from genforge.serve.routes import embeddings, generation, health, models, rag
+from genforge.serve.routes import agents, embeddings, generation, health, models, rag
 from genforge.serve.upstream import Forwarder
 
 STATIC = Path(__file__).parent / "static"
@@ -45,6 +46,8 @@ class ServeConfig:
     cors_origins: list[str] = field(default_factory=list)
     rag_stores: list[StoreSpec] = field(default_factory=list)  # the first is the default
     rag_root: Path = field(default_factory=Path.cwd)  # the folder the API may index under
+    # The tools agents may call (genforge.serve.agents.SERVED); empty: no agents.
+    agent_tools: list[str] = field(default_factory=lambda: list(DEFAULT_TOOLS))
 
 
 def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI:
@@ -63,7 +66,7 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)
 
-    for area in (health, models, generation, embeddings, rag):
+    for area in (health, models, generation, embeddings, rag, agents):
         app.include_router(area.router)
     app.add_api_route(
         "/v1/{path:path}", _unknown_route, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]

@@ -20,9 +20,17 @@ POST_ROUTES = (
     "/v1/embeddings",
     "/v1/rag/search",
     "/v1/rag/index",
+    "/v1/agents/runs",
 )
 # The `route` label of the request counter; any other path is "other".
-NAMED_ROUTES = (*POST_ROUTES, "/v1/models", "/v1/rag/stores", "/health", "/metrics")
+NAMED_ROUTES = (
+    *POST_ROUTES,
+    "/v1/models",
+    "/v1/rag/stores",
+    "/v1/agents/tools",
+    "/health",
+    "/metrics",
+)
 
 
 async def _send_error(send, status: int, message: str, code: str | None = None, headers=()):

@@ -110,3 +110,17 @@ class RagSearchRequest(_Body):
 class RagIndexRequest(_Body):
     paths: list[str] = Field(min_length=1, max_length=1000)
     store: str | None = None
+
+
+class AgentRunRequest(_Body):
+    """`POST /v1/agents/runs`: a task for an agent (genforge.agents.loop.Agent)."""
+
+    model: str
+    task: str
+    tools: list[str] | None = None  # default: every tool the server enabled
+    style: Literal["tools", "code"] = "tools"
+    max_steps: int = Field(8, ge=1, le=32)
+    max_tokens: int | None = Field(None, ge=1)  # the model's tokens in the whole run
+    time_limit: float = Field(300, gt=0, le=3600)  # seconds of the whole run
+    temperature: float | None = Field(None, ge=0, le=2)  # default: greedy
+    stream: bool = True

@@ -30,15 +30,15 @@ router = APIRouter()
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request):
     if body.rag is not None:
-        return await _until_disconnect(request, _grounded_chat(request, body))
-    return await _until_disconnect(
+        return await until_disconnect(request, _grounded_chat(request, body))
+    return await until_disconnect(
         request, _generation(request, body, "/v1/chat/completions", openai.chat)
     )
 
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
-    return await _until_disconnect(
+    return await until_disconnect(
         request, _generation(request, body, "/v1/completions", openai.completions)
     )
 
@@ -142,7 +142,7 @@ async def _prepend(first, rest):
         yield item
 
 
-async def _until_disconnect(request: Request, work):
+async def until_disconnect(request: Request, work):
     """Await `work` (the whole answer, or a stream's first event); if the client goes away first,
     cancel it, and so its generation. A stream's later events are cancelled by Starlette when the
     client disconnects."""

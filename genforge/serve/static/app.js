@@ -1,5 +1,6 @@
 // genforge web UI: a chat client for the server's own OpenAI-compatible API (same origin).
 // Plain JS modules, no build step. Conversations, settings and the API key live in localStorage.
+import { initAgents } from "./agents.js";
 import { initDocuments } from "./documents.js";
 import { renderMarkdown } from "./markdown.js";
 
@@ -8,11 +9,13 @@ const STORE = {
   current: "genforge.current",
   settings: "genforge.settings",
   apiKey: "genforge.apiKey",
+  view: "genforge.view",
 };
 const DEFAULT_SETTINGS = { model: "", system: "", temperature: "", top_p: "", max_tokens: "1024" };
 
 const $ = (selector) => document.querySelector(selector);
 const ui = {
+  app: $(".app"),
   model: $("#model"),
   sidebar: $("#sidebar"),
   toggleList: $("#toggle-list"),
@@ -526,8 +529,44 @@ ui.toggleList.addEventListener("click", () =>
   setListOpen(!ui.sidebar.classList.contains("open")),
 );
 
+// ---------------------------------------------------------------- views
+
+// name -> its button, its panel, and what it does when shown (the chat is always ready).
+const views = { chat: { focus: ui.prompt } };
+
+function showView(name, focus = false) {
+  const view = views[name] ? name : "chat";
+  ui.app.dataset.view = view;
+  for (const [key, { button, panel }] of Object.entries(views)) {
+    panel.hidden = key !== view;
+    button.setAttribute("aria-pressed", String(key === view));
+  }
+  try {
+    localStorage.setItem(STORE.view, view);
+  } catch {
+    // the view is only a convenience
+  }
+  views[view].show?.();
+  if (focus) views[view].focus.focus();
+}
+
+function addView(name, button, panel, hooks = {}) {
+  views[name] = { ...views[name], ...hooks, button: $(button), panel: $(panel) };
+  views[name].button.addEventListener("click", () => showView(name, true));
+}
+
 if (!current()) state.currentId = null;
 renderList();
 renderMessages();
 loadModels();
-initDocuments({ api, serverEvents, samplingOptions, chatModel: () => ui.model.value, ApiError });
+const shared = { api, serverEvents, samplingOptions, chatModel: () => ui.model.value, ApiError };
+addView("chat", "#view-chat", "#chat-view");
+addView("docs", "#view-docs", "#docs", initDocuments(shared));
+addView("agents", "#view-agents", "#agents", initAgents({ ...shared, copyText }));
+let saved = "chat";
+try {
+  saved = localStorage.getItem(STORE.view) || "chat";
+} catch {
+  // storage blocked: start on the chat
+}
+showView(saved);

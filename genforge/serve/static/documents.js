@@ -5,16 +5,10 @@
 import { markers } from "./citations.js";
 import { renderMarkdown } from "./markdown.js";
 
-const VIEW = "genforge.view";
-
 export function initDocuments({ api, serverEvents, samplingOptions, chatModel, ApiError }) {
   const $ = (selector) => document.querySelector(selector);
   const ui = {
-    app: $(".app"),
-    chat: $("#chat-view"),
     docs: $("#docs"),
-    viewChat: $("#view-chat"),
-    viewDocs: $("#view-docs"),
     notice: $("#docs-notice"),
     indexForm: $("#index-form"),
     storeLabel: $("#doc-store-label"),
@@ -52,23 +46,6 @@ export function initDocuments({ api, serverEvents, samplingOptions, chatModel, A
     stopped: false,
     renderQueued: false,
   };
-
-  // ------------------------------------------------------------ views
-
-  function showView(name) {
-    const docs = name === "docs";
-    ui.app.classList.toggle("documents", docs);
-    ui.chat.hidden = docs;
-    ui.docs.hidden = !docs;
-    ui.viewChat.setAttribute("aria-pressed", String(!docs));
-    ui.viewDocs.setAttribute("aria-pressed", String(docs));
-    try {
-      localStorage.setItem(VIEW, docs ? "docs" : "chat");
-    } catch {
-      // the view is only a convenience
-    }
-    if (docs && !state.loaded) loadStores();
-  }
 
   // ------------------------------------------------------------ stores and indexing
 
@@ -355,11 +332,6 @@ export function initDocuments({ api, serverEvents, samplingOptions, chatModel, A
 
   // ------------------------------------------------------------ wiring
 
-  ui.viewChat.addEventListener("click", () => showView("chat"));
-  ui.viewDocs.addEventListener("click", () => {
-    showView("docs");
-    ui.question.focus();
-  });
   ui.indexForm.addEventListener("submit", (event) => {
     event.preventDefault();
     const path = ui.path.value.trim();
@@ -396,11 +368,10 @@ export function initDocuments({ api, serverEvents, samplingOptions, chatModel, A
     else if (!ui.passage.hidden) closePassage();
   });
 
-  let saved = "chat";
-  try {
-    saved = localStorage.getItem(VIEW) || "chat";
-  } catch {
-    // storage blocked: start on the chat
-  }
-  showView(saved);
+  return {
+    show() {
+      if (!state.loaded) loadStores();
+    },
+    focus: ui.question,
+  };
 }
