@@ -140,7 +140,9 @@ def _make_tool(fn, name: str, description: str | None, dangerous: bool) -> Tool:
     model = pydantic.create_model(f"{name}_arguments", **fields)
     schema = _untitled(model.model_json_schema())
     schema.setdefault("properties", {})
-    text = description or "\n\n".join(
+    # A first sentence wrapped onto a second line is one paragraph, not a summary and a body.
+    between = "\n\n" if doc.blank_after_short_description else " "
+    text = description or between.join(
         part for part in (doc.short_description, doc.long_description) if part
     )
 
