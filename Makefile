@@ -7,7 +7,7 @@ DEFAULT_MODEL := smollm2-135m-instruct
 # Set-up output goes to stderr so that `echo "question" | make run` prints only the answer.
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run rag-setup serve test test-slow lint format setup setup-dev model browser pydocs bench bench-engine bench-llama-cpp bench-serve bench-train bench-finetune recipe-finetune bench-eval bench-rag eval recipe clean help
+.PHONY: run rag-setup serve test test-slow lint format setup setup-dev model browser pydocs bench bench-engine bench-llama-cpp bench-serve bench-train bench-finetune recipe-finetune recipe-agents bench-eval bench-rag eval recipe clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -146,6 +146,11 @@ recipe-finetune: $(VENV)/.installed-eval model  ## a fine-tuning recipe (hellasw
 	@test "$(FINETUNE_RECIPE)" != pydocs-chat || test -d /usr/share/doc/python3.11/html/_sources || \
 		{ apt-get update -qq && apt-get install -y -qq python3.11-doc; } 1>&2
 	$(PY) recipes/finetune.py $(FINETUNE_RECIPE)
+
+# e.g. make recipe-agents AGENTS_RECIPE=gsm8k-tools
+AGENTS_RECIPE ?= gsm8k-tools
+recipe-agents: $(VENV)/.installed-eval  ## an agent recipe (gsm8k-tools: GSM8K with and without the python tool), into recipes/RESULTS.md
+	$(PY) recipes/agents.py $(AGENTS_RECIPE)
 
 # e.g. make recipe RECIPE=stdlib-code
 RECIPE ?= pydocs-tiny

