@@ -61,25 +61,29 @@ def paired(a: list[bool], b: list[bool]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def run_agents(llm, items, tools: bool, workers: int) -> list[dict]:
+VARIANTS = {  # name: how the agent is made
+    "without tools": {"system": WITHOUT_TOOL},
+    "python tool (tool calls)": {"tools": "python", "system": WITH_TOOL, "tool_choice": "required"},
+    "python (code actions)": {"style": "code"},
+}
+
+
+def run_agents(llm, items, variant: str, workers: int) -> list[dict]:
     from genforge.agents.builtin import python
     from genforge.agents.loop import Agent
     from genforge.evals.tasks import _gsm8k_check
 
+    options = dict(VARIANTS[variant])
+    tools = [python(timeout=10.0)] if options.pop("tools", None) else []
+
     def one(item) -> dict:
         agent = Agent(
-            llm,
-            [python(timeout=10.0)] if tools else [],
-            system=WITH_TOOL if tools else WITHOUT_TOOL,
-            max_steps=4,
-            max_new_tokens=400,
-            tool_choice="required" if tools else "auto",
-            parallel_tool_calls=False,
+            llm, tools, max_steps=4, max_new_tokens=400, parallel_tool_calls=False, **options
         )
         steps = [s.to_dict() for s in agent.run(TASK.format(question=item.extra["question"]))]
         final = steps[-1]
         found, correct = _gsm8k_check(final["text"], item)
-        used = any(s["type"] == "tool" for s in steps)
+        used = any(s["type"] == "tool" for s in steps)  # code actions: a block ran
         return {
             "id": item.id,
             "gold": item.gold,
@@ -128,14 +132,12 @@ def gsm8k_tools(args) -> None:
     items = gsm8k_items(args.limit)
     llm = genforge.load(MODEL, progress=False)
     results = {}
-    for name, tools in (("without tools", False), ("with the python tool", True)):
+    for n, name in enumerate(VARIANTS):
         print(f"{name}: {len(items)} problems", flush=True)
         start = time.monotonic()
-        records = run_agents(llm, items, tools, args.workers)
+        records = run_agents(llm, items, name, args.workers)
         results[name] = (records, time.monotonic() - start)
-        (work / f"{'tools' if tools else 'plain'}.jsonl").write_text(
-            "".join(json.dumps(r) + "\n" for r in records)
-        )
+        (work / f"variant{n}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     write_gsm8k_section(results, args)
 
 
@@ -163,15 +165,15 @@ def write_gsm8k_section(results: dict, args) -> None:
             f"{turns:.2f} | {tokens:.0f} | {seconds / 60:.1f} min |"
         )
         correct[name] = [r["correct"] for r in records]
-    (a, b) = correct.values()
-    mean, lo, hi = paired(a, b)
-    lines += [
-        "",
-        f"Difference (with the tool minus without), paired over the same problems: "
-        f"**{mean:+.3f}** (95 % interval {lo:+.3f} to {hi:+.3f}).",
-        "",
-        "Every step of every run is in `runs/gsm8k-tools/{plain,tools}.jsonl`.",
-    ]
+    base, *others = correct
+    lines.append("")
+    for other in others:
+        mean, lo, hi = paired(correct[base], correct[other])
+        lines.append(
+            f"- {other} minus {base}, paired over the same problems: **{mean:+.3f}** "
+            f"(95 % interval {lo:+.3f} to {hi:+.3f})."
+        )
+    lines += ["", "Every step of every run is in `runs/gsm8k-tools/variant*.jsonl`."]
     write_section("gsm8k-tools", lines, HERE / "RESULTS.md")
     print("\n".join(lines))
 
