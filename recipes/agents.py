@@ -11,7 +11,8 @@ it (`Agent(tool_choice="required")`: it writes a program, reads what it printed,
 left to choose, this model nearly never calls it). The answer is the number after "The answer is", else the last number
 written, as in `genforge eval gsm8k`. Both runs are on the same problems, so the difference is
 paired: its 95 % interval comes from the per-problem differences. Many problems run at once, so
-the engine batches their turns.
+the engine batches their turns. Each answer is appended to runs/gsm8k-tools/variantN.jsonl as it
+is made, and a rerun keeps those: an interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -68,7 +69,9 @@ VARIANTS = {  # name: how the agent is made
 }
 
 
-def run_agents(llm, items, variant: str, workers: int) -> list[dict]:
+def run_agents(llm, items, variant: str, workers: int, log: Path | None = None) -> list[dict]:
+    """One record per item, in order. With `log`, records already there are kept (an interrupted
+    run resumes) and each new one is appended as soon as it is made."""
     from genforge.agents.builtin import python
     from genforge.agents.loop import Agent
     from genforge.evals.tasks import _gsm8k_check
@@ -96,15 +99,22 @@ def run_agents(llm, items, variant: str, workers: int) -> list[dict]:
             "trace": steps,
         }
 
-    done, out = 0, []
+    kept = {}
+    if log is not None and log.exists():
+        kept = {r["id"]: r for r in map(json.loads, log.read_text().splitlines())}
+    todo = [item for item in items if item.id not in kept]
+    out = [kept[item.id] for item in items if item.id in kept]
     with ThreadPoolExecutor(workers) as pool:
-        for record in pool.map(one, items):
+        for record in pool.map(one, todo):
             out.append(record)
-            done += 1
-            if done % 10 == 0:
+            if log is not None:
+                with log.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+            if len(out) % 10 == 0:
                 acc = sum(r["correct"] for r in out) / len(out)
-                print(f"  {done}/{len(items)} accuracy so far {acc:.3f}", flush=True)
-    return out
+                print(f"  {len(out)}/{len(items)} accuracy so far {acc:.3f}", flush=True)
+    order = {item.id: n for n, item in enumerate(items)}
+    return sorted(out, key=lambda r: order[r["id"]])
 
 
 def gsm8k_items(n: int):
@@ -135,9 +145,8 @@ def gsm8k_tools(args) -> None:
     for n, name in enumerate(VARIANTS):
         print(f"{name}: {len(items)} problems", flush=True)
         start = time.monotonic()
-        records = run_agents(llm, items, name, args.workers)
+        records = run_agents(llm, items, name, args.workers, work / f"variant{n}.jsonl")
         results[name] = (records, time.monotonic() - start)
-        (work / f"variant{n}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     write_gsm8k_section(results, args)
 
 
@@ -146,14 +155,15 @@ def write_gsm8k_section(results: dict, args) -> None:
         "## gsm8k-tools",
         "",
         f"GSM8K test, the first {args.limit} problems, {MODEL} (Q4_K_M, int4/int8 on CPU), greedy, "
-        f"{args.workers} problems at a time. `python recipes/agents.py gsm8k-tools` on "
+        f"{args.workers} problems at a time. `python recipes/agents.py gsm8k-tools "
+        f"--limit {args.limit}` on "
         f"{time.strftime('%Y-%m-%d')}, {cpu_name()}.",
         "",
-        "| agent | accuracy | 95 % interval | used the tool | mean turns | mean tokens | wall time |",
+        "| agent | accuracy | 95 % interval | used the tool | mean turns | mean tokens | mean seconds |",
         "|---|---|---|---|---|---|---|",
     ]
     correct = {}
-    for name, (records, seconds) in results.items():
+    for name, (records, _) in results.items():
         n = len(records)
         k = sum(r["correct"] for r in records)
         lo, hi = wilson(k, n)
@@ -162,7 +172,7 @@ def write_gsm8k_section(results: dict, args) -> None:
         tokens = sum(r["tokens"] for r in records) / n
         lines.append(
             f"| {name} | **{k / n:.3f}** ({k}/{n}) | {lo:.3f}-{hi:.3f} | {used:.0%} | "
-            f"{turns:.2f} | {tokens:.0f} | {seconds / 60:.1f} min |"
+            f"{turns:.2f} | {tokens:.0f} | {sum(r['seconds'] for r in records) / n:.0f} |"
         )
         correct[name] = [r["correct"] for r in records]
     base, *others = correct
