@@ -140,14 +140,28 @@ def gsm8k_tools(args) -> None:
     work = Path("runs/gsm8k-tools")
     work.mkdir(parents=True, exist_ok=True)
     items = gsm8k_items(args.limit)
-    llm = genforge.load(MODEL, progress=False)
-    results = {}
-    for n, name in enumerate(VARIANTS):
-        print(f"{name}: {len(items)} problems", flush=True)
-        start = time.monotonic()
-        records = run_agents(llm, items, name, args.workers, work / f"variant{n}.jsonl")
-        results[name] = (records, time.monotonic() - start)
-    write_gsm8k_section(results, args)
+    llm = None if args.report else genforge.load(MODEL, progress=False)
+    logs = {name: work / f"variant{n}.jsonl" for n, name in enumerate(VARIANTS)}
+    if not args.report:
+        # A chunk of problems through every agent, then the next: wherever the run is stopped,
+        # the agents have answered the same problems, and `--report` compares them there.
+        for start in range(0, len(items), CHUNK):
+            for name, log in logs.items():
+                print(f"{name}: problems {start + 1}-{start + CHUNK}", flush=True)
+                run_agents(llm, items[start : start + CHUNK], name, args.workers, log)
+    results = {name: _records(log) for name, log in logs.items()}
+    common = set.intersection(*(set(r) for r in results.values()))
+    items = [item for item in items if item.id in common]
+    args.limit = len(items)
+    write_gsm8k_section({n: [r[i.id] for i in items] for n, r in results.items()}, args)
+
+
+CHUNK = 40  # problems per agent before the next agent takes them
+
+
+def _records(log: Path) -> dict[str, dict]:
+    lines = log.read_text().splitlines() if log.exists() else []
+    return {r["id"]: r for r in map(json.loads, lines)}
 
 
 def write_gsm8k_section(results: dict, args) -> None:
@@ -163,7 +177,7 @@ def write_gsm8k_section(results: dict, args) -> None:
         "|---|---|---|---|---|---|---|",
     ]
     correct = {}
-    for name, (records, _) in results.items():
+    for name, records in results.items():
         n = len(records)
         k = sum(r["correct"] for r in records)
         lo, hi = wilson(k, n)
@@ -196,6 +210,11 @@ def main() -> None:
     p.add_argument("recipe", choices=sorted(RECIPES))
     p.add_argument("--limit", type=int, default=200, help="problems (default: 200)")
     p.add_argument("--workers", type=int, default=8, help="problems at a time (default: 8)")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="write the section from the answers made so far, on the problems every agent did",
+    )
     args = p.parse_args()
     RECIPES[args.recipe](args)
 
