@@ -2,7 +2,7 @@
 
 The cases and the scorer are what is under test here: every expected call must be one the tool
 accepts and can run, and each verdict must come out as written (a wrong argument, a wrong name, a
-malformed call are wrong). One slow test runs Qwen2.5-Coder-0.5B on 12 cases both ways.
+malformed call are wrong). One slow test runs Qwen2.5-Coder-0.5B on 4 cases both ways.
 """
 
 from __future__ import annotations
@@ -217,10 +217,10 @@ def test_qwen_calls_tools_with_and_without_the_grammar(qwen_path):
     import genforge
 
     llm = genforge.load(str(qwen_path), dtype="fp32", progress=False)
-    results = harness.evaluate(llm, "tools", limit=3, progress=False)
+    results = harness.evaluate(llm, "tools", limit=1, progress=False)
     task = results["tasks"]["tools"]
     m = task["metrics"]
-    assert task["n"] == 12
+    assert task["n"] == 4
     # tool_choice "auto": the model may answer in words (it does, on 8 of the 160 cases), but an
     # answer that begins a call is held to the schema, so it parses and names an offered tool
     for r in results["items"]["tools"]:
