@@ -40,7 +40,9 @@ TOOLS_SYSTEM = (
 )
 
 # Before a turn that may call no tool (the last allowed one, or after repeated calls).
-ANSWER_NOW = "Now answer the task from the results above, in words, without calling a tool."
+ANSWER_NOW = (
+    "Now answer the task from the results above, in words, without calling a tool or writing code."
+)
 
 
 @dataclass
@@ -107,8 +109,8 @@ class _Run:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     steps: int = 0
-    calls: set[str] = field(default_factory=set)  # the calls made so far (`_call_key`)
-    stalled: bool = False  # the last turn only repeated earlier calls
+    calls: set[str] = field(default_factory=set)  # calls (`_call_key`) or code run so far
+    stalled: bool = False  # the last turn only repeated earlier calls, or code
 
     def final(self, text: str, reason: str) -> FinalAnswer:
         seconds = time.monotonic() - self.start
@@ -184,13 +186,15 @@ class Agent:
             yield step
             if self.style == "code":
                 if step.code is None:  # no code: the text is the answer
-                    yield run.final(step.text, "answer")
+                    yield run.final(step.text, "answer" if not last else "max_steps")
                     return
                 result, final = self._run_code(step, messages)
                 yield result
                 if final is not None:
                     yield run.final(final, "answer")
                     return
+                run.stalled = step.code in run.calls  # the same code again: answer next
+                run.calls.add(step.code)
             elif not step.calls:
                 yield run.final(step.text, "answer" if not last else "max_steps")
                 return
@@ -215,10 +219,11 @@ class Agent:
         """One turn of the model. answer=True (the last allowed turn, or after repeated calls):
         the tools stay in view but it may call none, so it must answer."""
         start = time.monotonic()
-        if answer and self.style == "tools":
+        if answer:
             messages.append({"role": "user", "content": ANSWER_NOW})
         tools = self.tools.specs() if self.style == "tools" else []
-        grammar = code_actions.GRAMMAR if self.style == "code" else None
+        # Code actions are held to their format, except on a turn that must answer in words.
+        grammar = code_actions.GRAMMAR if self.style == "code" and not answer else None
         budget = min(self.max_new_tokens, self.max_tokens - run.completion_tokens)
         compact(messages, self.backend, tools, budget)
         reply = self.backend.respond(
@@ -234,7 +239,7 @@ class Agent:
         run.prompt_tokens += reply.prompt_tokens
         run.completion_tokens += reply.completion_tokens
         written = None
-        if self.style == "code":
+        if self.style == "code" and not answer:
             written = code_actions.extract(reply.text)
         assistant: dict[str, Any] = {"role": "assistant", "content": reply.text}
         if reply.calls:

@@ -194,7 +194,7 @@ def _print_step(step) -> None:
         head = f"[{step.index}] model ({step.completion_tokens} tokens, {step.seconds:.1f} s)"
         print(head, flush=True)
         if step.code is not None:
-            print(textwrap.indent(step.code, "    | "), flush=True)
+            print(textwrap.indent(step.code, "    | ", lambda line: True), flush=True)
         elif step.text.strip():
             print(textwrap.indent(step.text.strip(), "    "), flush=True)
         for call in step.calls:

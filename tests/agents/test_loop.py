@@ -209,3 +209,12 @@ def test_code_actions_see_their_errors_and_cannot_reach_other_tools(tmp_path):
     assert "did not approve" in results[1].output and not (tmp_path / "a.txt").exists()
     assert results[2].error and "refused" in results[2].output
     assert steps[-1].text == "I give up."
+
+
+def test_repeated_code_makes_the_next_turn_answer_in_words():
+    same = code_turn("print(6 * 7)")
+    model = ScriptedModel([same, same, "It is 42."])
+    steps = list(Agent(model, [calculator()], style="code").run("6 times 7?"))
+    assert steps[-1].text == "It is 42." and steps[-1].reason == "answer"
+    assert [s["grammar"] is not None for s in model.seen] == [True, True, False]
+    assert model.seen[2]["messages"][-1]["content"] == ANSWER_NOW
