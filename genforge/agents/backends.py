@@ -192,7 +192,9 @@ class OpenAIBackend:
                 args = json.loads(fn.get("arguments") or "{}")
             except json.JSONDecodeError:
                 args = fn.get("arguments") or ""
-            calls.append(Call(fn.get("name", ""), args, c.get("id") or Call("", {}).id))
+            call = Call(fn.get("name", ""), args)
+            call.id = c.get("id") or call.id  # the server's id, when it gives one
+            calls.append(call)
         usage = data.get("usage") or {}
         prompt_tokens = usage.get("prompt_tokens", 0)
         if prompt_tokens:

@@ -153,12 +153,18 @@ def rag_search(store: str | Path, k: int = 4) -> Tool:
         Args:
             query: what to look for, in a few words.
         """
-        hits = retriever.search(query, k=k)
-        if not hits:
-            return "no passages found."
-        return "\n\n".join(f"[{i}] {h.where()}\n{h.chunk.text}" for i, h in enumerate(hits, 1))
+        return passages(retriever.search(query, k=k))
 
     return rag_search
+
+
+def passages(hits, relative_to: Path | None = None) -> str:
+    """Search hits as rag_search gives them to the model: numbered, each with where it is from."""
+    if not hits:
+        return "no passages found."
+    return "\n\n".join(
+        f"[{i}] {h.where(relative_to)}\n{h.chunk.text}" for i, h in enumerate(hits, 1)
+    )
 
 
 # -- the workspace -----------------------------------------------------------------------------

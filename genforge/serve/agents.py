@@ -20,7 +20,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from genforge.agents.builtin import BUILTIN, builtin_tools
+from genforge.agents.builtin import BUILTIN, builtin_tools, passages
 from genforge.agents.tools import Tool, tool
 from genforge.errors import GenforgeError
 from genforge.serve.rag import DocumentStores
@@ -89,12 +89,7 @@ def _rag_search(documents: DocumentStores, loop: asyncio.AbstractEventLoop) -> T
             query: what to look for, in a few words.
         """
         future = asyncio.run_coroutine_threadsafe(documents.search(query, k=RAG_K), loop)
-        hits = future.result(timeout=SEARCH_TIMEOUT_S)
-        if not hits:
-            return "no passages found."
-        return "\n\n".join(
-            f"[{i}] {h.where(documents.root)}\n{h.chunk.text}" for i, h in enumerate(hits, 1)
-        )
+        return passages(future.result(timeout=SEARCH_TIMEOUT_S), documents.root)
 
     return rag_search
 
