@@ -98,17 +98,18 @@ class LocalBackend:
         sampling=None,
         parallel=True,
     ) -> Reply:
-        from genforge.generate.structured import TOOL_CALL_CLOSE, parse_tool_calls
+        from genforge.generate.structured import parse_tool_calls
 
         prompt = self._prompt(messages, tools, tool_choice, grammar, parallel)
         out = self.llm.complete(
             prompt.ids, grammar=prompt.grammar, max_tokens=max_tokens, **(sampling or {})
         )
-        text = out.text
-        if prompt.tools and out.finish_reason == "length" and TOOL_CALL_CLOSE in text:
-            # Cut short in a later call of several: the calls that were finished still count.
-            text = text[: text.rfind(TOOL_CALL_CLOSE) + len(TOOL_CALL_CLOSE)]
-        text, calls = parse_tool_calls(text, bare=True) if prompt.tools else (text, [])
+        # A call cut short after complete ones drops out; the complete ones count.
+        text, calls = (
+            parse_tool_calls(out.text, prompt.bare, prompt.tools)
+            if prompt.tools
+            else (out.text, [])
+        )
         reason = "tool_calls" if calls else out.finish_reason
         return Reply(
             text,

@@ -47,6 +47,7 @@ class ChatPrompt:
     ids: list[int]
     grammar: Grammar | None = None
     tools: list[dict] | None = None  # the tools the answer may call
+    bare: bool = False  # a bare or fenced JSON call counts (parse_tool_calls(bare=True, tools))
 
 
 def _grammar(json_schema, grammar) -> Grammar | None:
@@ -185,16 +186,20 @@ class LLM:
         tool_choice: str | dict = "auto",
         json_schema: dict | None = None,
         grammar: Grammar | str | None = None,
-        parallel_tool_calls: bool = True,
+        parallel_tool_calls: bool = False,
         bare_calls: bool = False,
     ) -> ChatPrompt:
         """Render a chat with the model's template, and the grammar its answer must follow.
 
         tools: OpenAI-style function tools; tool_choice "auto" (answer or call), "required" (call
         at least one), "none" (shown, but the answer calls none), or {"type": "function", "function": {"name": ...}};
-        parallel_tool_calls=False allows one call per answer. Tool calls are decoded under a grammar, so their arguments always match the schema.
-        bare_calls=True: a call written as a bare JSON object, without the tags, counts too
-        (`tool_call_grammar(bare=True)`; agents use it, since small models often write calls so).
+        One call per answer unless parallel_tool_calls=True (then the answer ends at a call that
+        repeats an earlier one, or where the model ends it). Tool calls are decoded under a
+        grammar, so their arguments always match the schema. With "auto", a call written as a
+        bare or ```json-fenced JSON object is a call too when it fits an offered tool
+        (`ChatPrompt.bare`, `parse_tool_calls(bare=True, tools=...)`); bare_calls=True holds such
+        an answer to the tools' schemas from its first "{" (`tool_call_grammar(bare=True)`;
+        agents use it).
         """
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
@@ -225,7 +230,7 @@ class LLM:
         grammar = tool_call_grammar(
             chosen, required, answer, self.tokenizer, parallel_tool_calls, bare_calls
         )
-        return ChatPrompt(ids, grammar, chosen)
+        return ChatPrompt(ids, grammar, chosen, bare=not required and answer is None)
 
     def _encode_with_tools(self, messages, tools, native: bool) -> list[int]:
         if native:
@@ -240,7 +245,7 @@ class LLM:
         stream: bool = False,
         tools: list[dict] | None = None,
         tool_choice: str | dict = "auto",
-        parallel_tool_calls: bool = True,
+        parallel_tool_calls: bool = False,
         json_schema: dict | None = None,
         grammar: Grammar | str | None = None,
         **sampling,

@@ -17,6 +17,7 @@ models are trained on) with the arguments held to each function's JSON schema.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ class Grammar:
     spec: str
     kind: str  # "json_schema", "lark", "regex"
     source: Any = None  # the schema, grammar text or pattern it was compiled from
+    calls: bool = False  # tool calls: the answer ends at a call that repeats an earlier one
 
     @classmethod
     def json_schema(cls, schema: dict | bool | str) -> Grammar:
@@ -101,7 +103,7 @@ class Grammar:
         matcher reports it itself, so the grammar is compiled once, not validated first)."""
         matcher = _llg().LLMatcher(ll_tokenizer(tokenizer, vocab_size), self.spec, log_level=0)
         self._raise(matcher.get_error() if matcher.is_error() else "")
-        return Constraint(matcher)
+        return CallsConstraint(matcher, tokenizer) if self.calls else Constraint(matcher)
 
     def _raise(self, error: str) -> None:
         if error:
@@ -197,6 +199,41 @@ class Constraint:
         return self.matcher.is_stopped()
 
 
+class CallsConstraint(Constraint):
+    """A tool-call grammar's constraint that ends the answer after a call that repeats an earlier
+    one. Small models asked for calls tend to write the same call again and again (greedily, for
+    ever), and a grammar of several calls would let them until `max_tokens`; the repeat is dropped
+    by `parse_tool_calls`, so the answer is the calls before it."""
+
+    def __init__(self, matcher, tokenizer):
+        super().__init__(matcher)
+        self.decoder = tokenizer.stream(skip_special=False)
+        self.eos = torch.tensor(sorted(tokenizer.eos_ids), dtype=torch.long)
+        self.text = ""  # since the last call ended
+        self.seen: set[str] = set()
+        self.repeated = False
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = super().mask(logits)
+        if self.repeated and len(self.eos):
+            eos = self.eos[self.eos < logits.shape[-1]]
+            if torch.isfinite(logits[eos]).any():  # the grammar may end here: end it
+                ended = torch.full_like(logits, float("-inf"))
+                ended[eos] = logits[eos]
+                return ended
+        return logits
+
+    def advance(self, token: int) -> None:
+        super().advance(token)
+        self.text += self.decoder.step(token)
+        if self.text.rstrip().endswith(TOOL_CALL_CLOSE):
+            start = self.text.rfind(TOOL_CALL_OPEN)
+            call = self.text[start + len(TOOL_CALL_OPEN) :].rstrip()[: -len(TOOL_CALL_CLOSE)]
+            self.repeated = start >= 0 and call.strip() in self.seen
+            self.seen.add(call.strip())
+            self.text = ""
+
+
 # -- tool calls --------------------------------------------------------------------------------
 
 
@@ -270,7 +307,8 @@ def tool_call_grammar(
             "start: TEXT | calls",
             f"TEXT: /(?s:.*)/ & ~/(?s:[ \\t\\n]*{TOOL_CALL_OPEN}.*)/",
         ]
-    return Grammar.lark("\n".join(start + rules))
+    grammar = Grammar.lark("\n".join(start + rules))
+    return dataclasses.replace(grammar, calls=True) if parallel else grammar
 
 
 def no_call_grammar(bare: bool = False) -> Grammar:
@@ -286,36 +324,65 @@ _BARE_STARTS = f"({TOOL_CALL_OPEN}|\\{{|```(json)?[ \\t\\n]*\\{{)"
 _FENCED = re.compile(r"```(?:json)?[ \t]*\n?(\{.*\})\s*```", re.DOTALL)
 
 
+def call_start(text: str, bare: bool = False) -> bool | None:
+    """Whether an answer beginning with `text` is a tool call: True, False, or None while it
+    cannot tell yet. A call opens with the call tag or, when bare calls count, with "{" or a
+    ```json fence around "{" (the starts `_BARE_STARTS` matches)."""
+    head = text.lstrip()
+    if head.startswith(TOOL_CALL_OPEN):
+        return True
+    if not head or TOOL_CALL_OPEN.startswith(head):
+        return None
+    if not bare:
+        return False
+    if head.startswith("{"):
+        return True
+    if "```json".startswith(head):
+        return None
+    if not head.startswith("```"):
+        return False
+    rest = head[3:].removeprefix("json").lstrip(" \t\n")
+    return rest.startswith("{") if rest else None
+
+
 def _tag(tokenizer, text: str) -> str:
     """A Lark item for `text`: its own token where the vocabulary has one, else the literal text."""
     token_id = tokenizer.hf.token_to_id(text) if tokenizer is not None else None
     return f"<[{token_id}]>" if token_id is not None else json.dumps(text)
 
 
-def parse_tool_calls(text: str, bare: bool = False) -> tuple[str, list[dict[str, Any]]]:
+def parse_tool_calls(
+    text: str, bare: bool = False, tools: list[dict[str, Any]] | None = None
+) -> tuple[str, list[dict[str, Any]]]:
     """Split model output into (text before the calls, [{"name", "arguments"}...]).
 
     Output produced under `tool_call_grammar` always parses; unconstrained output that is not a
-    well-formed call is left as text. bare=True: output that is one JSON object with a "name",
-    alone or in a ```json fence, is a call too (`tool_call_grammar(bare=True)`).
+    well-formed call is left as text. A call cut short (by `max_tokens`) after complete ones is
+    dropped and the complete ones kept; a call that repeats an earlier one is dropped.
+    bare=True: output that is one JSON object with a "name" (and "arguments", or "parameters"),
+    alone or in a ```json fence, is a call too (`tool_call_grammar(bare=True)`). With `tools`, a
+    bare call counts only if it names one of them with arguments its schema accepts (decoded
+    without a grammar, it may not); else the output stays text.
     """
-    fenced = _FENCED.fullmatch(text.strip()) if bare else None
-    if fenced or (bare and text.lstrip().startswith("{")):
-        with contextlib.suppress(json.JSONDecodeError):
-            call = json.loads(fenced.group(1) if fenced else text)
-            if isinstance(call, dict) and isinstance(call.get("name"), str):
-                return "", [{"name": call["name"], "arguments": call.get("arguments", {})}]
-    calls, rest = [], text
+    if bare:
+        call = _bare_call(text, tools)
+        if call is not None:
+            return "", [call]
     start = text.find(TOOL_CALL_OPEN)
     if start < 0:
         return text, []
     content, rest = text[:start], text[start:]
+    calls: list[dict[str, Any]] = []
     while rest.strip():
         rest = rest.lstrip()
-        if not rest.startswith(TOOL_CALL_OPEN):
-            return text, []
         end = rest.find(TOOL_CALL_CLOSE)
-        if end < 0:
+        if (
+            calls
+            and end < 0
+            and (rest.startswith(TOOL_CALL_OPEN) or TOOL_CALL_OPEN.startswith(rest))
+        ):
+            break  # the last call was cut short: the complete ones before it stand
+        if not rest.startswith(TOOL_CALL_OPEN) or end < 0:
             return text, []
         try:
             call = json.loads(rest[len(TOOL_CALL_OPEN) : end])
@@ -323,9 +390,47 @@ def parse_tool_calls(text: str, bare: bool = False) -> tuple[str, list[dict[str,
             return text, []
         if not isinstance(call, dict) or not isinstance(call.get("name"), str):
             return text, []
-        calls.append({"name": call["name"], "arguments": call.get("arguments", {})})
+        call = {"name": call["name"], "arguments": call.get("arguments", {})}
+        if call not in calls:
+            calls.append(call)
         rest = rest[end + len(TOOL_CALL_CLOSE) :]
     return content.strip(), calls
+
+
+def _bare_call(text: str, tools: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """The call `text` holds as a bare or fenced JSON object, or None."""
+    fenced = _FENCED.fullmatch(text.strip())
+    if not fenced and not text.lstrip().startswith("{"):
+        return None
+    try:
+        obj = json.loads(fenced.group(1) if fenced else text)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return None
+    key = "arguments" if "arguments" in obj or "parameters" not in obj else "parameters"
+    if set(obj) - {"name", key}:
+        return None
+    call = {"name": obj["name"], "arguments": obj.get(key, {})}
+    if tools is not None and not _valid_call(call, tools):
+        return None
+    return call
+
+
+def _valid_call(call: dict[str, Any], tools: list[dict[str, Any]]) -> bool:
+    """Whether `call` names one of `tools` with arguments that its parameters' schema accepts."""
+    import jsonschema
+
+    for tool in tools:
+        fn = _function(tool)
+        if fn["name"] == call["name"]:
+            params = fn.get("parameters") or {"type": "object"}
+            try:
+                jsonschema.validate(call["arguments"], strict_schema(params))
+            except (jsonschema.ValidationError, jsonschema.SchemaError):
+                return False
+            return True
+    return False
 
 
 def tools_system_prompt(tools: list[dict[str, Any]]) -> str:

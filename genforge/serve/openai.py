@@ -23,7 +23,7 @@ from genforge.errors import GenforgeError
 from genforge.generate.engine import TokenLogprob
 from genforge.generate.llm import ChatPrompt
 from genforge.generate.sampling import SamplingParams
-from genforge.generate.structured import TOOL_CALL_OPEN, parse_tool_calls
+from genforge.generate.structured import call_start, parse_tool_calls
 from genforge.serve.errors import bad_request
 from genforge.serve.runs import Run, deltas, submit
 from genforge.serve.sampling import check_ids, sampling_params
@@ -80,7 +80,7 @@ def chat_prompt(llm, body: ChatRequest) -> ChatPrompt:
             tools=body.tools,
             tool_choice=tool_choice,
             json_schema=json_schema,
-            parallel_tool_calls=body.parallel_tool_calls,
+            parallel_tool_calls=bool(body.parallel_tool_calls),
         )
         if prompt.grammar is not None:
             prompt.grammar.check(llm.tokenizer, llm.config.vocab_size)
@@ -122,29 +122,33 @@ class _ToolSplitter:
     """Streams an answer's text unless it is a tool call, which is held back and parsed at the end.
 
     Under the tool grammar an answer that starts with `<tool_call>` (after blanks) is calls only.
+    With `tool_choice="auto"` an answer that starts as a bare or fenced JSON object is held back
+    too: it is a call if it names an offered tool with arguments its schema accepts, else text.
     """
 
-    def __init__(self, active: bool):
-        self.state = "undecided" if active else "text"
+    def __init__(self, prompt: ChatPrompt):
+        self.state = "undecided" if prompt.tools else "text"
+        self.tools, self.bare = prompt.tools, prompt.bare
         self.held = ""
 
     def push(self, text: str) -> str:
         if self.state == "text":
             return text
         self.held += text
-        head = self.held.lstrip()
-        if head.startswith(TOOL_CALL_OPEN):
-            self.state = "calls"
-        elif head and not TOOL_CALL_OPEN.startswith(head):
-            self.state = "text"
-            out, self.held = self.held, ""
-            return out
-        return ""
+        if self.state == "calls":
+            return ""
+        starts = call_start(self.held, self.bare)
+        if starts is None:
+            return ""
+        self.state = "calls" if starts else "text"
+        out, self.held = ("", self.held) if starts else (self.held, "")
+        return out
 
     def finish(self) -> tuple[str, list[dict]]:
         """(text still held, tool calls)."""
-        text, calls = parse_tool_calls(self.held) if self.state == "calls" else (self.held, [])
-        return text, calls
+        if self.state == "text":
+            return self.held, []
+        return parse_tool_calls(self.held, self.bare, self.tools)
 
 
 def _usage(runs: list[Run], prompt: int) -> dict:
@@ -173,11 +177,11 @@ class _ChatChoices:
 
     prefix, object, chunk_object = "chatcmpl", "chat.completion", "chat.completion.chunk"
 
-    def __init__(self, llm, tools: bool, logprobs: int | None):
-        self.llm, self.tools, self.logprobs = llm, tools, logprobs
+    def __init__(self, llm, prompt: ChatPrompt, logprobs: int | None):
+        self.llm, self.prompt, self.logprobs = llm, prompt, logprobs
 
     def stream(self, job: _Job, run: Run, index: int):
-        return _chat_choice(self.llm, self.tools, job.params, self.logprobs, index, run)
+        return _chat_choice(self.llm, self.prompt, job.params, self.logprobs, index, run)
 
     def collect(self, stream):
         return _collect_chat(stream, self.logprobs is not None)
@@ -302,7 +306,7 @@ async def chat(
     if body.top_logprobs is not None and not body.logprobs:
         raise bad_request("top_logprobs needs logprobs: true.", param="top_logprobs")
     jobs = [_Job(prompt.ids, p) for p in params]
-    choices = _ChatChoices(llm, prompt.tools is not None, logprobs)
+    choices = _ChatChoices(llm, prompt, logprobs)
     return await _respond(
         llm, choices, body, jobs, prompt.grammar, logprobs, runs, len(prompt.ids), extra
     )
@@ -317,9 +321,10 @@ def _chat_inputs(llm, body: ChatRequest, limit: int) -> tuple[ChatPrompt, list[S
     return prompt, params
 
 
-async def _chat_choice(llm, has_tools: bool, params, logprobs, index, run):
-    """Chat deltas of one choice: {"content"}, then at the end {"tool_calls"} and the finish reason."""
-    tools = _ToolSplitter(has_tools)
+async def _chat_choice(llm, prompt: ChatPrompt, params, logprobs, index, run):
+    """Chat deltas of one choice: {"content"}, then at the end {"tool_calls"} and the finish reason
+    ("tool_calls"; or "length" when a call after the complete ones was cut short)."""
+    tools = _ToolSplitter(prompt)
     async for delta, lps in deltas(llm, run, params, logprobs):
         text = tools.push(delta.text)
         finish = delta.finish_reason
@@ -332,7 +337,7 @@ async def _chat_choice(llm, has_tools: bool, params, logprobs, index, run):
         piece["content"] = text + held
         if calls:
             piece["tool_calls"] = _tool_calls(calls)
-            finish = "tool_calls"
+            finish = "length" if finish == "length" else "tool_calls"
         yield piece, finish
 
 

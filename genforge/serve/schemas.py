@@ -78,7 +78,9 @@ class ChatRequest(Sampling):
     top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool = True
+    # Unset: one call per answer, as llama.cpp's server (OpenAI's default is true): small models
+    # asked for calls tend to go on writing more of them, invented, until max_tokens.
+    parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     rag: RagOptions | None = None
 

@@ -57,11 +57,18 @@ def init(fsdp: bool = False) -> World:
     return World(rank, size, local_rank, device, fsdp)
 
 
-def shutdown(world: World) -> None:
+def shutdown(world: World, finished: bool = False) -> None:
+    """Leave the process group; `finished`: every rank ran to the end (then they wait for each
+    other first; a rank that failed does not, as the others may never get here)."""
     if world.distributed:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            # Every rank done before any tears down: a rank that destroys its gloo group while
+            # another still talks to it can abort in the C++ teardown ("terminate called without
+            # an active exception", seen under load on 2 cores).
+            if finished:
+                dist.barrier()
             dist.destroy_process_group()
 
 

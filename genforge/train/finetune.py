@@ -443,8 +443,11 @@ def _with_template(tok: Tokenizer, template: str) -> Tokenizer:
 def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     """Run (or resume) the fine-tuning run `cfg` describes, under torchrun or in this process."""
     world = distributed.init(cfg.fsdp)
+    finished = False
     try:
         tuner = FineTuner(cfg, world)
-        return tuner.fit(progress) | {"method": cfg.method, "skipped": tuner.stats.skipped}
+        result = tuner.fit(progress) | {"method": cfg.method, "skipped": tuner.stats.skipped}
+        finished = True
+        return result
     finally:
-        distributed.shutdown(world)
+        distributed.shutdown(world, finished)

@@ -579,7 +579,10 @@ def _main_thread() -> bool:
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """Run (or resume) the training run `cfg` describes, under torchrun or in this process."""
     world = distributed.init(cfg.fsdp)
+    finished = False
     try:
-        return Trainer(cfg, world).fit(progress)
+        result = Trainer(cfg, world).fit(progress)
+        finished = True
+        return result
     finally:
-        distributed.shutdown(world)
+        distributed.shutdown(world, finished)

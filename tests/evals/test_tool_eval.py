@@ -2,7 +2,8 @@
 
 The cases and the scorer are what is under test here: every expected call must be one the tool
 accepts and can run, and each verdict must come out as written (a wrong argument, a wrong name, a
-malformed call are wrong). One slow test runs Qwen2.5-Coder-0.5B on 4 cases both ways.
+malformed call are wrong; a call where none was wanted is wrong). One slow test runs
+Qwen2.5-Coder-0.5B on 8 cases in the five modes.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from components import require_module
 from tqdm import tqdm
 
 from genforge.evals import harness, stdlib_tools, tool_calls
-from genforge.evals.tool_calls import Case, same_arguments, score
+from genforge.evals.tool_calls import MODES, Case, read_calls, same_arguments, score
 from genforge.generate.llm import ChatPrompt, Completion
+from genforge.generate.structured import Grammar
 
 jsonschema = require_module("jsonschema")
 
 GCD = Case("numbers/math_gcd/0", "numbers", "GCD of 12 and 18?", "math_gcd", {"a": 12, "b": 18})
+NONE = Case("numbers/none/0", "numbers", "Who wrote Hamlet?", None, None)
+AUTO_BEFORE, AUTO = (m for m in MODES if m.name in ("auto_before", "auto_parse"))
 
 
 def _call(name: str, arguments: dict) -> str:
@@ -32,19 +36,25 @@ def _params(name: str) -> dict:
     return tool_calls.toolset()[name].parameters
 
 
+def _specs() -> list[dict]:
+    return tool_calls.group_specs("numbers")
+
+
 # -- the cases -----------------------------------------------------------------------------------
 
 
 def test_cases_are_fixed_grouped_and_each_offers_its_tool():
     cases = tool_calls.cases()
     assert cases == tool_calls.cases()  # the same on every run
-    assert len(cases) == len(stdlib_tools.TOOLS) * tool_calls.CASES_PER_TOOL == 160
+    calls = [c for c in cases if c.name]
+    assert len(calls) == len(stdlib_tools.TOOLS) * tool_calls.CASES_PER_TOOL == 160
+    assert len(cases) - len(calls) == 32  # 8 requests per group that no tool fits
     assert len({c.id for c in cases}) == len(cases)
     assert len({c.request for c in cases}) > 0.9 * len(cases)  # values vary
     for group in stdlib_tools.GROUPS:
         names = [t["function"]["name"] for t in tool_calls.group_specs(group)]
         assert len(names) == 8
-        assert all(c.name in names for c in cases if c.group == group)
+        assert all(c.name in names for c in calls if c.group == group)
     # grouped: each group's cases run together, so they share the group's cached prompt
     groups = [c.group for c in cases]
     assert groups == sorted(groups, key=stdlib_tools.GROUPS.index)
@@ -52,7 +62,7 @@ def test_cases_are_fixed_grouped_and_each_offers_its_tool():
 
 def test_every_expected_call_validates_and_runs():
     tools = tool_calls.toolset()
-    for case in tool_calls.cases():
+    for case in (c for c in tool_calls.cases() if c.name):
         tool = tools[case.name]
         jsonschema.validate(case.arguments, tool.parameters)
         tool(**case.arguments)  # pydantic validation, then the real function
@@ -79,8 +89,9 @@ def test_descriptions_come_from_the_real_docstrings():
 def test_limit_takes_the_first_of_each_group():
     task = tool_calls.TOOL_TASKS[0]
     chosen = task.cases(limit=2)
-    assert len(chosen) == 2 * len(stdlib_tools.GROUPS)
+    assert len(chosen) == 2 * 2 * len(stdlib_tools.GROUPS)  # 2 calls and 2 no-calls each
     assert chosen[:2] == tool_calls.cases()[:2]
+    assert [c.name for c in chosen[:4]] == ["math_gcd", "math_gcd", None, None]
 
 
 # -- scoring -------------------------------------------------------------------------------------
@@ -96,7 +107,7 @@ def test_limit_takes_the_first_of_each_group():
     ],
 )
 def test_a_right_call_is_right_however_it_is_written(text):
-    verdict = score(GCD, text, _params("math_gcd"))
+    verdict = score(GCD, read_calls(AUTO, text, _specs()), _params("math_gcd"))
     assert (verdict["parsed"], verdict["name"], verdict["acc"]) == (True, True, True)
     assert verdict["call"]["name"] == "math_gcd"
 
@@ -105,17 +116,20 @@ def test_a_right_call_is_right_however_it_is_written(text):
     ("text", "parsed", "name"),
     [
         (_call("math_gcd", {"a": 12, "b": 19}), True, True),  # a wrong argument
-        (_call("math_gcd", {"a": 12}), True, True),  # a missing one
-        (_call("math_gcd", {"a": 12, "b": 18, "c": 1}), True, True),  # an extra one
-        (_call("math_gcd", {"a": "12", "b": "18"}), True, True),  # numbers as strings
         (_call("math_lcm", {"a": 12, "b": 18}), True, False),  # the neighbour
+        # bare calls the schema refuses are text: a missing argument, an extra one, strings
+        (_call("math_gcd", {"a": 12}), False, False),
+        (_call("math_gcd", {"a": 12, "b": 18, "c": 1}), False, False),
+        (_call("math_gcd", {"a": "12", "b": "18"}), False, False),
+        (_call("gcd", {"a": 12, "b": 18}), False, False),  # a name not offered
         ('{"name": "math_gcd", "arguments": {"a": 12, "b": 18}', False, False),  # cut off
         ("<tool_call>\n" + _call("math_gcd", {"a": 12, "b": 18}), False, False),  # not closed
         ('```json\n{"name": "math_gcd", "arguments": {"a": 12, b: 18}}\n```', False, False),
         ("The greatest common divisor of 12 and 18 is 6.", False, False),  # an answer in words
         (  # two calls where one was asked for
             "\n".join(
-                f"<tool_call>\n{_call('math_gcd', {'a': 12, 'b': 18})}\n</tool_call>" for _ in "ab"
+                f"<tool_call>\n{_call('math_gcd', {'a': 12, 'b': b})}\n</tool_call>"
+                for b in (18, 19)
             ),
             False,
             False,
@@ -123,8 +137,33 @@ def test_a_right_call_is_right_however_it_is_written(text):
     ],
 )
 def test_wrong_and_malformed_calls_are_wrong(text, parsed, name):
-    verdict = score(GCD, text, _params("math_gcd"))
+    verdict = score(GCD, read_calls(AUTO, text, _specs()), _params("math_gcd"))
     assert (verdict["parsed"], verdict["name"], verdict["acc"]) == (parsed, name, False)
+
+
+def test_before_and_after_read_the_same_answers_differently():
+    tagged = f"<tool_call>\n{_call('math_gcd', {'a': 12, 'b': 18})}\n</tool_call>"
+    repeated = "\n".join([tagged] * 3)
+    cut = repeated + '\n<tool_call>\n{"name": "math_g'
+    fenced = f"```json\n{_call('math_gcd', {'a': 12, 'b': 18})}\n```"
+    required = next(m for m in MODES if m.name == "required")
+    for text, before, after in [
+        (repeated, 3, 1),  # a repeated call is one call now
+        (cut, 0, 1),  # a cut call no longer loses the complete ones
+        (fenced, 0, 1),  # auto reads fenced calls now
+    ]:
+        assert len(read_calls(AUTO_BEFORE, text, _specs())) == before, text
+        assert len(read_calls(AUTO, text, _specs())) == after, text
+    assert read_calls(required, fenced, _specs()) == []  # required asks for tags, and gets them
+    assert score(GCD, read_calls(AUTO, cut, _specs()), _params("math_gcd"))["acc"]
+
+
+def test_no_call_is_right_where_none_was_wanted():
+    assert score(NONE, read_calls(AUTO, "Shakespeare wrote it.", _specs()), None)["text"]
+    example = '```json\n{"name": "Hamlet", "author": "Shakespeare"}\n```'  # JSON, but no call
+    assert score(NONE, read_calls(AUTO, example, _specs()), None)["text"]
+    call = _call("math_gcd", {"a": 12, "b": 18})
+    assert not score(NONE, read_calls(AUTO, call, _specs()), None)["text"]
 
 
 def test_arguments_are_compared_after_normalisation():
@@ -145,21 +184,28 @@ def test_arguments_are_compared_after_normalisation():
     assert not same_arguments({"data": [1, 2]}, {"data": [2, 1]}, mean)
 
 
-def test_summary_has_each_verdict_both_ways_with_standard_errors():
+def test_summary_has_each_verdict_in_each_mode_with_standard_errors():
     right = {"acc": True, "parsed": True, "name": True}
     wrong = {"acc": False, "parsed": False, "name": False}
-    records = [{"grammar": right, "free": right if i < 1 else wrong} for i in range(4)]
+    records = [
+        {"expected": {}, "auto_parse": right, "required": right if i < 1 else wrong}
+        for i in range(4)
+    ]
+    records.append({"expected": None, "auto_parse": {"text": True}})
     s = tool_calls.summarize(records)
-    assert s["metrics"]["acc_grammar"] == 1.0 and s["stderr"]["acc_grammar"] == 0.0
-    assert s["metrics"]["parsed_free"] == 0.25
-    assert s["stderr"]["parsed_free"] == pytest.approx(math.sqrt(0.25 * 0.75 / 3))
+    assert s["metrics"]["acc_auto_parse"] == 1.0 and s["stderr"]["acc_auto_parse"] == 0.0
+    assert s["metrics"]["parsed_required"] == 0.25
+    assert s["stderr"]["parsed_required"] == pytest.approx(math.sqrt(0.25 * 0.75 / 3))
+    assert s["metrics"]["text_auto_parse"] == 1.0 and "text_required" not in s["metrics"]
 
 
 # -- the runner with a scripted model --------------------------------------------------------------
 
 
 class ScriptedLLM:
-    """Calls right under the grammar; without it, writes a malformed call to every other case."""
+    """Writes the right call to a request that wants one (fenced under "auto", tagged under
+    "required") and a word to one that does not; without the bare grammar, the calls of two
+    groups of four are cut short."""
 
     name = "scripted"
 
@@ -169,39 +215,54 @@ class ScriptedLLM:
 
     def chat_prompt(self, messages, tools=None, **options):
         self.prompts.append((messages, tools, options))
-        return ChatPrompt(ids=[len(self.prompts) - 1], grammar=f"grammar {len(self.prompts)}")
+        return ChatPrompt([len(self.prompts) - 1], Grammar("spec", "lark", calls=True), tools)
 
     def complete_many(self, prompts, *, grammars=None, **sampling):
         self.runs.append((grammars, sampling))
         cases = {c.request: c for c in tool_calls.cases()}
         for (i,) in prompts:
-            case = cases[self.prompts[i][0][-1]["content"]]
-            text = _call(case.name, case.arguments)
-            if grammars is None and i % 2:
-                text = text[:-1]
+            messages, _, options = self.prompts[i]
+            case = cases[messages[-1]["content"]]
+            if case.name is None:
+                yield Completion("Words.", "stop", 700, 2)
+                continue
+            call = _call(case.name, case.arguments)
+            text = f"```json\n{call}\n```"
+            if options["tool_choice"] == "required":
+                text = f"<tool_call>\n{call}\n</tool_call>"
+            if not options["bare_calls"] and case.group in ("text", "files"):
+                text = text[:-5]
             yield Completion(text, "stop", 700, 20)
 
 
-def test_runner_asks_both_ways_from_the_same_prompts():
+def test_runner_asks_every_mode_from_the_same_prompts():
     llm = ScriptedLLM()
     task = tool_calls.TOOL_TASKS[0]
     with tqdm(disable=True) as bar:
         summary, records = tool_calls.run(
-            llm, task, limit=2, shots=0, seed=1, chat=True, bar=bar, workers=1
+            llm, task, limit=1, shots=0, seed=1, chat=True, bar=bar, workers=1
         )
     assert len(records) == 8
-    # the group's tools on offer, calls held to them under "auto", bare calls counted
-    messages, tools, options = llm.prompts[0]
-    assert tools == tool_calls.group_specs("numbers")
-    assert options == {"tool_choice": "auto", "parallel_tool_calls": False, "bare_calls": True}
-    (grammars, sampling), (free, free_sampling) = llm.runs
-    assert grammars == [f"grammar {i + 1}" for i in range(8)] and free is None
-    assert sampling == free_sampling == {"temperature": 0, "max_tokens": 96}
+    assert len(llm.runs) == len(MODES)
+    # the group's tools on offer; each mode's tool_choice; the no-call requests in auto only
+    asked = {}
+    for messages, tools, options in llm.prompts:
+        assert tools == tool_calls.group_specs(
+            next(c.group for c in tool_calls.cases() if c.request == messages[-1]["content"])
+        )
+        key = (options["tool_choice"], options["bare_calls"], options["parallel_tool_calls"])
+        asked.setdefault(key, []).append(messages)
+    assert len(asked[("auto", False, True)]) == len(asked[("auto", False, False)]) == 8
+    assert len(asked[("auto", True, False)]) == 8
+    assert len(asked[("required", False, True)]) == len(asked[("required", False, False)]) == 4
+    for (grammars, sampling), mode in zip(llm.runs, MODES, strict=True):
+        assert sampling == {"temperature": 0, "max_tokens": 96}
+        assert not (mode.before and any(g.calls for g in grammars))  # before: not stopped
     m = summary["metrics"]
-    assert m["acc_grammar"] == m["parsed_grammar"] == 1.0
-    assert m["acc_free"] == m["parsed_free"] == 0.5
-    assert records[1]["free"]["parsed"] is False and records[1]["grammar"]["acc"] is True
-    assert set(summary["mode_seconds"]) == {"grammar", "free"}
+    assert m["acc_auto_grammar"] == m["text_auto_grammar"] == 1.0
+    assert m["acc_auto_parse"] == 0.5 and m["acc_auto_before"] == 0.0
+    assert m["acc_required"] == m["acc_required_before"] == 0.5
+    assert set(summary["mode_seconds"]) == {m.name for m in MODES}
 
 
 def test_tools_is_a_task_of_the_harness():
@@ -212,22 +273,21 @@ def test_tools_is_a_task_of_the_harness():
 # -- the real model ------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_qwen_calls_tools_with_and_without_the_grammar(qwen_path):
-    import genforge
-
-    llm = genforge.load(str(qwen_path), dtype="fp32", progress=False)
-    results = harness.evaluate(llm, "tools", limit=1, progress=False)
-    task = results["tasks"]["tools"]
-    m = task["metrics"]
-    assert task["n"] == 4
-    # tool_choice "auto": the model may answer in words (it does, on 8 of the 160 cases), but an
-    # answer that begins a call is held to the schema, so it parses and names an offered tool
-    for r in results["items"]["tools"]:
-        began = r["grammar"]["output"].lstrip().startswith(("```json", "{", "<tool_call>"))
-        if began and r["grammar"]["finish_reason"] == "stop":
-            assert r["grammar"]["parsed"], r["grammar"]["output"]
-            assert r["grammar"]["call"]["name"] in tool_calls.toolset()
-    assert m["parsed_grammar"] >= 0.75, results["items"]["tools"]
-    assert m["acc_grammar"] > 0.3
-    assert "| tools | acc_free |" in harness.markdown_table(results)
+def test_smollm2_in_every_mode(smollm2):
+    results = harness.evaluate(smollm2, "tools", limit=1, progress=False)
+    task, items = results["tasks"]["tools"], results["items"]["tools"]
+    assert task["n"] == 8 and set(task["mode_seconds"]) == {m.name for m in MODES}
+    for r in items:
+        # auto under the bare grammar: an answer that begins a call and ends is a call
+        auto = r["auto_grammar"]
+        began = auto["output"].lstrip().startswith(("```json", "{", "<tool_call>"))
+        if began and auto["finish_reason"] == "stop":
+            assert auto["calls"] >= 1, auto["output"]
+        if r["expected"] is None:
+            assert "required" not in r  # required must call: not asked
+            continue
+        # required: the answer is calls, and ends at a repeated one or is cut in one
+        required = r["required"]
+        assert required["calls"] >= 1 or required["finish_reason"] == "length", required
+        assert required["tokens"] <= r["required_before"]["tokens"] + 8
+    assert "| tools | acc_auto_before |" in harness.markdown_table(results)

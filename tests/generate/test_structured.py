@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,7 +10,13 @@ import pytest
 from components import require_module
 
 from genforge.errors import GenforgeError
-from genforge.generate.structured import Grammar, inline_tools, parse_tool_calls, tool_call_grammar
+from genforge.generate.structured import (
+    Grammar,
+    call_start,
+    inline_tools,
+    parse_tool_calls,
+    tool_call_grammar,
+)
 
 jsonschema = require_module("jsonschema")
 
@@ -110,6 +117,76 @@ def test_parse_tool_calls():
     assert parse_tool_calls("Let me check.\n" + one)[0] == "Let me check."
     for broken in ("plain text", "<tool_call>\n{oops}\n</tool_call>", "<tool_call>{}", one + " x"):
         assert parse_tool_calls(broken) == (broken, [])
+    # a repeated call counts once; a call cut short after complete ones leaves them standing
+    assert parse_tool_calls(one + "\n" + one) == ("", [{"name": "f", "arguments": {"x": 1}}])
+    for cut in ('\n<tool_call>\n{"name": "g', "\n<tool_", "\n<tool_call>"):
+        assert [c["name"] for c in parse_tool_calls(two + cut)[1]] == ["f", "g"], cut
+    assert parse_tool_calls(one + "\nmore words") == (one + "\nmore words", [])
+
+
+def test_bare_calls_count_when_they_fit_an_offered_tool():
+    call = {"name": "search", "arguments": {"query": "cats"}}
+    for text in (
+        json.dumps(call),
+        f"```json\n{json.dumps(call, indent=2)}\n```",
+        "```\n" + json.dumps(call) + "\n```",
+        json.dumps({"name": "search", "parameters": {"query": "cats"}}),  # as some models write
+    ):
+        assert parse_tool_calls(text, bare=True, tools=[TOOL]) == ("", [call]), text
+    for text in (
+        json.dumps({"name": "Alice", "age": 3}),  # JSON, not a call
+        json.dumps({"name": "search", "arguments": {"q": "cats"}}),  # an argument the tool lacks
+        json.dumps({"name": "browse", "arguments": {"query": "cats"}}),  # not offered
+        "```python\nprint(1)\n```",
+        'The JSON {"name": "search"} is a call.',
+    ):
+        assert parse_tool_calls(text, bare=True, tools=[TOOL]) == (text, []), text
+    assert parse_tool_calls(json.dumps(call)) == (json.dumps(call), [])  # bare=False: text
+
+
+@pytest.mark.parametrize(
+    ("text", "bare", "starts"),
+    [
+        ("", True, None),
+        ("  <tool", False, None),
+        ("<tool_call>", False, True),
+        ("{", False, False),
+        ("{", True, True),
+        ("`", True, None),
+        ("```js", True, None),
+        ("```json\n", True, None),
+        ("```json\n{", True, True),
+        ("```\n {", True, True),
+        ("```python", True, False),
+        ("Hello", True, False),
+    ],
+)
+def test_call_start_decides_as_soon_as_it_can(text, bare, starts):
+    assert call_start(text, bare) is starts
+
+
+def test_a_repeated_call_ends_the_answer(smollm2):
+    """Under a grammar of several calls, only the end of the answer may follow a call that repeats
+    an earlier one (Qwen2.5-Coder repeats its call greedily until max_tokens without this)."""
+    import torch
+
+    prompt = smollm2.chat_prompt("Search for cats.", tools=[TOOL], tool_choice="required")
+    assert prompt.grammar.calls
+    call = '<tool_call>\n{"name": "search", "arguments": {"query": "%s"}}\n</tool_call>'
+    eos = smollm2.tokenizer.eos_ids
+    for other, ends in (("dogs", False), ("cats", True)):
+        constraint = smollm2.constraint(prompt.grammar)
+        logits = torch.zeros(smollm2.config.vocab_size)
+        for token in smollm2.tokenizer.encode(call % "cats" + "\n" + call % other):
+            assert torch.isfinite(constraint.mask(logits)[token])
+            constraint.advance(token)
+        allowed = set(torch.isfinite(constraint.mask(logits)).nonzero().flatten().tolist())
+        assert allowed & eos  # the answer may end after any complete call ...
+        assert (allowed <= eos) is ends  # ... and must after a repeat
+    unstopped = smollm2.constraint(dataclasses.replace(prompt.grammar, calls=False))
+    for token in smollm2.tokenizer.encode(call % "cats" + "\n" + call % "cats"):
+        unstopped.advance(token)
+    assert not set(torch.isfinite(unstopped.mask(logits)).nonzero().flatten().tolist()) <= eos
 
 
 def test_inline_tools_for_templates_without_tool_support():
