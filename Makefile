@@ -87,11 +87,16 @@ $(PYDOCS):
 
 pydocs: $(PYDOCS)  ## install Debian's python3.11-doc when it is missing (a corpus, and documents to ask)
 
+# Test processes (pytest-xdist): two share the 2 cores better than one (subprocesses, servers and
+# browsers wait on each other); a test module's tests stay in one process. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+PYTEST = $(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope
+
 test: lint model browser pydocs  ## set up with dev extras, lint, then the test suite (slow tests excluded)
-	$(PY) -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 test-slow: lint model browser pydocs  ## the tests on the larger real models (Qwen2.5-Coder-0.5B, Gemma 3 270M) and the server soak
-	$(PY) -m pytest -m slow
+	$(PYTEST) -m slow
 
 $(VENV)/.installed-bench: pyproject.toml | $(PY)
 	@$(PIP) -e '.[dev,bench]' 1>&2  # builds llama.cpp from source: several minutes

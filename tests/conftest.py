@@ -22,6 +22,17 @@ from components import (  # noqa: E402, F401
 from genforge import hub  # noqa: E402
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs two workers), each worker's torch gets its share of
+    the cores: two workers of two threads each on two cores would oversubscribe them. Servers and
+    CLIs that tests start keep the default, so multi-threaded kernels still run."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(workers)))
+
+
 def _model_file(name: str):
     return hub.resolve(name)  # pulls (and verifies) the model if the cache lacks it
 
