@@ -18,6 +18,8 @@ import json
 import pytest
 from conftest import Server
 
+from genforge.evals import tool_calls
+
 pytestmark = pytest.mark.slow
 
 QWEN = "qwen2.5-coder-0.5b-instruct"
@@ -143,13 +145,18 @@ def test_auto_reads_the_calls_the_model_writes(qwen):
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
-def test_auto_reads_a_bare_json_call(qwen):
-    system = {
-        "role": "system",
-        "content": "Call functions by writing only the JSON object of the call: no code fence.",
-    }
-    choice = _ask(qwen, [system, *TRIANGLE], [AREA], max_tokens=256)
-    assert [name for name, _ in _calls(choice)] == ["calculate_triangle_area"]
+def test_auto_reads_a_bare_json_call_to_an_offered_function_only(qwen):
+    # asked a question with eight text tools on offer, the model calls one in bare JSON
+    text_tools = tool_calls.group_specs("text")
+    tomato = [{"role": "user", "content": "Is a tomato a fruit or a vegetable?"}]
+    choice = _ask(qwen, tomato, text_tools, max_tokens=80)
+    assert choice.finish_reason == "tool_calls"
+    assert _calls(choice) == [("string_capwords", {"s": "tomato"})]
+    # with one on offer it invents a function: JSON, but not a call to an offered one, so text
+    capwords = [t for t in text_tools if t["function"]["name"] == "string_capwords"]
+    choice = _ask(qwen, tomato, capwords, max_tokens=80)
+    assert not choice.message.tool_calls and choice.finish_reason == "stop"
+    assert json.loads(choice.message.content)["name"] != "string_capwords"
 
 
 def test_a_plain_answer_that_shows_json_stays_text(qwen):
