@@ -105,9 +105,12 @@ def metric(server: Server, name: str, labels: str = "") -> float:
     return 0.0
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """Debian's chromium driven by Playwright (its own browser download does not work offline)."""
+    """Debian's chromium driven by Playwright (its own browser download does not work offline).
+
+    One per test module: while Playwright's sync API is open, its event loop counts as running in
+    the main thread, and a later test's `asyncio.run` there would fail."""
     if not CHROMIUM.exists():
         reason = f"{CHROMIUM} is missing; `make test` installs it (apt-get install chromium)"
         if os.environ.get("CI"):
