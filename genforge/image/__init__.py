@@ -1,0 +1,1 @@
+"""Images: captioned data sets, and the checkers that judge generated pictures."""
