@@ -23,14 +23,17 @@ from genforge import hub  # noqa: E402
 
 
 def pytest_configure(config):
-    """Under pytest-xdist (`make test` runs two workers), each worker's torch gets its share of
-    the cores: two workers of two threads each on two cores would oversubscribe them. Servers and
-    CLIs that tests start keep the default, so multi-threaded kernels still run."""
+    """Under pytest-xdist (`make test` runs two workers), each worker gets its share of the cores,
+    for its own torch and for the servers and CLIs its tests start (OMP_NUM_THREADS): two workers
+    of two threads each on two cores oversubscribe them, and OpenMP threads that spin while
+    waiting made the suite twice as slow."""
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers:
         import torch
 
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(workers)))
+        share = max(1, len(os.sched_getaffinity(0)) // int(workers))
+        os.environ["OMP_NUM_THREADS"] = str(share)
+        torch.set_num_threads(share)
 
 
 def _model_file(name: str):
