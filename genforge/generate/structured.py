@@ -226,10 +226,12 @@ class CallsConstraint(Constraint):
     def advance(self, token: int) -> None:
         super().advance(token)
         self.text += self.decoder.step(token)
-        if self.text.rstrip().endswith(TOOL_CALL_CLOSE):
-            start = self.text.rfind(TOOL_CALL_OPEN)
+        start = self.text.rfind(TOOL_CALL_OPEN)
+        if start < 0:  # no call open: keep only what may yet begin one (this runs every token)
+            self.text = self.text[-len(TOOL_CALL_OPEN) :]
+        elif self.text.rstrip().endswith(TOOL_CALL_CLOSE):
             call = self.text[start + len(TOOL_CALL_OPEN) :].rstrip()[: -len(TOOL_CALL_CLOSE)]
-            self.repeated = start >= 0 and call.strip() in self.seen
+            self.repeated = call.strip() in self.seen
             self.seen.add(call.strip())
             self.text = ""
 

@@ -141,7 +141,9 @@ class _ToolSplitter:
         if starts is None:
             return ""
         self.state = "calls" if starts else "text"
-        out, self.held = ("", self.held) if starts else (self.held, "")
+        if starts:
+            return ""
+        out, self.held = self.held, ""
         return out
 
     def finish(self) -> tuple[str, list[dict]]:

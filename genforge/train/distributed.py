@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -57,19 +58,26 @@ def init(fsdp: bool = False) -> World:
     return World(rank, size, local_rank, device, fsdp)
 
 
-def shutdown(world: World, finished: bool = False) -> None:
-    """Leave the process group; `finished`: every rank ran to the end (then they wait for each
-    other first; a rank that failed does not, as the others may never get here)."""
-    if world.distributed:
-        import torch.distributed as dist
+@contextlib.contextmanager
+def joined(fsdp: bool = False) -> Iterator[World]:
+    """The process group for a run (`init`), left when the run ends. A run that finished waits
+    for every rank before any tears the group down: a rank that destroys its gloo group while
+    another still talks to it can abort in the C++ teardown ("terminate called without an active
+    exception", seen under load on 2 cores). A rank that failed does not wait, as the others may
+    never get there."""
+    world = init(fsdp)
+    finished = False
+    try:
+        yield world
+        finished = True
+    finally:
+        if world.distributed:
+            import torch.distributed as dist
 
-        if dist.is_initialized():
-            # Every rank done before any tears down: a rank that destroys its gloo group while
-            # another still talks to it can abort in the C++ teardown ("terminate called without
-            # an active exception", seen under load on 2 cores).
-            if finished:
-                dist.barrier()
-            dist.destroy_process_group()
+            if dist.is_initialized():
+                if finished:
+                    dist.barrier()
+                dist.destroy_process_group()
 
 
 def wrap(model: nn.Module, world: World) -> nn.Module:

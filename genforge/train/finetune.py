@@ -442,12 +442,6 @@ def _with_template(tok: Tokenizer, template: str) -> Tokenizer:
 
 def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     """Run (or resume) the fine-tuning run `cfg` describes, under torchrun or in this process."""
-    world = distributed.init(cfg.fsdp)
-    finished = False
-    try:
+    with distributed.joined(cfg.fsdp) as world:
         tuner = FineTuner(cfg, world)
-        result = tuner.fit(progress) | {"method": cfg.method, "skipped": tuner.stats.skipped}
-        finished = True
-        return result
-    finally:
-        distributed.shutdown(world, finished)
+        return tuner.fit(progress) | {"method": cfg.method, "skipped": tuner.stats.skipped}

@@ -578,11 +578,5 @@ def _main_thread() -> bool:
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """Run (or resume) the training run `cfg` describes, under torchrun or in this process."""
-    world = distributed.init(cfg.fsdp)
-    finished = False
-    try:
-        result = Trainer(cfg, world).fit(progress)
-        finished = True
-        return result
-    finally:
-        distributed.shutdown(world, finished)
+    with distributed.joined(cfg.fsdp) as world:
+        return Trainer(cfg, world).fit(progress)
