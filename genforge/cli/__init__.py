@@ -18,6 +18,7 @@ from genforge.cli import (
     export,
     finetune,
     generate,
+    image,
     mcp,
     models,
     rag,
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_parser(sub)
     eval.add_parser(sub)
     rag.add_parser(sub)
+    image.add_parser(sub)
     mcp.add_parser(sub)
     agent.add_parser(sub)
     models.add_parsers(sub)  # pull, models, rm

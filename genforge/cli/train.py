@@ -149,12 +149,13 @@ def add_config_args(
         elif f.type == "bool":
             parser.add_argument(flag, action="store_true", help=text)
         elif f.type.startswith("tuple"):  # e.g. LoRA targets: a comma-separated list
+            item = int if f.type.startswith("tuple[int") else str
             parser.add_argument(
                 flag,
-                type=lambda v: tuple(x.strip() for x in v.split(",") if x.strip()),
+                type=lambda v, item=item: tuple(item(x.strip()) for x in v.split(",") if x.strip()),
                 default=f.default,
                 metavar="A,B",
-                help=f"{text} (default: {','.join(f.default)})",
+                help=f"{text} (default: {','.join(map(str, f.default))})",
             )
         else:
             kind = {"int": int, "float": float, "str": str}[f.type]

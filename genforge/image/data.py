@@ -288,3 +288,132 @@ def shape_examples(
     for _ in range(n):
         scene = random_scene(rng, held_out)
         yield render(layout(scene, size, rng), size), scene.caption(rng), scene
+
+
+# -- training sources ------------------------------------------------------------------------------
+
+
+class ImageSource:
+    """Captioned pictures for training, addressed by step: `batch(step, rows, seed)` is the same
+    for the same arguments, so a resumed run reads what an uninterrupted one would."""
+
+    name = ""
+    channels = 3
+    crop = 0  # pictures are this size, padded to `size` for the model (0: they are `size`)
+    skipped: list[tuple[Path, str]] = []
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def batch(self, step: int, rows: int, seed: int) -> tuple[np.ndarray, list[str]]:
+        """(uint8 (rows, size, size, channels), captions)."""
+        raise NotImplementedError
+
+    def vocabulary_captions(self) -> list[str]:
+        """Captions that hold every word the source can say."""
+        raise NotImplementedError
+
+    def sample_prompts(self) -> list[str]:
+        """Prompts for the grid the training run draws at each evaluation."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.name
+
+
+class Digits(ImageSource):
+    """The generator half of MNIST, white on black, padded from 28 to `size` pixels."""
+
+    name, channels, crop = "mnist", 1, 28
+
+    def __init__(self, size: int = 32):
+        super().__init__(size)
+        if size < 28:
+            raise GenforgeError(f"MNIST digits are 28x28; --size must be at least 28, got {size}.")
+        images, self.labels = mnist_split("generator")
+        pad = (size - 28) // 2
+        self.images = np.pad(images, ((0, 0), (pad, size - 28 - pad), (pad, size - 28 - pad)))
+
+    def batch(self, step, rows, seed):
+        rng = np.random.default_rng([seed, step])
+        pick = rng.integers(0, len(self.labels), rows)
+        words = random.Random(int(rng.integers(1 << 62)))
+        return self.images[pick, ..., None], [
+            digit_caption(int(self.labels[i]), words) for i in pick
+        ]
+
+    def vocabulary_captions(self):
+        return [t.format(word=DIGIT_WORDS[d], n=d) for d in range(10) for t in _DIGIT_TEMPLATES]
+
+    def sample_prompts(self):
+        return [digit_caption(d) for d in range(10)]
+
+
+class Shapes(ImageSource):
+    """Shape scenes drawn on the fly; no scene shows a held-out colour-shape pair."""
+
+    name = "shapes"
+
+    def batch(self, step, rows, seed):
+        rng = random.Random(f"{seed}:{step}")
+        images, captions = [], []
+        for _ in range(rows):
+            scene = random_scene(rng)
+            images.append(render(layout(scene, self.size, rng), self.size))
+            captions.append(scene.caption(rng))
+        return np.stack(images), captions
+
+    def vocabulary_captions(self):
+        rng = random.Random(0)
+        return [random_scene(rng, held_out=bool(i % 2)).caption(rng) for i in range(4000)]
+
+    def sample_prompts(self):
+        return [
+            "a red circle",
+            "two blue squares",
+            "three green triangles",
+            "a yellow circle above a red square",
+            "a blue triangle left of a green circle",
+            "two red triangles below a yellow square",
+            "a yellow triangle",  # held out: never seen in training
+            "a blue circle right of a red square",  # held out
+        ]
+
+
+class Folder(ImageSource):
+    """A folder of your own pictures (`FolderImages`), loaded once."""
+
+    def __init__(self, root: str | Path, size: int = 32):
+        super().__init__(size)
+        self.folder = FolderImages(Path(root), size)
+        self.images, self.captions = self.folder.load()
+        self.skipped = self.folder.skipped
+        self.name = str(root)
+
+    def batch(self, step, rows, seed):
+        rng = np.random.default_rng([seed, step])
+        pick = rng.integers(0, len(self.captions), rows)
+        return self.images[pick], [self.captions[i] for i in pick]
+
+    def vocabulary_captions(self):
+        return list(self.captions)
+
+    def sample_prompts(self):
+        seen = list(dict.fromkeys(c for c in self.captions if c))
+        return seen[:8] or ["a picture"]
+
+    def describe(self):
+        return f"{self.name} ({len(self.captions)} pictures, {len(self.skipped)} skipped)"
+
+
+def image_source(spec: str, size: int = 32) -> ImageSource:
+    """`mnist`, `shapes`, or a folder of images."""
+    if spec == "mnist":
+        return Digits(size)
+    if spec == "shapes":
+        return Shapes(size)
+    if not Path(spec).exists():
+        raise GenforgeError(
+            f"--data {spec!r} is neither mnist, shapes, nor a folder; give one of those."
+        )
+    return Folder(spec, size)

@@ -169,8 +169,9 @@ def atomic_folder(out: str | Path):
     # safetensors writes its file with mode 0600 and copy2 keeps a source's mode: give every file
     # the mode a new file gets (0o666 less the umask), shown by `tmp`, just made with 0o777 less it.
     mode = tmp.stat().st_mode & 0o666
-    for f in tmp.iterdir():
-        f.chmod(mode)
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            f.chmod(mode)
     _fsync_dir(tmp)
     if out.exists():  # swap: the old folder stays whole until the new one is in place
         old = out.with_name(f".{out.name}.old")
@@ -193,7 +194,11 @@ def _eos_id(tokenizer_dir: Path, tok) -> int | None:
 
 
 def _fsync_dir(folder: Path) -> None:
+    """Sync the folder's files, its subfolders (a model folder may have some), then itself."""
     for f in folder.iterdir():
+        if f.is_dir():
+            _fsync_dir(f)
+            continue
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     fd = os.open(folder, os.O_RDONLY)
