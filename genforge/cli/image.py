@@ -151,9 +151,16 @@ def run_generate(args: argparse.Namespace) -> int:
     _require_extra()
     if args.scale < 1:
         raise GenforgeError(f"--scale must be at least 1, got {args.scale}.")
-    from genforge.image.sampling import ImageGenerator, check_request, grid, save_png
+    from genforge.image.sampling import (
+        ImageGenerator,
+        check_png_path,
+        check_request,
+        grid,
+        save_png,
+    )
 
     check_request(args.prompt, args.n, args.steps, args.guidance, args.sampler)
+    check_png_path(args.out)  # before the model loads: nothing drawn is thrown away
     gen = ImageGenerator.load(args.model)
     if unknown := gen.unknown_words(args.prompt):
         print(

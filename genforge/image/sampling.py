@@ -169,11 +169,16 @@ def png_bytes(image) -> bytes:
     return out.getvalue()
 
 
-def save_png(image, path: str | os.PathLike) -> Path:
-    """Write a PIL image as PNG atomically (a reader never sees half a file)."""
+def check_png_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise GenforgeError(f"pictures are written as PNG; name the file .png, not {path.name!r}.")
+    return path
+
+
+def save_png(image, path: str | os.PathLike) -> Path:
+    """Write a PIL image as PNG atomically (a reader never sees half a file)."""
+    path = check_png_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(png_bytes(image))
