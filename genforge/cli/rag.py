@@ -58,7 +58,8 @@ def _add_index_parser(rsub) -> None:
     r = rsub.add_parser(
         "index",
         help="index files and folders (incremental: only changes are redone)",
-        description="Read .txt .md .rst .html .pdf .jsonl and source files, chunk "
+        description="Read .txt .md .rst .html .pdf .jsonl and source files (with the ocr "
+        "extra, also the text in .png and .jpg pictures and scanned PDF pages), chunk "
         "them by structure, embed and store them. Unchanged files are skipped, "
         "changed ones re-indexed, deleted ones removed.",
     )

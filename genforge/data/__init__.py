@@ -1,5 +1,6 @@
 """Data on disk: which files a folder holds and which are text (`files`), corpora read into
-deduplicated documents (`corpus`), and the token-shard format training reads (`shards`).
+deduplicated documents (`corpus`), the token-shard format training reads (`shards`), and the text
+read in pictures by OCR (`ocr`, for retrieval and the server).
 
-Used by training, evaluation and retrieval alike; it knows nothing about models.
+Used by training, evaluation and retrieval alike; it knows nothing about language models.
 """

@@ -9,6 +9,9 @@ Design choices:
   its first subsection's), so the chunk that holds them shows the reader where it is.
 - Parsing is forgiving: odd Markdown, broken HTML or Python that does not parse still yields
   blocks. Only a file that cannot be text at all raises `DocumentError`.
+- Pictures (PNG, JPEG) and PDF pages without a text layer (scans) are read by OCR when the `ocr`
+  extra is installed (genforge/data/ocr.py): a picture is one page. Without it pictures are skipped,
+  and such pages left out with a note, both saying how to install it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
+from genforge.data import ocr
 from genforge.data.files import NotText, decode_text
 from genforge.errors import GenforgeError
 
@@ -36,7 +40,7 @@ class Block:
     start: int  # first line (1-based) in the source file, or the page number for PDFs
     end: int  # last line, inclusive (or last page)
     heading: str = ""  # section path "Guide > Install", or the enclosing definition "class Store"
-    unit: str = "line"  # "line", or "page" for PDFs
+    unit: str = "line"  # "line", or "page" for PDFs and pictures (a picture is page 1)
 
 
 class DocumentError(GenforgeError):
@@ -56,6 +60,7 @@ SUFFIXES: dict[str, str] = {
     ".pdf": "pdf",
     ".jsonl": "jsonl",
     **dict.fromkeys(_CODE.split(), "code"),
+    **dict.fromkeys((".png", ".jpg", ".jpeg"), "image"),
 }
 
 
@@ -66,16 +71,19 @@ def kind_of(path: Path) -> str | None:
     return SUFFIXES.get(path.suffix.lower())
 
 
-def read_blocks(path: Path, data: bytes) -> list[Block]:
-    """The structural blocks of the file `path` whose bytes are `data`, in order."""
+def read_blocks(path: Path, data: bytes, notes: list[str] | None = None) -> list[Block]:
+    """The structural blocks of the file `path` whose bytes are `data`, in order. What of a file
+    that was indexed could not be read (pages left out) goes to `notes`, one sentence each."""
     kind = kind_of(path)
     if kind is None:
         raise DocumentError(
             f"unsupported file type ({path.suffix or 'no suffix'}); genforge reads text, Markdown, "
-            "reST, HTML, PDF, JSONL and source code"
+            "reST, HTML, PDF, JSONL, source code, and PNG and JPEG pictures (with the ocr extra)"
         )
     if kind == "pdf":
-        return _pdf_blocks(data)
+        return _pdf_blocks(data, [] if notes is None else notes)
+    if kind == "image":
+        return _image_blocks(data)
     text = _decode(data)
     if not text.strip():
         raise DocumentError("empty: it has no text to index")
@@ -373,7 +381,7 @@ def _html_blocks(lines: list[str]) -> list[Block]:
 # --- pages, records, code ----------------------------------------------------------------------
 
 
-def _pdf_blocks(data: bytes) -> list[Block]:
+def _pdf_blocks(data: bytes, notes: list[str]) -> list[Block]:
     try:
         import pypdf
     except ImportError:
@@ -387,18 +395,51 @@ def _pdf_blocks(data: bytes) -> list[Block]:
         raise
     except Exception as e:  # pypdf raises many types on damaged files
         raise DocumentError(f"not a readable PDF ({type(e).__name__}: {e})") from None
-    blocks = []
+    texts, blank = {}, []
     for number, page in enumerate(pages, 1):
         try:
-            text = (page.extract_text() or "").strip()
+            texts[number] = (page.extract_text() or "").strip()
         except Exception as e:  # one damaged page should not lose the others
             log.warning("page %d: no text extracted (%s)", number, e)
             continue
-        if text:
-            blocks.append(Block(text, number, number, unit="page"))
-    if not blocks:
-        raise DocumentError("no extractable text; it may be scanned images (run OCR on it first)")
-    return blocks
+        if not texts[number]:
+            blank.append(number)
+    if blank and ocr.available():  # no text layer: a scan, or a page of pictures
+        texts.update(_ocr_pages(data, blank, notes))
+    elif blank and len(blank) < len(texts):
+        notes.append(f"pages without a text layer were not read; {ocr.INSTALL} reads them")
+    blocks = [Block(t, n, n, unit="page") for n, t in sorted(texts.items()) if t]
+    if blocks:
+        return blocks
+    if blank and not ocr.available():
+        raise DocumentError(f"no text layer (scanned pages?); {ocr.INSTALL} reads them")
+    raise DocumentError("no extractable text" + (" (nor any found by OCR)" if blank else ""))
+
+
+def _ocr_pages(data: bytes, numbers: list[int], notes: list[str]) -> dict[int, str]:
+    """The pages' text read by OCR; on failure none, and a note (the text layer is kept)."""
+    try:
+        return {n: t.strip() for n, t in ocr.read_pdf_pages(data, numbers).items()}
+    except GenforgeError as e:
+        notes.append(f"pages without a text layer were not read: {str(e).rstrip('.')}")
+    except Exception as e:  # pdfium failing on a file pypdf could open
+        notes.append(f"pages without a text layer could not be rendered ({type(e).__name__})")
+    return {}
+
+
+def _image_blocks(data: bytes) -> list[Block]:
+    """A picture's text, read by OCR, as one page."""
+    if not ocr.available():
+        raise DocumentError(f"a picture; reading its text needs the ocr extra: {ocr.INSTALL}")
+    try:
+        text = ocr.read_text(data).strip()
+    except ocr.NotAnImage:
+        raise DocumentError("not a readable picture (damaged, or not PNG/JPEG inside)") from None
+    except GenforgeError as e:  # the engine could not load
+        raise DocumentError(str(e).rstrip(".")) from None
+    if not text:
+        raise DocumentError("no text found in the picture")
+    return [Block(text, 1, 1, unit="page")]
 
 
 def _jsonl_blocks(lines: list[str]) -> list[Block]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from genforge.data import ocr
 from genforge.data.files import Unreadable, read_regular, walk, why_not_regular
 from genforge.errors import GenforgeError
 from genforge.rag.chunk import Chunk, chunk_blocks
@@ -31,6 +32,10 @@ MAX_FILE_BYTES = 50 * 2**20
 # Bumped whenever reading or chunking changes what a file becomes: stores built before re-chunk
 # every file on their next index run (unchanged chunk texts keep their vectors).
 CHUNKING = "1"
+# Added to it once a store is indexed with the ocr extra: the first such run re-reads its PDFs,
+# whose pages without a text layer were left out before. (A later run without the extra re-reads
+# nothing, but reads changed PDFs without OCR.)
+OCR = "+ocr"
 
 SKIPPED_NAMED = 5  # files named per reason in the summary; Report.skipped has them all
 
@@ -63,13 +68,15 @@ class Report:
     removed: list[str] = field(default_factory=list)
     unchanged: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (path, what was not read of it)
     chunks: int = 0  # chunks written
     embedded: int = 0  # of which newly embedded (the rest reused stored vectors)
     seconds: float = 0.0
 
     def summary(self, relative_to: Path | None = None) -> str:
-        """One line of counts, then a line per reason files were skipped, naming the files (the
-        first SKIPPED_NAMED of them; paths under `relative_to` are shown relative to it)."""
+        """One line of counts, then a line per reason files were skipped (or indexed in part: PDF
+        pages left out), naming the files (the first SKIPPED_NAMED of them; paths under
+        `relative_to` are shown relative to it)."""
         parts = [f"{len(self.added)} added", f"{len(self.updated)} updated"]
         if self.renamed:
             parts.append(f"{len(self.renamed)} renamed")
@@ -82,15 +89,16 @@ class Report:
             ", ".join(parts) + f"; {self.chunks} chunks written ({self.embedded} embedded) "
             f"in {self.seconds:.1f}s"
         )
-        by_reason: dict[str, list[str]] = {}
-        for path, why in self.skipped:
-            by_reason.setdefault(why, []).append(_shown(path, relative_to))
         lines = [line]
-        for why, paths in sorted(by_reason.items(), key=lambda item: -len(item[1])):
-            named = ", ".join(paths[:SKIPPED_NAMED])
-            if len(paths) > SKIPPED_NAMED:
-                named += f" and {len(paths) - SKIPPED_NAMED} more"
-            lines.append(f"  skipped {len(paths)}: {why}: {named}")
+        for label, items in (("skipped", self.skipped), ("partly read", self.notes)):
+            by_reason: dict[str, list[str]] = {}
+            for path, why in items:
+                by_reason.setdefault(why, []).append(_shown(path, relative_to))
+            for why, paths in sorted(by_reason.items(), key=lambda item: -len(item[1])):
+                named = ", ".join(paths[:SKIPPED_NAMED])
+                if len(paths) > SKIPPED_NAMED:
+                    named += f" and {len(paths) - SKIPPED_NAMED} more"
+                lines.append(f"  {label} {len(paths)}: {why}: {named}")
         return "\n".join(lines)
 
 
@@ -156,6 +164,11 @@ def discover(paths: list[str | Path], report: Report) -> tuple[list[Path], list[
     return list(dict.fromkeys(files)), roots
 
 
+def _chunking() -> str:
+    """What reading and chunking are here: with the ocr extra, pictures are read too."""
+    return CHUNKING + OCR if ocr.available() else CHUNKING
+
+
 def _under(path: str, roots: list[Path]) -> bool:
     return any(path == str(r) or path.startswith(str(r) + os.sep) for r in roots)
 
@@ -188,8 +201,11 @@ def index(
     max_tokens, overlap = int(meta["max_tokens"]), int(meta["overlap"])
     files, roots = discover(paths, report)
     stored = store.files()
-    if store.meta().get("chunking") != CHUNKING:
+    built, chunking = store.meta().get("chunking"), _chunking()
+    if built not in (CHUNKING, CHUNKING + OCR):
         stored = {p: "" for p in stored}  # every file counts as changed
+    elif built != chunking and chunking == CHUNKING + OCR:  # OCR is new: PDFs may have scans
+        stored = {p: "" if kind_of(Path(p)) == "pdf" else h for p, h in stored.items()}
     gone = {p: h for p, h in stored.items() if _under(p, roots) and not Path(p).is_file()}
     gone_by_hash = {h: p for p, h in gone.items()}
     pending: list[_Pending] = []
@@ -211,12 +227,14 @@ def index(
             store.rename_file(old, path)
             report.renamed.append((old, path))
             continue
+        notes: list[str] = []
         try:
-            blocks = read_blocks(f, data)
+            blocks = read_blocks(f, data, notes)
             chunks = chunk_blocks(blocks, embedder.count_tokens, max_tokens, overlap)
         except DocumentError as e:
             report.skipped.append((path, str(e)))
             continue
+        report.notes += [(path, note) for note in notes]
         if not chunks:
             report.skipped.append((path, "no text to index"))
             continue
@@ -230,7 +248,7 @@ def index(
     for path in gone:
         store.remove_file(path)
         report.removed.append(path)
-    store.set_meta({"chunking": CHUNKING})
+    store.set_meta({"chunking": CHUNKING + OCR if OCR in (built or "") else chunking})
     report.seconds = time.perf_counter() - t0
     return report
 

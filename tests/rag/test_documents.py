@@ -298,7 +298,7 @@ def test_jsonl_records_by_line():
         ("notes.md", "café au lait".encode("latin-1"), "not UTF-8"),
         ("blank.txt", b"  \n\t\n", "empty"),
         ("only-script.html", b"<script>var x = 1;</script>", "no readable text"),
-        ("image.png", b"\x89PNG\r\n", r"unsupported file type \(\.png\)"),
+        ("slides.pptx", b"PK\x03\x04", r"unsupported file type \(\.pptx\)"),
     ],
 )
 def test_files_that_cannot_be_indexed_say_why(name, data, problem):

@@ -171,26 +171,26 @@ def test_only_folders_that_are_indexed_lose_their_deleted_files(corpus, tmp_path
 
 
 def test_skipped_files_are_reported_with_a_reason(corpus, tmp_path, embedder):
-    (corpus / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    (corpus / "slides.pptx").write_bytes(b"PK\x03\x04" + bytes(100))
     (corpus / "blank.md").write_text("   \n\n")
     (corpus / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
     report = run_index([corpus], tmp_path / "index.sqlite", embedder)
     why = {Path(p).name: reason for p, reason in report.skipped}
-    assert set(why) == {"logo.png", "blank.md", "latin1.txt"}
-    assert "unsupported" in why["logo.png"]
-    assert "skipped 1: unsupported type (.png)" in report.summary()
+    assert set(why) == {"slides.pptx", "blank.md", "latin1.txt"}
+    assert "unsupported" in why["slides.pptx"]
+    assert "skipped 1: unsupported type (.pptx)" in report.summary()
     assert len(report.added) == 4
 
 
 def test_index_cli_names_every_skipped_file(corpus, tmp_path):
     (corpus / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
-    (corpus / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    (corpus / "slides.pptx").write_bytes(b"PK\x03\x04" + bytes(100))
     out = rag_cli("index", corpus, "--store", tmp_path / "index.sqlite", "--quiet")
     assert out.returncode == 0, out.stderr
     skips = [line for line in out.stdout.splitlines() if line.lstrip().startswith("skipped")]
     assert len(skips) == 2, out.stdout
     assert any("not UTF-8 text" in line and "latin1.txt" in line for line in skips), skips
-    assert any("(.png)" in line and "logo.png" in line for line in skips), skips
+    assert any("(.pptx)" in line and "slides.pptx" in line for line in skips), skips
 
 
 def test_a_summary_names_the_first_skipped_files_of_each_reason(tmp_path):
