@@ -18,8 +18,8 @@ def add_parser(sub) -> None:
         "serve",
         help="OpenAI-compatible HTTP API and web UI",
         description="Serve models over an OpenAI-compatible HTTP API (/v1/chat/"
-        "completions, /v1/completions, /v1/embeddings, /v1/models) and agent runs "
-        "(/v1/agents/runs), with a web UI "
+        "completions, /v1/completions, /v1/embeddings, /v1/images/generations, /v1/models) and "
+        "agent runs (/v1/agents/runs), with a web UI "
         "at / and Prometheus metrics at /metrics.",
     )
     add_model_args(p, many=True, default=ANSWER_MODEL)
@@ -34,6 +34,15 @@ def add_parser(sub) -> None:
         "calculator, python (sandboxed), rag_search (needs --rag-store), comma-separated, or "
         "none to disable agents (default: calculator,python). Tools that ask for approval "
         "(write_file) cannot be enabled: HTTP has no way to approve a call",
+    )
+    p.add_argument(
+        "--image-model",
+        default=None,
+        metavar="NAME",
+        help="the default model of /v1/images/generations and the web UI's Images view: "
+        "shapes (the default), digits, a model folder or a `genforge image train` run; the "
+        "shipped models are served too when installed. Needs the image extra: "
+        "pip install 'genforge[image]'",
     )
     p.set_defaults(func=run)
 
@@ -155,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from genforge.generate.llm import load
+    from genforge.image.sampling import DEFAULT_IMAGE_MODEL
     from genforge.serve.app import ServeConfig, create_app
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
@@ -194,14 +204,17 @@ def run(args: argparse.Namespace) -> int:
         rag_stores=rag_stores,
         rag_root=rag_root,
         agent_tools=agent_tools,
+        image_model=args.image_model or DEFAULT_IMAGE_MODEL,
     )
+    app = create_app(registry, config)
+    served = names + list(adapters) + app.state.images.names() + [u.url for u in upstreams]
     print(
-        f"genforge: serving {', '.join(names + list(adapters) + [u.url for u in upstreams])} on "
+        f"genforge: serving {', '.join(served)} on "
         f"http://{args.host}:{args.port} (web UI at /, API at /v1)",
         file=sys.stderr,
     )
     uvicorn.run(
-        create_app(registry, config),
+        app,
         host=args.host,
         port=args.port,
         log_level="warning",
@@ -220,9 +233,27 @@ def _check_flags(args: argparse.Namespace) -> None:
         if value < low:
             raise GenforgeError(f"{flag} must be at least {low}, got {value}.")
     check_model_args(args)
+    if args.image_model is not None:
+        _check_image_model(args.image_model)
     if args.max_batch is not None and args.max_batch < 1:
         raise GenforgeError(f"--max-batch must be at least 1, got {args.max_batch}.")
     _check_port(args.host, args.port)
+
+
+def _check_image_model(name: str) -> None:
+    """An --image-model given on the command line must be there: a typo is an error at start, not a
+    404 on the first request."""
+    from genforge.image.model import is_image_model
+    from genforge.image.sampling import resolve
+    from genforge.serve.images import EXTRA, available
+
+    if not available():
+        raise GenforgeError(f"--image-model needs the image extra (diffusers, pillow); {EXTRA}.")
+    if not is_image_model(resolve(name)):  # a shipped model's name, when it is not installed
+        raise GenforgeError(
+            f"the image model {name!r} is not installed; give a model folder or a "
+            "`genforge image train` run."
+        )
 
 
 def _check_port(host: str, port: int) -> None:

@@ -17,8 +17,10 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genforge.errors import GenforgeError
+from genforge.image.sampling import DEFAULT_IMAGE_MODEL
 from genforge.serve.agents import DEFAULT_TOOLS
 from genforge.serve.errors import APIError, bad_request, error_body
+from genforge.serve.images import ImageModels
 from genforge.serve.metrics import Metrics
 from genforge.serve.middleware import (
     POST_ROUTES,
@@ -30,7 +32,7 @@ from genforge.serve.middleware import (
 )
 from genforge.serve.models import Registry
 from genforge.serve.rag import DocumentStores, StoreSpec
-from genforge.serve.routes import agents, embeddings, generation, health, models, rag
+from genforge.serve.routes import agents, embeddings, generation, health, images, models, rag
 from genforge.serve.upstream import Forwarder
 
 STATIC = Path(__file__).parent / "static"
@@ -48,6 +50,8 @@ class ServeConfig:
     rag_root: Path = field(default_factory=Path.cwd)  # the folder the API may index under
     # The tools agents may call (genforge.serve.agents.SERVED); empty: no agents.
     agent_tools: list[str] = field(default_factory=lambda: list(DEFAULT_TOOLS))
+    # The default model of /v1/images/generations: a shipped one's name, a model folder or a run.
+    image_model: str = DEFAULT_IMAGE_MODEL
 
 
 def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI:
@@ -60,13 +64,14 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
     app = FastAPI(title="genforge", lifespan=_lifespan, docs_url="/docs", redoc_url=None)
     app.state.registry, app.state.config, app.state.documents = registry, config, documents
     app.state.metrics, app.state.forwarder = Metrics(), Forwarder()
+    app.state.images = ImageModels(config.image_model)
 
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(GenforgeError, _genforge_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)
 
-    for area in (health, models, generation, embeddings, rag, agents):
+    for area in (health, models, generation, embeddings, rag, agents, images):
         app.include_router(area.router)
     app.add_api_route(
         "/v1/{path:path}", _unknown_route, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]

@@ -46,6 +46,9 @@ class Metrics:
             registry=r,
         )
         self.models_loaded = Gauge("genforge_models_loaded", "models in memory", registry=r)
+        self.images = Counter(
+            "genforge_images_generated", "pictures drawn by image models", ["model"], registry=r
+        )
 
     def render(self, engines: list) -> bytes:
         self.models_loaded.set(len(engines))

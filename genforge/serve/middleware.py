@@ -21,6 +21,7 @@ POST_ROUTES = (
     "/v1/rag/search",
     "/v1/rag/index",
     "/v1/agents/runs",
+    "/v1/images/generations",
 )
 # The `route` label of the request counter; any other path is "other".
 NAMED_ROUTES = (

@@ -48,8 +48,9 @@ def chat_prompt(llm, body: ChatRequest) -> ChatPrompt:
         if isinstance(content, list):
             if any(p.type != "text" for p in content):
                 kinds = sorted({p.type for p in content if p.type != "text"})
-                raise bad_request(
-                    f"this model reads text only; the message has {', '.join(kinds)} parts.",
+                raise bad_request(  # image_url parts were read as text before (serve/content.py)
+                    f"this server reads text and image_url parts; a message has {', '.join(kinds)} "
+                    "parts.",
                     param="messages",
                 )
             content = "".join(p.text or "" for p in content)

@@ -267,6 +267,7 @@ class DocumentStores:
             "removed": len(report.removed),
             "unchanged": report.unchanged,
             "skipped": [{"path": p, "reason": why} for p, why in report.skipped],
+            "partly_read": [{"path": p, "reason": why} for p, why in report.notes],
             "chunks": report.chunks,
             "embedded": report.embedded,
             "seconds": round(report.seconds, 3),

@@ -16,9 +16,15 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class ImageURL(_Body):
+    url: str  # a data URL (data:image/png;base64,...); the server fetches nothing
+    detail: str | None = None  # accepted, unused: the picture's text is read at full size
+
+
 class ContentPart(_Body):
-    type: str
+    type: str  # "text", or "image_url" (its text is read by OCR: genforge/serve/content.py)
     text: str | None = None
+    image_url: ImageURL | str | None = None  # a bare URL string too, as some clients send it
 
 
 class Message(_Body):
@@ -126,3 +132,22 @@ class AgentRunRequest(_Body):
     time_limit: float = Field(300, gt=0, le=3600)  # seconds of the whole run
     temperature: float | None = Field(None, ge=0, le=2)  # default: greedy
     stream: bool = True
+
+
+class ImageRequest(_Body):
+    """`POST /v1/images/generations`: OpenAI's fields, and genforge's sampling settings.
+
+    `n`, `steps`, `guidance` and `sampler` are bounded by `genforge.image.sampling.check_request`,
+    whose one-sentence messages the client gets."""
+
+    prompt: str
+    model: str | None = None  # default: the server's --image-model
+    n: int = 1
+    size: str | None = None  # "WxH": the model's own size times 1, 2, 4 or 8; default its own
+    response_format: str | None = None  # b64_json only
+    output_format: str | None = None  # png only
+    user: str | None = None
+    steps: int = 25
+    guidance: float = 3.0
+    seed: int | None = Field(None, ge=0, lt=2**63)  # picture i draws from seed + i; default random
+    sampler: str = "dpm"

@@ -122,3 +122,37 @@ def browser():
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="session")
+def image_run(tmp_path_factory):
+    """A tiny text-to-image run of the library's own trainer (2 steps on the shapes scenes, seconds
+    on a CPU): it draws noise, but it is a real model folder, so the server serves it as any."""
+    from components import require_module
+
+    require_module("diffusers", "image")
+    require_module("PIL", "image")
+    from genforge.train.images import ImageTrainConfig, train_images
+
+    run = tmp_path_factory.mktemp("image") / "run"
+    cfg = ImageTrainConfig(
+        out=str(run),
+        data="shapes",
+        steps=2,
+        batch_size=4,
+        widths=(16, 32),
+        text_dim=32,
+        text_layers=1,
+        eval_every=2,
+    )
+    train_images(cfg, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def image_server(image_run, tiny_model_dir):
+    """A server whose image model is `image_run` (a random 2-layer chat model beside it: a server
+    needs one, and this one loads in an instant)."""
+    s = Server("-m", str(tiny_model_dir), "--image-model", str(image_run), "--api-key", API_KEY)
+    yield s
+    s.stop()

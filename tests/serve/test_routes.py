@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from genforge.serve.errors import APIError
+from genforge.serve.images import ImageModels
 from genforge.serve.metrics import Metrics
 from genforge.serve.models import Registry, Upstream
 from genforge.serve.rag import DocumentStores, StoreSpec
@@ -34,7 +35,9 @@ def test_health_and_metrics_alone():
 def test_models_alone():
     # An upstream that names its model is listed without being asked (nothing listens there).
     reg = Registry([], upstreams=[Upstream("http://127.0.0.1:9/v1", "remote")], allow_load=False)
-    app = _app(models.router, registry=reg, forwarder=Forwarder())
+    app = _app(
+        models.router, registry=reg, forwarder=Forwarder(), images=ImageModels(enabled=False)
+    )
     with TestClient(app) as client:
         listed = client.get("/v1/models").json()["data"]
         assert [m for m in listed if m["id"] == "remote"] == [

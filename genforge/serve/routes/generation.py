@@ -1,7 +1,8 @@
 """`/v1/chat/completions` and `/v1/completions`: the request's life around `genforge.serve.openai`
 (which turns requests into engine runs and their output into OpenAI objects): upstream or local,
 streamed or not, the model held and released, metrics, and cancellation when the client leaves.
-A chat with `rag` is first grounded in a document store (genforge/serve/rag.py).
+A chat's pictures are first read as text (genforge/serve/content.py); a chat with `rag` is then
+grounded in a document store (genforge/serve/rag.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi.responses import Response, StreamingResponse
 from genforge.errors import GenforgeError
 from genforge.rag.answer import NO_ANSWER
 from genforge.serve import openai
+from genforge.serve.content import has_images, read_images
 from genforge.serve.errors import APIError, bad_request, error_body
 from genforge.serve.rag import NO_STORE, rag_fields
 from genforge.serve.runs import cancel
@@ -29,11 +31,18 @@ router = APIRouter()
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request):
+    return await until_disconnect(request, _chat(request, body))
+
+
+async def _chat(request: Request, body: ChatRequest):
+    registry = request.app.state.registry
+    if has_images(body) and not registry.upstream_for(body.model):
+        if body.model not in registry.loaded and not registry.loadable(body.model):
+            raise registry.not_found(body.model)  # before the pictures are read
+        body = await read_images(body)
     if body.rag is not None:
-        return await until_disconnect(request, _grounded_chat(request, body))
-    return await until_disconnect(
-        request, _generation(request, body, "/v1/chat/completions", openai.chat)
-    )
+        return await _grounded_chat(request, body)
+    return await _generation(request, body, "/v1/chat/completions", openai.chat)
 
 
 @router.post("/v1/completions")

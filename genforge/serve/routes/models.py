@@ -1,5 +1,5 @@
-"""`/v1/models`: the local models, the embedding model, then those of upstream servers (re-read
-on each listing); a local model wins over an upstream one of the same name."""
+"""`/v1/models`: the local models, the embedding model, the image models, then those of upstream
+servers (re-read on each listing); a local model wins over an upstream one of the same name."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ async def _listed(request: Request) -> list[dict]:
     registry, forwarder = request.app.state.registry, request.app.state.forwarder
     for up in registry.upstreams:
         await forwarder.refresh(up)
-    data = registry.local_entries()
+    data = registry.local_entries() + request.app.state.images.entries()
     seen = {m["id"] for m in data}
     for up in registry.upstreams:
         data += [m for m in up.listed if m["id"] not in seen]

@@ -2,6 +2,7 @@
 // Plain JS modules, no build step. Conversations, settings and the API key live in localStorage.
 import { initAgents } from "./agents.js";
 import { initDocuments } from "./documents.js";
+import { initImages } from "./images.js";
 import { renderMarkdown } from "./markdown.js";
 
 const STORE = {
@@ -417,7 +418,7 @@ async function loadModels() {
   try {
     const res = await api("/v1/models");
     const data = await res.json();
-    const chat = data.data.filter((m) => m.genforge?.kind !== "embedding");
+    const chat = data.data.filter((m) => !["embedding", "image"].includes(m.genforge?.kind));
     ui.model.replaceChildren(
       ...chat.map((m) => {
         const option = document.createElement("option");
@@ -563,6 +564,7 @@ const shared = { api, serverEvents, samplingOptions, chatModel: () => ui.model.v
 addView("chat", "#view-chat", "#chat-view");
 addView("docs", "#view-docs", "#docs", initDocuments(shared));
 addView("agents", "#view-agents", "#agents", initAgents({ ...shared, copyText }));
+addView("images", "#view-images", "#images", initImages(shared));
 let saved = "chat";
 try {
   saved = localStorage.getItem(STORE.view) || "chat";
