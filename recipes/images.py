@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=Path("runs"), help="where the runs go")
     ap.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     ap.add_argument("--ship", action="store_true", help="write the model into the package")
+    ap.add_argument("--prompts", type=int, default=EVAL_PROMPTS, help="prompts to judge")
     args = ap.parse_args()
 
     import torch
@@ -73,7 +74,7 @@ def main() -> None:
     state = torch.load(checkpoint / "train_state.pt", weights_only=True)
     gen = ImageGenerator.load(run)
     t = time.perf_counter()
-    figures = evaluate(gen, EVAL_PROMPTS)
+    figures = evaluate(gen, args.prompts)
     eval_s = time.perf_counter() - t
     name = f"images-{args.recipe}"
     shutil.copyfile(run / "loss.png", HERE / f"{name}-loss.png")
@@ -93,7 +94,7 @@ def main() -> None:
         f"`python recipes/images.py {args.recipe}`: `genforge image train --data "
         f"{RECIPES[args.recipe]['data']} {' '.join(RECIPES[args.recipe]['flags'])}` "
         f"({n_params / 1e6:.1f}M parameters: UNet and text encoder), then "
-        f"`genforge image eval` on {EVAL_PROMPTS} prompts (DPM-Solver++, 25 steps, guidance 3).",
+        f"`genforge image eval` on {args.prompts} prompts (DPM-Solver++, 25 steps, guidance 3).",
         "",
         f"- CPU: {cpu_name()} ({torch.get_num_threads()} threads; {cpu_flags()})",
         f"- training: {state['step']} steps of {state['train']['batch_size']} pictures in "
