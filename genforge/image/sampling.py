@@ -95,6 +95,18 @@ class ImageGenerator:
         net, tokenizer = image_model.load(folder)
         return cls(net, tokenizer, str(name_or_path or DEFAULT_IMAGE_MODEL))
 
+    def _states(self, captions: list[str]) -> dict:
+        """The UNet's caption arguments: word states cut after the longest caption (the padding
+        beyond it is masked anyway), and the mask only where some caption is shorter."""
+        ids, mask = image_model.encode_captions(self.tokenizer, captions, self.cfg.max_words)
+        used = int(mask.sum(1).max())
+        ids, mask = ids[:, :used], mask[:, :used]
+        states = self.net.text(ids, mask)
+        return {
+            "encoder_hidden_states": states,
+            "encoder_attention_mask": None if bool(mask.all()) else mask,
+        }
+
     def unknown_words(self, prompt: str) -> list[str]:
         return image_model.unknown_words(self.tokenizer, prompt)
 
@@ -130,15 +142,14 @@ class ImageGenerator:
         )
         x = x * scheduler.init_noise_sigma
         guided = guidance != 1.0
-        captions = list(prompts) + ([""] * n if guided else [])
-        ids, mask = image_model.encode_captions(self.tokenizer, captions, cfg.max_words)
-        states = self.net.text(ids, mask)
+        cond = self._states(list(prompts))
+        uncond = self._states([""] * n) if guided else None
         for t in scheduler.timesteps:
-            inp = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
-            eps = unet(inp, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
-            if guided:
-                cond, uncond = eps.chunk(2)
-                eps = uncond + guidance * (cond - uncond)
+            inp = scheduler.scale_model_input(x, t)
+            eps = unet(inp, t, **cond).sample
+            if guided:  # two calls: each half without padding needs no attention mask
+                eps_uncond = unet(inp, t, **uncond).sample
+                eps = eps_uncond + guidance * (eps - eps_uncond)
             x = scheduler.step(eps, t, x).prev_sample
         return to_uint8(self.net.unpack(x), cfg)
 

@@ -57,7 +57,8 @@ def test_same_seed_same_pictures_and_picture_i_is_seed_plus_i(gen):
     assert a.shape == (3, 32, 32, 3) and a.dtype == np.uint8
     assert np.array_equal(a, b)
     third = gen.generate("a red circle", n=1, steps=4, seed=7)
-    assert np.array_equal(a[2], third[0])
+    # another batch size may block the convolutions differently: fp32 rounding, not another picture
+    assert np.abs(a[2].astype(int) - third[0]).max() <= 2
     assert not np.array_equal(a[0], a[1])  # each picture its own noise
 
 
