@@ -300,7 +300,9 @@ class ImageSource:
     name = ""
     channels = 3
     crop = 0  # pictures are this size, padded to `size` for the model (0: they are `size`)
-    skipped: list[tuple[Path, str]] = []
+    skipped: (
+        tuple[tuple[Path, str], ...] | list[tuple[Path, str]]
+    ) = ()  # a folder's unreadable files
 
     def __init__(self, size: int):
         self.size = size

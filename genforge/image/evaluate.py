@@ -47,8 +47,10 @@ def evaluate(
 
 
 def _draw(gen: ImageGenerator, captions: list[str], steps, guidance, seed, sampler) -> np.ndarray:
+    from tqdm import tqdm  # an evaluation takes minutes: show where it is
+
     out = []
-    for i in range(0, len(captions), BATCH):
+    for i in tqdm(range(0, len(captions), BATCH), desc="drawing", unit="batch", leave=False):
         part = captions[i : i + BATCH]
         seeds = [seed + i + j for j in range(len(part))]
         out.append(gen.draw(part, seeds, steps, guidance, sampler))

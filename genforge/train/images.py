@@ -194,7 +194,7 @@ class ImageTrainer(Loop):
         from safetensors.torch import load_file
 
         ema, _ = image_model.load(folder)
-        self.ema = {k: v.detach().clone() for k, v in ema.state_dict().items()}
+        self.ema = {k: v.detach() for k, v in ema.state_dict().items()}  # a model of its own
         try:
             self.model.load_state_dict(load_file(folder / RAW))
         except Exception as e:
