@@ -17,6 +17,7 @@ from genforge.serve.schemas import ChatRequest
 
 SIGN = ["Platform 7 closes at midnight.", "Ask for Marguerite at the kiosk."]
 QUESTION = "What does the sign say?"
+REPEAT = "Repeat the text read from the image, word for word."
 
 
 def data_url(data: bytes, media: str = "image/png") -> str:
@@ -47,15 +48,17 @@ def _post(server, body: dict) -> httpx.Response:
 
 def test_the_model_reads_the_text_of_the_picture(server, client, sign):
     url, text = sign
-    args = dict(model=MODEL, temperature=0, max_tokens=16)
-    seen = client.chat.completions.create(messages=with_image(url), **args)
-    # The same chat with the picture's text typed in, as the server frames it: the same prompt,
-    # token for token (the same count, and the same greedy answer).
-    typed = [{"role": "user", "content": f"{QUESTION}\n\n{image_text(text)}"}]
+    args = dict(model=MODEL, temperature=0, max_tokens=24)
+    seen = client.chat.completions.create(messages=with_image(url, REPEAT), **args)
+    # The model answers from the words in the picture: it repeats them.
+    assert {"platform", "midnight", "marguerite"} <= set(words(seen.choices[0].message.content))
+    # The same chat with the picture's text typed in, as the server frames it, is the same prompt
+    # (the same token count; the answers are not compared: a prefix-cache hit computes them in
+    # other shapes, and a near tie may round the other way).
+    typed = [{"role": "user", "content": f"{REPEAT}\n\n{image_text(text)}"}]
     told = client.chat.completions.create(messages=typed, **args)
     assert seen.usage.prompt_tokens == told.usage.prompt_tokens
-    assert seen.choices[0].message.content == told.choices[0].message.content
-    plain = client.chat.completions.create(messages=[{"role": "user", "content": QUESTION}], **args)
+    plain = client.chat.completions.create(messages=[{"role": "user", "content": REPEAT}], **args)
     assert seen.usage.prompt_tokens > plain.usage.prompt_tokens + 10  # the sign's words are in it
 
 
