@@ -46,6 +46,7 @@ class ImageConfig:
     crop: int = 0  # pictures are this size (padded to `size` for the UNet); 0 = `size`
     widths: tuple[int, ...] = (64, 128, 128)  # UNet channels per resolution (halved after each)
     attention: tuple[bool, ...] = (False, True, True)  # cross-attention at each resolution
+    pooled: bool = False  # the caption's mean state also joins the timestep embedding
     layers_per_block: int = 1
     heads: int = 4  # attention heads in the UNet and the text encoder
     text_dim: int = 128
@@ -156,6 +157,10 @@ def build_unet(cfg: ImageConfig):
         norm_num_groups=16,
         cross_attention_dim=cfg.text_dim,
         attention_head_dim=cfg.heads,  # diffusers' name for the number of heads in this class
+        # the pooled caption, projected and added to the timestep embedding (Imagen's "pooled
+        # embedding vector"): every ResNet block, not only the attention levels, hears the caption
+        class_embed_type="projection" if cfg.pooled else None,
+        projection_class_embeddings_input_dim=cfg.text_dim if cfg.pooled else None,
     )
 
 
@@ -184,9 +189,18 @@ class TextToImage(nn.Module):
         c = self.cfg
         return (c.channels * c.patch**2, c.size // c.patch, c.size // c.patch)
 
-    def forward(self, noisy, t, ids, mask) -> torch.Tensor:
+    def condition(self, ids: torch.Tensor, mask: torch.Tensor, masked: bool = True) -> dict:
+        """The UNet's caption arguments: word states (and their mean, for a pooled model);
+        masked=False leaves out the attention mask (for captions without padding)."""
         states = self.text(ids, mask)
-        return self.unet(noisy, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+        out = {"encoder_hidden_states": states, "encoder_attention_mask": mask if masked else None}
+        if self.cfg.pooled:
+            weights = mask.unsqueeze(-1).to(states.dtype)
+            out["class_labels"] = (states * weights).sum(1) / weights.sum(1)
+        return out
+
+    def forward(self, noisy, t, ids, mask) -> torch.Tensor:
+        return self.unet(noisy, t, **self.condition(ids, mask)).sample
 
 
 def noise_scheduler(cfg: ImageConfig):

@@ -101,11 +101,7 @@ class ImageGenerator:
         ids, mask = image_model.encode_captions(self.tokenizer, captions, self.cfg.max_words)
         used = int(mask.sum(1).max())
         ids, mask = ids[:, :used], mask[:, :used]
-        states = self.net.text(ids, mask)
-        return {
-            "encoder_hidden_states": states,
-            "encoder_attention_mask": None if bool(mask.all()) else mask,
-        }
+        return self.net.condition(ids, mask, masked=not bool(mask.all()))
 
     def unknown_words(self, prompt: str) -> list[str]:
         return image_model.unknown_words(self.tokenizer, prompt)

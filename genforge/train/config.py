@@ -224,6 +224,7 @@ class ImageTrainConfig(LoopConfig):
     widths: tuple[int, ...] = (64, 128, 128)  # UNet channels per resolution
     text_dim: int = 128  # the text encoder's width
     text_layers: int = 2
+    pooled: bool = True  # the caption's mean state also joins the UNet's timestep embedding
     batch_size: int = 32
     steps: int = 2500
     lr: float = 5e-4
@@ -234,7 +235,15 @@ class ImageTrainConfig(LoopConfig):
     sample_steps: int = 25  # DPM-Solver steps for the training grid
     guidance: float = 3.0  # the training grid's guidance
 
-    IDENTITY = ("data", "size", "widths", "text_dim", "text_layers", *LoopConfig.IDENTITY)
+    IDENTITY = (
+        "data",
+        "size",
+        "widths",
+        "text_dim",
+        "text_layers",
+        "pooled",
+        *LoopConfig.IDENTITY,
+    )
     POSITIVE = ("size", "text_dim", "text_layers", *LoopConfig.POSITIVE)
 
     def check(self) -> None:

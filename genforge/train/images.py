@@ -38,6 +38,7 @@ RAW = "raw_weights.safetensors"  # the non-EMA weights, for resuming
 
 class ImageTrainer(Loop):
     cfg: ImageTrainConfig
+    PLOT_UNITS = ("pictures", "loss (noise MSE, min-SNR weighted)")
 
     def setup(self) -> None:
         cfg = self.cfg
@@ -59,6 +60,7 @@ class ImageTrainer(Loop):
             attention=(False, *([True] * (depth - 1))) if depth > 1 else (True,),
             text_dim=cfg.text_dim,
             text_layers=cfg.text_layers,
+            pooled=cfg.pooled,
             vocab=self.tokenizer.get_vocab_size(),
             sample_prompts=self.source.sample_prompts(),
             source=self.source.name,

@@ -121,6 +121,8 @@ class Loop:
     - `write_weights(folder)` / `load_weights(folder)` for checkpoints.
     """
 
+    PLOT_UNITS = ("tokens", "loss (nats per token)")  # loss.png's axes
+
     def __init__(self, cfg: LoopConfig, world: World | None = None):
         cfg.check()
         self.cfg, self.world = cfg, world or World()
@@ -410,7 +412,7 @@ class Loop:
         if self.step % every["save"] == 0 or last:
             out["checkpoint"] = str(self.save())
             if self.world.main:
-                plot(self.run)
+                plot(self.run, self.PLOT_UNITS)
         return out
 
     def _progress(self, loss: float, speed: float) -> str:

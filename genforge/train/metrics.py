@@ -40,8 +40,9 @@ class MetricsLog:
         return out
 
 
-def plot(run: Path) -> Path | None:
-    """Draw training and validation loss against tokens seen into RUN/loss.png (atomically)."""
+def plot(run: Path, units: tuple[str, str] = ("tokens", "loss (nats per token)")) -> Path | None:
+    """Draw training and validation loss against tokens seen into RUN/loss.png (atomically);
+    `units` names the axes (an image run counts pictures and its loss is a weighted MSE)."""
     try:
         import matplotlib
 
@@ -63,8 +64,8 @@ def plot(run: Path) -> Path | None:
             "o-",
             label="validation loss",
         )
-    ax.set_xlabel("tokens")
-    ax.set_ylabel("loss (nats per token)")
+    ax.set_xlabel(units[0])
+    ax.set_ylabel(units[1])
     ax.set_title(str(run))
     ax.grid(alpha=0.3)
     ax.legend()

@@ -98,6 +98,32 @@ def test_bad_requests_get_one_sentence(kw, says):
         check_request(**args)
 
 
+def test_a_pooled_caption_ignores_padding_and_survives_saving(tmp_path):
+    """The sampler cuts captions to their length and drops the mask; training pads and masks.
+    A pooled model (the caption's mean state in the timestep embedding) must see the same mean
+    both ways, and load back pooled."""
+    import torch
+
+    torch.manual_seed(0)
+    tok = image_model.train_tokenizer(CAPTIONS)
+    net = image_model.TextToImage(tiny_config(vocab=tok.get_vocab_size(), pooled=True)).eval()
+    assert net.unet.class_embedding is not None
+    ids, mask = image_model.encode_captions(tok, ["a red circle"], net.cfg.max_words)
+    x, t = torch.randn(1, *net.latent_shape), torch.tensor([500])
+    with torch.no_grad():
+        padded = net(x, t, ids, mask)
+        cut = net.unet(x, t, **ImageGenerator(net, tok)._states(["a red circle"])).sample
+        other = net(x, t, *image_model.encode_captions(tok, ["two blue squares"], 24))
+    # the same arithmetic over fewer (masked-out) positions: fp32 rounding apart
+    torch.testing.assert_close(padded, cut, rtol=1e-4, atol=1e-5)
+    assert (padded - other).abs().max() > 1e-3  # and the caption does reach it
+    image_model.save(net, tok, tmp_path / "pooled")
+    back, _ = image_model.load(tmp_path / "pooled")
+    assert back.cfg.pooled
+    with torch.no_grad():
+        torch.testing.assert_close(back(x, t, ids, mask), padded)
+
+
 def test_grey_models_crop_to_their_picture_size(tmp_path):
     tok = image_model.train_tokenizer(["a handwritten seven"])
     net = image_model.TextToImage(tiny_config(channels=1, crop=28, vocab=tok.get_vocab_size()))
