@@ -58,15 +58,20 @@ def model_writer(
     return lambda folder: write_hf_files(model_state, cfg, tokenizer_dir, folder)
 
 
+def unreadable(path: Path, e: Exception) -> GenforgeError:
+    """What a user reads about a damaged checkpoint: which one, why, and what to do."""
+    return GenforgeError(
+        f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it to resume "
+        "from the one before."
+    )
+
+
 def load_state(path: Path) -> dict:
     """The training state of one checkpoint folder."""
     try:
         return torch.load(path / STATE, map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged file: say which, never a traceback from torch's unpickler
-        raise GenforgeError(
-            f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it to resume "
-            "from the one before."
-        ) from None
+        raise unreadable(path, e) from None
 
 
 def load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -78,8 +83,5 @@ def load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         cfg = ModelConfig(**state["model"])
         weights = genforge_state(load_file(path / "model.safetensors"), cfg)
     except Exception as e:  # a damaged file: say which, never a traceback from torch's unpickler
-        raise GenforgeError(
-            f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it to resume "
-            "from the one before."
-        ) from None
+        raise unreadable(path, e) from None
     return weights, state

@@ -7,8 +7,9 @@ Design choices:
   al. 2023: the easy, low-noise timesteps stop dominating; it converges several times faster
   than the plain MSE at no cost).
 - Classifier-free guidance: 10 % of captions are replaced by the empty caption in training.
-- EMA weights (decay 0.995: a short run should not average its early steps; with the usual warm-up (1 + s) / (10 + s)) are what a checkpoint's
-  model files hold and what sampling uses; the raw weights travel in the training state.
+- EMA weights (decay 0.995, warmed up as (1 + s) / (10 + s): a short run should not average its
+  early steps) are what a checkpoint's model files hold and what sampling uses; the raw weights
+  travel beside them for resuming.
 - The data position is the step (`ImageSource.batch(step, ...)`), as in pretraining: a resumed run
   draws the batches an uninterrupted one would.
 - Validation loss: the same 256 captioned pictures, noise and timesteps at every evaluation (a
@@ -24,12 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genforge.errors import GenforgeError
 from genforge.image import model as image_model
 from genforge.image.data import ImageSource, image_source
 from genforge.image.sampling import ImageGenerator, grid, save_png
 from genforge.runs import latest
-from genforge.train import distributed
+from genforge.train import checkpoint, distributed
 from genforge.train.config import ImageTrainConfig
 from genforge.train.loop import Loop
 
@@ -200,10 +200,7 @@ class ImageTrainer(Loop):
         try:
             self.model.load_state_dict(load_file(folder / RAW))
         except Exception as e:
-            raise GenforgeError(
-                f"checkpoint {folder} cannot be read ({type(e).__name__}: {e}); delete it to "
-                "resume from the one before."
-            ) from None
+            raise checkpoint.unreadable(folder, e) from None
 
 
 def train_images(cfg: ImageTrainConfig, progress: bool = True) -> dict:
