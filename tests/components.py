@@ -51,6 +51,17 @@ def require(component: str, available: bool, what: str) -> None:
         missing(component, what)
 
 
+def require_mnist() -> None:
+    """The MNIST digits in the genforge cache (`make mnist`), never fetched by a test."""
+    from genforge import hub
+    from genforge.errors import GenforgeError
+
+    try:
+        hub.data_path("mnist", fetch=False)
+    except GenforgeError:
+        missing("mnist", "the MNIST package")
+
+
 def require_module(name: str, component: str = "dev") -> ModuleType:
     """`import name`, or skip (fail under CI) saying how to install it."""
     try:

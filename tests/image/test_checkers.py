@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from components import require, require_module
+from components import require_mnist, require_module
 
-from genforge import hub
-from genforge.errors import GenforgeError
 from genforge.image.checkers import DigitClassifier, frechet_distance
 
 require_module("scipy", "image")
@@ -30,10 +28,7 @@ def test_frechet_distance_of_gaussians():
 def test_the_digit_classifier_reads_real_digits():
     from genforge.image.data import mnist_split
 
-    try:
-        hub.data_path("mnist", fetch=False)
-    except GenforgeError:
-        require("mnist", False, "the MNIST package")
+    require_mnist()
     checker = DigitClassifier.cached()  # trained on the checker half (a minute), then cached
     images, labels = mnist_split("generator")  # digits it never trained on
     accuracy = (checker.predict(images) == labels).mean()

