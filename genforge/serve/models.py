@@ -83,7 +83,13 @@ class Registry:
     def loadable(self, name: str) -> bool:
         if name in self.names:
             return True
-        return self.allow_load and name in hub.KNOWN and hub.installed_path(name) is not None
+        known = hub.KNOWN.get(name)
+        return (
+            self.allow_load
+            and known is not None
+            and known.kind == "text"
+            and hub.installed_path(name) is not None
+        )
 
     async def start(self) -> None:
         for name in self.names:
@@ -192,7 +198,11 @@ class Registry:
     def local_entries(self) -> list[dict]:
         names = list(dict.fromkeys([*self.names, *self.loaded]))
         if self.allow_load:
-            names += [n for n in hub.KNOWN if n not in names and hub.installed_path(n)]
+            names += [
+                n
+                for n, known in hub.KNOWN.items()
+                if known.kind == "text" and n not in names and hub.installed_path(n)
+            ]
         out = [_entry(n, "chat", loaded=n in self.loaded) for n in names]
         for name, base in self.adapters.items():
             entry = _entry(name, "chat", loaded=base in self.loaded)

@@ -62,3 +62,12 @@ def test_rag_stores_alone(tmp_path):
     ]
     with TestClient(_app(rag.router, documents=None)) as client:
         assert client.post("/v1/rag/search", json={"query": "x"}).status_code == 400
+
+
+def test_a_pulled_speech_model_is_not_served_as_a_language_model():
+    from genforge import hub
+
+    hub.named_path("whisper-base")  # pulled, as after `genforge pull whisper-base`
+    reg = Registry([], allow_load=True)
+    assert "whisper-base" not in [e["id"] for e in reg.local_entries()]
+    assert not reg.loadable("whisper-base")
