@@ -44,6 +44,27 @@ def add_parser(sub) -> None:
         "shipped models are served too when installed. Needs the image extra: "
         "pip install 'genforge[image]'",
     )
+    p.add_argument(
+        "--max-audio-bytes",
+        type=int,
+        default=25 * 1024 * 1024,
+        metavar="N",
+        help="largest upload to /v1/audio/transcriptions (default: 25 MiB, as OpenAI's)",
+    )
+    p.add_argument(
+        "--max-audio-minutes",
+        type=float,
+        default=60.0,
+        metavar="M",
+        help="longest recording /v1/audio/transcriptions accepts (default: 60; Whisper holds "
+        "about 2.7 GB of memory an hour of sound)",
+    )
+    p.add_argument(
+        "--no-speech",
+        action="store_true",
+        help="serve neither /v1/audio/transcriptions nor /v1/audio/speech (by default both are "
+        "served when the speech extra is installed: pip install 'genforge[speech]')",
+    )
     p.set_defaults(func=run)
 
 
@@ -205,9 +226,14 @@ def run(args: argparse.Namespace) -> int:
         rag_root=rag_root,
         agent_tools=agent_tools,
         image_model=args.image_model or DEFAULT_IMAGE_MODEL,
+        speech=not args.no_speech,
+        speech_warm=True,
+        max_audio_bytes=args.max_audio_bytes,
+        max_audio_seconds=args.max_audio_minutes * 60,
     )
     app = create_app(registry, config)
-    served = names + list(adapters) + app.state.images.names() + [u.url for u in upstreams]
+    served = names + list(adapters) + app.state.images.names()
+    served += [m["id"] for m in app.state.speech.entries()] + [u.url for u in upstreams]
     print(
         f"genforge: serving {', '.join(served)} on "
         f"http://{args.host}:{args.port} (web UI at /, API at /v1)",
@@ -229,6 +255,8 @@ def _check_flags(args: argparse.Namespace) -> None:
         ("--port", args.port, 0),
         ("--max-tokens", args.max_tokens, 1),
         ("--max-body-bytes", args.max_body_bytes, 1024),
+        ("--max-audio-bytes", args.max_audio_bytes, 1024),
+        ("--max-audio-minutes", args.max_audio_minutes, 0.01),
     ):
         if value < low:
             raise GenforgeError(f"{flag} must be at least {low}, got {value}.")

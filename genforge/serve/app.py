@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from genforge.errors import GenforgeError
 from genforge.image.sampling import DEFAULT_IMAGE_MODEL
 from genforge.serve.agents import DEFAULT_TOOLS
+from genforge.serve.audio import SpeechModels
 from genforge.serve.errors import APIError, bad_request, error_body
 from genforge.serve.images import ImageModels
 from genforge.serve.metrics import Metrics
@@ -32,7 +33,17 @@ from genforge.serve.middleware import (
 )
 from genforge.serve.models import Registry
 from genforge.serve.rag import DocumentStores, StoreSpec
-from genforge.serve.routes import agents, embeddings, generation, health, images, models, rag
+from genforge.serve.routes import (
+    agents,
+    audio,
+    embeddings,
+    generation,
+    health,
+    images,
+    models,
+    rag,
+)
+from genforge.serve.routes.audio import SPEAKING, TRANSCRIPTIONS
 from genforge.serve.upstream import Forwarder
 
 STATIC = Path(__file__).parent / "static"
@@ -52,6 +63,12 @@ class ServeConfig:
     agent_tools: list[str] = field(default_factory=lambda: list(DEFAULT_TOOLS))
     # The default model of /v1/images/generations: a shipped one's name, a model folder or a run.
     image_model: str = DEFAULT_IMAGE_MODEL
+    # Speech (genforge/serve/audio.py): served when the speech extra is installed and this is on.
+    speech: bool = True
+    speech_warm: bool = False  # start a Piper worker with the server (genforge serve does)
+    max_audio_bytes: int = 25 * 1024 * 1024  # an upload to /v1/audio/transcriptions, as OpenAI's
+    # Sound in one upload: faster-whisper holds the spectrogram of all of it (~2.7 GB an hour).
+    max_audio_seconds: float = 3600.0
 
 
 def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI:
@@ -65,13 +82,15 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
     app.state.registry, app.state.config, app.state.documents = registry, config, documents
     app.state.metrics, app.state.forwarder = Metrics(), Forwarder()
     app.state.images = ImageModels(config.image_model)
+    app.state.speech = SpeechModels(enabled=config.speech, warm=config.speech_warm)
+    app.state.speaking = asyncio.Semaphore(SPEAKING)
 
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(GenforgeError, _genforge_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)
 
-    for area in (health, models, generation, embeddings, rag, agents, images):
+    for area in (health, models, generation, embeddings, rag, agents, images, audio):
         app.include_router(area.router)
     app.add_api_route(
         "/v1/{path:path}", _unknown_route, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -83,7 +102,11 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
     # The body limit reads the whole body, so it comes after auth: a client without the key gets
     # its 401 before any of its body is read.
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
-    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        limit=config.max_body_bytes,
+        limits={TRANSCRIPTIONS: max(config.max_audio_bytes, config.max_body_bytes)},
+    )
     if config.api_key:
         app.add_middleware(BearerAuth, key=config.api_key)
     if config.cors_origins:
@@ -104,6 +127,7 @@ def create_app(registry: Registry, config: ServeConfig | None = None) -> FastAPI
 async def _lifespan(app: FastAPI):
     registry, forwarder = app.state.registry, app.state.forwarder
     await registry.start()
+    app.state.speech.start()
     for up in registry.upstreams:
         await forwarder.refresh(up)
     unloader = asyncio.ensure_future(registry.unload_loop()) if registry.idle_unload else None
@@ -113,6 +137,7 @@ async def _lifespan(app: FastAPI):
     await forwarder.close()
     if app.state.documents:
         app.state.documents.close()
+    app.state.speech.close()
     registry.close()
 
 

@@ -22,6 +22,8 @@ POST_ROUTES = (
     "/v1/rag/index",
     "/v1/agents/runs",
     "/v1/images/generations",
+    "/v1/audio/transcriptions",
+    "/v1/audio/speech",
 )
 # The `route` label of the request counter; any other path is "other".
 NAMED_ROUTES = (
@@ -163,15 +165,17 @@ class BodyLimit:
     be caught by FastAPI's body parsing and answered as a 400.
     """
 
-    def __init__(self, app, limit: int):
+    def __init__(self, app, limit: int, limits: dict[str, int] | None = None):
         self.app, self.limit = app, limit
+        self.limits = limits or {}  # a path's own limit (audio uploads are larger than chats)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.limits.get(scope["path"], self.limit)
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await _send_error(send, 413, self._message(), "request_too_large")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await _send_error(send, 413, self._message(scope), "request_too_large")
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -179,17 +183,21 @@ class BodyLimit:
                 return await self.app(scope, _replay([message], receive), send)
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
-            if size > self.limit:
-                return await _send_error(send, 413, self._message(), "request_too_large")
+            if size > limit:
+                return await _send_error(send, 413, self._message(scope), "request_too_large")
             if not message.get("more_body", False):
                 break
         body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
         return await self.app(scope, _replay([body], receive), send)
 
-    def _message(self) -> str:
+    def _message(self, scope) -> str:
+        if scope["path"] in self.limits:
+            limit, flag = self.limits[scope["path"]], "--max-audio-bytes"
+        else:
+            limit, flag = self.limit, "--max-body-bytes"
         return (
-            f"The request body is larger than this server's limit of {self.limit} bytes "
-            "(genforge serve --max-body-bytes)."
+            f"The request body is larger than this server's limit of {limit} bytes "
+            f"(genforge serve {flag})."
         )
 
 

@@ -151,3 +151,19 @@ class ImageRequest(_Body):
     guidance: float = 3.0
     seed: int | None = Field(None, ge=0, lt=2**63)  # picture i draws from seed + i; default random
     sampler: str = "dpm"
+
+
+# characters of text one speech request may give (OpenAI's limit is 4,096; an answer read aloud
+# may be longer, and it is spoken a sentence at a time)
+MAX_SPEECH_INPUT = 16_384
+
+
+class SpeechRequest(_Body):
+    """`POST /v1/audio/speech`: OpenAI's fields (genforge/serve/routes/audio.py checks them)."""
+
+    input: str = Field(max_length=MAX_SPEECH_INPUT)
+    model: str | None = None
+    voice: Any = None  # a name; OpenAI's newer clients may send an object
+    response_format: str = "wav"
+    speed: float = 1.0
+    instructions: str | None = None  # accepted, unused: Piper has no style prompt

@@ -119,6 +119,8 @@ class Recognizer:
         language: str | None = None,
         word_timestamps: bool = True,
         beam_size: int = 5,
+        prompt: str | None = None,
+        temperature: float | None = None,
         max_seconds: float = MAX_SECONDS,
         progress: bool = False,
         on_segment: Callable[[Segment], None] | None = None,
@@ -127,6 +129,10 @@ class Recognizer:
         16 kHz samples `load_audio` returned.
 
         language: a code such as "en" or "de"; None detects it from the first 30 seconds.
+        prompt: text that comes before the audio (names, spellings, the style to write in), as
+        Whisper's initial prompt. temperature: sample at this one temperature; None decodes
+        greedily (beam search) and falls back to sampling at rising temperatures only where the
+        text repeats itself or is unlikely, as Whisper does.
         progress: a bar over the audio's duration on stderr. on_segment: called with each segment
         as it is done (a server can stream them)."""
         import numpy as np
@@ -144,6 +150,8 @@ class Recognizer:
             language=language,
             beam_size=beam_size,
             word_timestamps=word_timestamps,
+            initial_prompt=prompt or None,
+            **({} if temperature is None else {"temperature": temperature}),
         )
         segments = []
         with tqdm(
@@ -331,6 +339,8 @@ def _probe(source: str | BinaryIO, name: str) -> float | None:
     start = None if isinstance(source, str) else source.tell()
     try:
         with av.open(source, mode="r", metadata_errors="ignore") as container:
+            if container.format.name in _TEXT_ART:  # FFmpeg's last guess for any bytes
+                raise av.error.InvalidDataError(0, "text art")
             if not container.streams.audio:
                 kinds = " and ".join(sorted({s.type for s in container.streams})) or "nothing"
                 raise BadAudio(
@@ -350,6 +360,11 @@ def _probe(source: str | BinaryIO, name: str) -> float | None:
     finally:
         if start is not None:
             source.seek(start)
+
+
+# FFmpeg's demuxers for text drawn with characters (ANSI art and the like): what it reads a text
+# file, or bytes it cannot place, as when no file name says otherwise. Never audio.
+_TEXT_ART = {"tty", "bin", "adf", "idf", "xbin"}
 
 
 def _too_long(name: str, seconds: float, limit: float) -> BadAudio:

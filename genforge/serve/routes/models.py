@@ -1,4 +1,4 @@
-"""`/v1/models`: the local models, the embedding model, the image models, then those of upstream
+"""`/v1/models`: the local models, the embedding model, the image and speech models, then those of upstream
 servers (re-read on each listing); a local model wins over an upstream one of the same name."""
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ async def _listed(request: Request) -> list[dict]:
     for up in registry.upstreams:
         await forwarder.refresh(up)
     data = registry.local_entries() + request.app.state.images.entries()
+    data += request.app.state.speech.entries()
     seen = {m["id"] for m in data}
     for up in registry.upstreams:
         data += [m for m in up.listed if m["id"] not in seen]
