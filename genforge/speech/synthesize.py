@@ -48,6 +48,8 @@ MAX_SENTENCE = 400  # characters: a longer run without a sentence end is cut at 
 # A sentence ends at . ! ? … (and closing quotes or brackets) before a space or line break, or at a
 # line break with nothing on it. Not after a common abbreviation or an initial ("Dr. Who", "J. Doe").
 _END = re.compile(r"""(?<=[.!?…])["'”’)\]]*\s+|\n\s*\n""")
+_CLAUSE = re.compile(r"[,;:] |\s[–—-] ")  # where a clause ends inside a sentence
+QUICK_WORDS = 8  # a first sentence longer than this is spoken in two parts (quick_start)
 _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "st", "vs", "etc", "e.g", "i.e", "fig"}
 _PIECE = (
     4096  # a long string is read in pieces this long: the buffer, copied at each cut, stays small
@@ -108,6 +110,28 @@ def sentences(text: str | Iterable[str]) -> Iterator[str]:
                 yield sentence
     if rest := buffer.strip():
         yield from _split_long(rest)
+
+
+def quick_start(sentences: Iterable[str]) -> Iterator[str]:
+    """`sentences`, with a long first one cut after its first clause (at a comma, semicolon,
+    colon or dash): the first audio comes after a few words are spoken, not a whole sentence (about
+    0.25 s instead of 0.5 s for fourteen words), and a clause ends where a speaker pauses anyway."""
+    it = iter(sentences)
+    first = next(it, None)
+    if first is None:
+        return
+    yield from _first_clause(first)
+    yield from it
+
+
+def _first_clause(sentence: str) -> list[str]:
+    if len(sentence.split()) <= QUICK_WORDS:
+        return [sentence]
+    for mark in _CLAUSE.finditer(sentence):
+        head, tail = sentence[: mark.start() + 1].strip(), sentence[mark.end() :].strip()
+        if len(head.split()) >= 4 and len(tail.split()) >= 3:
+            return [head, tail]
+    return [sentence]
 
 
 def _cut(buffer: str) -> int | None:
@@ -260,7 +284,7 @@ def _feed(stdin: BinaryIO, text: str | Iterable[str], length_scale: float, faile
     """Write `text` to the worker a sentence at a time, then the end mark (a feeder thread: the
     text may be a stream that waits for its next piece while audio is read back)."""
     try:
-        for sentence in sentences(text):
+        for sentence in quick_start(sentences(text)):
             stdin.write(
                 (json.dumps({"text": sentence, "length_scale": length_scale}) + "\n").encode()
             )

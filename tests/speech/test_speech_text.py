@@ -38,6 +38,20 @@ def test_sentences_come_as_soon_as_their_end_is_seen():
     assert list(out) == ["The second one!", "And the rest"]
 
 
+def test_a_long_first_sentence_is_spoken_from_its_first_clause():
+    long = "This is the first sentence of the answer, and it says something useful."
+    assert list(synthesize.quick_start([long, "Then more."])) == [
+        "This is the first sentence of the answer,",
+        "and it says something useful.",
+        "Then more.",
+    ]
+    kept = ["The weather is nice today, again.", "A second one, which is long enough to cut here."]
+    assert list(synthesize.quick_start(kept)) == kept  # a short first one, and only the first
+    no_clause = "A long sentence without any commas at all in it goes on and on."
+    assert list(synthesize.quick_start([no_clause])) == [no_clause]
+    assert list(synthesize.quick_start([])) == []
+
+
 def test_a_long_run_without_a_sentence_end_is_cut_at_a_comma_or_space():
     text = ", ".join(["one clause of a very long sentence"] * 40)
     parts = list(synthesize.sentences(text))
