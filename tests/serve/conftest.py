@@ -106,7 +106,13 @@ def metric(server: Server, name: str, labels: str = "") -> float:
 
 
 @pytest.fixture(scope="module")
-def browser():
+def chromium_args() -> list[str]:
+    """The browser's command line; a test module overrides this fixture to add to it."""
+    return CHROMIUM_ARGS
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_args):
     """Debian's chromium driven by Playwright (its own browser download does not work offline).
 
     One per test module: while Playwright's sync API is open, its event loop counts as running in
@@ -119,7 +125,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=chromium_args)
         yield browser
         browser.close()
 

@@ -3,7 +3,8 @@
 import { initAgents } from "./agents.js";
 import { initDocuments } from "./documents.js";
 import { initImages } from "./images.js";
-import { renderMarkdown } from "./markdown.js";
+import { plainText, renderMarkdown } from "./markdown.js";
+import { initVoice } from "./voice.js";
 
 const STORE = {
   conversations: "genforge.conversations",
@@ -13,6 +14,7 @@ const STORE = {
   view: "genforge.view",
 };
 const DEFAULT_SETTINGS = { model: "", system: "", temperature: "", top_p: "", max_tokens: "1024" };
+const NOT_CHAT = ["embedding", "image", "transcription", "speech"]; // kinds in /v1/models
 
 const $ = (selector) => document.querySelector(selector);
 const ui = {
@@ -115,6 +117,7 @@ function messageElement(message, index) {
   const el = ui.template.content.firstElementChild.cloneNode(true);
   el.classList.add(message.role);
   el.dataset.index = index;
+  el.dataset.key = `${state.currentId}:${index}`; // which answer is being read aloud
   el.querySelector(".role").textContent = message.role === "user" ? "You" : "Assistant";
   fillMessage(el, message);
   return el;
@@ -134,6 +137,9 @@ function fillMessage(el, message) {
     ? `Stopped${message.stats ? ` \u00b7 ${message.stats}` : ""}`
     : message.stats || "";
   el.classList.toggle("pending", message.role === "assistant" && !message.content && !message.error);
+  const generating = state.controller && message === current()?.messages.at(-1);
+  el.querySelector(".read-aloud").hidden =
+    message.role !== "assistant" || !message.content || generating || !voice.speaks();
 }
 
 function renderMessages() {
@@ -149,6 +155,7 @@ function renderMessages() {
   }
   ui.messages.replaceChildren(...conv.messages.map(messageElement));
   ui.messages.scrollTop = ui.messages.scrollHeight;
+  voice.syncReadButtons();
 }
 
 // Re-render the streaming answer at most once a frame; it is always the last message.
@@ -185,7 +192,7 @@ class ApiError extends Error {}
 async function api(path, init = {}, signal = undefined) {
   for (;;) {
     const headers = { ...(init.headers || {}) };
-    if (init.body) headers["Content-Type"] = "application/json";
+    if (typeof init.body === "string") headers["Content-Type"] = "application/json"; // else a form
     if (state.apiKey) headers.Authorization = `Bearer ${state.apiKey}`;
     const res = await fetch(path, { ...init, headers, signal });
     if (res.status === 401) {
@@ -360,6 +367,18 @@ function stop() {
   state.controller?.abort();
 }
 
+// The words of a recorded message are sent as if typed; while an answer is still coming they wait
+// in the message box instead.
+function sendSpoken(text) {
+  if (!state.controller) {
+    send(text);
+    return;
+  }
+  ui.prompt.value = text;
+  autoGrow();
+  ui.prompt.focus();
+}
+
 function switchTo(id) {
   state.currentId = id;
   save();
@@ -418,7 +437,8 @@ async function loadModels() {
   try {
     const res = await api("/v1/models");
     const data = await res.json();
-    const chat = data.data.filter((m) => !["embedding", "image"].includes(m.genforge?.kind));
+    const chat = data.data.filter((m) => !NOT_CHAT.includes(m.genforge?.kind));
+    voice.setModels(data.data);
     ui.model.replaceChildren(
       ...chat.map((m) => {
         const option = document.createElement("option");
@@ -508,6 +528,13 @@ document.addEventListener("keydown", (event) => {
 });
 
 ui.messages.addEventListener("click", (event) => {
+  const read = event.target.closest("button.read-aloud");
+  if (read) {
+    const message = read.closest(".message");
+    const content = current()?.messages[Number(message.dataset.index)]?.content ?? "";
+    voice.readAloud(message.dataset.key, plainText(content));
+    return;
+  }
   const button = event.target.closest("button.copy");
   if (!button) return;
   if (button.classList.contains("copy-code")) {
@@ -556,6 +583,7 @@ function addView(name, button, panel, hooks = {}) {
   views[name].button.addEventListener("click", () => showView(name, true));
 }
 
+const voice = initVoice({ api, ApiError, setStatus, onTranscript: sendSpoken });
 if (!current()) state.currentId = null;
 renderList();
 renderMessages();

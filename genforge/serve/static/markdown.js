@@ -121,3 +121,16 @@ export function renderMarkdown(source) {
   flush();
   return out.join("");
 }
+
+// An answer as it would be read aloud: the rendered text without its markup, a blank line after
+// each block (a heading or list item with no full stop still ends a sentence for the voice) and
+// without the code blocks' labels and Copy buttons.
+export function plainText(source) {
+  const doc = new DOMParser().parseFromString(renderMarkdown(source), "text/html");
+  for (const head of doc.querySelectorAll(".code-head")) head.remove();
+  for (const br of doc.querySelectorAll("br")) br.replaceWith("\n");
+  for (const block of doc.querySelectorAll("p, li, h3, h4, h5, h6, pre, blockquote")) {
+    block.append("\n\n");
+  }
+  return doc.body.textContent.replace(/\n{3,}/g, "\n\n").trim();
+}
