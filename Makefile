@@ -7,7 +7,7 @@ DEFAULT_MODEL := smollm2-135m-instruct
 # Set-up output goes to stderr so that `echo "question" | make run` prints only the answer.
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run rag-setup serve test test-models test-slow lint format setup setup-dev model browser pydocs mnist bench bench-engine bench-llama-cpp bench-serve bench-train bench-finetune recipe-finetune recipe-agents recipe-images bench-images image-setup speech-setup bench-eval bench-rag eval recipe clean help
+.PHONY: run rag-setup serve test test-models test-slow lint format setup setup-dev model browser pydocs mnist bench bench-engine bench-llama-cpp bench-serve bench-train bench-finetune recipe-finetune recipe-agents recipe-images bench-images image-setup speech-setup bench-eval bench-rag bench-speech eval recipe clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -152,6 +152,12 @@ bench-eval: $(VENV)/.installed-dev model  ## HellaSwag items/s: genforge eval vs
 # 100k-chunk index (~/.cache/genforge/bench/rag-100k): hours on 2 cores, resumable. --quick: a smoke run.
 bench-rag: $(VENV)/.installed-dev  ## ingest vs raw embedding, query latency on 100k chunks, into RESULTS.md
 	$(PY) benchmarks/rag_speed.py $(BENCH_RAG_ARGS)
+
+# e.g. make bench-speech BENCH_SPEECH_ARGS="--limit 10" (a quick run, printed only); ~15 min on 2
+# cores; the spoken sentences are cached (~/.cache/genforge/bench/speech), so a rerun speaks none.
+bench-speech: $(VENV)/.installed-dev pydocs  ## speech round trip (WER), transcription vs faster-whisper, time to first audio, into RESULTS.md
+	@$(GENFORGE) pull whisper-base 1>&2
+	$(PY) benchmarks/speech_speed.py $(BENCH_SPEECH_ARGS)
 
 # e.g. make bench-train BENCH_TRAIN_ARGS="--rounds 5 --no-compile"
 bench-train: $(VENV)/.installed-dev  ## genforge's training step vs a nanoGPT-style reference loop, into RESULTS.md
