@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from genforge.serve.audio import SpeechModels
 from genforge.serve.errors import APIError
 from genforge.serve.images import ImageModels
 from genforge.serve.metrics import Metrics
@@ -36,7 +37,11 @@ def test_models_alone():
     # An upstream that names its model is listed without being asked (nothing listens there).
     reg = Registry([], upstreams=[Upstream("http://127.0.0.1:9/v1", "remote")], allow_load=False)
     app = _app(
-        models.router, registry=reg, forwarder=Forwarder(), images=ImageModels(enabled=False)
+        models.router,
+        registry=reg,
+        forwarder=Forwarder(),
+        images=ImageModels(enabled=False),
+        speech=SpeechModels(enabled=False),
     )
     with TestClient(app) as client:
         listed = client.get("/v1/models").json()["data"]
