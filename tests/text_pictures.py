@@ -1,5 +1,6 @@
 """Pictures of known text for the OCR tests: a PNG drawn with a large clear font, and a scanned-style
-PDF whose page is that picture only (no text layer)."""
+PDF whose page is that picture only (no text layer); and a one-pixel PNG for tests that need any
+picture."""
 
 from __future__ import annotations
 
@@ -20,6 +21,25 @@ def require_ocr() -> None:
     from genforge.data import ocr
 
     require("ocr", ocr.available(), "rapidocr and onnxruntime (the ocr extra)")
+
+
+def dot_png() -> bytes:
+    """A 1x1 PNG written by hand (no Pillow): a picture for tests that need one that is not text,
+    such as FFmpeg reading it as a video with no sound."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00"))
+        + chunk(b"IEND", b"")
+    )
 
 
 def font(size: int = SIZE):

@@ -103,40 +103,10 @@ class SpeechModels:
         return out
 
     def check_transcriber(self, name: str | None) -> None:
-        if not self.hears:
-            raise APIError(
-                404,
-                f"Transcription needs the speech extra, which this server lacks; install it with "
-                f"{EXTRA} and restart the server.",
-                param="model",
-                code="model_not_found",
-            )
-        if name not in (None, "", TRANSCRIBER, *OPENAI_TRANSCRIBERS):
-            raise APIError(
-                404,
-                f"The model {name!r} is not a transcription model served here; use {TRANSCRIBER} "
-                f"(or {OPENAI_TRANSCRIBERS[0]}, which means the same here).",
-                param="model",
-                code="model_not_found",
-            )
+        _check_model(self.hears, "Transcription", name, TRANSCRIBER, OPENAI_TRANSCRIBERS)
 
     def check_speaker(self, name: str | None, voice: str | None) -> None:
-        if not self.speaks:
-            raise APIError(
-                404,
-                f"Speech synthesis needs the speech extra, which this server lacks; install it "
-                f"with {EXTRA} and restart the server.",
-                param="model",
-                code="model_not_found",
-            )
-        if name not in (None, "", SPEAKER, *OPENAI_SPEAKERS):
-            raise APIError(
-                404,
-                f"The model {name!r} is not a speech model served here; use {SPEAKER} (or "
-                f"{OPENAI_SPEAKERS[0]}, which means the same here).",
-                param="model",
-                code="model_not_found",
-            )
+        _check_model(self.speaks, "Speech synthesis", name, SPEAKER, OPENAI_SPEAKERS)
         if voice not in (None, "", VOICE, *OPENAI_VOICES):
             shown = voice if isinstance(voice, str) else "a voice object"
             raise APIError(
@@ -234,6 +204,28 @@ class SpeechModels:
             self._closed, idle, self._idle = True, self._idle, []
         for synth in idle:
             synth.close()
+
+
+def _check_model(
+    served: bool, what: str, name: str | None, ours: str, aliases: tuple[str, ...]
+) -> None:
+    """A 404 unless `name` (None: the default) is `ours` or one of OpenAI's `aliases` for it."""
+    if not served:
+        raise APIError(
+            404,
+            f"{what} needs the speech extra, which this server lacks; install it with {EXTRA} "
+            "and restart the server.",
+            param="model",
+            code="model_not_found",
+        )
+    if name not in (None, "", ours, *aliases):
+        raise APIError(
+            404,
+            f"The model {name!r} is not served here for {what.lower()}; use {ours} (or "
+            f"{aliases[0]}, which means the same here).",
+            param="model",
+            code="model_not_found",
+        )
 
 
 def _entry(name: str, kind: str, *, loaded: bool, **extra) -> dict:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from components import require
 from conftest import API_KEY, Server
+from text_pictures import dot_png
 
 from genforge.serve import audio
 from genforge.speech import recognize, synthesize
@@ -182,29 +183,13 @@ def _two_hours_of_silence() -> bytes:
     return buffer.getvalue()
 
 
-def _png() -> bytes:
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    head = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", head)
-        + chunk(b"IDAT", zlib.compress(b"\x00\x00"))
-        + chunk(b"IEND", b"")
-    )
-
-
 @pytest.mark.parametrize(
     ("name", "data", "pattern"),
     [
         ("empty.wav", lambda: b"", r"empty\.wav is empty \(0 bytes\)"),
         ("noise.bin", lambda: random.Random(0).randbytes(4000), r"noise\.bin is not audio"),
         ("notes.txt", lambda: b"Remember to buy milk.\n" * 40, r"notes\.txt is not audio"),
-        ("picture.png", _png, r"picture\.png has no audio stream"),
+        ("picture.png", dot_png, r"picture\.png has no audio stream"),
         ("long.flac", _two_hours_of_silence, r"long\.flac is 2 h 00 min long, over the limit"),
     ],
 )

@@ -13,6 +13,7 @@ import wave
 
 import pytest
 from conftest import require_speech
+from text_pictures import dot_png
 
 from genforge import cli
 from genforge.errors import GenforgeError
@@ -49,23 +50,6 @@ def tone(seconds: float, rate: int = 16_000) -> bytes:
     return buffer.getvalue()
 
 
-def png() -> bytes:
-    """A 1x1 PNG: FFmpeg opens it, as a picture with no sound."""
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00"))
-        + chunk(b"IEND", b"")
-    )
-
-
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory):
     require_speech()
@@ -73,7 +57,7 @@ def bad_files(tmp_path_factory):
     files = {
         "empty.wav": b"",
         "notes.wav": b"This is a text file that was renamed.\n" * 20,
-        "picture.wav": png(),
+        "picture.wav": dot_png(),
         "tone.wav": tone(1.0),
     }
     for name, data in files.items():
