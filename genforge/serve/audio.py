@@ -175,7 +175,11 @@ class SpeechModels:
         """16-bit mono PCM chunks of `text` spoken, one a sentence, resampled to `rate` if given;
         the Synthesizer goes back to the idle ones when the stream ends whole."""
         synth = self.borrow()
-        chunks = synth.stream(text, speed=speed)  # checks speed and text before any audio
+        try:
+            chunks = synth.stream(text, speed=speed)  # checks speed and text before any audio
+        except BaseException:
+            self._give_back(synth)  # refused before it spoke: the worker is as it was
+            raise
         return self._returning(synth, chunks, rate)
 
     def _returning(self, synth, chunks: Iterator[bytes], rate: int | None) -> Iterator[bytes]:
