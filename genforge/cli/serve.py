@@ -60,6 +60,13 @@ def add_parser(sub) -> None:
         "about 2.7 GB of memory an hour of sound)",
     )
     p.add_argument(
+        "--speech-warm",
+        action="store_true",
+        help="start a speech worker with the server, so that the first /v1/audio/speech request "
+        "starts speaking within a second (it holds 140-190 MB; by default one starts on the first "
+        "speech or transcription request and is kept)",
+    )
+    p.add_argument(
         "--no-speech",
         action="store_true",
         help="serve neither /v1/audio/transcriptions nor /v1/audio/speech (by default both are "
@@ -227,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
         agent_tools=agent_tools,
         image_model=args.image_model or DEFAULT_IMAGE_MODEL,
         speech=not args.no_speech,
-        speech_warm=True,
+        speech_warm=args.speech_warm,
         max_audio_bytes=args.max_audio_bytes,
         max_audio_seconds=args.max_audio_minutes * 60,
     )

@@ -65,7 +65,7 @@ class ServeConfig:
     image_model: str = DEFAULT_IMAGE_MODEL
     # Speech (genforge/serve/audio.py): served when the speech extra is installed and this is on.
     speech: bool = True
-    speech_warm: bool = False  # start a Piper worker with the server (genforge serve does)
+    speech_warm: bool = False  # start a Piper worker with the server (140-190 MB)
     max_audio_bytes: int = 25 * 1024 * 1024  # an upload to /v1/audio/transcriptions, as OpenAI's
     # Sound in one upload: faster-whisper holds the spectrogram of all of it (~2.7 GB an hour).
     max_audio_seconds: float = 3600.0

@@ -10,10 +10,12 @@ that `/v1/audio/speech` speaks with (genforge.speech does the work).
   compute thread one 30-second window at a time, so chats and transcriptions take turns; a client
   that leaves stops its transcription at the next window.
 - Piper runs in worker processes (genforge/speech/synthesize.py: GPL code never loads here). A
-  worker takes 2 to 3 s to start, its first sentence 0.4 s, so the server keeps started workers:
-  one is started when the server starts (`warm`), each request borrows an idle one or starts
-  another, and gives it back when its stream ends whole (a stream cut off ends its worker). At most
-  `KEEP` idle workers are kept.
+  worker takes 2 to 3 s to start and holds 140 to 190 MB, its first sentence takes 0.4 s, so the
+  server keeps started workers: each request borrows an idle one or starts another, and gives it
+  back when its stream ends whole (a stream cut off ends its worker); at most `KEEP` idle ones are
+  kept. None is started before speech is wanted: a server nobody speaks with pays nothing for it.
+  A transcription starts one in the background (a voice chat reads its answer aloud next), and
+  `warm` (`genforge serve --speech-warm`) starts one with the server.
 - `pcm` is OpenAI's: 16-bit little-endian mono at 24 kHz. Joe speaks at 22,050 Hz, so PCM is
   resampled (FFmpeg's resampler through PyAV, which the speech extra brings); WAV keeps the voice's
   own rate, which its header states.
@@ -73,6 +75,7 @@ class SpeechModels:
         self._idle: list = []  # started Synthesizers, ready for a stream
         self._idle_lock = threading.Lock()
         self._closed = False
+        self._warming = False  # a worker is being started in the background
         self.warm = warm and speaks
 
     # -- what is served ------------------------------------------------------------------------
@@ -139,9 +142,18 @@ class SpeechModels:
     # -- speaking ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start one Piper worker in the background, so that the first request finds it ready."""
+        """At the server's start: a Piper worker, if `warm`."""
         if self.warm:
-            threading.Thread(target=self._warm_one, name="piper-warm", daemon=True).start()
+            self.prepare()
+
+    def prepare(self) -> None:
+        """Start a Piper worker in the background unless one is ready or starting, so that the
+        next speech request finds it ready."""
+        with self._idle_lock:
+            if not self.speaks or self._idle or self._warming or self._closed:
+                return
+            self._warming = True
+        threading.Thread(target=self._warm_one, name="piper-warm", daemon=True).start()
 
     def _warm_one(self) -> None:
         try:
@@ -150,6 +162,8 @@ class SpeechModels:
         except GenforgeError as e:
             log.warning("the speech worker did not start: %s", e)
             return
+        finally:
+            self._warming = False
         self._give_back(synth)
 
     def _new(self):

@@ -10,6 +10,7 @@ import io
 import random
 import re
 import struct
+import time
 import wave
 
 import httpx
@@ -33,14 +34,18 @@ def words(text: str) -> list[str]:
     return re.findall(r"[a-z']+", text.lower())
 
 
-@pytest.fixture(scope="module")
-def speech_server(tiny_model_dir):
-    """A server with a random 2-layer chat model (it loads in an instant) and speech."""
+def require_speech() -> None:
     require(
         "speech",
         recognize.available() and synthesize.available(),
         "faster-whisper, piper-tts and its voice (the speech extra)",
     )
+
+
+@pytest.fixture(scope="module")
+def speech_server(tiny_model_dir):
+    """A server with a random 2-layer chat model (it loads in an instant) and speech."""
+    require_speech()
     s = Server("-m", str(tiny_model_dir), "--api-key", API_KEY, "--max-audio-minutes", "60")
     yield s
     s.stop()
@@ -73,6 +78,40 @@ def _transcribe(server, data: bytes, name="speech.wav", **fields) -> httpx.Respo
 def _error(response: httpx.Response, status: int = 400) -> dict:
     assert response.status_code == status, response.text
     return response.json()["error"]
+
+
+def _speech_workers(server) -> list:
+    import psutil
+
+    children = psutil.Process(server.proc.pid).children(recursive=True)
+    return [c for c in children if "genforge.speech.piper_worker" in " ".join(c.cmdline())]
+
+
+def test_no_speech_worker_runs_before_speech_is_wanted(speech_server):
+    # Defined first, so it runs before any speech request of this module.
+    httpx.get(f"{speech_server.url}/v1/models", headers=AUTH).raise_for_status()
+    assert _speech_workers(speech_server) == []  # a server nobody speaks with pays nothing
+
+
+def test_the_models_prepare_one_worker_in_the_background():
+    require_speech()
+    models = audio.SpeechModels()
+    try:
+        models.start()  # not warm: nothing starts
+        assert not models._idle and not models._warming
+        models.prepare()
+        models.prepare()  # one is starting: no second
+        deadline = time.monotonic() + 120
+        while not models._idle and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(models._idle) == 1
+        models.prepare()  # one is ready: nothing more
+        assert len(models._idle) == 1 and not models._warming
+        chunks = b"".join(models.speak("Hello there.", 1.0, None))
+        assert len(chunks) > 22_050  # more than half a second of 16-bit audio
+        assert len(models._idle) == 1  # it came back after its stream
+    finally:
+        models.close()
 
 
 # -- the round trip ----------------------------------------------------------------------------------

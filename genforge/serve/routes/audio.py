@@ -83,6 +83,7 @@ async def transcribe(request: Request):
     }
     audio = io.BytesIO(await upload.read())
     audio.name = upload.filename or "the upload"  # errors name the file the client sent
+    speech.prepare()  # a voice chat reads its answer aloud next: a Piper worker gets ready meanwhile
     recognizer = await speech.recognizer()
     return await until_disconnect(request, _transcribe(request, recognizer, audio, fmt, options))
 
