@@ -18,9 +18,9 @@ def add_parser(sub) -> None:
         "serve",
         help="OpenAI-compatible HTTP API and web UI",
         description="Serve models over an OpenAI-compatible HTTP API (/v1/chat/"
-        "completions, /v1/completions, /v1/embeddings, /v1/images/generations, /v1/models) and "
-        "agent runs (/v1/agents/runs), with a web UI "
-        "at / and Prometheus metrics at /metrics.",
+        "completions, /v1/completions, /v1/embeddings, /v1/images/generations, "
+        "/v1/audio/transcriptions, /v1/audio/speech, /v1/models) and agent runs "
+        "(/v1/agents/runs), with a web UI at / and Prometheus metrics at /metrics.",
     )
     add_model_args(p, many=True, default=ANSWER_MODEL)
     _add_server_args(p)
