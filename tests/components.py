@@ -63,6 +63,17 @@ def require_mnist() -> None:
         missing("mnist", "the MNIST package")
 
 
+def require_speech() -> None:
+    """faster-whisper, piper-tts and the Joe voice (the speech extra), looked up, not imported."""
+    from genforge.speech import recognize, synthesize
+
+    require(
+        "speech",
+        recognize.available() and synthesize.available(),
+        "faster-whisper, piper-tts and its voice (the speech extra)",
+    )
+
+
 def require_module(name: str, component: str = "dev") -> ModuleType:
     """`import name`, or skip (fail under CI) saying how to install it."""
     try:

@@ -15,12 +15,12 @@ import wave
 
 import httpx
 import pytest
-from components import require
+from components import require_speech
 from conftest import API_KEY, Server
 from text_pictures import dot_png
 
 from genforge.serve import audio
-from genforge.speech import recognize, synthesize
+from genforge.speech import synthesize
 
 openai = pytest.importorskip("openai")
 
@@ -32,14 +32,6 @@ TEXT = "The weather is nice today. Please open the window before you leave the r
 
 def words(text: str) -> list[str]:
     return re.findall(r"[a-z']+", text.lower())
-
-
-def require_speech() -> None:
-    require(
-        "speech",
-        recognize.available() and synthesize.available(),
-        "faster-whisper, piper-tts and its voice (the speech extra)",
-    )
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,9 @@ import re
 import wave
 
 import pytest
-from components import require
+from components import require_speech
 from conftest import API_KEY, ARTIFACTS, CHROMIUM_ARGS, MODEL, Server
 from playwright.sync_api import Page, expect
-
-from genforge.speech import recognize, synthesize
 
 # Words Whisper base hears exactly in Piper's voice (8 of 8 syntheses; "France" came back as
 # "friends" in 2 of 8).
@@ -34,11 +32,7 @@ def _words(text: str) -> set[str]:
 @pytest.fixture(scope="module")
 def question_wav(tmp_path_factory):
     """QUESTION spoken by Piper as 16-bit PCM WAV with LEAD_S of silence before it; its length."""
-    require(
-        "speech",
-        recognize.available() and synthesize.available(),
-        "faster-whisper, piper-tts and its voice (the speech extra)",
-    )
+    require_speech()
     import genforge
 
     with wave.open(io.BytesIO(genforge.speak(QUESTION))) as spoken:

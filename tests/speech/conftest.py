@@ -6,7 +6,7 @@ import io
 import re
 
 import pytest
-from components import require
+from components import require_speech
 
 from genforge.speech import recognize, synthesize
 
@@ -22,15 +22,6 @@ SENTENCES = (
 def words(text: str) -> list[str]:
     """The words of `text`, without case or punctuation."""
     return re.findall(r"[a-z']+", text.lower())
-
-
-def require_speech() -> None:
-    """Skip (fail under CI) unless the speech extra is installed."""
-    require(
-        "speech",
-        recognize.available() and synthesize.available(),
-        "faster-whisper, piper-tts and its voice (the speech extra)",
-    )
 
 
 def wav_bytes(chunks: list[bytes], sample_rate: int) -> bytes:
