@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Iterator
 
 from genforge.errors import GenforgeError
 from genforge.serve.errors import APIError
+from genforge.speech import recognize, synthesize
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +60,6 @@ EXTRA = "pip install 'genforge[speech]'"
 
 
 def _available() -> tuple[bool, bool]:
-    from genforge.speech import recognize, synthesize
-
     return recognize.available(), synthesize.available()
 
 
@@ -127,8 +127,6 @@ class SpeechModels:
         if self._recognizer is None:
             async with self._load_lock:
                 if self._recognizer is None:
-                    from genforge.speech import recognize
-
                     try:
                         self._recognizer = await asyncio.to_thread(
                             recognize.Recognizer, TRANSCRIBER, threads=self.threads, progress=False
@@ -167,8 +165,6 @@ class SpeechModels:
         self._give_back(synth)
 
     def _new(self):
-        from genforge.speech import synthesize
-
         return synthesize.Synthesizer(VOICE, threads=self.threads or 1)
 
     def borrow(self):
@@ -210,11 +206,9 @@ class SpeechModels:
             else:  # cut off: the worker may still hold audio meant for this stream
                 synth.close()
 
-    @property
+    @functools.cached_property
     def sample_rate(self) -> int:
-        """The voice's own rate (a WAV answer's)."""
-        from genforge.speech import synthesize
-
+        """The voice's own rate (a WAV answer's), read once from its config."""
         return synthesize.sample_rate(VOICE)
 
     def close(self) -> None:

@@ -29,6 +29,9 @@ from genforge.serve.audio import PCM_RATE
 from genforge.serve.errors import bad_request
 from genforge.serve.routes.generation import until_disconnect
 from genforge.serve.schemas import SpeechRequest
+from genforge.speech import formats
+from genforge.speech.recognize import BadAudio
+from genforge.speech.synthesize import wav_header
 
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
 SPEECH = "/v1/audio/speech"
@@ -89,9 +92,6 @@ async def transcribe(request: Request):
 
 
 async def _transcribe(request: Request, recognizer, audio: io.BytesIO, fmt: str, options):
-    from genforge.speech import formats
-    from genforge.speech.recognize import BadAudio
-
     metrics, left = request.app.state.metrics, threading.Event()
 
     def on_segment(_segment) -> None:
@@ -160,8 +160,6 @@ async def speak(body: SpeechRequest, request: Request):
     if pcm:
         media, head = f"audio/pcm;rate={PCM_RATE};encoding=signed-int;bits=16;channels=1", b""
     else:
-        from genforge.speech.synthesize import wav_header
-
         media, head = "audio/wav", wav_header(speech.sample_rate)
     return StreamingResponse(_stream(head + first, chunks, gate), media_type=media)
 
