@@ -111,65 +111,94 @@ AVX2 inline __m256 dot_u8s8_avx2(__m256i u, __m256i s) {  // 8 int32 sums of 4 p
   return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
 }
 
-AVX2 void q4_rows_avx2(const Activations& a, const uint8_t* qw, const at::Half* sc,
-                       const at::Half* mn, float* y, int64_t N, int64_t n0, int64_t n1) {
+// Blocks go 8 at a time: their weight scales (fp16, converted by F16C) times x's scales as one
+// float vector F, and block k of the 8 scales its integer dot product by F's lane k. The
+// q4 mins go into the same accumulator, once per 8 blocks. A single row of x (decode) takes the
+// same path with MB = 1, so a row gives the same bits alone or in a batch.
+AVX2 inline __m256i first_lanes(int nb) {  // the mask of 32-bit lanes 0..nb-1
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(nb), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+AVX2 inline __m256 halves8(const at::Half* p, int nb) {  // nb (1..8) fp16 values, the rest 0
+  if (nb == 8) return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  if (nb % 2 == 0)  // pairs of halves as 32-bit lanes
+    return _mm256_cvtph_ps(_mm_maskload_epi32(reinterpret_cast<const int*>(p),
+                                              _mm256_castsi256_si128(first_lanes(nb / 2))));
+  alignas(16) uint16_t tmp[8] = {};
+  for (int j = 0; j < nb; ++j) std::memcpy(tmp + j, p + j, sizeof(uint16_t));
+  return _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(tmp)));
+}
+
+AVX2 inline __m256 floats8(const float* p, int nb) {  // nb (1..8) floats, the rest 0
+  return nb == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, first_lanes(nb));
+}
+
+// Weight row n against rows m0..m0+MB of x; MB a compile-time count so that the accumulators stay
+// in registers (AVX2 has 16).
+template <bool Q4, int MB>
+AVX2 inline void tile_avx2(const Activations& a, const void* weights, const at::Half* sc,
+                           const at::Half* mn, float* y, int64_t N, int64_t n, int64_t m0) {
   const int64_t K = a.K, G = a.G;
+  const uint8_t* row4 = static_cast<const uint8_t*>(weights) + n * K / 2;
+  const int8_t* row8 = static_cast<const int8_t*>(weights) + n * K;
+  const int8_t* xq = a.q.data() + m0 * K;
   const __m256i low = _mm256_set1_epi8(15);
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* row = qw + n * K / 2;
-    for (int64_t m0 = 0; m0 < a.M; m0 += MBLOCK) {
-      const int64_t mb = std::min(MBLOCK, a.M - m0);
-      __m256 acc[MBLOCK];
-      float mins[MBLOCK] = {};
-      for (int i = 0; i < MBLOCK; ++i) acc[i] = _mm256_setzero_ps();
-      for (int64_t g = 0; g < G; g += 2) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + g * 16));
-        const __m256i lo = _mm256_and_si256(v, low);
-        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-        // G is even: q4_matmul takes inputs in multiples of 64 only
-        const float s0 = half(sc, n * G + g), m0s = half(mn, n * G + g);
-        const float s1 = half(sc, n * G + g + 1), m1s = half(mn, n * G + g + 1);
-        for (int64_t i = 0; i < mb; ++i) {
-          const int64_t m = m0 + i;
-          const int8_t* xs = a.q.data() + m * K + g * QK;
-          const float* d = a.d.data() + m * G + g;
-          const float* s = a.s.data() + m * G + g;
-          const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs));
-          acc[i] = _mm256_fmadd_ps(dot_u8s8_avx2(lo, x0), _mm256_set1_ps(s0 * d[0]), acc[i]);
-          const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + QK));
-          acc[i] = _mm256_fmadd_ps(dot_u8s8_avx2(hi, x1), _mm256_set1_ps(s1 * d[1]), acc[i]);
-          mins[i] += m0s * s[0] + m1s * s[1];
-        }
+  __m256 acc[MB];
+  alignas(32) float F[MB][8];  // read back one lane at a time: a broadcast load, no shuffle
+  for (int i = 0; i < MB; ++i) acc[i] = _mm256_setzero_ps();
+  for (int64_t g0 = 0; g0 < G; g0 += 8) {
+    const int nb = static_cast<int>(std::min<int64_t>(8, G - g0));
+    const __m256 sw = halves8(sc + n * G + g0, nb);
+    for (int i = 0; i < MB; ++i)
+      _mm256_store_ps(F[i], _mm256_mul_ps(sw, floats8(a.d.data() + (m0 + i) * G + g0, nb)));
+    if (Q4) {
+      const __m256 mw = halves8(mn + n * G + g0, nb);
+      for (int i = 0; i < MB; ++i)
+        acc[i] = _mm256_fmadd_ps(mw, floats8(a.s.data() + (m0 + i) * G + g0, nb), acc[i]);
+    }
+    for (int k = 0; k < nb; ++k) {
+      const int64_t g = g0 + k;
+      __m256i w, wu;  // wu: the unsigned operand (q4's q; q8's |q|, x taking q's signs)
+      if (Q4) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row4 + (g / 2) * QK));
+        wu = _mm256_and_si256(k % 2 ? _mm256_srli_epi16(v, 4) : v, low);
+      } else {
+        w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row8 + g * QK));
+        wu = _mm256_sign_epi8(w, w);
       }
-      for (int64_t i = 0; i < mb; ++i) y[(m0 + i) * N + n] = hsum256(acc[i]) + mins[i];
+      for (int i = 0; i < MB; ++i) {
+        __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + i * K + g * QK));
+        if (!Q4) x = _mm256_sign_epi8(x, w);
+        acc[i] = _mm256_fmadd_ps(dot_u8s8_avx2(wu, x), _mm256_broadcast_ss(&F[i][k]), acc[i]);
+      }
+    }
+  }
+  for (int i = 0; i < MB; ++i) y[(m0 + i) * N + n] = hsum256(acc[i]);
+}
+
+template <bool Q4>
+AVX2 void rows_avx2(const Activations& a, const void* weights, const at::Half* sc,
+                    const at::Half* mn, float* y, int64_t N, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t m0 = 0; m0 < a.M; m0 += MBLOCK) {
+      switch (std::min(MBLOCK, a.M - m0)) {
+        case 4: tile_avx2<Q4, 4>(a, weights, sc, mn, y, N, n, m0); break;
+        case 3: tile_avx2<Q4, 3>(a, weights, sc, mn, y, N, n, m0); break;
+        case 2: tile_avx2<Q4, 2>(a, weights, sc, mn, y, N, n, m0); break;
+        default: tile_avx2<Q4, 1>(a, weights, sc, mn, y, N, n, m0);
+      }
     }
   }
 }
 
+AVX2 void q4_rows_avx2(const Activations& a, const uint8_t* qw, const at::Half* sc,
+                       const at::Half* mn, float* y, int64_t N, int64_t n0, int64_t n1) {
+  rows_avx2<true>(a, qw, sc, mn, y, N, n0, n1);
+}
+
 AVX2 void q8_rows_avx2(const Activations& a, const int8_t* qw, const at::Half* sc, float* y,
                        int64_t N, int64_t n0, int64_t n1) {
-  const int64_t K = a.K, G = a.G;
-  for (int64_t n = n0; n < n1; ++n) {
-    const int8_t* row = qw + n * K;
-    for (int64_t m0 = 0; m0 < a.M; m0 += MBLOCK) {
-      const int64_t mb = std::min(MBLOCK, a.M - m0);
-      __m256 acc[MBLOCK];
-      for (int i = 0; i < MBLOCK; ++i) acc[i] = _mm256_setzero_ps();
-      for (int64_t g = 0; g < G; ++g) {
-        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + g * QK));
-        const __m256i wabs = _mm256_sign_epi8(w, w);
-        const float sw = half(sc, n * G + g);
-        for (int64_t i = 0; i < mb; ++i) {
-          const int64_t m = m0 + i;
-          const __m256i x = _mm256_loadu_si256(
-              reinterpret_cast<const __m256i*>(a.q.data() + m * K + g * QK));
-          const __m256 dot = dot_u8s8_avx2(wabs, _mm256_sign_epi8(x, w));
-          acc[i] = _mm256_fmadd_ps(dot, _mm256_set1_ps(sw * a.d[m * G + g]), acc[i]);
-        }
-      }
-      for (int64_t i = 0; i < mb; ++i) y[(m0 + i) * N + n] = hsum256(acc[i]);
-    }
-  }
+  rows_avx2<false>(a, qw, sc, nullptr, y, N, n0, n1);
 }
 
 // -- AVX-512 with VNNI ---------------------------------------------------------------------------
