@@ -213,17 +213,17 @@ def candidates(
     the model's own time per request in a batch, so the nucleus is looked for among the most likely
     NUCLEUS_GUESS tokens first (exact whenever it lies there) and the full sort is the fallback.
     """
-    probs = (logits / params.temperature).softmax(-1)
-    vocab = probs.shape[-1]
+    vocab = logits.shape[-1]
     k = params.top_k if 0 < params.top_k < vocab else vocab
-    if k == vocab and params.top_p >= 1:
-        if params.min_p > 0:
-            probs = probs.masked_fill(probs < params.min_p * probs.max(), 0)
-        return None, probs
-    if k < vocab:
-        weights, ids = torch.topk(probs, k)
-        weights = weights / weights.sum()  # top-p applies to the top-k, renormalized
+    if k < vocab:  # the top-k's softmax is the whole softmax's top-k renormalized: no pass over V
+        values, ids = torch.topk(logits, k)
+        weights = (values / params.temperature).softmax(-1)  # top-p applies to these
     else:
+        probs = (logits / params.temperature).softmax(-1)
+        if params.top_p >= 1:
+            if params.min_p > 0:
+                probs = probs.masked_fill(probs < params.min_p * probs.max(), 0)
+            return None, probs
         weights, ids = torch.topk(probs, min(NUCLEUS_GUESS, vocab))
         if float(weights.sum()) < params.top_p:
             weights, ids = torch.sort(probs, descending=True)
