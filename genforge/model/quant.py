@@ -149,7 +149,10 @@ class QuantLinear(nn.Module):
             return None
         has_bias = mods[0].bias is not None
         out = cls(mods[0].in_features, sum(m.out_features for m in mods), has_bias, kinds.pop())
-        out.qweight = cat([m.qweight for m in mods])
+        qweights = [m.qweight for m in mods]
+        if len({q.dtype for q in qweights}) > 1:  # q8 int8 beside Q5_0's uint8: all as int8
+            qweights = [kernels.signed_q8(q) for q in qweights]
+        out.qweight = cat(qweights)
         out.scales = cat([m.scales for m in mods], dim=1 if out.kind == "int4" else 0)
         if out.kind == "q4":
             out.mins = cat([m.mins for m in mods])

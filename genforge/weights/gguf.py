@@ -87,11 +87,12 @@ class GGUFFile:
 
     def blocks(self, name: str) -> tuple[str, dict[str, torch.Tensor]] | None:
         """A matrix's own blocks in genforge's q8 / q4 layouts (genforge.model.kernels), exactly,
-        without float arithmetic: Q8_0, and Q5_0 / Q4_0 (w = d * (q - 16) / d * (q - 8): the
-        integers q - 16 / q - 8 under the same scale) as ("q8", {qweight int8 (N, K), scales fp16
-        (N, K/32)}); Q4_1 as ("q4", {qweight uint8 (N, K/2), scales, mins}). The kernels' integer
-        dot products on them are llama.cpp's own. None for any other type or shape. (PyTorch's
-        operators on PyTorch's threads: 3x numpy here.)"""
+        without float arithmetic: Q8_0 and Q4_0 (w = d * (q - 8): the integers q - 8 under the
+        same scale) as ("q8", {qweight int8 (N, K), scales fp16 (N, K/32)}); Q5_0 (w = d * (q -
+        16)) as "q8" too, its qweight uint8 holding the file's own q in 0..31 (the kernels take
+        the -16 apart: no sign trick per dot product); Q4_1 as ("q4", {qweight uint8 (N, K/2),
+        scales, mins}). The kernels' integer dot products on them are llama.cpp's own. None for
+        any other type or shape. (PyTorch's operators on PyTorch's threads: 3x numpy here.)"""
         import torch
 
         info = self.tensors[name]
@@ -116,7 +117,7 @@ class GGUFFile:
             b = raw.view(n, k // 32, 22)
             bits = torch.arange(8, dtype=torch.uint8)
             high = ((b[..., 2:6, None] >> bits) & 1).reshape(n, k // 32, 32)  # bit j: q[j]'s
-            q = (_nibbles(b[..., 6:]) | (high << 4)).view(torch.int8) - 16
+            q = _nibbles(b[..., 6:]) | (high << 4)
             return "q8", {"qweight": q.reshape(n, k), "scales": _d(b, 0)}
         # Q4_1, per block: fp16 scale, fp16 min, 16 bytes of nibbles
         b = raw.view(n, k // 32, 20)

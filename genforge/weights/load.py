@@ -101,6 +101,9 @@ def fusing(
         out = {}
         for suffix, by_leaf in parts.items():
             tensors = [by_leaf[leaf] for leaf in FUSED[fused]]
+            if suffix == "qweight" and len({t.dtype for t in tensors}) > 1:
+                # q8 beside a Q5_0 matrix's uint8 values (e.g. Qwen's v beside its q and k)
+                tensors = [kernels.signed_q8(t) for t in tensors]
             dim = (
                 1 if suffix == "scales" and tensors[0].dim() == 3 else 0
             )  # int4 scales (K/g, N, 2)

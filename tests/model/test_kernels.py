@@ -76,6 +76,32 @@ def test_q4_and_q8_matmuls_equal_the_reference_on_every_path(ops, each_path, M, 
     assert ran[-1] == "portable"  # every path ran, down to the last
 
 
+def q5_weight(N: int, K: int, seed: int) -> dict[str, torch.Tensor]:
+    """A q8 weight in Q5_0's form: uint8 u in 0..31 (both ends reached), w = scale * (u - 16)."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randint(0, 32, (N, K), generator=g, dtype=torch.uint8)
+    u[:, 0], u[:, 1] = 0, 31
+    return {"qweight": u, "scales": (torch.rand(N, K // 32, generator=g) * 0.01).half()}
+
+
+@pytest.mark.parametrize("M", [1, 3, 4, 9, 17])
+@pytest.mark.parametrize("N,K", [(40, 64), (17, 96), (96, 896)])
+def test_q5_0s_own_values_equal_the_reference_on_every_path(ops, each_path, M, N, K):
+    """Q5_0's u goes into the unsigned side of the dot products as it is and its -16 into a term
+    on x's block sums; the result is the matmul of scale * (u - 16), an odd block count included
+    (96 inputs: 3 blocks)."""
+    torch.manual_seed(M + N + K)
+    q5, x = q5_weight(N, K, M), torch.randn(M, K)
+    x[0, :32] = 0.0
+    want = reference(x, kernels.unpack_q8(**q5))
+    assert torch.equal(
+        kernels.unpack_q8(**q5), kernels.unpack_q8(kernels.signed_q8(q5["qweight"]), q5["scales"])
+    )
+    for _ in each_path():
+        close(ops.q8_matmul(x, q5["qweight"], q5["scales"]), want)
+        close(ops.dequantize(q5["qweight"], q5["scales"], None, False), kernels.unpack_q8(**q5))
+
+
 def test_q8_takes_an_odd_number_of_blocks(ops, each_path):
     torch.manual_seed(0)
     w, x = torch.randn(24, 96) * 0.05, torch.randn(2, 96)  # 3 blocks: one pair and a last one
@@ -147,8 +173,12 @@ def test_a_kernel_layer_gives_each_row_the_same_bits_alone_or_in_a_batch(ops):
     (what lets batching and the prefix cache leave greedy outputs unchanged). The result is the
     matmul of the weight the layer holds on int8-rounded activations (~1 % from float)."""
     torch.manual_seed(0)
-    for kind in ("q8", "q4"):
-        layer = QuantLinear.from_linear(torch.randn(48, 128) * 0.05, kind, torch.float32)
+    for kind in ("q8", "q4", "q5"):
+        if kind == "q5":  # a q8 layer holding Q5_0's own values, as a GGUF file gives them
+            layer = QuantLinear(128, 48, False, "q8")
+            layer.qweight, layer.scales = q5_weight(48, 128, 0).values()
+        else:
+            layer = QuantLinear.from_linear(torch.randn(48, 128) * 0.05, kind, torch.float32)
         x = torch.randn(KERNEL_ROWS - 1, 128)
         chunk = layer(x)
         assert torch.equal(torch.cat([layer(x[i : i + 1]) for i in range(len(x))]), chunk)
@@ -163,8 +193,12 @@ def test_a_long_prompt_chunk_takes_the_dequantized_weight_on_the_same_activation
     kernel's rows, or bf16 where the CPU has AMX (weights and activations rounded to 8 significant
     bits: within 2^-7 of the output's scale)."""
     torch.manual_seed(0)
-    for kind in ("q8", "q4"):
-        layer = QuantLinear.from_linear(torch.randn(48, 128) * 0.05, kind, torch.float32)
+    for kind in ("q8", "q4", "q5"):
+        if kind == "q5":  # a q8 layer holding Q5_0's own values, as a GGUF file gives them
+            layer = QuantLinear(128, 48, False, "q8")
+            layer.qweight, layer.scales = q5_weight(48, 128, 0).values()
+        else:
+            layer = QuantLinear.from_linear(torch.randn(48, 128) * 0.05, kind, torch.float32)
         x = torch.randn(KERNEL_ROWS, 128)
         chunk = layer(x)
         rows = torch.cat([layer(x[i : i + 8]) for i in range(0, len(x), 8)])

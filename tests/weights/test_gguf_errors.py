@@ -71,8 +71,9 @@ def test_incomplete_model_is_reported(tmp_path):
 
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q5_0", "Q8_0"])
 def test_block_formats_come_out_as_genforges_own_exactly(tmp_path, qtype):
-    """Q4_0 / Q5_0 / Q8_0 blocks become q8 (the integers q - 8 / q - 16 / q under the file's own
-    scale) and Q4_1 blocks q4, byte for byte: they dequantize to exactly gguf's own reading."""
+    """Q4_0 / Q8_0 blocks become q8 (the integers q - 8 / q under the file's own scale), Q5_0
+    blocks q8 holding the file's own 5-bit q as uint8, and Q4_1 blocks q4, byte for byte: they
+    dequantize to exactly gguf's own reading."""
     import torch
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize, quantize
@@ -88,5 +89,6 @@ def test_block_formats_come_out_as_genforges_own_exactly(tmp_path, qtype):
     g = GGUFFile(path, {}, {"w": TensorInfo("w", (6, 128), int(t), 0, raw.nbytes)})
     kind, parts = g.blocks("w")
     assert kind == ("q4" if qtype == "Q4_1" else "q8")
+    assert parts["qweight"].dtype == (torch.uint8 if qtype in ("Q4_1", "Q5_0") else torch.int8)
     got = kernels.Blocks(kind, parts, (6, 128)).dequantize()
     assert torch.equal(got, torch.from_numpy(dequantize(raw, t).astype(np.float32)))

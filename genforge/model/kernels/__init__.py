@@ -169,6 +169,11 @@ def unpack_q4(qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -
     return (q * scales.float()[..., None] + mins.float()[..., None]).reshape(N, half * 2)
 
 
+def signed_q8(qweight: torch.Tensor) -> torch.Tensor:
+    """A q8 weight as int8 q (a uint8 Q5_0 one shifted back), e.g. to stack it with other q8s."""
+    return qweight if qweight.dtype == torch.int8 else (qweight.to(torch.int8) - Q5_OFFSET)
+
+
 def pack_q8(w: torch.Tensor) -> dict[str, torch.Tensor]:
     """(N, K) float -> q8: w ≈ scale * q, q in -127..127, per block of 32 (GGUF Q8_0's grid)."""
     N, K = w.shape
@@ -185,9 +190,15 @@ def pack_q8(w: torch.Tensor) -> dict[str, torch.Tensor]:
     return out
 
 
+Q5_OFFSET = 16  # a uint8 q8 weight holds GGUF Q5_0's own values u = q + 16: w = scale * (u - 16)
+
+
 def unpack_q8(qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The float32 weight a q8 layer holds: int8 q, or uint8 Q5_0 values (`Q5_OFFSET`)."""
     N, K = qweight.shape
     q = qweight.reshape(N, K // BLOCK, BLOCK).float()
+    if qweight.dtype == torch.uint8:
+        q -= Q5_OFFSET
     return (q * scales.float()[..., None]).reshape(N, K)
 
 

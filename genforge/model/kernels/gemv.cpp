@@ -4,6 +4,9 @@
 //       32 interleaved per 32 bytes (K a multiple of 64) (byte j: block 2i's q[j] low nibble, block 2i+1's q[j] high),
 //       so one 32-byte load unpacks into two whole blocks; scales and mins fp16, (N, K/32) each.
 //   q8: w = scale * q, q in -127..127 (GGUF Q8_0's blocks); (N, K) int8, scales fp16 (N, K/32).
+//       Or uint8 u = q + 16, u in 0..31 (GGUF Q5_0's own 5-bit values): w = scale * (u - 16). u
+//       goes into the unsigned side of the integer dot product as it is, and the -16 into a term
+//       on x's block sums (as q4's mins), so no sign trick is needed per dot product.
 //
 // x is quantized once per call to int8 in blocks of 32 (scale = amax / 127), as llama.cpp does, so
 // each block's dot product is an integer one (AVX512-VNNI `vpdpbusd`, or AVX2 `vpmaddubsw`), scaled
@@ -25,6 +28,8 @@ namespace {
 constexpr int64_t QK = 32;     // inputs per block
 constexpr int64_t MBLOCK = 4;  // rows of x per pass over a weight row (AVX2: 16 registers)
 constexpr int64_t MBLOCK512 = 8;  // the same with AVX-512's 32 registers
+constexpr int kQ8 = 0, kQ4 = 1, kQ5 = 2;  // the weight formats: q8 int8, q4, q8 uint8 (Q5_0's u)
+constexpr float Q5_OFFSET = 16.f;
 
 struct Activations {  // x quantized: per row K int8, and per block its scale and dx * sum(q)
   std::vector<int8_t> q;
@@ -78,7 +83,7 @@ void q4_rows_ref(const Activations& a, const uint8_t* qw, const at::Half* sc, co
 }
 
 void q8_rows_ref(const Activations& a, const int8_t* qw, const at::Half* sc, float* y, int64_t N,
-                 int64_t n0, int64_t n1) {
+                 int64_t n0, int64_t n1, int offset) {  // offset: 16 for Q5_0's u (0..31 < 128)
   const int64_t K = a.K, G = a.G;
   for (int64_t n = n0; n < n1; ++n) {
     for (int64_t m = 0; m < a.M; ++m) {
@@ -87,7 +92,7 @@ void q8_rows_ref(const Activations& a, const int8_t* qw, const at::Half* sc, flo
         const int8_t* ws = qw + n * K + g * QK;
         const int8_t* xs = a.q.data() + m * K + g * QK;
         int dot = 0;
-        for (int j = 0; j < QK; ++j) dot += ws[j] * xs[j];
+        for (int j = 0; j < QK; ++j) dot += (ws[j] - offset) * xs[j];
         acc += half(sc, n * G + g) * a.d[m * G + g] * dot;
       }
       y[m * N + n] = acc;
@@ -135,7 +140,7 @@ AVX2 inline __m256 floats8(const float* p, int nb) {  // nb (1..8) floats, the r
 
 // Weight row n against rows m0..m0+MB of x; MB a compile-time count so that the accumulators stay
 // in registers (AVX2 has 16).
-template <bool Q4, int MB>
+template <int FMT, int MB>
 AVX2 inline void tile_avx2(const Activations& a, const void* weights, const at::Half* sc,
                            const at::Half* mn, float* y, int64_t N, int64_t n, int64_t m0) {
   const int64_t K = a.K, G = a.G;
@@ -151,24 +156,27 @@ AVX2 inline void tile_avx2(const Activations& a, const void* weights, const at::
     const __m256 sw = halves8(sc + n * G + g0, nb);
     for (int i = 0; i < MB; ++i)
       _mm256_store_ps(F[i], _mm256_mul_ps(sw, floats8(a.d.data() + (m0 + i) * G + g0, nb)));
-    if (Q4) {
-      const __m256 mw = halves8(mn + n * G + g0, nb);
+    if (FMT != kQ8) {  // q4's mins; Q5_0's -16 x scale
+      const __m256 mw = FMT == kQ4 ? halves8(mn + n * G + g0, nb)
+                                   : _mm256_mul_ps(sw, _mm256_set1_ps(-Q5_OFFSET));
       for (int i = 0; i < MB; ++i)
         acc[i] = _mm256_fmadd_ps(mw, floats8(a.s.data() + (m0 + i) * G + g0, nb), acc[i]);
     }
     for (int k = 0; k < nb; ++k) {
       const int64_t g = g0 + k;
-      __m256i w, wu;  // wu: the unsigned operand (q4's q; q8's |q|, x taking q's signs)
-      if (Q4) {
+      __m256i w, wu;  // wu: the unsigned operand (q4's q, Q5_0's u; q8's |q|, x taking q's signs)
+      if (FMT == kQ4) {
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row4 + (g / 2) * QK));
         wu = _mm256_and_si256(k % 2 ? _mm256_srli_epi16(v, 4) : v, low);
+      } else if (FMT == kQ5) {
+        wu = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row8 + g * QK));
       } else {
         w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row8 + g * QK));
         wu = _mm256_sign_epi8(w, w);
       }
       for (int i = 0; i < MB; ++i) {
         __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + i * K + g * QK));
-        if (!Q4) x = _mm256_sign_epi8(x, w);
+        if (FMT == kQ8) x = _mm256_sign_epi8(x, w);
         acc[i] = _mm256_fmadd_ps(dot_u8s8_avx2(wu, x), _mm256_broadcast_ss(&F[i][k]), acc[i]);
       }
     }
@@ -176,16 +184,22 @@ AVX2 inline void tile_avx2(const Activations& a, const void* weights, const at::
   for (int i = 0; i < MB; ++i) y[(m0 + i) * N + n] = hsum256(acc[i]);
 }
 
-template <bool Q4>
+template <int FMT>
 AVX2 void rows_avx2(const Activations& a, const void* weights, const at::Half* sc,
                     const at::Half* mn, float* y, int64_t N, int64_t n0, int64_t n1) {
-  for (int64_t n = n0; n < n1; ++n) {
+  // Weight rows in panels that stay in L2 while every 4 rows of x (in L1) pass over them.
+  const int64_t panel = std::max<int64_t>(1, (256 << 10) / (FMT == kQ4 ? a.K / 2 : a.K));
+  for (int64_t p0 = n0; p0 < n1; p0 += panel) {
+    const int64_t p1 = std::min(n1, p0 + panel);
     for (int64_t m0 = 0; m0 < a.M; m0 += MBLOCK) {
-      switch (std::min(MBLOCK, a.M - m0)) {
-        case 4: tile_avx2<Q4, 4>(a, weights, sc, mn, y, N, n, m0); break;
-        case 3: tile_avx2<Q4, 3>(a, weights, sc, mn, y, N, n, m0); break;
-        case 2: tile_avx2<Q4, 2>(a, weights, sc, mn, y, N, n, m0); break;
-        default: tile_avx2<Q4, 1>(a, weights, sc, mn, y, N, n, m0);
+      const int64_t mb = std::min(MBLOCK, a.M - m0);
+      for (int64_t n = p0; n < p1; ++n) {
+        switch (mb) {
+          case 4: tile_avx2<FMT, 4>(a, weights, sc, mn, y, N, n, m0); break;
+          case 3: tile_avx2<FMT, 3>(a, weights, sc, mn, y, N, n, m0); break;
+          case 2: tile_avx2<FMT, 2>(a, weights, sc, mn, y, N, n, m0); break;
+          default: tile_avx2<FMT, 1>(a, weights, sc, mn, y, N, n, m0);
+        }
       }
     }
   }
@@ -193,12 +207,13 @@ AVX2 void rows_avx2(const Activations& a, const void* weights, const at::Half* s
 
 AVX2 void q4_rows_avx2(const Activations& a, const uint8_t* qw, const at::Half* sc,
                        const at::Half* mn, float* y, int64_t N, int64_t n0, int64_t n1) {
-  rows_avx2<true>(a, qw, sc, mn, y, N, n0, n1);
+  rows_avx2<kQ4>(a, qw, sc, mn, y, N, n0, n1);
 }
 
 AVX2 void q8_rows_avx2(const Activations& a, const int8_t* qw, const at::Half* sc, float* y,
-                       int64_t N, int64_t n0, int64_t n1) {
-  rows_avx2<false>(a, qw, sc, nullptr, y, N, n0, n1);
+                       int64_t N, int64_t n0, int64_t n1, bool q5) {
+  if (q5) rows_avx2<kQ5>(a, qw, sc, nullptr, y, N, n0, n1);
+  else rows_avx2<kQ8>(a, qw, sc, nullptr, y, N, n0, n1);
 }
 
 // -- AVX-512 with VNNI ---------------------------------------------------------------------------
@@ -220,7 +235,7 @@ AVX512 inline __m512 load_halves(const at::Half* p, __mmask16 k) {
 // Weight row n against rows m0..m0+MB of x, MB a compile-time count so that the accumulators stay
 // in registers (measured on Qwen2.5-0.5B's layers: 12-18 % faster at 16-32 rows than a run-time
 // count of up to 4; the same float operations in the same order, so the same bits).
-template <bool Q4, int MB>
+template <int FMT, int MB>
 AVX512 inline void tile_avx512(const Activations& a, const uint8_t* row4, const int8_t* row8,
                                const at::Half* sc, const at::Half* mn, const __m512i* index,
                                float* y, int64_t N, int64_t n, int64_t m0) {
@@ -232,11 +247,13 @@ AVX512 inline void tile_avx512(const Activations& a, const uint8_t* row4, const 
     const int nb = static_cast<int>(std::min<int64_t>(16, 2 * pairs - g0));
     const __mmask16 km = nb == 16 ? 0xFFFF : static_cast<__mmask16>((1u << nb) - 1);
     const __m512 sw = load_halves(sc + n * G + g0, km);
-    const __m512 mw = Q4 ? load_halves(mn + n * G + g0, km) : _mm512_setzero_ps();
+    const __m512 mw = FMT == kQ4   ? load_halves(mn + n * G + g0, km)
+                      : FMT == kQ5 ? _mm512_mul_ps(sw, _mm512_set1_ps(-Q5_OFFSET))
+                                   : _mm512_setzero_ps();
     for (int i = 0; i < MB; ++i) {
       const int64_t m = m0 + i;
       F[i] = _mm512_mul_ps(sw, _mm512_maskz_loadu_ps(km, a.d.data() + m * G + g0));
-      if (Q4)
+      if (FMT != kQ8)
         minacc[i] =
             _mm512_fmadd_ps(mw, _mm512_maskz_loadu_ps(km, a.s.data() + m * G + g0), minacc[i]);
     }
@@ -244,11 +261,13 @@ AVX512 inline void tile_avx512(const Activations& a, const uint8_t* row4, const 
       const int64_t p = g0 / 2 + k;
       __m512i w;
       __mmask64 neg = 0;
-      if (Q4) {
+      if (FMT == kQ4) {
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row4 + p * QK));
         const __m256i lo = _mm256_and_si256(v, low);
         const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
         w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+      } else if (FMT == kQ5) {
+        w = _mm512_loadu_si512(row8 + p * 2 * QK);
       } else {
         const __m512i raw = _mm512_loadu_si512(row8 + p * 2 * QK);
         neg = _mm512_movepi8_mask(raw);
@@ -256,7 +275,7 @@ AVX512 inline void tile_avx512(const Activations& a, const uint8_t* row4, const 
       }
       for (int i = 0; i < MB; ++i) {
         __m512i x = _mm512_loadu_si512(a.q.data() + (m0 + i) * K + p * 2 * QK);
-        if (!Q4) x = _mm512_mask_sub_epi8(x, neg, _mm512_setzero_si512(), x);
+        if (FMT == kQ8) x = _mm512_mask_sub_epi8(x, neg, _mm512_setzero_si512(), x);
         const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
         const __m512 f = _mm512_permutexvar_ps(index[k], F[i]);
         acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), f, acc[i]);
@@ -266,19 +285,20 @@ AVX512 inline void tile_avx512(const Activations& a, const uint8_t* row4, const 
   for (int i = 0; i < MB; ++i) {
     const int64_t m = m0 + i;
     float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[i], minacc[i]));
-    if (!Q4 && G % 2) {  // an odd last block (q4 has none: K is a multiple of 64)
+    if (FMT != kQ4 && G % 2) {  // an odd last block (q4 has none: K is a multiple of 64)
       const int64_t g = G - 1;
       const int8_t* ws = row8 + g * QK;
       const int8_t* xs = a.q.data() + m * K + g * QK;
+      const int offset = FMT == kQ5 ? 16 : 0;
       int dot = 0;
-      for (int j = 0; j < QK; ++j) dot += ws[j] * xs[j];
+      for (int j = 0; j < QK; ++j) dot += (ws[j] - offset) * xs[j];
       sum += half(sc, n * G + g) * a.d[m * G + g] * dot;
     }
     y[m * N + n] = sum;
   }
 }
 
-template <bool Q4>
+template <int FMT>
 AVX512 void rows_avx512(const Activations& a, const void* weights, const at::Half* sc,
                         const at::Half* mn, float* y, int64_t N, int64_t n0, int64_t n1) {
   const int64_t K = a.K;
@@ -289,14 +309,14 @@ AVX512 void rows_avx512(const Activations& a, const void* weights, const at::Hal
     const int8_t* row8 = static_cast<const int8_t*>(weights) + n * K;
     for (int64_t m0 = 0; m0 < a.M; m0 += MBLOCK512) {
       switch (std::min(MBLOCK512, a.M - m0)) {
-        case 8: tile_avx512<Q4, 8>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
-        case 7: tile_avx512<Q4, 7>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
-        case 6: tile_avx512<Q4, 6>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
-        case 5: tile_avx512<Q4, 5>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
-        case 4: tile_avx512<Q4, 4>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
-        case 3: tile_avx512<Q4, 3>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
-        case 2: tile_avx512<Q4, 2>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
-        default: tile_avx512<Q4, 1>(a, row4, row8, sc, mn, index, y, N, n, m0);
+        case 8: tile_avx512<FMT, 8>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
+        case 7: tile_avx512<FMT, 7>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
+        case 6: tile_avx512<FMT, 6>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
+        case 5: tile_avx512<FMT, 5>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
+        case 4: tile_avx512<FMT, 4>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
+        case 3: tile_avx512<FMT, 3>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
+        case 2: tile_avx512<FMT, 2>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
+        default: tile_avx512<FMT, 1>(a, row4, row8, sc, mn, index, y, N, n, m0);
       }
     }
   }
@@ -304,7 +324,7 @@ AVX512 void rows_avx512(const Activations& a, const void* weights, const at::Hal
 
 // One row of x against R weight rows at a time (decode: M == 1): R independent accumulator chains,
 // and x's blocks loaded once for all R rows.
-template <bool Q4>
+template <int FMT>
 AVX512 void rows1_avx512(const Activations& a, const void* weights, const at::Half* sc,
                          const at::Half* mn, float* y, int64_t N, int64_t n0, int64_t n1) {
   constexpr int R = 4;
@@ -320,22 +340,29 @@ AVX512 void rows1_avx512(const Activations& a, const void* weights, const at::Ha
       const int nb = static_cast<int>(std::min<int64_t>(16, 2 * pairs - g0));
       const __mmask16 km = nb == 16 ? 0xFFFF : static_cast<__mmask16>((1u << nb) - 1);
       const __m512 xd = _mm512_maskz_loadu_ps(km, a.d.data() + g0);
-      const __m512 xsum = Q4 ? _mm512_maskz_loadu_ps(km, a.s.data() + g0) : _mm512_setzero_ps();
+      const __m512 xsum =
+          FMT != kQ8 ? _mm512_maskz_loadu_ps(km, a.s.data() + g0) : _mm512_setzero_ps();
       for (int r = 0; r < R; ++r) {
-        F[r] = _mm512_mul_ps(load_halves(sc + (n + r) * G + g0, km), xd);
-        if (Q4) minacc[r] = _mm512_fmadd_ps(load_halves(mn + (n + r) * G + g0, km), xsum, minacc[r]);
+        const __m512 sw = load_halves(sc + (n + r) * G + g0, km);
+        F[r] = _mm512_mul_ps(sw, xd);
+        if (FMT == kQ4)
+          minacc[r] = _mm512_fmadd_ps(load_halves(mn + (n + r) * G + g0, km), xsum, minacc[r]);
+        if (FMT == kQ5)
+          minacc[r] = _mm512_fmadd_ps(_mm512_mul_ps(sw, _mm512_set1_ps(-Q5_OFFSET)), xsum, minacc[r]);
       }
       for (int k = 0; k < nb / 2; ++k) {
         const int64_t p = g0 / 2 + k;
         const __m512i x = _mm512_loadu_si512(a.q.data() + p * 2 * QK);
         for (int r = 0; r < R; ++r) {
           __m512i w, xr = x;
-          if (Q4) {
+          if (FMT == kQ4) {
             const uint8_t* row4 = static_cast<const uint8_t*>(weights) + (n + r) * K / 2;
             const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row4 + p * QK));
             const __m256i lo = _mm256_and_si256(v, low);
             const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
             w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+          } else if (FMT == kQ5) {
+            w = _mm512_loadu_si512(static_cast<const int8_t*>(weights) + (n + r) * K + p * 2 * QK);
           } else {
             const int8_t* row8 = static_cast<const int8_t*>(weights) + (n + r) * K;
             const __m512i raw = _mm512_loadu_si512(row8 + p * 2 * QK);
@@ -350,30 +377,36 @@ AVX512 void rows1_avx512(const Activations& a, const void* weights, const at::Ha
     }
     for (int r = 0; r < R; ++r) {
       float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], minacc[r]));
-      if (!Q4 && G % 2) {  // an odd last block (q4 has none)
+      if (FMT != kQ4 && G % 2) {  // an odd last block (q4 has none)
         const int64_t g = G - 1;
         const int8_t* ws = static_cast<const int8_t*>(weights) + (n + r) * K + g * QK;
         const int8_t* xs = a.q.data() + g * QK;
+        const int offset = FMT == kQ5 ? 16 : 0;
         int dot = 0;
-        for (int j = 0; j < QK; ++j) dot += ws[j] * xs[j];
+        for (int j = 0; j < QK; ++j) dot += (ws[j] - offset) * xs[j];
         sum += half(sc, (n + r) * G + g) * a.d[g] * dot;
       }
       y[n + r] = sum;
     }
   }
-  if (n < n1) rows_avx512<Q4>(a, weights, sc, mn, y, N, n, n1);
+  if (n < n1) rows_avx512<FMT>(a, weights, sc, mn, y, N, n, n1);
 }
 
 AVX512 void q4_rows_avx512(const Activations& a, const uint8_t* qw, const at::Half* sc,
                            const at::Half* mn, float* y, int64_t N, int64_t n0, int64_t n1) {
-  if (a.M == 1) rows1_avx512<true>(a, qw, sc, mn, y, N, n0, n1);
-  else rows_avx512<true>(a, qw, sc, mn, y, N, n0, n1);
+  if (a.M == 1) rows1_avx512<kQ4>(a, qw, sc, mn, y, N, n0, n1);
+  else rows_avx512<kQ4>(a, qw, sc, mn, y, N, n0, n1);
 }
 
 AVX512 void q8_rows_avx512(const Activations& a, const int8_t* qw, const at::Half* sc, float* y,
-                           int64_t N, int64_t n0, int64_t n1) {
-  if (a.M == 1) rows1_avx512<false>(a, qw, sc, nullptr, y, N, n0, n1);
-  else rows_avx512<false>(a, qw, sc, nullptr, y, N, n0, n1);
+                           int64_t N, int64_t n0, int64_t n1, bool q5) {
+  if (q5) {
+    if (a.M == 1) rows1_avx512<kQ5>(a, qw, sc, nullptr, y, N, n0, n1);
+    else rows_avx512<kQ5>(a, qw, sc, nullptr, y, N, n0, n1);
+  } else {
+    if (a.M == 1) rows1_avx512<kQ8>(a, qw, sc, nullptr, y, N, n0, n1);
+    else rows_avx512<kQ8>(a, qw, sc, nullptr, y, N, n0, n1);
+  }
 }
 
 // -- dispatch ------------------------------------------------------------------------------------
@@ -422,7 +455,7 @@ int64_t grain(int64_t M) {  // output rows per task: enough work to be worth a t
 
 // A quantized layer as the kernels read it: q4 (mins defined) or q8, optional float32 bias.
 struct QLinear {
-  bool q4 = false;
+  bool q4 = false, q5 = false;  // q5: q8 blocks holding Q5_0's u = q + 16 (uint8)
   torch::Tensor qw, scales, mins, bias;
   int64_t N = 0, K = 0;
 };
@@ -435,17 +468,20 @@ QLinear q4_linear(const torch::Tensor& qw, const torch::Tensor& scales, const to
                   scales.is_contiguous() && mins.is_contiguous() &&
                   scales.numel() == N * (K / QK) && mins.numel() == N * (K / QK),
               "q4 scales and mins: float16 (N, K/32)");
-  return QLinear{true, qw, scales, mins, torch::Tensor(), N, K};
+  return QLinear{true, false, qw, scales, mins, torch::Tensor(), N, K};
 }
 
 QLinear q8_linear(const torch::Tensor& qw, const torch::Tensor& scales) {
   const int64_t N = qw.size(0), K = qw.size(1);
   TORCH_CHECK(K % QK == 0, "q8 needs inputs in multiples of 32, got ", K);
-  TORCH_CHECK(qw.scalar_type() == torch::kInt8 && qw.is_contiguous(), "q8 weight: int8 (N, K)");
+  TORCH_CHECK((qw.scalar_type() == torch::kInt8 || qw.scalar_type() == torch::kUInt8) &&
+                  qw.is_contiguous(),
+              "q8 weight: int8 (N, K), or uint8 holding Q5_0's 0..31");
   TORCH_CHECK(scales.scalar_type() == torch::kHalf && scales.is_contiguous() &&
                   scales.numel() == N * (K / QK),
               "q8 scales: float16 (N, K/32)");
-  return QLinear{false, qw, scales, torch::Tensor(), torch::Tensor(), N, K};
+  return QLinear{false, qw.scalar_type() == torch::kUInt8, qw, scales, torch::Tensor(),
+                 torch::Tensor(), N, K};
 }
 
 // y (M, N) = x (M, K) @ W^T (+ bias), all float32 row-major
@@ -456,7 +492,7 @@ void matmul_into(const float* x, int64_t M, const QLinear& L, float* y) {
   const void* w = L.qw.data_ptr();
   const int64_t N = L.N;
   const Isa isa = chosen;
-  const bool q4 = L.q4;
+  const bool q4 = L.q4, q5 = L.q5;
   at::parallel_for(0, N, grain(M), [&](int64_t n0, int64_t n1) {
     if (q4) {
       const uint8_t* w4 = static_cast<const uint8_t*>(w);
@@ -465,9 +501,9 @@ void matmul_into(const float* x, int64_t M, const QLinear& L, float* y) {
       else q4_rows_ref(a, w4, sc, mn, y, N, n0, n1);
     } else {
       const int8_t* w8 = static_cast<const int8_t*>(w);
-      if (isa == Isa::avx512) q8_rows_avx512(a, w8, sc, y, N, n0, n1);
-      else if (isa == Isa::avx2) q8_rows_avx2(a, w8, sc, y, N, n0, n1);
-      else q8_rows_ref(a, w8, sc, y, N, n0, n1);
+      if (isa == Isa::avx512) q8_rows_avx512(a, w8, sc, y, N, n0, n1, q5);
+      else if (isa == Isa::avx2) q8_rows_avx2(a, w8, sc, y, N, n0, n1, q5);
+      else q8_rows_ref(a, w8, sc, y, N, n0, n1, q5 ? 16 : 0);
     }
   });
   if (L.bias.defined()) {
@@ -841,7 +877,7 @@ inline uint16_t to_bf16(float f) {  // round to nearest even
 // q8 (mins undefined) or q4 weight -> (N, K) float32 or bfloat16
 torch::Tensor dequantize(torch::Tensor qw, torch::Tensor scales, c10::optional<torch::Tensor> mins,
                          bool bf16) {
-  const bool q4 = mins.has_value();
+  const bool q4 = mins.has_value(), q5 = !q4 && qw.scalar_type() == torch::kUInt8;
   const int64_t N = qw.size(0), K = q4 ? qw.size(1) * 2 : qw.size(1), G = K / QK;
   TORCH_CHECK(qw.is_contiguous() && scales.is_contiguous() && scales.scalar_type() == torch::kHalf &&
                   scales.numel() == N * G,
@@ -850,7 +886,8 @@ torch::Tensor dequantize(torch::Tensor qw, torch::Tensor scales, c10::optional<t
   const at::Half* sc = scales.data_ptr<at::Half>();
   const at::Half* mn = q4 ? mins->data_ptr<at::Half>() : nullptr;
   const uint8_t* w4 = q4 ? qw.data_ptr<uint8_t>() : nullptr;
-  const int8_t* w8 = q4 ? nullptr : qw.data_ptr<int8_t>();
+  const int8_t* w8 = q4 ? nullptr : static_cast<const int8_t*>(qw.data_ptr());
+  const int offset = q5 ? 16 : 0;
   void* base = out.data_ptr();
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     std::vector<float> row(K);
@@ -864,7 +901,7 @@ torch::Tensor dequantize(torch::Tensor qw, torch::Tensor scales, c10::optional<t
           for (int j = 0; j < QK; ++j) r[j] = s * ((bytes[j] >> shift) & 15) + m;
         } else {
           const int8_t* q = w8 + n * K + g * QK;
-          for (int j = 0; j < QK; ++j) r[j] = s * q[j];
+          for (int j = 0; j < QK; ++j) r[j] = s * (q[j] - offset);
         }
       }
       if (bf16) {
