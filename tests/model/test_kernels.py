@@ -99,7 +99,24 @@ def test_q5_0s_own_values_equal_the_reference_on_every_path(ops, each_path, M, N
     )
     for _ in each_path():
         close(ops.q8_matmul(x, q5["qweight"], q5["scales"]), want)
-        close(ops.dequantize(q5["qweight"], q5["scales"], None, False), kernels.unpack_q8(**q5))
+
+
+def test_dequantize_gives_the_reference_bits_on_every_path(ops, each_path):
+    """Every format back to float32 exactly as PyTorch computes it (scale * q (+ min)), and to
+    bf16 rounded to nearest even as PyTorch rounds it."""
+    torch.manual_seed(0)
+    w = torch.randn(40, 192) * 0.05
+    q4, q8, q5 = kernels.pack_q4(w), kernels.pack_q8(w), q5_weight(40, 192, 1)
+    cases = [
+        (q4, kernels.unpack_q4(q4["qweight"], q4["scales"], q4["mins"])),
+        (q8, kernels.unpack_q8(**q8)),
+        (q5, kernels.unpack_q8(**q5)),
+    ]
+    for _ in each_path():
+        for parts, want in cases:
+            args = (parts["qweight"], parts["scales"], parts.get("mins"))
+            assert torch.equal(ops.dequantize(*args, False), want)
+            assert torch.equal(ops.dequantize(*args, True), want.to(torch.bfloat16))
 
 
 def test_q8_takes_an_odd_number_of_blocks(ops, each_path):

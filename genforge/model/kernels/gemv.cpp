@@ -874,6 +874,51 @@ inline uint16_t to_bf16(float f) {  // round to nearest even
   return static_cast<uint16_t>((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
 }
 
+// One weight row as floats, 8 at a time: the portable loop's very operations (s * q, or s * q + m
+// without an FMA), so the same bits; then to bf16 (round to nearest even) if asked. AVX2 with F16C
+// (every AVX-512 CPU has them too).
+AVX2 inline void store8(__m256 v, float* f, uint16_t* b) {
+  if (!b) return _mm256_storeu_ps(f, v);
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  const __m256i r = _mm256_srli_epi32(
+      _mm256_add_epi32(bits, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF))), 16);
+  const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(b), packed);
+}
+
+AVX2 void dequantize_row_avx2(int fmt, const void* w, const at::Half* sc, const at::Half* mn,
+                              int64_t n, int64_t K, float* f, uint16_t* b) {
+  const int64_t G = K / QK;
+  const __m256i low = _mm256_set1_epi8(15);
+  alignas(32) uint8_t q[QK];
+  for (int64_t g = 0; g < G; ++g) {
+    const __m256 s = _mm256_set1_ps(_cvtsh_ss(sc[n * G + g].x));
+    const __m256 m = fmt == kQ4 ? _mm256_set1_ps(_cvtsh_ss(mn[n * G + g].x)) : _mm256_setzero_ps();
+    const uint8_t* src;
+    if (fmt == kQ4) {
+      const uint8_t* bytes = static_cast<const uint8_t*>(w) + n * K / 2 + (g / 2) * QK;
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(q),
+                         _mm256_and_si256(g % 2 ? _mm256_srli_epi16(v, 4) : v, low));
+      src = q;
+    } else {
+      src = static_cast<const uint8_t*>(w) + n * K + g * QK;
+    }
+    for (int i = 0; i < QK; i += 8) {
+      const __m128i eight = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + i));
+      __m256i qi;
+      if (fmt == kQ8) qi = _mm256_cvtepi8_epi32(eight);
+      else if (fmt == kQ5) qi = _mm256_sub_epi32(_mm256_cvtepu8_epi32(eight), _mm256_set1_epi32(16));
+      else qi = _mm256_cvtepu8_epi32(eight);
+      __m256 v = _mm256_mul_ps(s, _mm256_cvtepi32_ps(qi));
+      if (fmt == kQ4) v = _mm256_add_ps(v, m);
+      const int64_t at = g * QK + i;
+      store8(v, f ? f + at : nullptr, b ? b + at : nullptr);
+    }
+  }
+}
+
 // q8 (mins undefined) or q4 weight -> (N, K) float32 or bfloat16
 torch::Tensor dequantize(torch::Tensor qw, torch::Tensor scales, c10::optional<torch::Tensor> mins,
                          bool bf16) {
@@ -889,6 +934,18 @@ torch::Tensor dequantize(torch::Tensor qw, torch::Tensor scales, c10::optional<t
   const int8_t* w8 = q4 ? nullptr : static_cast<const int8_t*>(qw.data_ptr());
   const int offset = q5 ? 16 : 0;
   void* base = out.data_ptr();
+  if (chosen != Isa::portable) {
+    const int fmt = q4 ? kQ4 : q5 ? kQ5 : kQ8;
+    const void* w = qw.data_ptr();
+    at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n) {
+        float* f = bf16 ? nullptr : static_cast<float*>(base) + n * K;
+        uint16_t* b = bf16 ? static_cast<uint16_t*>(base) + n * K : nullptr;
+        dequantize_row_avx2(fmt, w, sc, mn, n, K, f, b);
+      }
+    });
+    return out;
+  }
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     std::vector<float> row(K);
     for (int64_t n = n0; n < n1; ++n) {
