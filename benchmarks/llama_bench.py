@@ -35,6 +35,7 @@ from genforge import hub
 from genforge.errors import GenforgeError
 
 VERSION = "0.3.36"  # llama-cpp-python, vendoring llama.cpp 0c1e57098
+VENDORED = "0c1e570"  # what llama-bench reports where its build had no git history to read
 TOOLS = ("llama-bench", "llama-server")
 PROMPT, NEW = 512, 128
 TARGETS = {"decode": 1.0, "prefill": 1.5}  # genforge / llama.cpp, docs/engine.md
@@ -103,7 +104,9 @@ def llama_bench(bin_dir: Path, model: Path, threads: int, runs: int) -> dict:
         "prefill": row(PROMPT, 0, 0)["avg_ts"],
         "decode": row(0, NEW, PROMPT)["avg_ts"],  # after a 512-token prompt, as genforge's
         "decode_empty": row(0, NEW, 0)["avg_ts"],
-        "build": rows[0].get("build_commit"),
+        "build": rows[0].get("build_commit")
+        if rows[0].get("build_commit") != "unknown"
+        else VENDORED,
         "repack": repack,
     }
 
