@@ -11,6 +11,11 @@ token ids it holds *and everything before it* (the parent block's hash). A new s
 starts with the same tokens takes those blocks instead of recomputing them. A block is shared by
 counting references; when nobody uses a named block any more it stays in the cache, evictable in
 least-recently-used order, until its memory is needed for something else.
+
+A prompt that shares only part of the block after its last whole shared block (a system prompt of 27
+tokens in blocks of 16) takes that part too: the matching positions of a cached block with the same
+parent are copied into a new block of its own (`copies`, which the engine carries out before the
+step), so a new request recomputes only from where it differs, as llama.cpp's slots do.
 """
 
 from __future__ import annotations
@@ -47,6 +52,11 @@ class BlockPool:
         self._hash_of: dict[int, bytes] = {}  # block -> hash, for blocks in the prefix cache
         self._block_of: dict[bytes, int] = {}  # hash -> block
         self._evictable: OrderedDict[int, None] = OrderedDict()  # cached, unreferenced; LRU first
+        self._parent_of: dict[int, bytes] = {}  # cached block -> the hash (or salt) before it
+        self._tokens_of: dict[int, tuple[int, ...]] = {}  # cached block -> the tokens it holds
+        self._children: dict[bytes, set[int]] = {}  # hash (or salt) -> cached blocks after it
+        # (from block, to block, positions): keys and values the engine copies before the step
+        self.copies: list[tuple[int, int, int]] = []
         self.hits = self.queries = 0  # prefix-cache statistics, in prompt tokens admitted
 
     # -- capacity ---------------------------------------------------------------------------
@@ -69,10 +79,13 @@ class BlockPool:
             out.append(parent)
         return out
 
-    def match_prefix(self, table: BlockTable, tokens: list[int], limit: int) -> int:
-        """Give `table` the cached blocks that start `tokens` (at most `limit` tokens' worth).
+    def match_prefix(
+        self, table: BlockTable, tokens: list[int], limit: int, partial: bool = False
+    ) -> int:
+        """Give `table` the cached blocks that start `tokens` (at most `limit` tokens' worth), and
+        with `partial` a copy of the start of the next one where a cached block shares it.
 
-        Returns the number of tokens whose keys and values are now in place.
+        Returns the number of tokens whose keys and values are (or, copied, will be) in place.
         """
         if not self.prefix_cache:
             return 0
@@ -84,7 +97,44 @@ class BlockPool:
             self._take(block)
             table.blocks.append(block)
             table.hashes.append(h)
-        return len(table.blocks) * self.block_size
+        n = len(table.blocks) * self.block_size
+        if partial and n < limit:
+            n += self._match_partial(table, tokens[n : min(limit, n + self.block_size)])
+        return n
+
+    def _match_partial(self, table: BlockTable, want: list[int]) -> int:
+        """Start a new block of `table` with the longest run of `want` a cached block after the
+        same parent begins with; the positions to copy go to `copies`. Returns their number."""
+        parent = table.hashes[-1] if table.hashes else table.salt
+        source, best = None, 0
+        for block in self._children.get(parent, ()):
+            n = 0
+            for a, b in zip(self._tokens_of[block], want, strict=False):  # want may be shorter
+                if a != b:
+                    break
+                n += 1
+            if n > best:
+                source, best = block, n
+        if source is None:
+            return 0
+        self._take(source)  # held until the engine has copied it
+        if self.n_available == 0:
+            self._drop(source)
+            return 0
+        target = self._allocate()
+        table.blocks.append(target)
+        self.copies.append((source, target, best))
+        return best
+
+    def take_copies(self) -> list[tuple[int, int, int]]:
+        """The pending copies, for the engine to carry out before the step; each source block is
+        held until `copied` says it is done."""
+        copies, self.copies = self.copies, []
+        return copies
+
+    def copied(self, copies: list[tuple[int, int, int]]) -> None:
+        for source, _, _ in copies:
+            self._drop(source)
 
     def publish(self, table: BlockTable, tokens: list[int], n_computed: int) -> None:
         """Name the blocks of `table` that are full and computed, so later sequences can reuse them."""
@@ -100,6 +150,10 @@ class BlockPool:
             if parent not in self._block_of and block not in self._hash_of:
                 self._block_of[parent] = block
                 self._hash_of[block] = parent
+                before = table.hashes[-2] if len(table.hashes) > 1 else table.salt
+                self._parent_of[block] = before
+                self._tokens_of[block] = tuple(tokens[i * bs : (i + 1) * bs])
+                self._children.setdefault(before, set()).add(block)
 
     def fills_block(self, table: BlockTable, n_computed: int) -> bool:
         """Whether `n_computed` positions complete a block `publish` has not named yet."""
@@ -126,16 +180,23 @@ class BlockPool:
 
     def release(self, table: BlockTable) -> None:
         """Give back every block of `table`; named blocks stay cached until their memory is needed."""
+        # A copy into a block given back is not needed any more.
+        if self.copies and (cancel := [c for c in self.copies if c[1] in table.blocks]):
+            self.copies = [c for c in self.copies if c not in cancel]
+            self.copied(cancel)
         # Later blocks are evicted first: a shared prefix outlives the tails that extend it.
         for block in reversed(table.blocks):
-            self._refs[block] -= 1
-            if self._refs[block] == 0:
-                if block in self._hash_of:
-                    self._evictable[block] = None
-                else:
-                    self._free.append(block)
+            self._drop(block)
         table.blocks.clear()
         table.hashes.clear()
+
+    def _drop(self, block: int) -> None:
+        self._refs[block] -= 1
+        if self._refs[block] == 0:
+            if block in self._hash_of:
+                self._evictable[block] = None
+            else:
+                self._free.append(block)
 
     def _take(self, block: int) -> None:
         if self._refs[block] == 0:
@@ -147,12 +208,21 @@ class BlockPool:
             block = self._free.pop()
         else:  # evict the least recently used cached block
             block, _ = self._evictable.popitem(last=False)
-            del self._block_of[self._hash_of.pop(block)]
+            self._forget(block)
         self._refs[block] = 1
         return block
 
+    def _forget(self, block: int) -> None:
+        del self._block_of[self._hash_of.pop(block)]
+        parent = self._parent_of.pop(block)
+        del self._tokens_of[block]
+        children = self._children[parent]
+        children.discard(block)
+        if not children:
+            del self._children[parent]
+
     def reset_prefix_cache(self) -> None:
         for block in list(self._evictable):
-            del self._block_of[self._hash_of.pop(block)]
+            self._forget(block)
             self._free.append(block)
         self._evictable.clear()

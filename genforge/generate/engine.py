@@ -260,6 +260,7 @@ class Engine:
         """Run one schedule -> execute -> update step; return the (request, new token) pairs."""
         with self._lock:
             work = self.scheduler.schedule()
+            self._copy_prefix_rows()
             if not work:
                 return []
             logits = self._execute(work)
@@ -267,6 +268,16 @@ class Engine:
                 compute.release_free_memory()  # ~3 ms against the chunk's ~100+
             self.scheduler.update(work)
             return self._update(work, logits)
+
+    def _copy_prefix_rows(self) -> None:
+        """Carry out the pool's copies of cached keys and values that start a new request's block
+        (`BlockPool.match_prefix` with `partial`)."""
+        copies = self.pool.take_copies()
+        bs = self.pool.block_size
+        for source, target, n in copies:
+            offsets = torch.arange(n)
+            self.cache.copy_slots(source * bs + offsets, target * bs + offsets)
+        self.pool.copied(copies)
 
     def _execute(self, work: list[Scheduled]) -> torch.Tensor:
         """Logits (n, vocab) for the last token of each scheduled request that samples this step."""

@@ -127,7 +127,7 @@ class Scheduler:
             if not req.table.blocks:
                 # Keep at least one token to compute: its logits give the next token.
                 req.n_computed = req.n_cached = self.pool.match_prefix(
-                    req.table, tokens, len(tokens) - 1
+                    req.table, tokens, len(tokens) - 1, partial=True
                 )
             n = min(len(tokens) - req.n_computed, budget)
             if not self.pool.grow(req.table, req.n_computed + n):

@@ -50,6 +50,38 @@ def test_a_published_chain_is_reused_block_for_block():
     assert n == 12 and b.blocks == a.blocks
 
 
+def test_a_block_shared_in_part_is_copied_into_a_block_of_its_own():
+    pool = BlockPool(n_blocks=8, block_size=4)
+    a = computed(pool, [1, 2, 3, 4, 5, 6, 7, 8])
+    b = BlockTable()
+    assert pool.match_prefix(b, [1, 2, 3, 4, 5, 6, 9, 9, 9], 8) == 4  # whole blocks only
+    pool.release(b)
+    assert pool.match_prefix(b, [1, 2, 3, 4, 5, 6, 9, 9, 9], 8, partial=True) == 6
+    assert b.blocks[0] == a.blocks[0] and b.blocks[1] not in a.blocks
+    copies = pool.take_copies()
+    assert copies == [(a.blocks[1], b.blocks[1], 2)] and pool.copies == []
+    pool.release(a)
+    assert pool.n_available == 8 - 3  # the source is held until copied
+    pool.copied(copies)
+    pool.release(b)
+    assert pool.n_available == 8
+    # the start of a block is found after the whole blocks, and limited like them
+    assert matched(pool, [1, 2, 3, 4, 5, 6, 7, 8], 5)[0] == 4
+    table = BlockTable()
+    assert pool.match_prefix(table, [1, 2, 3, 4, 5, 6, 7, 8], 5, partial=True) == 5
+
+
+def test_a_copy_into_a_block_given_back_is_dropped_with_its_source():
+    pool = BlockPool(n_blocks=4, block_size=4)
+    a = computed(pool, [1, 2, 3, 4])
+    pool.release(a)
+    b = BlockTable()
+    assert pool.match_prefix(b, [1, 2, 7, 7], 3, partial=True) == 2
+    pool.release(b)  # e.g. no memory for the rest of its prompt yet
+    assert pool.copies == [] and pool.n_available == 4
+    assert matched(pool, [1, 2, 3, 4, 5])[0] == 4  # the source is still cached
+
+
 def test_only_full_computed_blocks_are_published():
     pool = BlockPool(n_blocks=8, block_size=4)
     tokens = list(range(10))
