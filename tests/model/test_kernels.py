@@ -184,18 +184,23 @@ def test_decode_attention_equals_softmax_attention_over_the_gathered_keys(
         close(got, want)
 
 
+def kernel_layers() -> list[QuantLinear]:
+    """A q8, a q4 and a q8 layer holding Q5_0's own values (as a GGUF file gives them), 128 -> 48."""
+    q5 = QuantLinear(128, 48, False, "q8")
+    q5.qweight, q5.scales = q5_weight(48, 128, 0).values()
+    made = [
+        QuantLinear.from_linear(torch.randn(48, 128) * 0.05, k, torch.float32) for k in ("q8", "q4")
+    ]
+    return [*made, q5]
+
+
 def test_a_kernel_layer_gives_each_row_the_same_bits_alone_or_in_a_batch(ops):
     """Below KERNEL_ROWS rows every row goes through the kernel, which quantizes and sums each row
     on its own: a batch of decodes, a short prompt chunk and a single row get bit-identical results
     (what lets batching and the prefix cache leave greedy outputs unchanged). The result is the
     matmul of the weight the layer holds on int8-rounded activations (~1 % from float)."""
     torch.manual_seed(0)
-    for kind in ("q8", "q4", "q5"):
-        if kind == "q5":  # a q8 layer holding Q5_0's own values, as a GGUF file gives them
-            layer = QuantLinear(128, 48, False, "q8")
-            layer.qweight, layer.scales = q5_weight(48, 128, 0).values()
-        else:
-            layer = QuantLinear.from_linear(torch.randn(48, 128) * 0.05, kind, torch.float32)
+    for layer in kernel_layers():
         x = torch.randn(KERNEL_ROWS - 1, 128)
         chunk = layer(x)
         assert torch.equal(torch.cat([layer(x[i : i + 1]) for i in range(len(x))]), chunk)
@@ -210,12 +215,7 @@ def test_a_long_prompt_chunk_takes_the_dequantized_weight_on_the_same_activation
     kernel's rows, or bf16 where the CPU has AMX (weights and activations rounded to 8 significant
     bits: within 2^-7 of the output's scale)."""
     torch.manual_seed(0)
-    for kind in ("q8", "q4", "q5"):
-        if kind == "q5":  # a q8 layer holding Q5_0's own values, as a GGUF file gives them
-            layer = QuantLinear(128, 48, False, "q8")
-            layer.qweight, layer.scales = q5_weight(48, 128, 0).values()
-        else:
-            layer = QuantLinear.from_linear(torch.randn(48, 128) * 0.05, kind, torch.float32)
+    for layer in kernel_layers():
         x = torch.randn(KERNEL_ROWS, 128)
         chunk = layer(x)
         rows = torch.cat([layer(x[i : i + 8]) for i in range(0, len(x), 8)])
