@@ -80,10 +80,10 @@ class BlockPool:
         return out
 
     def match_prefix(
-        self, table: BlockTable, tokens: list[int], limit: int, partial: bool = False
+        self, table: BlockTable, tokens: list[int], limit: int, partial: int = 0
     ) -> int:
         """Give `table` the cached blocks that start `tokens` (at most `limit` tokens' worth), and
-        with `partial` a copy of the start of the next one where a cached block shares it.
+        a copy of the start of the next one, up to `partial` tokens, where a cached block shares it.
 
         Returns the number of tokens whose keys and values are (or, copied, will be) in place.
         """
@@ -98,13 +98,15 @@ class BlockPool:
             table.blocks.append(block)
             table.hashes.append(h)
         n = len(table.blocks) * self.block_size
-        if partial and n < limit:
-            n += self._match_partial(table, tokens[n : min(limit, n + self.block_size)])
+        if n < min(limit, partial):
+            cap = min(limit, partial) - n
+            n += self._match_partial(table, tokens[n : n + self.block_size], cap)
         return n
 
-    def _match_partial(self, table: BlockTable, want: list[int]) -> int:
+    def _match_partial(self, table: BlockTable, want: list[int], cap: int) -> int:
         """Start a new block of `table` with the longest run of `want` a cached block after the
-        same parent begins with; the positions to copy go to `copies`. Returns their number."""
+        same parent begins with, where the prompt goes on differently (at most `cap` positions);
+        the positions to copy go to `copies`. Returns their number."""
         parent = table.hashes[-1] if table.hashes else table.salt
         source, best = None, 0
         for block in self._children.get(parent, ()):
@@ -115,8 +117,11 @@ class BlockPool:
                 n += 1
             if n > best:
                 source, best = block, n
-        if source is None:
+        if source is None or best == len(want):
+            # All of it cached: a repeated prompt, computed from the block's start as it was the
+            # first time (rows attended one way cold and another warm can differ in the last bits)
             return 0
+        best = min(best, cap)
         self._take(source)  # held until the engine has copied it
         if self.n_available == 0:
             self._drop(source)
@@ -125,6 +130,10 @@ class BlockPool:
         table.blocks.append(target)
         self.copies.append((source, target, best))
         return best
+
+    def copying(self, table: BlockTable) -> bool:
+        """Whether a copy into one of `table`'s blocks is pending."""
+        return any(target in table.blocks for _, target, _ in self.copies)
 
     def take_copies(self) -> list[tuple[int, int, int]]:
         """The pending copies, for the engine to carry out before the step; each source block is

@@ -125,11 +125,21 @@ class Scheduler:
             req = self.waiting[0]
             tokens = req.tokens
             if not req.table.blocks:
-                # Keep at least one token to compute: its logits give the next token.
+                # Keep at least one token to compute: its logits give the next token. Copied
+                # positions of a partly shared block leave two: prompt rows are attended together
+                # (SDPA), where a single row would take the decode kernel, whose float sums differ,
+                # and a repeated prompt would not give the bits it gave cold.
                 req.n_computed = req.n_cached = self.pool.match_prefix(
-                    req.table, tokens, len(tokens) - 1, partial=True
+                    req.table, tokens, len(tokens) - 1, partial=len(tokens) - 2
                 )
             n = min(len(tokens) - req.n_computed, budget)
+            if not self.pool.grow(req.table, req.n_computed + n) and self.pool.copying(req.table):
+                # The copy's source holds a block the chunk needs: do without the copy.
+                self.pool.release(req.table)
+                req.n_computed = req.n_cached = self.pool.match_prefix(
+                    req.table, tokens, len(tokens) - 1
+                )
+                n = min(len(tokens) - req.n_computed, budget)
             if not self.pool.grow(req.table, req.n_computed + n):
                 # Wait for memory; its prefix blocks stay cached (not held) meanwhile.
                 self.pool.release(req.table)

@@ -56,7 +56,7 @@ def test_a_block_shared_in_part_is_copied_into_a_block_of_its_own():
     b = BlockTable()
     assert pool.match_prefix(b, [1, 2, 3, 4, 5, 6, 9, 9, 9], 8) == 4  # whole blocks only
     pool.release(b)
-    assert pool.match_prefix(b, [1, 2, 3, 4, 5, 6, 9, 9, 9], 8, partial=True) == 6
+    assert pool.match_prefix(b, [1, 2, 3, 4, 5, 6, 9, 9, 9], 8, partial=8) == 6
     assert b.blocks[0] == a.blocks[0] and b.blocks[1] not in a.blocks
     copies = pool.take_copies()
     assert copies == [(a.blocks[1], b.blocks[1], 2)] and pool.copies == []
@@ -65,10 +65,12 @@ def test_a_block_shared_in_part_is_copied_into_a_block_of_its_own():
     pool.copied(copies)
     pool.release(b)
     assert pool.n_available == 8
-    # the start of a block is found after the whole blocks, and limited like them
-    assert matched(pool, [1, 2, 3, 4, 5, 6, 7, 8], 5)[0] == 4
+    # a repeated prompt, all of it cached up to the limit, is not copied: computed as it was
     table = BlockTable()
-    assert pool.match_prefix(table, [1, 2, 3, 4, 5, 6, 7, 8], 5, partial=True) == 5
+    assert pool.match_prefix(table, [1, 2, 3, 4, 5, 6, 7, 8], 7, partial=6) == 4
+    pool.release(table)
+    # the copy is limited by `partial`
+    assert pool.match_prefix(table, [1, 2, 3, 4, 5, 6, 9, 9], 8, partial=5) == 5
 
 
 def test_a_copy_into_a_block_given_back_is_dropped_with_its_source():
@@ -76,7 +78,7 @@ def test_a_copy_into_a_block_given_back_is_dropped_with_its_source():
     a = computed(pool, [1, 2, 3, 4])
     pool.release(a)
     b = BlockTable()
-    assert pool.match_prefix(b, [1, 2, 7, 7], 3, partial=True) == 2
+    assert pool.match_prefix(b, [1, 2, 7, 7], 3, partial=3) == 2
     pool.release(b)  # e.g. no memory for the rest of its prompt yet
     assert pool.copies == [] and pool.n_available == 4
     assert matched(pool, [1, 2, 3, 4, 5])[0] == 4  # the source is still cached
