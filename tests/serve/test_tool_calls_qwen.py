@@ -151,8 +151,9 @@ def test_auto_reads_a_bare_json_call_to_an_offered_function_only(qwen):
     tomato = [{"role": "user", "content": "Is a tomato a fruit or a vegetable?"}]
     choice = _ask(qwen, tomato, text_tools, max_tokens=80)
     assert choice.finish_reason == "tool_calls"
-    [(name, args)] = _calls(choice)  # "tomato" with two threads, "a tomato" with one
-    assert name == "string_capwords" and "tomato" in args["s"]
+    # "tomato", "Tomato" or "a tomato": which, is a near-tie that moves with the CPU's kernel path
+    [(name, args)] = _calls(choice)
+    assert name == "string_capwords" and "tomato" in args["s"].lower()
     # with one on offer it invents a function: JSON, but not a call to an offered one, so text
     capwords = [t for t in text_tools if t["function"]["name"] == "string_capwords"]
     choice = _ask(qwen, tomato, capwords, max_tokens=80)
