@@ -29,7 +29,7 @@ constexpr int64_t QK = 32;     // inputs per block
 constexpr int64_t MBLOCK = 4;  // rows of x per pass over a weight row (AVX2: 16 registers)
 constexpr int64_t MBLOCK512 = 8;  // the same with AVX-512's 32 registers
 constexpr int kQ8 = 0, kQ4 = 1, kQ5 = 2;  // the weight formats: q8 int8, q4, q8 uint8 (Q5_0's u)
-constexpr float Q5_OFFSET = 16.f;
+constexpr int Q5_OFFSET = 16;  // Q5_0's u = q + 16
 
 struct Activations {  // x quantized: per row K int8, and per block its scale and dx * sum(q)
   std::vector<int8_t> q;
@@ -83,7 +83,7 @@ void q4_rows_ref(const Activations& a, const uint8_t* qw, const at::Half* sc, co
 }
 
 void q8_rows_ref(const Activations& a, const int8_t* qw, const at::Half* sc, float* y, int64_t N,
-                 int64_t n0, int64_t n1, int offset) {  // offset: 16 for Q5_0's u (0..31 < 128)
+                 int64_t n0, int64_t n1, int offset) {  // offset: Q5_OFFSET for Q5_0's u (0..31 < 128)
   const int64_t K = a.K, G = a.G;
   for (int64_t n = n0; n < n1; ++n) {
     for (int64_t m = 0; m < a.M; ++m) {
@@ -158,7 +158,7 @@ AVX2 inline void tile_avx2(const Activations& a, const void* weights, const at::
       _mm256_store_ps(F[i], _mm256_mul_ps(sw, floats8(a.d.data() + (m0 + i) * G + g0, nb)));
     if (FMT != kQ8) {  // q4's mins; Q5_0's -16 x scale
       const __m256 mw = FMT == kQ4 ? halves8(mn + n * G + g0, nb)
-                                   : _mm256_mul_ps(sw, _mm256_set1_ps(-Q5_OFFSET));
+                                   : _mm256_mul_ps(sw, _mm256_set1_ps(-float(Q5_OFFSET)));
       for (int i = 0; i < MB; ++i)
         acc[i] = _mm256_fmadd_ps(mw, floats8(a.s.data() + (m0 + i) * G + g0, nb), acc[i]);
     }
@@ -248,7 +248,7 @@ AVX512 inline void tile_avx512(const Activations& a, const uint8_t* row4, const 
     const __mmask16 km = nb == 16 ? 0xFFFF : static_cast<__mmask16>((1u << nb) - 1);
     const __m512 sw = load_halves(sc + n * G + g0, km);
     const __m512 mw = FMT == kQ4   ? load_halves(mn + n * G + g0, km)
-                      : FMT == kQ5 ? _mm512_mul_ps(sw, _mm512_set1_ps(-Q5_OFFSET))
+                      : FMT == kQ5 ? _mm512_mul_ps(sw, _mm512_set1_ps(-float(Q5_OFFSET)))
                                    : _mm512_setzero_ps();
     for (int i = 0; i < MB; ++i) {
       const int64_t m = m0 + i;
@@ -289,7 +289,7 @@ AVX512 inline void tile_avx512(const Activations& a, const uint8_t* row4, const 
       const int64_t g = G - 1;
       const int8_t* ws = row8 + g * QK;
       const int8_t* xs = a.q.data() + m * K + g * QK;
-      const int offset = FMT == kQ5 ? 16 : 0;
+      const int offset = FMT == kQ5 ? Q5_OFFSET : 0;
       int dot = 0;
       for (int j = 0; j < QK; ++j) dot += (ws[j] - offset) * xs[j];
       sum += half(sc, n * G + g) * a.d[m * G + g] * dot;
@@ -348,7 +348,7 @@ AVX512 void rows1_avx512(const Activations& a, const void* weights, const at::Ha
         if (FMT == kQ4)
           minacc[r] = _mm512_fmadd_ps(load_halves(mn + (n + r) * G + g0, km), xsum, minacc[r]);
         if (FMT == kQ5)
-          minacc[r] = _mm512_fmadd_ps(_mm512_mul_ps(sw, _mm512_set1_ps(-Q5_OFFSET)), xsum, minacc[r]);
+          minacc[r] = _mm512_fmadd_ps(_mm512_mul_ps(sw, _mm512_set1_ps(-float(Q5_OFFSET))), xsum, minacc[r]);
       }
       for (int k = 0; k < nb / 2; ++k) {
         const int64_t p = g0 / 2 + k;
@@ -381,7 +381,7 @@ AVX512 void rows1_avx512(const Activations& a, const void* weights, const at::Ha
         const int64_t g = G - 1;
         const int8_t* ws = static_cast<const int8_t*>(weights) + (n + r) * K + g * QK;
         const int8_t* xs = a.q.data() + g * QK;
-        const int offset = FMT == kQ5 ? 16 : 0;
+        const int offset = FMT == kQ5 ? Q5_OFFSET : 0;
         int dot = 0;
         for (int j = 0; j < QK; ++j) dot += (ws[j] - offset) * xs[j];
         sum += half(sc, (n + r) * G + g) * a.d[g] * dot;
@@ -503,7 +503,7 @@ void matmul_into(const float* x, int64_t M, const QLinear& L, float* y) {
       const int8_t* w8 = static_cast<const int8_t*>(w);
       if (isa == Isa::avx512) q8_rows_avx512(a, w8, sc, y, N, n0, n1, q5);
       else if (isa == Isa::avx2) q8_rows_avx2(a, w8, sc, y, N, n0, n1, q5);
-      else q8_rows_ref(a, w8, sc, y, N, n0, n1, q5 ? 16 : 0);
+      else q8_rows_ref(a, w8, sc, y, N, n0, n1, q5 ? Q5_OFFSET : 0);
     }
   });
   if (L.bias.defined()) {
@@ -909,7 +909,7 @@ AVX2 void dequantize_row_avx2(int fmt, const void* w, const at::Half* sc, const 
       const __m128i eight = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + i));
       __m256i qi;
       if (fmt == kQ8) qi = _mm256_cvtepi8_epi32(eight);
-      else if (fmt == kQ5) qi = _mm256_sub_epi32(_mm256_cvtepu8_epi32(eight), _mm256_set1_epi32(16));
+      else if (fmt == kQ5) qi = _mm256_sub_epi32(_mm256_cvtepu8_epi32(eight), _mm256_set1_epi32(Q5_OFFSET));
       else qi = _mm256_cvtepu8_epi32(eight);
       __m256 v = _mm256_mul_ps(s, _mm256_cvtepi32_ps(qi));
       if (fmt == kQ4) v = _mm256_add_ps(v, m);
@@ -932,7 +932,7 @@ torch::Tensor dequantize(torch::Tensor qw, torch::Tensor scales, c10::optional<t
   const at::Half* mn = q4 ? mins->data_ptr<at::Half>() : nullptr;
   const uint8_t* w4 = q4 ? qw.data_ptr<uint8_t>() : nullptr;
   const int8_t* w8 = q4 ? nullptr : static_cast<const int8_t*>(qw.data_ptr());
-  const int offset = q5 ? 16 : 0;
+  const int offset = q5 ? Q5_OFFSET : 0;
   void* base = out.data_ptr();
   if (chosen != Isa::portable) {
     const int fmt = q4 ? kQ4 : q5 ? kQ5 : kQ8;
