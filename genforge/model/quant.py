@@ -197,12 +197,23 @@ class QuantLinear(nn.Module):
         # float matmul on the dequantized weight is several times faster (bf16 on CPUs with AMX).
         # The activations are rounded to the same int8 grid first, so the two paths agree to a
         # float32 rounding step (float32 matmul) or to bf16's 2^-9 (bf16).
+        # The weight is dequantized in panels of rows that stay in the cache, each multiplied
+        # straight into its columns of y: a whole one (Qwen2.5-0.5B's gate/up: 35 MB of float32)
+        # was a fresh allocation every time, and faulting its pages in took as long as a fifth of
+        # the matmul (docs/engine.md). Each column of y is the same dot product either way.
         bf16 = kernels.native_bf16()
-        qx, d = kernels.quantize_activations(x32)
-        xq = (qx.view(-1, x32.shape[1] // kernels.BLOCK, kernels.BLOCK) * d[..., None]).view_as(x32)
+        xq = ops.fake_quantize(x32)
+        xq = xq.to(torch.bfloat16) if bf16 else xq
         mins = self.mins if self.kind == "q4" else None
-        w = ops.dequantize(self.qweight, self.scales, mins, bf16)
-        return F.linear(xq.to(w.dtype), w).to(x.dtype)
+        rows = panel_rows(self.in_features, bf16)
+        y = xq.new_empty((x.shape[0], self.out_features))
+        for n0 in range(0, self.out_features, rows):
+            part = slice(n0, n0 + rows)
+            w = ops.dequantize(
+                self.qweight[part], self.scales[part], None if mins is None else mins[part], bf16
+            )
+            torch.mm(xq, w.t(), out=y[:, part])
+        return y.to(x.dtype)
 
     def dequantized(self, bf16: bool = False) -> torch.Tensor:
         """The (out, in) weight this layer holds as float32 (or bf16), by genforge's dequantize
@@ -215,6 +226,14 @@ class QuantLinear(nn.Module):
         if self.kind == "q4":
             return kernels.unpack_q4(self.qweight, self.scales, self.mins)
         return kernels.unpack_q8(self.qweight, self.scales)
+
+
+PANEL_BYTES = 4 << 20  # a dequantized weight panel of a long prompt chunk's matmul
+
+
+def panel_rows(cols: int, bf16: bool = False) -> int:
+    """Weight rows per panel of `_blocks_mm`: ~PANEL_BYTES of floats, a multiple of 64 rows."""
+    return max(64, PANEL_BYTES // (cols * (2 if bf16 else 4)) // 64 * 64)
 
 
 def dequantize_blocks(

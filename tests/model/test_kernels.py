@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from genforge.generate.loading import cpu_kernels
-from genforge.model import kernels
+from genforge.model import kernels, quant
 from genforge.model.quant import KERNEL_ROWS, QuantLinear
 
 PATHS = ("avx512-vnni", "avx2", "portable")
@@ -233,6 +233,26 @@ def test_a_long_prompt_chunk_takes_the_dequantized_weight_on_the_same_activation
         args = (parts["qweight"], parts["scales"], parts.get("mins"))
         assert torch.equal(ops.dequantize(*args, False), full)
         assert torch.equal(ops.dequantize(*args, True), full.bfloat16())
+
+
+def test_a_long_chunk_multiplies_the_weight_panel_by_panel_as_a_whole(ops, monkeypatch):
+    """A long chunk's float matmul takes the dequantized weight in panels of rows, each into its
+    columns of y: every output is the same dot product as with the whole weight (float32: equal
+    within its summation error, bf16 within 2^-7), the last panel a partial one. The activations
+    go onto the int8 grid by `fake_quantize`, bit for bit what `quantize_activations` gives."""
+    torch.manual_seed(0)
+    x = torch.randn(KERNEL_ROWS + 5, 128)
+    qx, d = kernels.quantize_activations(x)
+    assert torch.equal(ops.fake_quantize(x), (qx.view(len(x), -1, 32) * d[..., None]).view_as(x))
+    tolerance = 2**-7 if kernels.native_bf16() else 1e-5
+    for kind in ("q8", "q4"):
+        layer = QuantLinear.from_linear(torch.randn(200, 128) * 0.05, kind, torch.float32)
+        whole = layer(x)
+        monkeypatch.setattr(quant, "PANEL_BYTES", 64 * 128 * 4)  # 64 rows: 4 panels, one partial
+        assert quant.panel_rows(128) == 64
+        panels = layer(x)
+        monkeypatch.undo()
+        assert (panels - whole).abs().max() <= tolerance * whole.abs().max()
 
 
 def test_rope_store_rotates_q_and_k_in_place_and_fills_the_cache(ops):

@@ -972,6 +972,28 @@ torch::Tensor dequantize(torch::Tensor qw, torch::Tensor scales, c10::optional<t
   return out;
 }
 
+// x (M, K) float32 -> x rounded to the int8 grid of its blocks (q * scale, `quantize`'s q and scale)
+// as floats: what the float matmul of a long prompt chunk multiplies, so that it and the integer
+// kernels see the same x. One pass where PyTorch's operators took six.
+torch::Tensor fake_quantize(torch::Tensor x) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.is_contiguous() &&
+                  x.size(1) % QK == 0,
+              "x must be contiguous float32 (M, K), K a multiple of 32");
+  auto out = torch::empty_like(x);
+  const float* xp = x.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, x.numel() / QK, 256, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const float* xs = xp + b * QK;
+      float amax = 0.f;
+      for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(xs[j]));
+      const float d = amax / 127.f, inv = d ? 1.f / d : 0.f;
+      for (int j = 0; j < QK; ++j) op[b * QK + j] = std::nearbyint(xs[j] * inv) * d;
+    }
+  });
+  return out;
+}
+
 // -- a whole decode step ---------------------------------------------------------------------------
 //
 // Every layer of a llama/qwen2-style model for M rows that each decode one token: norm, q/k/v, RoPE and
@@ -1146,6 +1168,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("run", &DecodeStep::run, "every layer for rows that decode one token each",
            py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("n_layers", &DecodeStep::n_layers);
+  m.def("fake_quantize", &fake_quantize, "x (M, K) float32 rounded to its int8 blocks, as floats");
   m.def("rms_norm", &rms_norm, "x (..., C) float32 normalized by its RMS, times w (C,)");
   m.def("isa", &isa_name, "the instruction set the kernels use on this CPU");
   m.def("set_isa", &set_isa, "use another path (avx512-vnni, avx2, portable) if the CPU can");
