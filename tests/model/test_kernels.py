@@ -235,15 +235,19 @@ def test_a_long_prompt_chunk_takes_the_dequantized_weight_on_the_same_activation
         assert torch.equal(ops.dequantize(*args, True), full.bfloat16())
 
 
-def test_a_long_chunk_multiplies_the_weight_panel_by_panel_as_a_whole(ops, monkeypatch):
+def test_a_long_chunk_multiplies_the_weight_panel_by_panel_as_a_whole(ops, each_path, monkeypatch):
     """A long chunk's float matmul takes the dequantized weight in panels of rows, each into its
     columns of y: every output is the same dot product as with the whole weight (float32: equal
     within its summation error, bf16 within 2^-7), the last panel a partial one. The activations
-    go onto the int8 grid by `fake_quantize`, bit for bit what `quantize_activations` gives."""
+    go onto the int8 grid by `fake_quantize`, bit for bit what `quantize_activations` gives, on
+    every path."""
     torch.manual_seed(0)
     x = torch.randn(KERNEL_ROWS + 5, 128)
+    x[3, :32] = 0  # a block of zeros: scale 0
     qx, d = kernels.quantize_activations(x)
-    assert torch.equal(ops.fake_quantize(x), (qx.view(len(x), -1, 32) * d[..., None]).view_as(x))
+    grid = (qx.view(len(x), -1, 32) * d[..., None]).view_as(x)
+    for name in each_path():
+        assert torch.equal(ops.fake_quantize(x), grid), name
     tolerance = 2**-7 if kernels.native_bf16() else 1e-5
     for kind in ("q8", "q4"):
         layer = QuantLinear.from_linear(torch.randn(200, 128) * 0.05, kind, torch.float32)

@@ -111,6 +111,12 @@ AVX2 inline float hsum256(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+AVX2 inline float hmax256(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
 AVX2 inline __m256 dot_u8s8_avx2(__m256i u, __m256i s) {  // 8 int32 sums of 4 products, as float
   const __m256i pairs = _mm256_maddubs_epi16(u, s);
   return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
@@ -972,6 +978,26 @@ torch::Tensor dequantize(torch::Tensor qw, torch::Tensor scales, c10::optional<t
   return out;
 }
 
+// Blocks b0..b1 of fake_quantize, 8 floats at a time: the same products and the same rounding (to
+// nearest, ties to even) as the portable loop, so the same bits; without SSE4.1 in the baseline
+// target, std::nearbyint there is a libm call per float.
+AVX2 void fake_quantize_avx2(const float* xp, float* op, int64_t b0, int64_t b1) {
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  for (int64_t b = b0; b < b1; ++b) {
+    const float* xs = xp + b * QK;
+    __m256 m = _mm256_setzero_ps();
+    for (int j = 0; j < QK; j += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(xs + j)));
+    const float amax = hmax256(m);
+    const float d = amax / 127.f, inv = d ? 1.f / d : 0.f;
+    const __m256 vd = _mm256_set1_ps(d), vinv = _mm256_set1_ps(inv);
+    for (int j = 0; j < QK; j += 8) {
+      const __m256 q = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(xs + j), vinv),
+                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      _mm256_storeu_ps(op + b * QK + j, _mm256_mul_ps(q, vd));
+    }
+  }
+}
+
 // x (M, K) float32 -> x rounded to the int8 grid of its blocks (q * scale, `quantize`'s q and scale)
 // as floats: what the float matmul of a long prompt chunk multiplies, so that it and the integer
 // kernels see the same x. One pass where PyTorch's operators took six.
@@ -983,6 +1009,7 @@ torch::Tensor fake_quantize(torch::Tensor x) {
   const float* xp = x.data_ptr<float>();
   float* op = out.data_ptr<float>();
   at::parallel_for(0, x.numel() / QK, 256, [&](int64_t b0, int64_t b1) {
+    if (chosen != Isa::portable) return fake_quantize_avx2(xp, op, b0, b1);
     for (int64_t b = b0; b < b1; ++b) {
       const float* xs = xp + b * QK;
       float amax = 0.f;
