@@ -13,8 +13,8 @@ memory is its own. Step times are the median of the steps after two warm-up step
   --checkpointing), on float32, and full fine-tuning;
 - transformers + peft: the Hugging Face model (float32, the same weights, exported by genforge),
   `peft.get_peft_model`, a plain PyTorch loop (forward, the model's own loss, backward, step), with
-  and without bf16 autocast, and with bf16 autocast under torch.compile (the fastest counts as the
-  peer);
+  and without bf16 autocast, each also under torch.compile (the fastest counts as the peer: bf16
+  where the CPU has it natively, float32 where it has not);
 - TRL's SFTTrainer over the same model and LoRA config, when trl is installed.
 
 The section "Fine-tuning against transformers + peft" of RESULTS.md is rewritten.
@@ -56,6 +56,7 @@ VARIANTS = {
     "genforge-lora-fp32": "genforge, LoRA on a float32 base",
     "genforge-full": "genforge, full fine-tuning",
     "hf-peft": "transformers + peft, LoRA (float32)",
+    "hf-peft-compile": "transformers + peft, LoRA (float32, torch.compile)",
     "hf-peft-bf16": "transformers + peft, LoRA (bf16 autocast)",
     "hf-peft-bf16-compile": "transformers + peft, LoRA (bf16 autocast, torch.compile)",
     "hf-full": "transformers, full fine-tuning (float32)",
@@ -361,7 +362,7 @@ def main() -> None:
 
 
 def section(results: dict, args, load0: float) -> list[str]:
-    hf = [results.get(v) for v in ("hf-peft", "hf-peft-bf16", "hf-peft-bf16-compile")]
+    hf = [results.get(v) for v in VARIANTS if v.startswith("hf-peft")]
     peer = min((r["step_s"] for r in hf if r), default=None)
     full = results.get("genforge-full")
     lengths = f"~{args.seq} tokens"
