@@ -52,13 +52,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     if grad_w is None:
                         grad_w = torch.zeros_like(weight, dtype=torch.float32)
                     grad_w.addmm_(g.t().float(), xs.float())
-        if need_grad:
-            ctx.save_for_backward(grad_x, grad_w)
+        # The gradients made here, not activations: kept on ctx, out of reach of saved-tensor
+        # hooks (fine-tuning's bf16 packing of activations must not round them).
+        ctx.grads = (grad_x, grad_w) if need_grad else (None, None)
         return total / count
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad_x, grad_w = ctx.saved_tensors  # already divided by the target count
+        grad_x, grad_w = ctx.grads  # already divided by the target count
+        ctx.grads = None
         if grad_w is not None:
             grad_w = grad_w.mul_(grad_out).to(ctx.weight_dtype)  # in place: backward runs once
         return grad_x * grad_out.to(grad_x.dtype), grad_w, None, None

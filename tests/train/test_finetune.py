@@ -4,6 +4,7 @@ fine-tuning writes a loadable model folder, and bad data or settings stop with o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -544,3 +545,52 @@ def test_two_ddp_processes_fine_tune_what_one_process_does(smollm2_path, tmp_pat
         # float32; gradients summed in another order (an all-reduce) move Adam's steps by ~1e-6
         # here, a missed all-reduce or a wrong split by about the learning rate (2e-4) per step
         torch.testing.assert_close(wb[name], wa[name], rtol=1e-4, atol=2e-5, msg=name)
+
+
+def test_lora_in_float32_keeps_backwards_activations_in_bf16(monkeypatch):
+    """`bf16_saved`: the compiled blocks' saved activations go to bf16 (the adapters do not), the
+    forward is untouched, and the gradients are those of float32 up to bf16's rounding of the
+    activations they are made from (8 significant bits: within 2^-6 of the largest)."""
+    from tiny import random_transformer
+
+    from genforge.model import lora
+    from genforge.model.config import ModelConfig
+    from genforge.train import finetune as ft
+
+    cfg = ModelConfig(
+        vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=96, max_seq_len=64
+    )
+    model = random_transformer(cfg, 0)
+    torch.manual_seed(3)
+    lora.add_lora(model, lora.TARGETS, 4, 8.0)
+    for name, p in model.named_parameters():
+        if p.requires_grad and "lora_b" in name:
+            torch.nn.init.normal_(p, std=0.3)  # B at zero would leave A without gradients
+    model.train()
+    model.compile_blocks(memory_budget=0.5)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 24), generator=torch.Generator().manual_seed(7))
+    targets = torch.roll(tokens, -1, dims=1)
+    monkeypatch.setattr(ft, "BF16_SAVED_MIN", 1)  # every float32 activation of the tiny model
+    rounded = []
+
+    def pack(t):
+        packed = ft._pack_bf16(t)
+        rounded.append(packed[1])
+        assert not (packed[1] and isinstance(t, torch.nn.Parameter))
+        return packed
+
+    runs = []
+    for hooks in (False, True, False, True):  # the first two compile; the last two are compared
+        model.zero_grad(set_to_none=True)
+        rounded.clear()
+        saving = torch.autograd.graph.saved_tensors_hooks(pack, ft._unpack_bf16)
+        with saving if hooks else contextlib.nullcontext():
+            loss = model(tokens, targets=targets)
+        loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        runs.append((loss.detach(), grads, any(rounded)))
+    (loss32, grads32, _), (loss16, grads16, packed) = runs[2:]
+    assert packed
+    assert torch.equal(loss16, loss32)
+    for name, g in grads32.items():
+        assert (grads16[name] - g).abs().max() <= 2**-6 * g.abs().max(), name
