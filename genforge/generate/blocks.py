@@ -98,8 +98,8 @@ class BlockPool:
             table.blocks.append(block)
             table.hashes.append(h)
         n = len(table.blocks) * self.block_size
-        if n < min(limit, partial):
-            cap = min(limit, partial) - n
+        cap = min(limit, partial) - n
+        if cap > 0:
             n += self._match_partial(table, tokens[n : n + self.block_size], cap)
         return n
 

@@ -26,6 +26,7 @@ QUANT_KINDS = ("int8", "int4", "q8", "q4")
 INT4_GROUP = 32
 DEQUANT_ROWS = 128  # int8 layers with at least this many input rows use a float32 matmul
 KERNEL_ROWS = 128  # q8/q4 layers take fewer input rows through genforge's kernels
+PANEL_BYTES = 4 << 20  # from there on, the float weight goes through in panels of this size
 
 
 ROWS_PER_CHUNK = 4096  # quantize big matrices (embeddings, heads) in slices: small temporaries
@@ -226,9 +227,6 @@ class QuantLinear(nn.Module):
         if self.kind == "q4":
             return kernels.unpack_q4(self.qweight, self.scales, self.mins)
         return kernels.unpack_q8(self.qweight, self.scales)
-
-
-PANEL_BYTES = 4 << 20  # a dequantized weight panel of a long prompt chunk's matmul
 
 
 def panel_rows(cols: int, bf16: bool = False) -> int:

@@ -20,7 +20,6 @@ Design choices:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from pathlib import Path
@@ -56,6 +55,8 @@ PAD_MULTIPLE = 64
 # The share of activations compiled blocks keep for backward (the rest is recomputed: norms,
 # activations, RoPE): a third less memory at the same step time (benchmarks/finetune_speed.py).
 MEMORY_BUDGET = 0.5
+# bf16_saved: saved tensors smaller than this stay float32 (scalars, LoRA's rank-wide products).
+BF16_SAVED_MIN = 1 << 16
 
 
 class FineTuner(Loop):
@@ -202,13 +203,9 @@ class FineTuner(Loop):
         backward needs kept in bf16: they are most of a LoRA step's peak memory (SmolLM2, 8 x 256
         tokens: ~1.2 of 2.7 GB). Each compiled block's are packed when its forward returns and
         unpacked when its backward starts, so one block's float32 copies exist at a time."""
-        ctx = super()._autocast()
-        if not (self.cfg.bf16_saved and self.cfg.method == "lora" and self.autocast is None):
-            return ctx
-        stack = contextlib.ExitStack()
-        stack.enter_context(ctx)
-        stack.enter_context(torch.autograd.graph.saved_tensors_hooks(_pack_bf16, _unpack_bf16))
-        return stack
+        if self.cfg.bf16_saved and self.cfg.method == "lora" and self.autocast is None:
+            return torch.autograd.graph.saved_tensors_hooks(_pack_bf16, _unpack_bf16)
+        return super()._autocast()
 
     # Objectives.
     def loss(self, batch: list) -> torch.Tensor:
@@ -460,10 +457,6 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     with distributed.joined(cfg.fsdp) as world:
         tuner = FineTuner(cfg, world)
         return tuner.fit(progress) | {"method": cfg.method, "skipped": tuner.stats.skipped}
-
-
-# Saved tensors smaller than this stay as they are: scalars, indices, LoRA's rank-wide products.
-BF16_SAVED_MIN = 1 << 16
 
 
 def _pack_bf16(t: torch.Tensor):

@@ -37,6 +37,13 @@ struct Activations {  // x quantized: per row K int8, and per block its scale an
   int64_t M, K, G;
 };
 
+// A block's int8 scale from its largest magnitude, and its inverse (0 for a block of zeros): one
+// rule for `quantize` and `fake_quantize`, so the two put x on the same grid bit for bit.
+inline void block_scale(float amax, float& d, float& inv) {
+  d = amax / 127.f;
+  inv = d ? 1.f / d : 0.f;
+}
+
 Activations quantize(const float* x, int64_t M, int64_t K) {
   Activations a{std::vector<int8_t>(M * K), std::vector<float>(M * (K / QK)),
                 std::vector<float>(M * (K / QK)), M, K, K / QK};
@@ -45,7 +52,8 @@ Activations quantize(const float* x, int64_t M, int64_t K) {
       const float* xs = x + b * QK;
       float amax = 0.f;
       for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(xs[j]));
-      const float d = amax / 127.f, inv = d ? 1.f / d : 0.f;
+      float d, inv;
+      block_scale(amax, d, inv);
       int sum = 0;
       int8_t* qs = a.q.data() + b * QK;
       for (int j = 0; j < QK; ++j) {
@@ -987,8 +995,8 @@ AVX2 void fake_quantize_avx2(const float* xp, float* op, int64_t b0, int64_t b1)
     const float* xs = xp + b * QK;
     __m256 m = _mm256_setzero_ps();
     for (int j = 0; j < QK; j += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(xs + j)));
-    const float amax = hmax256(m);
-    const float d = amax / 127.f, inv = d ? 1.f / d : 0.f;
+    float d, inv;
+    block_scale(hmax256(m), d, inv);
     const __m256 vd = _mm256_set1_ps(d), vinv = _mm256_set1_ps(inv);
     for (int j = 0; j < QK; j += 8) {
       const __m256 q = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(xs + j), vinv),
@@ -1014,7 +1022,8 @@ torch::Tensor fake_quantize(torch::Tensor x) {
       const float* xs = xp + b * QK;
       float amax = 0.f;
       for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(xs[j]));
-      const float d = amax / 127.f, inv = d ? 1.f / d : 0.f;
+      float d, inv;
+      block_scale(amax, d, inv);
       for (int j = 0; j < QK; ++j) op[b * QK + j] = std::nearbyint(xs[j] * inv) * d;
     }
   });
