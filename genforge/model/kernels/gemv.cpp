@@ -39,9 +39,15 @@ struct Activations {  // x quantized: per row K int8, and per block its scale an
 
 // A block's int8 scale from its largest magnitude, and its inverse (0 for a block of zeros): one
 // rule for `quantize` and `fake_quantize`, so the two put x on the same grid bit for bit.
-inline void block_scale(float amax, float& d, float& inv) {
+inline void scale_of(float amax, float& d, float& inv) {
   d = amax / 127.f;
   inv = d ? 1.f / d : 0.f;
+}
+
+inline void block_scale(const float* xs, float& d, float& inv) {  // the block of 32 at xs
+  float amax = 0.f;
+  for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(xs[j]));
+  scale_of(amax, d, inv);
 }
 
 Activations quantize(const float* x, int64_t M, int64_t K) {
@@ -50,10 +56,8 @@ Activations quantize(const float* x, int64_t M, int64_t K) {
   at::parallel_for(0, M * a.G, 256, [&](int64_t b0, int64_t b1) {  // blocks of 32, row by row
     for (int64_t b = b0; b < b1; ++b) {
       const float* xs = x + b * QK;
-      float amax = 0.f;
-      for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(xs[j]));
       float d, inv;
-      block_scale(amax, d, inv);
+      block_scale(xs, d, inv);
       int sum = 0;
       int8_t* qs = a.q.data() + b * QK;
       for (int j = 0; j < QK; ++j) {
@@ -996,7 +1000,7 @@ AVX2 void fake_quantize_avx2(const float* xp, float* op, int64_t b0, int64_t b1)
     __m256 m = _mm256_setzero_ps();
     for (int j = 0; j < QK; j += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(xs + j)));
     float d, inv;
-    block_scale(hmax256(m), d, inv);
+    scale_of(hmax256(m), d, inv);
     const __m256 vd = _mm256_set1_ps(d), vinv = _mm256_set1_ps(inv);
     for (int j = 0; j < QK; j += 8) {
       const __m256 q = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(xs + j), vinv),
@@ -1020,10 +1024,8 @@ torch::Tensor fake_quantize(torch::Tensor x) {
     if (chosen != Isa::portable) return fake_quantize_avx2(xp, op, b0, b1);
     for (int64_t b = b0; b < b1; ++b) {
       const float* xs = xp + b * QK;
-      float amax = 0.f;
-      for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(xs[j]));
       float d, inv;
-      block_scale(amax, d, inv);
+      block_scale(xs, d, inv);
       for (int j = 0; j < QK; ++j) op[b * QK + j] = std::nearbyint(xs[j] * inv) * d;
     }
   });
