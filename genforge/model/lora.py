@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genforge.model.quant import QuantLinear, dequantize_blocks
+from genforge.model.quant import BLOCK_KINDS, QuantLinear, dequantize_blocks
 
 # The projections LoRA can adapt, by genforge name (peft's names are genforge.weights.peft's job).
 TARGETS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
@@ -31,15 +31,15 @@ DEFAULT_ADAPTER = "default"
 
 @torch.library.custom_op("genforge::dequantize", mutates_args=())
 def _dequantize(
-    qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, cols: int, bf16: bool
+    qweight: torch.Tensor, scales: torch.Tensor, extra: torch.Tensor | None, cols: int, bf16: bool
 ) -> torch.Tensor:
     """`quant.dequantize_blocks` as an operator of its own (of a weight with `cols` inputs), so
     that torch.compile keeps it whole instead of breaking the graph at a C++ call."""
-    return dequantize_blocks(qweight, scales, mins, bf16)
+    return dequantize_blocks(qweight, scales, extra, bf16)
 
 
 @_dequantize.register_fake
-def _(qweight, scales, mins, cols, bf16):
+def _(qweight, scales, extra, cols, bf16):
     return qweight.new_empty(
         (qweight.shape[0], cols), dtype=torch.bfloat16 if bf16 else torch.float32
     )
@@ -53,10 +53,10 @@ class _FrozenQuant(torch.autograd.Function):
     every layer."""
 
     @staticmethod
-    def forward(ctx, x, qweight, scales, mins, bias, cols: int, bf16: bool) -> torch.Tensor:
-        ctx.save_for_backward(qweight, scales, mins)
+    def forward(ctx, x, qweight, scales, extra, bias, cols: int, bf16: bool) -> torch.Tensor:
+        ctx.save_for_backward(qweight, scales, extra)
         ctx.cols, ctx.bf16, ctx.x_dtype = cols, bf16, x.dtype
-        w = _dequantize(qweight, scales, mins, cols, bf16)
+        w = _dequantize(qweight, scales, extra, cols, bf16)
         y = F.linear(x.to(w.dtype), w)
         if bias is not None:
             y = y + bias.to(y.dtype)
@@ -64,8 +64,8 @@ class _FrozenQuant(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
-        qweight, scales, mins = ctx.saved_tensors
-        w = _dequantize(qweight, scales, mins, ctx.cols, ctx.bf16)  # (out, in)
+        qweight, scales, extra = ctx.saved_tensors
+        w = _dequantize(qweight, scales, extra, ctx.cols, ctx.bf16)  # (out, in)
         return (dy.to(w.dtype) @ w).to(ctx.x_dtype), None, None, None, None, None, None
 
 
@@ -73,13 +73,10 @@ def frozen_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`layer(x)` with gradients to `x` only (a quantized layer has no autograd of its own); while
     training, every quantized layer takes this path, the first one too (whose input needs no
     gradient), so that torch.compile sees one kind of layer."""
-    if isinstance(layer, QuantLinear) and layer.kind in ("q8", "q4") and torch.is_grad_enabled():
+    if isinstance(layer, QuantLinear) and layer.kind in BLOCK_KINDS and torch.is_grad_enabled():
         bf16 = x.dtype == torch.bfloat16 or torch.is_autocast_enabled(x.device.type)
-        mins = layer.mins if layer.kind == "q4" else None
         bias = None if layer.bias is None else layer.bias.detach()
-        return _FrozenQuant.apply(
-            x, layer.qweight, layer.scales, mins, bias, layer.in_features, bf16
-        )
+        return _FrozenQuant.apply(x, *layer.block_parts(), bias, layer.in_features, bf16)
     return layer(x)
 
 

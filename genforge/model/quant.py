@@ -5,7 +5,9 @@ faster. Quantized layers replace `nn.Linear` modules in place (a module swap, no
 
 - `q8` / `q4`: GGUF's own blocks of 32 inputs (Q8_0: w = scale * q; Q4_1: w = scale * q + min, which
   holds a Q4_1 file's blocks exactly), run by genforge's kernels (genforge.model.kernels) with
-  float32 activations. Used whenever the kernels are built.
+  float32 activations. Used whenever the kernels are built. A file's Q5_0 matrices, where a
+  model asks for q8, stay in their own 5.5 bits as `q5` (a layer takes that format from the
+  tensors it loads: `adopt_formats`).
 - `int8` / `int4`: PyTorch's own CPU kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`)
   with bf16 activations: int8 per output channel; int4 asymmetric in groups of 32,
   w = (q - 8) * scale + zero (Q4_1's grid too). The fallback where no compiler is.
@@ -23,6 +25,7 @@ from genforge.model import kernels
 from genforge.model.kernels import Blocks
 
 QUANT_KINDS = ("int8", "int4", "q8", "q4")
+BLOCK_KINDS = ("q8", "q5", "q4")  # run by genforge's kernels (q5 only as a file's own blocks)
 INT4_GROUP = 32
 DEQUANT_ROWS = 128  # int8 layers with at least this many input rows use a float32 matmul
 KERNEL_ROWS = 128  # q8/q4 layers take fewer input rows through genforge's kernels
@@ -109,16 +112,19 @@ class QuantLinear(nn.Module):
                 "qweight", torch.empty(out_features, in_features // 2, dtype=torch.uint8)
             )
             self.register_buffer("scales", torch.empty(in_features // INT4_GROUP, out_features, 2))
-        elif kind in ("q8", "q4"):
-            if layer_kind(kind, in_features) != kind:
+        elif kind in BLOCK_KINDS:
+            nibbles = kind in ("q4", "q5")  # two blocks per 32 bytes: inputs in multiples of 64
+            if in_features % (kernels.BLOCK * (2 if nibbles else 1)):
                 raise ValueError(f"{kind} cannot hold a layer of {in_features} inputs")
-            cols = in_features // 2 if kind == "q4" else in_features
-            dtype = torch.uint8 if kind == "q4" else torch.int8
+            cols = in_features // 2 if nibbles else in_features
+            dtype = torch.uint8 if nibbles else torch.int8
             self.register_buffer("qweight", torch.empty(out_features, cols, dtype=dtype))
             blocks = (out_features, in_features // kernels.BLOCK)
             self.register_buffer("scales", torch.empty(blocks, dtype=torch.float16))
             if kind == "q4":
                 self.register_buffer("mins", torch.empty(blocks, dtype=torch.float16))
+            if kind == "q5":
+                self.register_buffer("qh", torch.empty(blocks, dtype=torch.int32))
         else:
             raise ValueError(f"unknown quantization {kind!r}")
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
@@ -144,6 +150,8 @@ class QuantLinear(nn.Module):
         does not allow it. Rows are stacked: int8 keeps a row per output channel; packed int4 keeps
         blocks of `int4_row_block()` rows, so every part but the last must fill whole blocks."""
         kinds = {m.kind for m in mods}
+        if kinds == {"q5", "q8"}:  # a file's Q5_0 blocks beside q8 ones: all as q8
+            mods, kinds = [m.as_q8() for m in mods], {"q8"}
         if len(kinds) != 1:
             return None
         if not can_stack(next(iter(kinds)), [m.out_features for m in mods]):
@@ -157,14 +165,31 @@ class QuantLinear(nn.Module):
         out.scales = cat([m.scales for m in mods], dim=1 if out.kind == "int4" else 0)
         if out.kind == "q4":
             out.mins = cat([m.mins for m in mods])
+        if out.kind == "q5":
+            out.qh = cat([m.qh for m in mods])
         if has_bias:
             out.bias = nn.Parameter(cat([m.bias for m in mods]), requires_grad=False)
         return out
 
+    def as_q8(self) -> QuantLinear:
+        """This layer in q8 blocks (a q5's values unpacked to uint8, exactly); itself if it is
+        not q5."""
+        if self.kind != "q5":
+            return self
+        out = QuantLinear(self.in_features, self.out_features, self.bias is not None, "q8")
+        out.qweight = kernels.q5_values(self.qweight, self.qh, self.scales)
+        out.scales, out.bias = self.scales, self.bias
+        return out
+
+    def block_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """qweight, scales and the kernels' `extra` (q4's mins, q5's fifth bits, q8's None)."""
+        extra = {"q4": "mins", "q5": "qh"}.get(self.kind)
+        return self.qweight, self.scales, None if extra is None else getattr(self, extra)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)  # (tokens, in)
-        if self.kind in ("q8", "q4"):
+        if self.kind in BLOCK_KINDS:
             y = self._blocks_mm(x2)
         elif self.kind == "int8" and x2.shape[0] >= DEQUANT_ROWS:
             # Many rows (a prompt chunk): dequantizing to float32 and using the float matmul is
@@ -191,6 +216,8 @@ class QuantLinear(nn.Module):
             # a short prompt chunk: batching and the prefix cache leave greedy answers unchanged.
             if self.kind == "q4":
                 y = ops.q4_matmul(x32, self.qweight, self.scales, self.mins)
+            elif self.kind == "q5":
+                y = ops.q5_matmul(x32, self.qweight, self.scales, self.qh)
             else:
                 y = ops.q8_matmul(x32, self.qweight, self.scales)
             return y.to(x.dtype)
@@ -205,27 +232,28 @@ class QuantLinear(nn.Module):
         bf16 = kernels.native_bf16()
         xq = ops.fake_quantize(x32)
         xq = xq.to(torch.bfloat16) if bf16 else xq
-        mins = self.mins if self.kind == "q4" else None
+        qweight, scales, extra = self.block_parts()
         rows = panel_rows(self.in_features, bf16)
         y = xq.new_empty((x.shape[0], self.out_features))
         for n0 in range(0, self.out_features, rows):
             part = slice(n0, n0 + rows)
             w = ops.dequantize(
-                self.qweight[part], self.scales[part], None if mins is None else mins[part], bf16
+                qweight[part], scales[part], None if extra is None else extra[part], bf16
             )
             torch.mm(xq, w.t(), out=y[:, part])
         return y.to(x.dtype)
 
     def dequantized(self, bf16: bool = False) -> torch.Tensor:
         """The (out, in) weight this layer holds as float32 (or bf16), by genforge's dequantize
-        kernel where it is built (q8 and q4)."""
-        mins = self.mins if self.kind == "q4" else None
-        return dequantize_blocks(self.qweight, self.scales, mins, bf16)
+        kernel where it is built (q8, q5 and q4)."""
+        return dequantize_blocks(*self.block_parts(), bf16)
 
     def dequantize(self) -> torch.Tensor:
-        """The float32 (out, in) weight this layer holds (q8 and q4)."""
+        """The float32 (out, in) weight this layer holds (q8, q5 and q4)."""
         if self.kind == "q4":
             return kernels.unpack_q4(self.qweight, self.scales, self.mins)
+        if self.kind == "q5":
+            return kernels.unpack_q5(self.qweight, self.qh, self.scales)
         return kernels.unpack_q8(self.qweight, self.scales)
 
 
@@ -235,17 +263,18 @@ def panel_rows(cols: int, bf16: bool = False) -> int:
 
 
 def dequantize_blocks(
-    qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, bf16: bool = False
+    qweight: torch.Tensor, scales: torch.Tensor, extra: torch.Tensor | None, bf16: bool = False
 ) -> torch.Tensor:
-    """A q8 (`mins` None) or q4 weight's (out, in) floats (bf16 if asked), by genforge's dequantize
-    kernel where it is built."""
+    """A q8 (`extra` None), q4 (`extra`: its mins) or q5 (its fifth bits) weight's (out, in)
+    floats (bf16 if asked), by genforge's dequantize kernel where it is built."""
     if kernels.ops is not None:
-        return kernels.ops.dequantize(qweight, scales, mins, bf16)
-    w = (
-        kernels.unpack_q8(qweight, scales)
-        if mins is None
-        else kernels.unpack_q4(qweight, scales, mins)
-    )
+        return kernels.ops.dequantize(qweight, scales, extra, bf16)
+    if extra is None:
+        w = kernels.unpack_q8(qweight, scales)
+    elif extra.dtype == torch.int32:
+        w = kernels.unpack_q5(qweight, extra, scales)
+    else:
+        w = kernels.unpack_q4(qweight, scales, extra)
     return w.to(torch.bfloat16) if bf16 else w
 
 
@@ -276,23 +305,47 @@ def embed_kind(kind: str, dim: int) -> str | None:
 
 
 class QuantEmbedding(nn.Module):
-    """A token embedding in q8 blocks of 32 (GGUF's Q8_0 grid): rows are dequantized to float32 as
-    they are looked up. Half of bf16's memory; a Q8_0 embedding (SmolLM2's) is held exactly, and a
-    tied head shares these very tensors."""
+    """A token embedding in q8 blocks of 32 (GGUF's Q8_0 grid), or a file's own Q5_0 blocks as q5:
+    rows are dequantized to float32 as they are looked up. Half of bf16's memory or less; a Q8_0
+    or Q5_0 embedding (SmolLM2's, Qwen2.5's) is held exactly, and a tied head shares these very
+    tensors."""
 
-    def __init__(self, vocab_size: int, dim: int):
+    def __init__(self, vocab_size: int, dim: int, kind: str = "q8"):
         super().__init__()
-        self.register_buffer("qweight", torch.empty(vocab_size, dim, dtype=torch.int8))
-        self.register_buffer(
-            "scales", torch.empty(vocab_size, dim // kernels.BLOCK, dtype=torch.float16)
-        )
+        self.kind = kind
+        cols, dtype = (dim // 2, torch.uint8) if kind == "q5" else (dim, torch.int8)
+        blocks = (vocab_size, dim // kernels.BLOCK)
+        self.register_buffer("qweight", torch.empty(vocab_size, cols, dtype=dtype))
+        self.register_buffer("scales", torch.empty(blocks, dtype=torch.float16))
+        if kind == "q5":
+            self.register_buffer("qh", torch.empty(blocks, dtype=torch.int32))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         ids = tokens.reshape(-1)
-        rows = kernels.unpack_q8(
-            self.qweight.index_select(0, ids), self.scales.index_select(0, ids)
-        )
+        q, scales = self.qweight.index_select(0, ids), self.scales.index_select(0, ids)
+        if self.kind == "q5":
+            rows = kernels.unpack_q5(q, self.qh.index_select(0, ids), scales)
+        else:
+            rows = kernels.unpack_q8(q, scales)
         return rows.view(*tokens.shape, -1)
+
+
+def adopt_formats(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Make each q8 layer (and q8 embedding) of an empty model q5 where the `state` it will load
+    holds a file's Q5_0 blocks for it (their fifth bits, `<name>.qh`), in place, on the device the
+    model is built on."""
+    for name, child in list(model.named_modules()):
+        if getattr(child, "kind", None) != "q8" or f"{name}.qh" not in state:
+            continue
+        if isinstance(child, QuantLinear):
+            q5 = QuantLinear(child.in_features, child.out_features, child.bias is not None, "q5")
+        elif isinstance(child, QuantEmbedding):
+            q5 = QuantEmbedding(child.qweight.shape[0], child.qweight.shape[1], "q5")
+        else:
+            continue
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent), leaf, q5)
+    return model
 
 
 def quantize_structure(
@@ -328,10 +381,8 @@ def state_converter(kind: str, act_dtype: torch.dtype, tied_head: bool):
 
     def quantized(prefix: str, w, k: str) -> dict[str, torch.Tensor]:
         k = layer_kind(k, w.shape[1])
-        if isinstance(w, Blocks) and w.kind == k:  # the file's own blocks, as they are
-            parts = w.parts
-        else:
-            parts = _quantized_parts(_floats(w), k, act_dtype)
+        # the file's own blocks as they are, else quantized from floats
+        parts = w.parts if runs_as(w, k) else _quantized_parts(_floats(w), k, act_dtype)
         return {f"{prefix}.{name}": v for name, v in parts.items()}
 
     def convert(name: str, w: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -341,15 +392,14 @@ def state_converter(kind: str, act_dtype: torch.dtype, tied_head: bool):
             return quantized(name.removesuffix(".weight"), w, kind)
         if name == "tok_emb.weight":
             if embed_kind(kind, w.shape[1]):  # q8 blocks, shared with a tied head
-                own = isinstance(w, Blocks) and w.kind == "q8"
-                parts = w.parts if own else kernels.pack_q8(_floats(w))
+                parts = w.parts if runs_as(w, "q8") else kernels.pack_q8(_floats(w))
                 out = {f"tok_emb.{k}": v for k, v in parts.items()}
                 return out | ({f"output.{k}": v for k, v in parts.items()} if tied_head else {})
             out = {name: _floats(w).to(EMBED_DTYPE)}
             return out | (quantized("output", w, head_kind(kind)) if tied_head else {})
         return {name: _floats(w).to(act_dtype)}
 
-    # GGUF Q8_0 / Q4_1 matrices come as their own blocks (genforge.weights.load.Blocks)
+    # GGUF Q8_0 / Q5_0 / Q4_1 matrices come as their own blocks (genforge.weights.load.Blocks)
     convert.accepts_blocks = kind in ("q8", "q4")
     return convert
 
@@ -377,13 +427,19 @@ def layer_converter(kind: str):
         is_layer = name.startswith("layers.") and name.endswith(".weight") and len(w.shape) == 2
         if is_layer and layer_kind(kind, w.shape[1]) == kind:
             prefix = name.removesuffix(".weight")
-            own = isinstance(w, Blocks) and w.kind == kind
+            own = runs_as(w, kind)
             parts = w.parts if own else _quantized_parts(_floats(w), kind, torch.float32)
             return {f"{prefix}.{k}": v for k, v in parts.items()}
         return {name: _floats(w).float()}
 
     convert.accepts_blocks = True
     return convert
+
+
+def runs_as(w, kind: str) -> bool:
+    """Whether `w` is a file's own blocks that a layer asked to be `kind` runs as they are: blocks
+    of that kind, or Q5_0's q5 where q8 is asked (the same weights exactly, in 5.5 bits)."""
+    return isinstance(w, Blocks) and (w.kind == kind or (w.kind, kind) == ("q5", "q8"))
 
 
 def _floats(w) -> torch.Tensor:
@@ -394,6 +450,7 @@ __all__ = [
     "QUANT_KINDS",
     "QuantEmbedding",
     "QuantLinear",
+    "adopt_formats",
     "can_stack",
     "layer_kind",
     "quantize_structure",

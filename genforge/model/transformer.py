@@ -26,7 +26,7 @@ from torch import nn
 from genforge.model import kernels
 from genforge.model.config import ModelConfig
 from genforge.model.kv_cache import KVCache, PagedBatch
-from genforge.model.quant import QuantLinear, cat
+from genforge.model.quant import BLOCK_KINDS, QuantLinear, cat
 
 
 class RMSNorm(nn.Module):
@@ -274,7 +274,7 @@ class Transformer(nn.Module):
     def _decode_step(self):
         """genforge's one-call decode step over every layer (`kernels.ops.DecodeStep`), or None
         where this model has a part it does not cover (q/k norms, sandwich or (1 + w) norms, GELU,
-        another RoPE for sliding-window layers, weights other than q8/q4). Built on first use from the
+        another RoPE for sliding-window layers, weights other than q8/q5/q4). Built on first use from the
         layers' own tensors, and again whenever a layer's module is replaced (e.g. an adapter)."""
         linears = [
             tuple(
@@ -300,7 +300,7 @@ class Transformer(nn.Module):
                 getattr(self, "inv_freq_sliding", self.inv_freq_full), self.inv_freq_full
             )
             and all(
-                isinstance(m, QuantLinear) and m.kind in ("q8", "q4")
+                isinstance(m, QuantLinear) and m.kind in BLOCK_KINDS
                 for group in linears
                 for m in group
             )
@@ -313,9 +313,8 @@ class Transformer(nn.Module):
             return None
 
         def parts(m: QuantLinear) -> list:
-            mins = m.mins if m.kind == "q4" else None
             bias = None if m.bias is None else m.bias.detach().float().contiguous()
-            return [m.qweight, m.scales, mins, bias]
+            return [*m.block_parts(), bias]
 
         step = kernels.ops.DecodeStep(
             cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.norm_eps, cfg.query_scale

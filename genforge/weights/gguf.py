@@ -89,10 +89,12 @@ class GGUFFile:
         """A matrix's own blocks in genforge's q8 / q4 layouts (genforge.model.kernels), exactly,
         without float arithmetic: Q8_0 and Q4_0 (w = d * (q - 8): the integers q - 8 under the
         same scale) as ("q8", {qweight int8 (N, K), scales fp16 (N, K/32)}); Q5_0 (w = d * (q -
-        16)) as "q8" too, its qweight uint8 holding the file's own q in 0..31 (the kernels take
-        the -16 apart: no sign trick per dot product); Q4_1 as ("q4", {qweight uint8 (N, K/2),
-        scales, mins}). The kernels' integer dot products on them are llama.cpp's own. None for
-        any other type or shape. (PyTorch's operators on PyTorch's threads: 3x numpy here.)"""
+        16)) as ("q5", {qweight uint8 (N, K/2): q's low nibbles, two blocks per 32 bytes; qh int32
+        (N, K/32): the file's own fifth bits; scales}), or where K is not a multiple of 64 as "q8"
+        with a uint8 qweight holding q in 0..31 (the kernels take the -16 apart: no sign trick
+        per dot product); Q4_1 as ("q4", {qweight uint8 (N, K/2), scales, mins}). The kernels'
+        integer dot products on them are llama.cpp's own. None for any other type or shape.
+        (PyTorch's operators on PyTorch's threads: 3x numpy here.)"""
         import torch
 
         info = self.tensors[name]
@@ -115,6 +117,13 @@ class GGUFFile:
             return "q8", {"qweight": q.reshape(n, k), "scales": _d(b, 0)}
         if info.ggml_type == GGML_Q5_0:  # fp16 scale, 32 fifth bits, 16 bytes of nibbles
             b = raw.view(n, k // 32, 22)
+            if k % 64 == 0:
+                low = _nibbles(b[..., 6:]).reshape(n, k // 64, 2, 32)
+                return "q5", {
+                    "qweight": (low[:, :, 0] | (low[:, :, 1] << 4)).reshape(n, k // 2),
+                    "qh": b[..., 2:6].contiguous().view(torch.int32)[..., 0],
+                    "scales": _d(b, 0),
+                }
             bits = torch.arange(8, dtype=torch.uint8)
             high = ((b[..., 2:6, None] >> bits) & 1).reshape(n, k // 32, 32)  # bit j: q[j]'s
             q = _nibbles(b[..., 6:]) | (high << 4)

@@ -15,6 +15,7 @@ import torch
 from genforge.errors import GenforgeError
 from genforge.model import kernels
 from genforge.model.config import ModelConfig
+from genforge.model.quant import adopt_formats
 from genforge.model.transformer import Transformer
 from genforge.weights.configs import config_from_gguf, config_from_hf, unsupported_architecture
 from genforge.weights.gguf import read_gguf
@@ -98,6 +99,10 @@ def fusing(
         if count[0] < n_sources[fused]:
             return {}
         del pending[key]
+        if 0 < len(parts.get("qh", {})) < len(FUSED[fused]):
+            # q5 beside q8 (e.g. Qwen's Q5_0 q and k beside its Q8_0 v): all as q8
+            for leaf, qh in parts.pop("qh").items():
+                parts["qweight"][leaf] = kernels.q5_values(parts["qweight"][leaf], qh, None)
         out = {}
         for suffix, by_leaf in parts.items():
             tensors = [by_leaf[leaf] for leaf in FUSED[fused]]
@@ -244,6 +249,7 @@ def build_model(
         model = Transformer(ckpt.config)
         if prepare is not None:
             prepare(model)
+        adopt_formats(model, ckpt.state)  # a file's Q5_0 blocks kept as q5 where q8 was asked
     expected = set(model.state_dict())
     missing = sorted(
         expected - set(ckpt.state) - ({"output.weight"} if model.output is None else set())

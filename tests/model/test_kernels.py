@@ -101,20 +101,41 @@ def test_q5_0s_own_values_equal_the_reference_on_every_path(ops, each_path, M, N
         close(ops.q8_matmul(x, q5["qweight"], q5["scales"]), want)
 
 
+@pytest.mark.parametrize("M", [1, 3, 4, 5, 9, 17, 33])
+@pytest.mark.parametrize("N,K", [(40, 64), (96, 896), (13, 1536)])
+def test_q5_packed_equals_its_uint8_values_bit_for_bit_on_every_path(ops, each_path, M, N, K):
+    """q5 (Q5_0's nibbles and fifth bits, as the file keeps them) unpacks in registers to the
+    uint8 u that q8 takes, and goes through the same integer dot products in the same order: the
+    same bits as the uint8 weight, alone (decode), in one tile of rows and in several (the weight
+    then unpacked once for all of them), and within the reference's tolerance of scale * (u - 16)."""
+    torch.manual_seed(M + N + K)
+    u8, x = q5_weight(N, K, M), torch.randn(M, K)
+    x[0, :32] = 0.0
+    q5 = kernels.pack_q5(u8["qweight"], u8["scales"])
+    assert torch.equal(kernels.q5_values(**q5), u8["qweight"])
+    want = reference(x, kernels.unpack_q5(**q5))
+    for _ in each_path():
+        got = ops.q5_matmul(x, q5["qweight"], q5["scales"], q5["qh"])
+        assert torch.equal(got, ops.q8_matmul(x, u8["qweight"], u8["scales"]))
+        close(got, want)
+
+
 def test_dequantize_gives_the_reference_bits_on_every_path(ops, each_path):
     """Every format back to float32 exactly as PyTorch computes it (scale * q (+ min)), and to
     bf16 rounded to nearest even as PyTorch rounds it."""
     torch.manual_seed(0)
     w = torch.randn(40, 192) * 0.05
-    q4, q8, q5 = kernels.pack_q4(w), kernels.pack_q8(w), q5_weight(40, 192, 1)
+    q4, q8, u8 = kernels.pack_q4(w), kernels.pack_q8(w), q5_weight(40, 192, 1)
+    q5 = kernels.pack_q5(u8["qweight"], u8["scales"])
     cases = [
         (q4, kernels.unpack_q4(q4["qweight"], q4["scales"], q4["mins"])),
         (q8, kernels.unpack_q8(**q8)),
-        (q5, kernels.unpack_q8(**q5)),
+        (u8, kernels.unpack_q8(**u8)),
+        (q5, kernels.unpack_q8(**u8)),
     ]
     for _ in each_path():
         for parts, want in cases:
-            args = (parts["qweight"], parts["scales"], parts.get("mins"))
+            args = (parts["qweight"], parts["scales"], parts.get("mins", parts.get("qh")))
             assert torch.equal(ops.dequantize(*args, False), want)
             assert torch.equal(ops.dequantize(*args, True), want.to(torch.bfloat16))
 
@@ -184,14 +205,41 @@ def test_decode_attention_equals_softmax_attention_over_the_gathered_keys(
         close(got, want)
 
 
+def q5_layer(N: int, K: int, seed: int = 0) -> QuantLinear:
+    """A q5 layer (Q5_0's blocks as a GGUF file gives them) of K inputs and N outputs."""
+    layer = QuantLinear(K, N, False, "q5")
+    u8 = q5_weight(N, K, seed)
+    for name, t in kernels.pack_q5(u8["qweight"], u8["scales"]).items():
+        setattr(layer, name, t)
+    return layer
+
+
 def kernel_layers() -> list[QuantLinear]:
-    """A q8, a q4 and a q8 layer holding Q5_0's own values (as a GGUF file gives them), 128 -> 48."""
-    q5 = QuantLinear(128, 48, False, "q8")
-    q5.qweight, q5.scales = q5_weight(48, 128, 0).values()
+    """A q8, a q4, a q8 layer holding Q5_0's own values as uint8 and a q5 one, 128 -> 48."""
+    u8 = QuantLinear(128, 48, False, "q8")
+    u8.qweight, u8.scales = q5_weight(48, 128, 0).values()
     made = [
         QuantLinear.from_linear(torch.randn(48, 128) * 0.05, k, torch.float32) for k in ("q8", "q4")
     ]
-    return [*made, q5]
+    return [*made, u8, q5_layer(48, 128)]
+
+
+def test_q5_layers_stack_with_q5_ones_and_beside_q8_ones_as_q8(ops):
+    """A file's Q5_0 matrices fused with each other stay q5, with the same bits as apart; beside
+    a Q8_0 one (Qwen's q and k beside some layers' v) all become signed q8, holding the same
+    weights exactly (the dot products then take q8's sign trick: float32 rounding apart)."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 128)
+    q5s = [q5_layer(n, 128, seed) for seed, n in enumerate((64, 32))]
+    q8 = QuantLinear.from_linear(torch.randn(32, 128) * 0.05, "q8", torch.float32)
+    for parts, kind in ((q5s, "q5"), ([*q5s, q8], "q8")):
+        fused = QuantLinear.concat(parts)
+        assert fused.kind == kind
+        assert torch.equal(fused.dequantize(), torch.cat([p.dequantize() for p in parts]))
+        apart = torch.cat([p(x) for p in parts], dim=-1)
+        if kind == "q5":
+            assert torch.equal(fused(x), apart)
+        close(fused(x), apart)
 
 
 def test_a_kernel_layer_gives_each_row_the_same_bits_alone_or_in_a_batch(ops):
@@ -249,8 +297,11 @@ def test_a_long_chunk_multiplies_the_weight_panel_by_panel_as_a_whole(ops, each_
     for name in each_path():
         assert torch.equal(ops.fake_quantize(x), grid), name
     tolerance = 2**-7 if kernels.native_bf16() else 1e-5
-    for kind in ("q8", "q4"):
-        layer = QuantLinear.from_linear(torch.randn(200, 128) * 0.05, kind, torch.float32)
+    for kind in ("q8", "q4", "q5"):
+        if kind == "q5":
+            layer = q5_layer(200, 128)
+        else:
+            layer = QuantLinear.from_linear(torch.randn(200, 128) * 0.05, kind, torch.float32)
         whole = layer(x)
         monkeypatch.setattr(quant, "PANEL_BYTES", 64 * 128 * 4)  # 64 rows: 4 panels, one partial
         assert quant.panel_rows(128) == 64
@@ -393,7 +444,7 @@ def test_rms_norm_equals_pytorchs(ops):
 
 def quantized_model(cfg):
     """A random model of `cfg` with its linear layers in genforge's formats: q/k/v and down in q8,
-    the others in q4 where it fits."""
+    the output projections in q5, the others in q4 where it fits."""
     from torch import nn
 
     from genforge.model.quant import layer_kind
@@ -406,7 +457,11 @@ def quantized_model(cfg):
             if isinstance(child, nn.Linear):
                 kind = "q8" if name in ("wq", "wk", "wv", "w_down") else "q4"
                 kind = layer_kind(kind, child.in_features)
-                setattr(module, name, QuantLinear.from_linear(child, kind, torch.float32))
+                if name == "wo":  # random Q5_0 blocks, as a file would give them
+                    q = q5_layer(child.out_features, child.in_features)
+                else:
+                    q = QuantLinear.from_linear(child, kind, torch.float32)
+                setattr(module, name, q)
     return model.fuse_projections().eval()
 
 
@@ -415,7 +470,7 @@ def test_the_one_call_decode_step_gives_the_layer_by_layer_bits(ops, kv_dtype):
     """DecodeStep runs the same kernels in the same order as the layers do one by one, so a decode
     step's logits are identical either way (greedy answers never depend on which path a step takes:
     a step with a prompt chunk in it goes layer by layer). Covers q/k/v biases (qwen2), a
-    sliding-window layer, q4 and q8 layers, three sequences of different lengths."""
+    sliding-window layer, q4, q5 and q8 layers, three sequences of different lengths."""
     from genforge.model.config import ModelConfig
     from genforge.model.kv_cache import PagedBatch, PagedKVCache
 

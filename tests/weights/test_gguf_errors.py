@@ -69,11 +69,14 @@ def test_incomplete_model_is_reported(tmp_path):
         build_model(load_checkpoint(path))
 
 
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q5_0", "Q8_0"])
-def test_block_formats_come_out_as_genforges_own_exactly(tmp_path, qtype):
+@pytest.mark.parametrize(
+    "qtype, cols", [("Q4_0", 128), ("Q4_1", 128), ("Q5_0", 128), ("Q5_0", 96), ("Q8_0", 128)]
+)
+def test_block_formats_come_out_as_genforges_own_exactly(tmp_path, qtype, cols):
     """Q4_0 / Q8_0 blocks become q8 (the integers q - 8 / q under the file's own scale), Q5_0
-    blocks q8 holding the file's own 5-bit q as uint8, and Q4_1 blocks q4, byte for byte: they
-    dequantize to exactly gguf's own reading."""
+    blocks q5 (the file's nibbles and fifth bits), or where a row is not a whole number of block
+    pairs q8 holding the 5-bit q as uint8, and Q4_1 blocks q4, byte for byte: they dequantize to
+    exactly gguf's own reading."""
     import torch
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize, quantize
@@ -82,13 +85,19 @@ def test_block_formats_come_out_as_genforges_own_exactly(tmp_path, qtype):
     from genforge.weights.gguf import GGUFFile, TensorInfo
 
     t = getattr(GGMLQuantizationType, qtype)
-    x = np.random.default_rng(0).standard_normal((6, 128)).astype(np.float32) * 0.1
+    x = np.random.default_rng(0).standard_normal((6, cols)).astype(np.float32) * 0.1
     raw = quantize(x, t)
     path = tmp_path / "w.bin"
     path.write_bytes(raw.tobytes())
-    g = GGUFFile(path, {}, {"w": TensorInfo("w", (6, 128), int(t), 0, raw.nbytes)})
+    g = GGUFFile(path, {}, {"w": TensorInfo("w", (6, cols), int(t), 0, raw.nbytes)})
     kind, parts = g.blocks("w")
-    assert kind == ("q4" if qtype == "Q4_1" else "q8")
+    want_kind = {"Q4_1": "q4", "Q5_0": "q5" if cols % 64 == 0 else "q8"}.get(qtype, "q8")
+    assert kind == want_kind
     assert parts["qweight"].dtype == (torch.uint8 if qtype in ("Q4_1", "Q5_0") else torch.int8)
-    got = kernels.Blocks(kind, parts, (6, 128)).dequantize()
-    assert torch.equal(got, torch.from_numpy(dequantize(raw, t).astype(np.float32)))
+    got = kernels.Blocks(kind, parts, (6, cols)).dequantize()
+    want = torch.from_numpy(dequantize(raw, t).astype(np.float32))
+    assert torch.equal(got, want)
+    assert torch.equal(kernels.Blocks(kind, parts, (6, cols)).as_q8().dequantize(), want)
+    if kind == "q5":  # pack_q5 (what tests make q5 weights with) lays values out as the file does
+        again = kernels.pack_q5(kernels.q5_values(**parts), parts["scales"])
+        assert all(torch.equal(again[k], parts[k]) for k in parts)

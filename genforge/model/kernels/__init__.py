@@ -1,8 +1,9 @@
-"""genforge's own CPU kernels (gemv.cpp): weight-only 4- and 8-bit matmuls in GGUF's blocks of 32.
+"""genforge's own CPU kernels (gemv.cpp): weight-only 4-, 5- and 8-bit matmuls in GGUF's blocks of 32.
 
 PyTorch's weight-only kernels convert every weight to bf16 in software on CPUs without native bf16
 and read the weights at about half of what memory gives (docs/engine.md). These keep the weights in
-the file's own blocks (Q4_1: scale and min per 32; Q8_0: scale per 32), quantize the activations to
+the file's own blocks (Q4_1: scale and min per 32; Q8_0: scale per 32; Q5_0: scale per 32 and a
+fifth bit per weight), quantize the activations to
 int8 per block as llama.cpp does, and use integer dot products: AVX512-VNNI or AVX2, chosen at run
 time from the CPU's flags, with a portable loop for any other CPU.
 
@@ -124,16 +125,25 @@ ROWS_PER_CHUNK = 4096  # pack big matrices (embeddings, heads) in slices: small 
 
 @dataclass
 class Blocks:
-    """A matrix already in one of these formats (`kind` "q8" or "q4"), e.g. a GGUF file's Q8_0 /
-    Q4_1 blocks rearranged as they are (genforge.weights.gguf): what the weight loader hands a
-    converter that takes blocks instead of dequantizing them to float32 first."""
+    """A matrix already in one of these formats (`kind` "q8", "q5" or "q4"), e.g. a GGUF file's
+    Q8_0 / Q5_0 / Q4_1 blocks rearranged as they are (genforge.weights.gguf): what the weight
+    loader hands a converter that takes blocks instead of dequantizing them to float32 first."""
 
     kind: str
-    parts: dict[str, torch.Tensor]  # qweight, scales (, mins)
+    parts: dict[str, torch.Tensor]  # qweight, scales (, mins for q4, qh for q5)
     shape: tuple[int, int]  # (out_features, in_features)
 
     def dequantize(self) -> torch.Tensor:
-        return unpack_q4(**self.parts) if self.kind == "q4" else unpack_q8(**self.parts)
+        unpack = {"q4": unpack_q4, "q5": unpack_q5, "q8": unpack_q8}[self.kind]
+        return unpack(**self.parts)
+
+    def as_q8(self) -> Blocks:
+        """The same weights as q8 blocks (a q5's values unpacked to uint8), exactly."""
+        if self.kind != "q5":
+            return self
+        return Blocks(
+            "q8", {"qweight": q5_values(**self.parts), "scales": self.parts["scales"]}, self.shape
+        )
 
 
 def pack_q4(w: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -167,6 +177,38 @@ def unpack_q4(qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -
     pairs = qweight.reshape(N, half // BLOCK, 1, BLOCK)
     q = torch.cat((pairs & 15, pairs >> 4), dim=2).reshape(N, -1, BLOCK).float()
     return (q * scales.float()[..., None] + mins.float()[..., None]).reshape(N, half * 2)
+
+
+# q5: GGUF Q5_0's blocks as the file keeps them (w = scale * (u - 16), u in 0..31): u's low four
+# bits in q4's layout (two blocks per 32 bytes), its fifth bits one int32 per block (bit j: u[j]'s).
+FIFTH = torch.tensor([1 << j for j in range(BLOCK)], dtype=torch.int64)
+
+
+def pack_q5(values: torch.Tensor, scales: torch.Tensor) -> dict[str, torch.Tensor]:
+    """uint8 Q5_0 values u (N, K) in 0..31 (a q8 weight of Q5_0's, see `Q5_OFFSET`) and their
+    scales -> q5 parts. K must be a multiple of 64."""
+    N, K = values.shape
+    u = values.reshape(N, K // (2 * BLOCK), 2, BLOCK)
+    low = u & 15
+    qweight = (low[:, :, 0] | (low[:, :, 1] << 4)).reshape(N, K // 2)
+    high = (values.reshape(N, K // BLOCK, BLOCK) >> 4).long()
+    bits = (high * FIFTH).sum(dim=-1)  # 0 .. 2^32 - 1
+    qh = torch.where(bits >= 1 << 31, bits - (1 << 32), bits).to(torch.int32)
+    return {"qweight": qweight, "qh": qh, "scales": scales}
+
+
+def q5_values(qweight: torch.Tensor, qh: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """A q5 weight's uint8 values u (N, K) in 0..31: the q8 weight holding the same blocks."""
+    N, half = qweight.shape
+    pairs = qweight.reshape(N, half // BLOCK, 1, BLOCK)
+    low = torch.cat((pairs & 15, pairs >> 4), dim=2).reshape(N, -1, BLOCK)
+    high = ((qh.long()[..., None] >> torch.arange(BLOCK)) & 1).to(torch.uint8)
+    return (low | (high << 4)).reshape(N, half * 2)
+
+
+def unpack_q5(qweight: torch.Tensor, qh: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The float32 weight a q5 layer holds."""
+    return unpack_q8(q5_values(qweight, qh, scales), scales)
 
 
 def signed_q8(qweight: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,11 @@
 //       Or uint8 u = q + 16, u in 0..31 (GGUF Q5_0's own 5-bit values): w = scale * (u - 16). u
 //       goes into the unsigned side of the integer dot product as it is, and the -16 into a term
 //       on x's block sums (as q4's mins), so no sign trick is needed per dot product.
+//   q5: GGUF Q5_0's blocks packed as the file keeps them, 5.5 bits a weight: u's low four bits as q4
+//       keeps its q (K/2 bytes a row, K a multiple of 64), its fifth bits as one 32-bit word per
+//       block (bit j: u[j]'s; (N, K/32) int32, the file's own qh), scales fp16 (N, K/32). A block
+//       is unpacked to q8's uint8 u in registers (the nibbles, and 16 where the word's bit is set)
+//       and goes on as those do: a third fewer bytes read per token than the uint8 u.
 //
 // x is quantized once per call to int8 in blocks of 32 (scale = amax / 127), as llama.cpp does, so
 // each block's dot product is an integer one (AVX512-VNNI `vpdpbusd`, or AVX2 `vpmaddubsw`), scaled
@@ -28,7 +33,7 @@ namespace {
 constexpr int64_t QK = 32;     // inputs per block
 constexpr int64_t MBLOCK = 4;  // rows of x per pass over a weight row (AVX2: 16 registers)
 constexpr int64_t MBLOCK512 = 8;  // the same with AVX-512's 32 registers
-constexpr int kQ8 = 0, kQ4 = 1, kQ5 = 2;  // the weight formats: q8 int8, q4, q8 uint8 (Q5_0's u)
+constexpr int kQ8 = 0, kQ4 = 1, kQ5 = 2, kQ5P = 3;  // q8 int8, q4, q8 uint8 (Q5_0's u), q5
 constexpr int Q5_OFFSET = 16;  // Q5_0's u = q + 16
 
 struct Activations {  // x quantized: per row K int8, and per block its scale and dx * sum(q)
@@ -75,37 +80,32 @@ inline float half(const at::Half* p, int64_t i) { return static_cast<float>(p[i]
 
 // -- portable ------------------------------------------------------------------------------------
 
-void q4_rows_ref(const Activations& a, const uint8_t* qw, const at::Half* sc, const at::Half* mn,
-                 float* y, int64_t N, int64_t n0, int64_t n1) {
-  const int64_t K = a.K, G = a.G;
-  for (int64_t n = n0; n < n1; ++n) {
-    for (int64_t m = 0; m < a.M; ++m) {
-      float acc = 0.f;
-      for (int64_t g = 0; g < G; ++g) {
-        const uint8_t* bytes = qw + n * K / 2 + (g / 2) * QK;
-        const int shift = (g % 2) * 4;
-        const int8_t* xs = a.q.data() + m * K + g * QK;
-        int dot = 0;
-        for (int j = 0; j < QK; ++j) dot += ((bytes[j] >> shift) & 15) * xs[j];
-        acc += half(sc, n * G + g) * a.d[m * G + g] * dot + half(mn, n * G + g) * a.s[m * G + g];
-      }
-      y[m * N + n] = acc;
-    }
+// Value j of weight row n's block g as stored: q4's q (0..15), q5's and uint8 q8's u (0..31), q8's q.
+template <int FMT>
+inline int value_of(const void* w, const uint32_t* qh, int64_t n, int64_t K, int64_t g, int j) {
+  if (FMT == kQ4 || FMT == kQ5P) {
+    const uint8_t* bytes = static_cast<const uint8_t*>(w) + n * K / 2 + (g / 2) * QK;
+    const int q = (bytes[j] >> ((g % 2) * 4)) & 15;
+    return FMT == kQ4 ? q : q | (((qh[n * (K / QK) + g] >> j) & 1) << 4);
   }
+  if (FMT == kQ5) return static_cast<const uint8_t*>(w)[n * K + g * QK + j];
+  return static_cast<const int8_t*>(w)[n * K + g * QK + j];
 }
 
-void q8_rows_ref(const Activations& a, const int8_t* qw, const at::Half* sc, float* y, int64_t N,
-                 int64_t n0, int64_t n1, int offset) {  // offset: Q5_OFFSET for Q5_0's u (0..31 < 128)
+template <int FMT>
+void rows_ref(const Activations& a, const void* w, const at::Half* sc, const at::Half* mn,
+              const uint32_t* qh, float* y, int64_t N, int64_t n0, int64_t n1) {
   const int64_t K = a.K, G = a.G;
+  const int offset = FMT == kQ5 || FMT == kQ5P ? Q5_OFFSET : 0;
   for (int64_t n = n0; n < n1; ++n) {
     for (int64_t m = 0; m < a.M; ++m) {
       float acc = 0.f;
       for (int64_t g = 0; g < G; ++g) {
-        const int8_t* ws = qw + n * K + g * QK;
         const int8_t* xs = a.q.data() + m * K + g * QK;
         int dot = 0;
-        for (int j = 0; j < QK; ++j) dot += (ws[j] - offset) * xs[j];
+        for (int j = 0; j < QK; ++j) dot += (value_of<FMT>(w, qh, n, K, g, j) - offset) * xs[j];
         acc += half(sc, n * G + g) * a.d[m * G + g] * dot;
+        if (FMT == kQ4) acc += half(mn, n * G + g) * a.s[m * G + g];
       }
       y[m * N + n] = acc;
     }
@@ -156,16 +156,36 @@ AVX2 inline __m256 floats8(const float* p, int nb) {  // nb (1..8) floats, the r
   return nb == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, first_lanes(nb));
 }
 
+// A q5 block's fifth bits (bit j of `bits`: value j's) as 32 bytes, 16 where the bit is set: byte j
+// takes byte j / 8 of the word, all its other bits set; it is all ones where bit j % 8 was set.
+AVX2 inline __m256i fifth_bits(uint32_t bits) {
+  const __m256i spread = _mm256_shuffle_epi8(
+      _mm256_set1_epi32(static_cast<int>(bits)),
+      _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303));
+  const __m256i others = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);  // byte j: all bits but j % 8
+  const __m256i set = _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi8(-1));
+  return _mm256_and_si256(set, _mm256_set1_epi8(16));
+}
+
+// Block g of a q4 / q5 row as 32 bytes (q, or u): the low or high nibbles of its pair's 32 bytes,
+// and for q5 the fifth bits.
+template <int FMT>
+AVX2 inline __m256i nibble_block(const uint8_t* row4, const uint32_t* qh_row, int64_t g) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row4 + (g / 2) * QK));
+  const __m256i q = _mm256_and_si256(g % 2 ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(15));
+  return FMT == kQ5P ? _mm256_or_si256(q, fifth_bits(qh_row[g])) : q;
+}
+
 // Weight row n against rows m0..m0+MB of x; MB a compile-time count so that the accumulators stay
 // in registers (AVX2 has 16).
 template <int FMT, int MB>
-AVX2 inline void tile_avx2(const Activations& a, const void* weights, const at::Half* sc,
-                           const at::Half* mn, float* y, int64_t N, int64_t n, int64_t m0) {
+AVX2 inline void tile_avx2(const Activations& a, const void* row, const uint32_t* qh_row,
+                           const at::Half* sc, const at::Half* mn, float* y, int64_t N, int64_t n,
+                           int64_t m0) {
   const int64_t K = a.K, G = a.G;
-  const uint8_t* row4 = static_cast<const uint8_t*>(weights) + n * K / 2;
-  const int8_t* row8 = static_cast<const int8_t*>(weights) + n * K;
+  const uint8_t* row4 = static_cast<const uint8_t*>(row);
+  const int8_t* row8 = static_cast<const int8_t*>(row);
   const int8_t* xq = a.q.data() + m0 * K;
-  const __m256i low = _mm256_set1_epi8(15);
   __m256 acc[MB];
   alignas(32) float F[MB][8];  // read back one lane at a time: a broadcast load, no shuffle
   for (int i = 0; i < MB; ++i) acc[i] = _mm256_setzero_ps();
@@ -174,7 +194,7 @@ AVX2 inline void tile_avx2(const Activations& a, const void* weights, const at::
     const __m256 sw = halves8(sc + n * G + g0, nb);
     for (int i = 0; i < MB; ++i)
       _mm256_store_ps(F[i], _mm256_mul_ps(sw, floats8(a.d.data() + (m0 + i) * G + g0, nb)));
-    if (FMT != kQ8) {  // q4's mins; Q5_0's -16 x scale
+    if (FMT != kQ8) {  // q4's mins; Q5_0's -16 x scale (q5 and uint8 q8)
       const __m256 mw = FMT == kQ4 ? halves8(mn + n * G + g0, nb)
                                    : _mm256_mul_ps(sw, _mm256_set1_ps(-float(Q5_OFFSET)));
       for (int i = 0; i < MB; ++i)
@@ -183,9 +203,8 @@ AVX2 inline void tile_avx2(const Activations& a, const void* weights, const at::
     for (int k = 0; k < nb; ++k) {
       const int64_t g = g0 + k;
       __m256i w, wu;  // wu: the unsigned operand (q4's q, Q5_0's u; q8's |q|, x taking q's signs)
-      if (FMT == kQ4) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row4 + (g / 2) * QK));
-        wu = _mm256_and_si256(k % 2 ? _mm256_srli_epi16(v, 4) : v, low);
+      if (FMT == kQ4 || FMT == kQ5P) {
+        wu = nibble_block<FMT>(row4, qh_row, g);
       } else if (FMT == kQ5) {
         wu = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row8 + g * QK));
       } else {
@@ -203,35 +222,53 @@ AVX2 inline void tile_avx2(const Activations& a, const void* weights, const at::
 }
 
 template <int FMT>
-AVX2 void rows_avx2(const Activations& a, const void* weights, const at::Half* sc,
-                    const at::Half* mn, float* y, int64_t N, int64_t n0, int64_t n1) {
-  // Weight rows in panels that stay in L2 while every 4 rows of x (in L1) pass over them.
-  const int64_t panel = std::max<int64_t>(1, (256 << 10) / (FMT == kQ4 ? a.K / 2 : a.K));
-  for (int64_t p0 = n0; p0 < n1; p0 += panel) {
-    const int64_t p1 = std::min(n1, p0 + panel);
-    for (int64_t m0 = 0; m0 < a.M; m0 += MBLOCK) {
-      const int64_t mb = std::min(MBLOCK, a.M - m0);
-      for (int64_t n = p0; n < p1; ++n) {
-        switch (mb) {
-          case 4: tile_avx2<FMT, 4>(a, weights, sc, mn, y, N, n, m0); break;
-          case 3: tile_avx2<FMT, 3>(a, weights, sc, mn, y, N, n, m0); break;
-          case 2: tile_avx2<FMT, 2>(a, weights, sc, mn, y, N, n, m0); break;
-          default: tile_avx2<FMT, 1>(a, weights, sc, mn, y, N, n, m0);
-        }
-      }
-    }
+AVX2 void tiles_avx2(int64_t mb, const Activations& a, const void* row, const uint32_t* qh_row,
+                     const at::Half* sc, const at::Half* mn, float* y, int64_t N, int64_t n,
+                     int64_t m0) {
+  switch (mb) {
+    case 4: tile_avx2<FMT, 4>(a, row, qh_row, sc, mn, y, N, n, m0); break;
+    case 3: tile_avx2<FMT, 3>(a, row, qh_row, sc, mn, y, N, n, m0); break;
+    case 2: tile_avx2<FMT, 2>(a, row, qh_row, sc, mn, y, N, n, m0); break;
+    default: tile_avx2<FMT, 1>(a, row, qh_row, sc, mn, y, N, n, m0);
   }
 }
 
-AVX2 void q4_rows_avx2(const Activations& a, const uint8_t* qw, const at::Half* sc,
-                       const at::Half* mn, float* y, int64_t N, int64_t n0, int64_t n1) {
-  rows_avx2<kQ4>(a, qw, sc, mn, y, N, n0, n1);
+// A q5 weight row as uint8 u, G blocks of 32 bytes (q8's uint8 blocks of the same values).
+AVX2 inline void unpack_q5_row(const uint8_t* row4, const uint32_t* qh_row, int64_t G, uint8_t* u) {
+  for (int64_t g = 0; g < G; ++g)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(u + g * QK), nibble_block<kQ5P>(row4, qh_row, g));
 }
 
-AVX2 void q8_rows_avx2(const Activations& a, const int8_t* qw, const at::Half* sc, float* y,
-                       int64_t N, int64_t n0, int64_t n1, bool q5) {
-  if (q5) rows_avx2<kQ5>(a, qw, sc, nullptr, y, N, n0, n1);
-  else rows_avx2<kQ8>(a, qw, sc, nullptr, y, N, n0, n1);
+template <int FMT>
+AVX2 void rows_avx2(const Activations& a, const void* weights, const at::Half* sc,
+                    const at::Half* mn, const uint32_t* qh, float* y, int64_t N, int64_t n0,
+                    int64_t n1) {
+  const int64_t K = a.K, G = a.G;
+  // q5 against more rows of x than a tile takes: each panel is unpacked once to uint8 u and goes
+  // through q8's uint8 tiles (the same integer dot products), not unpacked again for every tile.
+  const bool unpack = FMT == kQ5P && a.M > MBLOCK;
+  const bool nibbles = (FMT == kQ4 || FMT == kQ5P) && !unpack;
+  // Weight rows in panels that stay in L2 while every 4 rows of x (in L1) pass over them.
+  const int64_t panel = std::max<int64_t>(1, (256 << 10) / (nibbles ? K / 2 : K));
+  std::vector<uint8_t> u(unpack ? panel * K : 0);
+  const auto row4 = [&](int64_t n) { return static_cast<const uint8_t*>(weights) + n * K / 2; };
+  for (int64_t p0 = n0; p0 < n1; p0 += panel) {
+    const int64_t p1 = std::min(n1, p0 + panel);
+    if (unpack)
+      for (int64_t n = p0; n < p1; ++n) unpack_q5_row(row4(n), qh + n * G, G, u.data() + (n - p0) * K);
+    for (int64_t m0 = 0; m0 < a.M; m0 += MBLOCK) {
+      const int64_t mb = std::min(MBLOCK, a.M - m0);
+      for (int64_t n = p0; n < p1; ++n) {
+        if (unpack)
+          tiles_avx2<kQ5>(mb, a, u.data() + (n - p0) * K, nullptr, sc, mn, y, N, n, m0);
+        else if (FMT == kQ4 || FMT == kQ5P)
+          tiles_avx2<FMT>(mb, a, row4(n), FMT == kQ5P ? qh + n * G : nullptr, sc, mn, y, N, n, m0);
+        else
+          tiles_avx2<FMT>(mb, a, static_cast<const int8_t*>(weights) + n * K, nullptr, sc, mn, y, N,
+                          n, m0);
+      }
+    }
+  }
 }
 
 // -- AVX-512 with VNNI ---------------------------------------------------------------------------
@@ -255,8 +292,8 @@ AVX512 inline __m512 load_halves(const at::Half* p, __mmask16 k) {
 // count of up to 4; the same float operations in the same order, so the same bits).
 template <int FMT, int MB>
 AVX512 inline void tile_avx512(const Activations& a, const uint8_t* row4, const int8_t* row8,
-                               const at::Half* sc, const at::Half* mn, const __m512i* index,
-                               float* y, int64_t N, int64_t n, int64_t m0) {
+                               const at::Half* sc, const at::Half* mn, const uint32_t* qh_row,
+                               const __m512i* index, float* y, int64_t N, int64_t n, int64_t m0) {
   const int64_t K = a.K, G = a.G, pairs = G / 2;
   const __m256i low = _mm256_set1_epi8(15);
   __m512 acc[MB], minacc[MB], F[MB];
@@ -266,7 +303,7 @@ AVX512 inline void tile_avx512(const Activations& a, const uint8_t* row4, const 
     const __mmask16 km = nb == 16 ? 0xFFFF : static_cast<__mmask16>((1u << nb) - 1);
     const __m512 sw = load_halves(sc + n * G + g0, km);
     const __m512 mw = FMT == kQ4   ? load_halves(mn + n * G + g0, km)
-                      : FMT == kQ5 ? _mm512_mul_ps(sw, _mm512_set1_ps(-float(Q5_OFFSET)))
+                      : FMT != kQ8 ? _mm512_mul_ps(sw, _mm512_set1_ps(-float(Q5_OFFSET)))
                                    : _mm512_setzero_ps();
     for (int i = 0; i < MB; ++i) {
       const int64_t m = m0 + i;
@@ -284,6 +321,9 @@ AVX512 inline void tile_avx512(const Activations& a, const uint8_t* row4, const 
         const __m256i lo = _mm256_and_si256(v, low);
         const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
         w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+      } else if (FMT == kQ5P) {  // the pair's two blocks as q4's, with their fifth bits
+        w = _mm512_inserti64x4(_mm512_castsi256_si512(nibble_block<FMT>(row4, qh_row, 2 * p)),
+                               nibble_block<FMT>(row4, qh_row, 2 * p + 1), 1);
       } else if (FMT == kQ5) {
         w = _mm512_loadu_si512(row8 + p * 2 * QK);
       } else {
@@ -303,7 +343,7 @@ AVX512 inline void tile_avx512(const Activations& a, const uint8_t* row4, const 
   for (int i = 0; i < MB; ++i) {
     const int64_t m = m0 + i;
     float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[i], minacc[i]));
-    if (FMT != kQ4 && G % 2) {  // an odd last block (q4 has none: K is a multiple of 64)
+    if (FMT != kQ4 && FMT != kQ5P && G % 2) {  // an odd last block (q4, q5: K a multiple of 64)
       const int64_t g = G - 1;
       const int8_t* ws = row8 + g * QK;
       const int8_t* xs = a.q.data() + m * K + g * QK;
@@ -317,25 +357,44 @@ AVX512 inline void tile_avx512(const Activations& a, const uint8_t* row4, const 
 }
 
 template <int FMT>
+AVX512 void tiles_avx512(int64_t mb, const Activations& a, const uint8_t* row4, const int8_t* row8,
+                         const at::Half* sc, const at::Half* mn, const uint32_t* qh_row,
+                         const __m512i* index, float* y, int64_t N, int64_t n, int64_t m0) {
+  switch (mb) {
+    case 8: tile_avx512<FMT, 8>(a, row4, row8, sc, mn, qh_row, index, y, N, n, m0); break;
+    case 7: tile_avx512<FMT, 7>(a, row4, row8, sc, mn, qh_row, index, y, N, n, m0); break;
+    case 6: tile_avx512<FMT, 6>(a, row4, row8, sc, mn, qh_row, index, y, N, n, m0); break;
+    case 5: tile_avx512<FMT, 5>(a, row4, row8, sc, mn, qh_row, index, y, N, n, m0); break;
+    case 4: tile_avx512<FMT, 4>(a, row4, row8, sc, mn, qh_row, index, y, N, n, m0); break;
+    case 3: tile_avx512<FMT, 3>(a, row4, row8, sc, mn, qh_row, index, y, N, n, m0); break;
+    case 2: tile_avx512<FMT, 2>(a, row4, row8, sc, mn, qh_row, index, y, N, n, m0); break;
+    default: tile_avx512<FMT, 1>(a, row4, row8, sc, mn, qh_row, index, y, N, n, m0);
+  }
+}
+
+template <int FMT>
 AVX512 void rows_avx512(const Activations& a, const void* weights, const at::Half* sc,
-                        const at::Half* mn, float* y, int64_t N, int64_t n0, int64_t n1) {
+                        const at::Half* mn, const uint32_t* qh, float* y, int64_t N, int64_t n0,
+                        int64_t n1) {
   const int64_t K = a.K;
   __m512i index[8];
   for (int k = 0; k < 8; ++k) index[k] = pair_index(k);
+  // q5 against more rows of x than a tile takes: each weight row unpacked once to uint8 u (q8's
+  // uint8 blocks), not again for every tile
+  const bool unpack = FMT == kQ5P && a.M > MBLOCK512;
+  std::vector<uint8_t> u(unpack ? K : 0);
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row4 = static_cast<const uint8_t*>(weights) + n * K / 2;
     const int8_t* row8 = static_cast<const int8_t*>(weights) + n * K;
+    const uint32_t* qh_row = FMT == kQ5P ? qh + n * a.G : nullptr;
+    if (unpack) unpack_q5_row(row4, qh_row, a.G, u.data());
     for (int64_t m0 = 0; m0 < a.M; m0 += MBLOCK512) {
-      switch (std::min(MBLOCK512, a.M - m0)) {
-        case 8: tile_avx512<FMT, 8>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
-        case 7: tile_avx512<FMT, 7>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
-        case 6: tile_avx512<FMT, 6>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
-        case 5: tile_avx512<FMT, 5>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
-        case 4: tile_avx512<FMT, 4>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
-        case 3: tile_avx512<FMT, 3>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
-        case 2: tile_avx512<FMT, 2>(a, row4, row8, sc, mn, index, y, N, n, m0); break;
-        default: tile_avx512<FMT, 1>(a, row4, row8, sc, mn, index, y, N, n, m0);
-      }
+      const int64_t mb = std::min(MBLOCK512, a.M - m0);
+      if (unpack)
+        tiles_avx512<kQ5>(mb, a, nullptr, reinterpret_cast<const int8_t*>(u.data()), sc, nullptr,
+                          nullptr, index, y, N, n, m0);
+      else
+        tiles_avx512<FMT>(mb, a, row4, row8, sc, mn, qh_row, index, y, N, n, m0);
     }
   }
 }
@@ -344,7 +403,8 @@ AVX512 void rows_avx512(const Activations& a, const void* weights, const at::Hal
 // and x's blocks loaded once for all R rows.
 template <int FMT>
 AVX512 void rows1_avx512(const Activations& a, const void* weights, const at::Half* sc,
-                         const at::Half* mn, float* y, int64_t N, int64_t n0, int64_t n1) {
+                         const at::Half* mn, const uint32_t* qh, float* y, int64_t N, int64_t n0,
+                         int64_t n1) {
   constexpr int R = 4;
   const int64_t K = a.K, G = a.G, pairs = G / 2;
   const __m256i low = _mm256_set1_epi8(15);
@@ -365,7 +425,7 @@ AVX512 void rows1_avx512(const Activations& a, const void* weights, const at::Ha
         F[r] = _mm512_mul_ps(sw, xd);
         if (FMT == kQ4)
           minacc[r] = _mm512_fmadd_ps(load_halves(mn + (n + r) * G + g0, km), xsum, minacc[r]);
-        if (FMT == kQ5)
+        if (FMT == kQ5 || FMT == kQ5P)
           minacc[r] = _mm512_fmadd_ps(_mm512_mul_ps(sw, _mm512_set1_ps(-float(Q5_OFFSET))), xsum, minacc[r]);
       }
       for (int k = 0; k < nb / 2; ++k) {
@@ -379,6 +439,11 @@ AVX512 void rows1_avx512(const Activations& a, const void* weights, const at::Ha
             const __m256i lo = _mm256_and_si256(v, low);
             const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
             w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+          } else if (FMT == kQ5P) {
+            const uint8_t* row4 = static_cast<const uint8_t*>(weights) + (n + r) * K / 2;
+            const uint32_t* qh_row = qh + (n + r) * G;
+            w = _mm512_inserti64x4(_mm512_castsi256_si512(nibble_block<FMT>(row4, qh_row, 2 * p)),
+                                   nibble_block<FMT>(row4, qh_row, 2 * p + 1), 1);
           } else if (FMT == kQ5) {
             w = _mm512_loadu_si512(static_cast<const int8_t*>(weights) + (n + r) * K + p * 2 * QK);
           } else {
@@ -395,7 +460,7 @@ AVX512 void rows1_avx512(const Activations& a, const void* weights, const at::Ha
     }
     for (int r = 0; r < R; ++r) {
       float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], minacc[r]));
-      if (FMT != kQ4 && G % 2) {  // an odd last block (q4 has none)
+      if (FMT != kQ4 && FMT != kQ5P && G % 2) {  // an odd last block (q4 and q5 have none)
         const int64_t g = G - 1;
         const int8_t* ws = static_cast<const int8_t*>(weights) + (n + r) * K + g * QK;
         const int8_t* xs = a.q.data() + g * QK;
@@ -407,24 +472,7 @@ AVX512 void rows1_avx512(const Activations& a, const void* weights, const at::Ha
       y[n + r] = sum;
     }
   }
-  if (n < n1) rows_avx512<FMT>(a, weights, sc, mn, y, N, n, n1);
-}
-
-AVX512 void q4_rows_avx512(const Activations& a, const uint8_t* qw, const at::Half* sc,
-                           const at::Half* mn, float* y, int64_t N, int64_t n0, int64_t n1) {
-  if (a.M == 1) rows1_avx512<kQ4>(a, qw, sc, mn, y, N, n0, n1);
-  else rows_avx512<kQ4>(a, qw, sc, mn, y, N, n0, n1);
-}
-
-AVX512 void q8_rows_avx512(const Activations& a, const int8_t* qw, const at::Half* sc, float* y,
-                           int64_t N, int64_t n0, int64_t n1, bool q5) {
-  if (q5) {
-    if (a.M == 1) rows1_avx512<kQ5>(a, qw, sc, nullptr, y, N, n0, n1);
-    else rows_avx512<kQ5>(a, qw, sc, nullptr, y, N, n0, n1);
-  } else {
-    if (a.M == 1) rows1_avx512<kQ8>(a, qw, sc, nullptr, y, N, n0, n1);
-    else rows_avx512<kQ8>(a, qw, sc, nullptr, y, N, n0, n1);
-  }
+  if (n < n1) rows_avx512<FMT>(a, weights, sc, mn, qh, y, N, n, n1);
 }
 
 // -- dispatch ------------------------------------------------------------------------------------
@@ -471,22 +519,37 @@ int64_t grain(int64_t M) {  // output rows per task: enough work to be worth a t
   return std::max<int64_t>(8, 256 / std::max<int64_t>(M, 1));
 }
 
-// A quantized layer as the kernels read it: q4 (mins defined) or q8, optional float32 bias.
+// A quantized layer as the kernels read it: its format, weight and scales, `extra` (q4's mins or
+// q5's fifth bits), optional float32 bias.
 struct QLinear {
-  bool q4 = false, q5 = false;  // q5: q8 blocks holding Q5_0's u = q + 16 (uint8)
-  torch::Tensor qw, scales, mins, bias;
+  int fmt = kQ8;
+  torch::Tensor qw, scales, extra, bias;
   int64_t N = 0, K = 0;
 };
+
+void check_halves(const torch::Tensor& t, int64_t N, int64_t K, const char* what) {
+  TORCH_CHECK(t.scalar_type() == torch::kHalf && t.is_contiguous() && t.numel() == N * (K / QK),
+              what, ": float16 (N, K/32)");
+}
 
 QLinear q4_linear(const torch::Tensor& qw, const torch::Tensor& scales, const torch::Tensor& mins) {
   const int64_t N = qw.size(0), K = qw.size(1) * 2;
   TORCH_CHECK(K % (2 * QK) == 0, "q4 needs inputs in multiples of 64, got ", K);
   TORCH_CHECK(qw.scalar_type() == torch::kUInt8 && qw.is_contiguous(), "q4 weight: uint8 (N, K/2)");
-  TORCH_CHECK(scales.scalar_type() == torch::kHalf && mins.scalar_type() == torch::kHalf &&
-                  scales.is_contiguous() && mins.is_contiguous() &&
-                  scales.numel() == N * (K / QK) && mins.numel() == N * (K / QK),
-              "q4 scales and mins: float16 (N, K/32)");
-  return QLinear{true, false, qw, scales, mins, torch::Tensor(), N, K};
+  check_halves(scales, N, K, "q4 scales");
+  check_halves(mins, N, K, "q4 mins");
+  return QLinear{kQ4, qw, scales, mins, torch::Tensor(), N, K};
+}
+
+QLinear q5_linear(const torch::Tensor& qw, const torch::Tensor& scales, const torch::Tensor& qh) {
+  const int64_t N = qw.size(0), K = qw.size(1) * 2;
+  TORCH_CHECK(K % (2 * QK) == 0, "q5 needs inputs in multiples of 64, got ", K);
+  TORCH_CHECK(qw.scalar_type() == torch::kUInt8 && qw.is_contiguous(), "q5 weight: uint8 (N, K/2)");
+  check_halves(scales, N, K, "q5 scales");
+  TORCH_CHECK(qh.scalar_type() == torch::kInt32 && qh.is_contiguous() &&
+                  qh.numel() == N * (K / QK),
+              "q5 fifth bits: int32 (N, K/32)");
+  return QLinear{kQ5P, qw, scales, qh, torch::Tensor(), N, K};
 }
 
 QLinear q8_linear(const torch::Tensor& qw, const torch::Tensor& scales) {
@@ -495,33 +558,48 @@ QLinear q8_linear(const torch::Tensor& qw, const torch::Tensor& scales) {
   TORCH_CHECK((qw.scalar_type() == torch::kInt8 || qw.scalar_type() == torch::kUInt8) &&
                   qw.is_contiguous(),
               "q8 weight: int8 (N, K), or uint8 holding Q5_0's 0..31");
-  TORCH_CHECK(scales.scalar_type() == torch::kHalf && scales.is_contiguous() &&
-                  scales.numel() == N * (K / QK),
-              "q8 scales: float16 (N, K/32)");
-  return QLinear{false, qw.scalar_type() == torch::kUInt8, qw, scales, torch::Tensor(),
+  check_halves(scales, N, K, "q8 scales");
+  return QLinear{qw.scalar_type() == torch::kUInt8 ? kQ5 : kQ8, qw, scales, torch::Tensor(),
                  torch::Tensor(), N, K};
+}
+
+// The layer of weight `qw`, `scales` and `extra`: q4 where extra is float16 (mins), q5 where it is
+// int32 (fifth bits), else q8.
+QLinear make_linear(const torch::Tensor& qw, const torch::Tensor& scales,
+                    const c10::optional<torch::Tensor>& extra) {
+  if (!extra.has_value()) return q8_linear(qw, scales);
+  return extra->scalar_type() == torch::kInt32 ? q5_linear(qw, scales, *extra)
+                                               : q4_linear(qw, scales, *extra);
+}
+
+template <int FMT>
+void rows(Isa isa, const Activations& a, const QLinear& L, float* y, int64_t n0, int64_t n1) {
+  const void* w = L.qw.data_ptr();
+  const at::Half* sc = L.scales.data_ptr<at::Half>();
+  const at::Half* mn = FMT == kQ4 ? L.extra.data_ptr<at::Half>() : nullptr;
+  const uint32_t* qh =
+      FMT == kQ5P ? reinterpret_cast<const uint32_t*>(L.extra.data_ptr<int32_t>()) : nullptr;
+  if (isa == Isa::avx512) {
+    if (a.M == 1) rows1_avx512<FMT>(a, w, sc, mn, qh, y, L.N, n0, n1);
+    else rows_avx512<FMT>(a, w, sc, mn, qh, y, L.N, n0, n1);
+  } else if (isa == Isa::avx2) {
+    rows_avx2<FMT>(a, w, sc, mn, qh, y, L.N, n0, n1);
+  } else {
+    rows_ref<FMT>(a, w, sc, mn, qh, y, L.N, n0, n1);
+  }
 }
 
 // y (M, N) = x (M, K) @ W^T (+ bias), all float32 row-major
 void matmul_into(const float* x, int64_t M, const QLinear& L, float* y) {
   const Activations a = quantize(x, M, L.K);
-  const at::Half* sc = L.scales.data_ptr<at::Half>();
-  const at::Half* mn = L.q4 ? L.mins.data_ptr<at::Half>() : nullptr;
-  const void* w = L.qw.data_ptr();
   const int64_t N = L.N;
   const Isa isa = chosen;
-  const bool q4 = L.q4, q5 = L.q5;
   at::parallel_for(0, N, grain(M), [&](int64_t n0, int64_t n1) {
-    if (q4) {
-      const uint8_t* w4 = static_cast<const uint8_t*>(w);
-      if (isa == Isa::avx512) q4_rows_avx512(a, w4, sc, mn, y, N, n0, n1);
-      else if (isa == Isa::avx2) q4_rows_avx2(a, w4, sc, mn, y, N, n0, n1);
-      else q4_rows_ref(a, w4, sc, mn, y, N, n0, n1);
-    } else {
-      const int8_t* w8 = static_cast<const int8_t*>(w);
-      if (isa == Isa::avx512) q8_rows_avx512(a, w8, sc, y, N, n0, n1, q5);
-      else if (isa == Isa::avx2) q8_rows_avx2(a, w8, sc, y, N, n0, n1, q5);
-      else q8_rows_ref(a, w8, sc, y, N, n0, n1, q5 ? Q5_OFFSET : 0);
+    switch (L.fmt) {
+      case kQ4: rows<kQ4>(isa, a, L, y, n0, n1); break;
+      case kQ5P: rows<kQ5P>(isa, a, L, y, n0, n1); break;
+      case kQ5: rows<kQ5>(isa, a, L, y, n0, n1); break;
+      default: rows<kQ8>(isa, a, L, y, n0, n1);
     }
   });
   if (L.bias.defined()) {
@@ -545,6 +623,10 @@ torch::Tensor q4_matmul(torch::Tensor x, torch::Tensor qw, torch::Tensor scales,
 
 torch::Tensor q8_matmul(torch::Tensor x, torch::Tensor qw, torch::Tensor scales) {
   return matmul(x, q8_linear(qw, scales));
+}
+
+torch::Tensor q5_matmul(torch::Tensor x, torch::Tensor qw, torch::Tensor scales, torch::Tensor qh) {
+  return matmul(x, q5_linear(qw, scales, qh));
 }
 
 // -- paged attention for decoding rows -------------------------------------------------------------
@@ -905,30 +987,33 @@ AVX2 inline void store8(__m256 v, float* f, uint16_t* b) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(b), packed);
 }
 
-AVX2 void dequantize_row_avx2(int fmt, const void* w, const at::Half* sc, const at::Half* mn,
-                              int64_t n, int64_t K, float* f, uint16_t* b) {
-  const int64_t G = K / QK;
-  const __m256i low = _mm256_set1_epi8(15);
+AVX2 void dequantize_row_avx2(const QLinear& L, int64_t n, float* f, uint16_t* b) {
+  const int64_t K = L.K, G = K / QK;
+  const int fmt = L.fmt;
+  const at::Half* sc = L.scales.data_ptr<at::Half>();
+  const at::Half* mn = fmt == kQ4 ? L.extra.data_ptr<at::Half>() : nullptr;
+  const uint32_t* qh_row =
+      fmt == kQ5P ? reinterpret_cast<const uint32_t*>(L.extra.data_ptr<int32_t>()) + n * G : nullptr;
+  const uint8_t* row4 = static_cast<const uint8_t*>(L.qw.data_ptr()) + n * K / 2;
   alignas(32) uint8_t q[QK];
   for (int64_t g = 0; g < G; ++g) {
     const __m256 s = _mm256_set1_ps(_cvtsh_ss(sc[n * G + g].x));
     const __m256 m = fmt == kQ4 ? _mm256_set1_ps(_cvtsh_ss(mn[n * G + g].x)) : _mm256_setzero_ps();
     const uint8_t* src;
-    if (fmt == kQ4) {
-      const uint8_t* bytes = static_cast<const uint8_t*>(w) + n * K / 2 + (g / 2) * QK;
-      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes));
-      _mm256_store_si256(reinterpret_cast<__m256i*>(q),
-                         _mm256_and_si256(g % 2 ? _mm256_srli_epi16(v, 4) : v, low));
+    if (fmt == kQ4 || fmt == kQ5P) {
+      const __m256i v = fmt == kQ4 ? nibble_block<kQ4>(row4, qh_row, g)
+                                   : nibble_block<kQ5P>(row4, qh_row, g);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(q), v);
       src = q;
     } else {
-      src = static_cast<const uint8_t*>(w) + n * K + g * QK;
+      src = static_cast<const uint8_t*>(L.qw.data_ptr()) + n * K + g * QK;
     }
     for (int i = 0; i < QK; i += 8) {
       const __m128i eight = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + i));
       __m256i qi;
       if (fmt == kQ8) qi = _mm256_cvtepi8_epi32(eight);
-      else if (fmt == kQ5) qi = _mm256_sub_epi32(_mm256_cvtepu8_epi32(eight), _mm256_set1_epi32(Q5_OFFSET));
-      else qi = _mm256_cvtepu8_epi32(eight);
+      else if (fmt == kQ4) qi = _mm256_cvtepu8_epi32(eight);
+      else qi = _mm256_sub_epi32(_mm256_cvtepu8_epi32(eight), _mm256_set1_epi32(Q5_OFFSET));
       __m256 v = _mm256_mul_ps(s, _mm256_cvtepi32_ps(qi));
       if (fmt == kQ4) v = _mm256_add_ps(v, m);
       const int64_t at = g * QK + i;
@@ -937,46 +1022,41 @@ AVX2 void dequantize_row_avx2(int fmt, const void* w, const at::Half* sc, const 
   }
 }
 
-// q8 (mins undefined) or q4 weight -> (N, K) float32 or bfloat16
-torch::Tensor dequantize(torch::Tensor qw, torch::Tensor scales, c10::optional<torch::Tensor> mins,
+// A q8 (extra None), q4 (extra: mins) or q5 (extra: fifth bits) weight -> (N, K) float32 or bfloat16
+torch::Tensor dequantize(torch::Tensor qw, torch::Tensor scales, c10::optional<torch::Tensor> extra,
                          bool bf16) {
-  const bool q4 = mins.has_value(), q5 = !q4 && qw.scalar_type() == torch::kUInt8;
-  const int64_t N = qw.size(0), K = q4 ? qw.size(1) * 2 : qw.size(1), G = K / QK;
-  TORCH_CHECK(qw.is_contiguous() && scales.is_contiguous() && scales.scalar_type() == torch::kHalf &&
-                  scales.numel() == N * G,
-              "weight and scales do not match");
+  const QLinear L = make_linear(qw, scales, extra);
+  const int64_t N = L.N, K = L.K, G = K / QK;
   auto out = torch::empty({N, K}, qw.options().dtype(bf16 ? torch::kBFloat16 : torch::kFloat32));
-  const at::Half* sc = scales.data_ptr<at::Half>();
-  const at::Half* mn = q4 ? mins->data_ptr<at::Half>() : nullptr;
-  const uint8_t* w4 = q4 ? qw.data_ptr<uint8_t>() : nullptr;
-  const int8_t* w8 = q4 ? nullptr : static_cast<const int8_t*>(qw.data_ptr());
-  const int offset = q5 ? Q5_OFFSET : 0;
   void* base = out.data_ptr();
   if (chosen != Isa::portable) {
-    const int fmt = q4 ? kQ4 : q5 ? kQ5 : kQ8;
-    const void* w = qw.data_ptr();
     at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
       for (int64_t n = n0; n < n1; ++n) {
         float* f = bf16 ? nullptr : static_cast<float*>(base) + n * K;
         uint16_t* b = bf16 ? static_cast<uint16_t*>(base) + n * K : nullptr;
-        dequantize_row_avx2(fmt, w, sc, mn, n, K, f, b);
+        dequantize_row_avx2(L, n, f, b);
       }
     });
     return out;
   }
+  const at::Half* sc = L.scales.data_ptr<at::Half>();
+  const at::Half* mn = L.fmt == kQ4 ? L.extra.data_ptr<at::Half>() : nullptr;
+  const uint32_t* qh =
+      L.fmt == kQ5P ? reinterpret_cast<const uint32_t*>(L.extra.data_ptr<int32_t>()) : nullptr;
+  const void* w = L.qw.data_ptr();
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     std::vector<float> row(K);
     for (int64_t n = n0; n < n1; ++n) {
       for (int64_t g = 0; g < G; ++g) {
-        const float s = half(sc, n * G + g), m = q4 ? half(mn, n * G + g) : 0.f;
+        const float s = half(sc, n * G + g);
         float* r = row.data() + g * QK;
-        if (q4) {
-          const uint8_t* bytes = w4 + n * K / 2 + (g / 2) * QK;
-          const int shift = (g % 2) * 4;
-          for (int j = 0; j < QK; ++j) r[j] = s * ((bytes[j] >> shift) & 15) + m;
-        } else {
-          const int8_t* q = w8 + n * K + g * QK;
-          for (int j = 0; j < QK; ++j) r[j] = s * (q[j] - offset);
+        for (int j = 0; j < QK; ++j) {
+          switch (L.fmt) {
+            case kQ4: r[j] = s * value_of<kQ4>(w, qh, n, K, g, j) + half(mn, n * G + g); break;
+            case kQ5P: r[j] = s * (value_of<kQ5P>(w, qh, n, K, g, j) - Q5_OFFSET); break;
+            case kQ5: r[j] = s * (value_of<kQ5>(w, qh, n, K, g, j) - Q5_OFFSET); break;
+            default: r[j] = s * value_of<kQ8>(w, qh, n, K, g, j);
+          }
         }
       }
       if (bf16) {
@@ -1081,8 +1161,8 @@ class DecodeStep {
     TORCH_CHECK(H % Hkv == 0 && D % 2 == 0, "heads do not match");
   }
 
-  // One layer's weights (float32 norms; q4 or q8 linears given as [qweight, scales, mins or None,
-  // bias or None]); window: its sliding window (0: none).
+  // One layer's weights (float32 norms; q4, q5 or q8 linears given as [qweight, scales, q4's mins
+  // or q5's fifth bits or None, bias or None]); window: its sliding window (0: none).
   void add_layer(torch::Tensor attn_norm, LinearParts qkv, LinearParts o, torch::Tensor mlp_norm,
                  LinearParts gate_up, LinearParts down, int64_t window) {
     Layer l{norm(attn_norm), norm(mlp_norm), linear(qkv), linear(o), linear(gate_up),
@@ -1169,8 +1249,8 @@ class DecodeStep {
 
   static QLinear linear(const LinearParts& p) {
     TORCH_CHECK(p.size() == 4 && p[0].has_value() && p[1].has_value(),
-                "a linear layer is [qweight, scales, mins or None, bias or None]");
-    QLinear l = p[2].has_value() ? q4_linear(*p[0], *p[1], *p[2]) : q8_linear(*p[0], *p[1]);
+                "a linear layer is [qweight, scales, mins or fifth bits or None, bias or None]");
+    QLinear l = make_linear(*p[0], *p[1], p[2]);
     if (p[3].has_value()) {
       TORCH_CHECK(p[3]->scalar_type() == torch::kFloat32 && p[3]->is_contiguous() &&
                       p[3]->numel() == l.N,
@@ -1190,13 +1270,16 @@ class DecodeStep {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("q4_matmul", &q4_matmul, "x (M, K) float32 @ q4 weight (N, K) -> (M, N) float32");
   m.def("q8_matmul", &q8_matmul, "x (M, K) float32 @ q8 weight (N, K) -> (M, N) float32");
+  m.def("q5_matmul", &q5_matmul, "x (M, K) float32 @ q5 weight (N, K) -> (M, N) float32");
   m.def("decode_attention", &decode_attention,
         "one query per sequence over its keys/values in the paged cache -> (B, H, D)");
   m.def("rope_store", &rope_store,
         "RoPE on q and k of a fused q/k/v (N, width) in place, k and v into the paged cache");
   m.def("silu_mul", &silu_mul, "gate_up (N, 2F) -> silu(gate) * up (N, F)");
-  m.def("dequantize", &dequantize, "q8 (mins None) or q4 weight -> (N, K) float32 or bfloat16",
-        py::arg("qweight"), py::arg("scales"), py::arg("mins"), py::arg("bf16"));
+  m.def("dequantize", &dequantize,
+        "q8 (extra None), q4 (extra: mins) or q5 (extra: fifth bits) weight -> (N, K) float32 or "
+        "bfloat16",
+        py::arg("qweight"), py::arg("scales"), py::arg("extra"), py::arg("bf16"));
   py::class_<DecodeStep>(m, "DecodeStep")
       .def(py::init<int64_t, int64_t, int64_t, int64_t, double, double>(), py::arg("dim"),
            py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("eps"),
