@@ -224,6 +224,22 @@ def read_gguf(path: str | Path) -> GGUFFile:
     return parsed
 
 
+def forget_header(path: str | Path) -> None:
+    """Drop the kept header of `path` (read_gguf's), once a load no longer needs it."""
+    global _last
+    if _last is not None and _last[0][0] == str(Path(path).resolve()):
+        _last = None
+
+
+BIG_ARRAY = 1024  # metadata arrays longer than this are a vocabulary's (tokens, merges, scores)
+
+
+def slim_metadata(metadata: dict) -> dict:
+    """`metadata` without its long arrays (the tokenizer's vocabulary, held by the tokenizer once
+    it is built): what a loaded model keeps of its file's header."""
+    return {k: v for k, v in metadata.items() if not (isinstance(v, list) and len(v) > BIG_ARRAY)}
+
+
 def _read_gguf(path: Path) -> GGUFFile:
     try:
         size = path.stat().st_size
