@@ -80,3 +80,21 @@ def test_q4_1_and_q8_0_load_as_the_files_own_blocks_without_floats(smollm2_path)
     q_dim = model.cfg.n_heads * model.cfg.head_dim
     kv_dim = model.cfg.n_kv_heads * model.cfg.head_dim
     assert torch.equal(model.layers[5].attn.wqkv.qweight[q_dim : q_dim + kv_dim], want)
+
+
+def test_a_loaded_model_keeps_its_header_without_the_vocabulary(smollm2_path):
+    """Once the tokenizer is built, a loaded model keeps its file's header without the long
+    vocabulary arrays (the tokenizer holds the vocabulary), and the header read for the load is
+    not kept either: the tokenizer still encodes and decodes."""
+    import genforge
+    from genforge.weights import gguf
+
+    llm = genforge.load(str(smollm2_path), progress=False)
+    metadata = llm.checkpoint.metadata
+    assert metadata["general.architecture"] == "llama"
+    assert "tokenizer.ggml.tokens" not in metadata and "tokenizer.ggml.merges" not in metadata
+    assert all(not isinstance(v, list) or len(v) <= gguf.BIG_ARRAY for v in metadata.values())
+    assert gguf._last is None
+    ids = llm.tokenizer.encode("The capital of France is Paris.")
+    assert len(ids) > 3 and llm.tokenizer.decode(ids).strip() == "The capital of France is Paris."
+    assert len(gguf.read_gguf(smollm2_path).metadata["tokenizer.ggml.tokens"]) == 49152
