@@ -8,7 +8,8 @@ lr 2e-4, betas 0.9/0.95, weight decay 0), LoRA rank 16 / alpha 32 / no dropout o
 linear layers, on the same number of threads, each in its own process so that its peak resident
 memory is its own. Step times are the median of the steps after two warm-up steps.
 
-- genforge: its own `FineTuner.train_step` (what `genforge finetune` runs: blocks compiled), LoRA on
+- genforge: its own `FineTuner.train_step` (what `genforge finetune` runs: blocks compiled, under
+  mimalloc where it is installed, GENFORGE_MALLOC=system for the system's malloc), LoRA on
   the base in the file's own 4-bit blocks (auto; also with --no-compile), on int8 blocks (also with
   --checkpointing), on float32, and full fine-tuning;
 - transformers + peft: the Hugging Face model (float32, the same weights, exported by genforge),
@@ -34,6 +35,8 @@ import time
 from pathlib import Path
 
 from bench_engine import cpu_description, provenance, write_section
+
+from genforge import allocator
 
 # Every variant, the peers' too, with spinning OpenMP workers (what `genforge train` sets);
 # `genforge finetune` itself keeps OpenMP's default policy (cli/finetune.py).
@@ -294,9 +297,19 @@ def hf_folder() -> Path:
     return folder
 
 
+def genforge_allocator() -> str:
+    library = allocator.mimalloc_library()
+    mimalloc = library is not None and os.environ.get(allocator.ENV, "mimalloc") != "system"
+    return "mimalloc" if mimalloc else "the system's malloc"
+
+
 def run_variant(variant: str, args) -> dict | None:
     cmd = [sys.executable, __file__, "--child", variant, *_passthrough(args)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    if variant.startswith("genforge") and genforge_allocator() == "mimalloc":
+        # as `genforge finetune` runs (genforge/allocator.py)
+        library = str(allocator.mimalloc_library())
+        env["LD_PRELOAD"] = " ".join(filter(None, [library, env.get("LD_PRELOAD", "")]))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         print(f"{variant}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -379,7 +392,9 @@ def section(results: dict, args, load0: float) -> list[str]:
         "(padded to a multiple of 64; genforge packs them into fewer rows unless --no-pack), "
         f"LoRA r={RANK} alpha={int(ALPHA)} on all linear layers, "
         f"AdamW lr {LR}, {args.threads} threads; median of {args.steps} steps after 2 warm-up "
-        "steps; peak = the process's peak resident memory.",
+        "steps; peak = the process's peak resident memory. The genforge rows run under "
+        f"{genforge_allocator()} (what `genforge finetune` runs under, genforge/allocator.py), "
+        "the others under the system's malloc.",
         "",
         "| variant | step (s) | vs transformers + peft | tokens/s | first step (s) "
         "| peak memory (MB) | vs genforge full |",

@@ -80,6 +80,7 @@ def configure_threads(omp_wait_policy: str | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = argv is None  # a command typed, not a call from within a program
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:
         parser.print_help()

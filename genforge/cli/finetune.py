@@ -49,6 +49,10 @@ def config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     cfg = config(args)
     cfg.check()
+    if args.command_line:  # training's memory stays flat under mimalloc (genforge.allocator)
+        from genforge.allocator import restart_under_mimalloc
+
+        restart_under_mimalloc()
     from genforge.train.finetune import finetune
 
     r = finetune(cfg)

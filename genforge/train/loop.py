@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genforge import allocator
 from genforge.data.shards import load_manifest
 from genforge.errors import GenforgeError
 from genforge.generate.sampling import SamplingParams, sample
@@ -211,6 +212,7 @@ class Loop:
                 "world_size": self.world.size,
                 "steps": self.steps,
                 "lr": self.lr,
+                "allocator": "mimalloc" if allocator.preloaded() else "system",
             }
             tmp = self.run / f".{RUN_FILE}.tmp"
             tmp.write_text(json.dumps(info, indent=2))

@@ -1,0 +1,61 @@
+"""The C heap allocator a fine-tuning process runs under: mimalloc where it is installed.
+
+Why: a training step frees and allocates gigabytes of activations in a different order each way
+(forward, then backward), and glibc's malloc keeps freed blocks it cannot reuse for the next,
+differently sized ones, so a process's resident memory grows step after step (LoRA on an int8
+SmolLM2 base: a peak of 1,909 MB at the first step, 2,376 MB by the fifth). mimalloc reuses and
+returns them: the same steps peak at 1,690-1,730 MB from the first to the last
+(benchmarks/RESULTS.md). An allocator can only be chosen when a process starts, so `genforge
+finetune` starts itself again with the library preloaded (as PyTorch's own CPU launcher,
+`torch.backends.xeon.run_cpu`, does for jemalloc and tcmalloc), once, on Linux, unless
+GENFORGE_MALLOC=system. The library is the `cmeel-mimalloc` wheel's (a dependency: 1.6 MB).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+from pathlib import Path
+
+ENV = "GENFORGE_MALLOC"  # "mimalloc" (the default) or "system" (glibc's malloc)
+LIBRARY = Path("cmeel.prefix") / "lib" / "libmimalloc.so"  # where the wheel puts it
+
+
+def mimalloc_library() -> Path | None:
+    """The installed mimalloc shared library, or None."""
+    roots = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    for root in [*roots, *sys.path]:
+        candidate = Path(root) / LIBRARY
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def preloaded() -> bool:
+    """Whether this process runs under mimalloc (preloaded)."""
+    return "mimalloc" in os.environ.get("LD_PRELOAD", "")
+
+
+def genforge_process() -> bool:
+    """Whether this process is the `genforge` command (its console script or `python -m
+    genforge`), not a program that calls genforge's CLI from within."""
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    return program.name == "genforge" or program.parts[-2:] == ("genforge", "__main__.py")
+
+
+def restart_under_mimalloc() -> None:
+    """Start the `genforge` command again (its own command line) with mimalloc preloaded, where
+    it is installed, the system is Linux, and neither GENFORGE_MALLOC=system nor mimalloc already
+    is in force. Returns only where it does not restart."""
+    if not sys.platform.startswith("linux") or os.environ.get(ENV, "mimalloc") == "system":
+        return
+    if preloaded() or not genforge_process():
+        return
+    library = mimalloc_library()
+    if library is None:
+        return
+    preload = " ".join(filter(None, [str(library), os.environ.get("LD_PRELOAD", "")]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, list(sys.orig_argv), {**os.environ, "LD_PRELOAD": preload})
