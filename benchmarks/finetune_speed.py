@@ -307,9 +307,7 @@ def run_variant(variant: str, args) -> dict | None:
     cmd = [sys.executable, __file__, "--child", variant, *_passthrough(args)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     if variant.startswith("genforge") and genforge_allocator() == "mimalloc":
-        # as `genforge finetune` runs (genforge/allocator.py)
-        library = str(allocator.mimalloc_library())
-        env["LD_PRELOAD"] = " ".join(filter(None, [library, env.get("LD_PRELOAD", "")]))
+        env = allocator.mimalloc_env(env)  # as `genforge finetune` runs (genforge/allocator.py)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         print(f"{variant}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)

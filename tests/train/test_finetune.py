@@ -180,6 +180,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(smollm2_path, tmp_pat
     p = cli(*args, "--out", str(whole))
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err
+    # the command restarted itself under mimalloc (genforge.allocator), killable by its first pid
+    assert json.loads((whole / "run.json").read_text())["allocator"] == "mimalloc"
 
     p = cli(*args, "--out", str(cut))
     deadline = time.time() + 300
