@@ -130,7 +130,10 @@ def test_a_spoken_question_is_answered_and_read_aloud(page, question_wav):
     page.click("#mic")
     page.wait_for_selector("#messages .message.user")
     heard = page.text_content("#messages .message.user .content")
-    assert {"capital", "italy"} <= _words(heard), heard
+    # The recording reached Whisper whole: its words, one of them misheard at most (through the
+    # fake capture device Whisper base once heard "Bibley" for "Italy" on a loaded machine; its
+    # accuracy on Piper's speech is tests/speech's).
+    assert "capital" in _words(heard) and len(_words(QUESTION) - _words(heard)) <= 1, heard
     page.wait_for_selector("#send", state="visible", timeout=60_000)  # the answer is complete
     answer = page.text_content(f"{LAST_ANSWER} .content").strip()
     assert answer
