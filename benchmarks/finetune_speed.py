@@ -298,9 +298,7 @@ def hf_folder() -> Path:
 
 
 def genforge_allocator() -> str:
-    library = allocator.mimalloc_library()
-    mimalloc = library is not None and os.environ.get(allocator.ENV, "mimalloc") != "system"
-    return "mimalloc" if mimalloc else "the system's malloc"
+    return "mimalloc" if allocator.wanted() else "the system's malloc"
 
 
 def run_variant(variant: str, args) -> dict | None:

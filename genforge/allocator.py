@@ -45,17 +45,20 @@ def genforge_process() -> bool:
     return program.name == "genforge" or program.parts[-2:] == ("genforge", "__main__.py")
 
 
-def restart_under_mimalloc() -> None:
-    """Start the `genforge` command again (its own command line) with mimalloc preloaded, where
-    it is installed, the system is Linux, and neither GENFORGE_MALLOC=system nor mimalloc already
-    is in force. Returns only where it does not restart."""
+def wanted() -> bool:
+    """Whether fine-tuning runs under mimalloc here: on Linux, installed, and not turned off with
+    GENFORGE_MALLOC=system."""
     if not sys.platform.startswith("linux") or os.environ.get(ENV, "mimalloc") == "system":
-        return
-    if preloaded() or not genforge_process():
+        return False
+    return mimalloc_library() is not None
+
+
+def restart_under_mimalloc() -> None:
+    """Start the `genforge` command again (its own command line) with mimalloc preloaded where it
+    is `wanted` and not already in force. Returns only where it does not restart."""
+    if preloaded() or not genforge_process() or not wanted():
         return
     env = mimalloc_env(os.environ)
-    if env is None:
-        return
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, list(sys.orig_argv), env)
