@@ -211,7 +211,7 @@ class QuantLinear(nn.Module):
         if ops is None:  # a layer made by hand in a process without the kernels
             return F.linear(x.float(), self.dequantize()).to(x.dtype)
         x32 = x.float().contiguous()
-        if x.shape[0] < KERNEL_ROWS:
+        if x.shape[0] < KERNEL_ROWS or self._kernel_takes_every_row(ops):
             # Each row through the kernel gets the same bits alone, in a batch of decodes or in
             # a short prompt chunk: batching and the prefix cache leave greedy answers unchanged.
             if self.kind == "q4":
@@ -242,6 +242,12 @@ class QuantLinear(nn.Module):
             )
             torch.mm(xq, w.t(), out=y[:, part])
         return y.to(x.dtype)
+
+    def _kernel_takes_every_row(self, ops) -> bool:
+        # AVX2's kernel takes q4, q5 and Q5_0's uint8 values 8 weight rows at a time and outruns
+        # the float32 matmul on the dequantized weight at any row count (1.5-2x at 128 and 512
+        # rows, docs/engine.md); its signed q8 and AVX-512's kernels do not.
+        return ops.isa() == "avx2" and (self.kind != "q8" or self.qweight.dtype == torch.uint8)
 
     def dequantized(self, bf16: bool = False) -> torch.Tensor:
         """The (out, in) weight this layer holds as float32 (or bf16), by genforge's dequantize

@@ -257,11 +257,19 @@ def test_a_kernel_layer_gives_each_row_the_same_bits_alone_or_in_a_batch(ops):
         assert (chunk - F.linear(x, layer.dequantize())).abs().max() <= 0.01 * chunk.abs().max()
 
 
-def test_a_long_prompt_chunk_takes_the_dequantized_weight_on_the_same_activation_grid(ops):
+def float_path_for_long_chunks(monkeypatch) -> None:
+    """Every layer kind takes the dequantized weight from KERNEL_ROWS rows on, as off AVX2."""
+    monkeypatch.setattr(QuantLinear, "_kernel_takes_every_row", lambda self, ops: False)
+
+
+def test_a_long_prompt_chunk_takes_the_dequantized_weight_on_the_same_activation_grid(
+    ops, monkeypatch
+):
     """From KERNEL_ROWS rows on, the layer rounds the activations to the kernel's int8 grid and
     multiplies by its dequantized weight: float32, so within float32 summation error of the
     kernel's rows, or bf16 where the CPU has AMX (weights and activations rounded to 8 significant
     bits: within 2^-7 of the output's scale)."""
+    float_path_for_long_chunks(monkeypatch)
     torch.manual_seed(0)
     for layer in kernel_layers():
         x = torch.randn(KERNEL_ROWS, 128)
@@ -289,6 +297,7 @@ def test_a_long_chunk_multiplies_the_weight_panel_by_panel_as_a_whole(ops, each_
     within its summation error, bf16 within 2^-7), the last panel a partial one. The activations
     go onto the int8 grid by `fake_quantize`, bit for bit what `quantize_activations` gives, on
     every path."""
+    float_path_for_long_chunks(monkeypatch)
     torch.manual_seed(0)
     x = torch.randn(KERNEL_ROWS + 5, 128)
     x[3, :32] = 0  # a block of zeros: scale 0
@@ -307,7 +316,27 @@ def test_a_long_chunk_multiplies_the_weight_panel_by_panel_as_a_whole(ops, each_
         assert quant.panel_rows(128) == 64
         panels = layer(x)
         monkeypatch.undo()
+        float_path_for_long_chunks(monkeypatch)
         assert (panels - whole).abs().max() <= tolerance * whole.abs().max()
+
+
+def test_avx2_keeps_a_long_chunk_of_q4_and_q5_in_the_kernel(ops, each_path):
+    """On AVX2 the kernel takes q4, q5 and Q5_0's uint8 values 8 weight rows at a time, faster
+    than the float matmul at any row count, so a long prompt chunk stays in it: each row with
+    the same bits as alone. Signed q8 (the sign trick, a row at a time) still takes the
+    dequantized weight there."""
+    if "avx2" not in runnable(ops):
+        pytest.skip("a CPU without AVX2")
+    torch.manual_seed(0)
+    x = torch.randn(KERNEL_ROWS + 5, 128)
+    for _ in filter(lambda name: name == "avx2", each_path()):
+        for layer in kernel_layers():
+            lanes = layer.kind != "q8" or layer.qweight.dtype == torch.uint8
+            assert layer._kernel_takes_every_row(ops) == lanes
+            rows = torch.cat([layer(x[i : i + 1]) for i in range(0, len(x), 37)])
+            if lanes:
+                assert torch.equal(layer(x)[::37], rows)
+            close(layer(x)[::37], rows)
 
 
 def test_rope_store_rotates_q_and_k_in_place_and_fills_the_cache(ops):
