@@ -338,19 +338,21 @@ class QuantEmbedding(nn.Module):
 
 def adopt_formats(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     """Make each q8 layer (and q8 embedding) of an empty model q5 where the `state` it will load
-    holds a file's Q5_0 blocks for it (their fifth bits, `<name>.qh`), in place, on the device the
-    model is built on."""
+    holds a file's Q5_0 blocks for it (their fifth bits, `<name>.qh`), and each q8 layer q4 where
+    it holds a K-quant's 4-bit blocks (`<name>.mins`), in place, on the device the model is built
+    on."""
     for name, child in list(model.named_modules()):
-        if getattr(child, "kind", None) != "q8" or f"{name}.qh" not in state:
+        if getattr(child, "kind", None) != "q8":
             continue
-        if isinstance(child, QuantLinear):
-            q5 = QuantLinear(child.in_features, child.out_features, child.bias is not None, "q5")
-        elif isinstance(child, QuantEmbedding):
-            q5 = QuantEmbedding(child.qweight.shape[0], child.qweight.shape[1], "q5")
+        kind = "q5" if f"{name}.qh" in state else "q4" if f"{name}.mins" in state else None
+        if kind and isinstance(child, QuantLinear):
+            new = QuantLinear(child.in_features, child.out_features, child.bias is not None, kind)
+        elif kind == "q5" and isinstance(child, QuantEmbedding):
+            new = QuantEmbedding(child.qweight.shape[0], child.qweight.shape[1], "q5")
         else:
             continue
         parent, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent), leaf, q5)
+        setattr(model.get_submodule(parent), leaf, new)
     return model
 
 
@@ -398,7 +400,8 @@ def state_converter(kind: str, act_dtype: torch.dtype, tied_head: bool):
             return quantized(name.removesuffix(".weight"), w, kind)
         if name == "tok_emb.weight":
             if embed_kind(kind, w.shape[1]):  # q8 blocks, shared with a tied head
-                parts = w.parts if runs_as(w, "q8") else kernels.pack_q8(_floats(w))
+                own = runs_as(w, "q8") and w.kind in ("q8", "q5")
+                parts = w.parts if own else kernels.pack_q8(_floats(w))
                 out = {f"tok_emb.{k}": v for k, v in parts.items()}
                 return out | ({f"output.{k}": v for k, v in parts.items()} if tied_head else {})
             out = {name: _floats(w).to(EMBED_DTYPE)}
@@ -444,8 +447,13 @@ def layer_converter(kind: str):
 
 def runs_as(w, kind: str) -> bool:
     """Whether `w` is a file's own blocks that a layer asked to be `kind` runs as they are: blocks
-    of that kind, or Q5_0's q5 where q8 is asked (the same weights exactly, in 5.5 bits)."""
-    return isinstance(w, Blocks) and (w.kind == kind or (w.kind, kind) == ("q5", "q8"))
+    of that kind, Q5_0's q5 where q8 is asked (the same weights exactly, in 5.5 bits), or a
+    K-quant's q4 where q8 is asked: no format holds Q4_K bit for bit, and its own 4-bit values
+    under fp16 sub-block scales (within 2^-12 of them) are closer to the file than a requantization
+    to q8 (within 1/254 of each block's largest), in half the bytes."""
+    if not isinstance(w, Blocks):
+        return False
+    return w.kind == kind or (w.kind, kind) == ("q5", "q8") or (w.source, kind) == ("Q4_K", "q8")
 
 
 def _floats(w) -> torch.Tensor:

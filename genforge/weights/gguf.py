@@ -93,21 +93,24 @@ class GGUFFile:
         (N, K/32): the file's own fifth bits; scales}), or where K is not a multiple of 64 as "q8"
         with a uint8 qweight holding q in 0..31 (the kernels take the -16 apart: no sign trick
         per dot product); Q4_1 as ("q4", {qweight uint8 (N, K/2), scales, mins}). The kernels'
-        integer dot products on them are llama.cpp's own. None for any other type or shape.
+        integer dot products on them are llama.cpp's own. Q4_K as "q4" too: its 4-bit values as
+        they are (the layout is q4's), each sub-block of 32's scale d * sc and min -dmin * m
+        rounded to fp16 (within 2^-12 of the file's; `q4_k`). None for any other type or shape.
         (PyTorch's operators on PyTorch's threads: 3x numpy here.)"""
         import torch
 
         info = self.tensors[name]
-        kinds = (GGML_Q8_0, GGML_Q5_0, GGML_Q4_0, GGML_Q4_1)
+        kinds = (GGML_Q8_0, GGML_Q5_0, GGML_Q4_0, GGML_Q4_1, GGML_Q4_K)
         if len(info.shape) != 2 or info.ggml_type not in kinds:
             return None
         n, k = info.shape
-        q4 = info.ggml_type == GGML_Q4_1
-        if k % (64 if q4 else 32):
+        if k % {GGML_Q4_1: 64, GGML_Q4_K: 256}.get(info.ggml_type, 32):
             return None
         raw = torch.from_numpy(
             np.fromfile(self.path, dtype=np.uint8, count=info.nbytes, offset=info.offset)
         )
+        if info.ggml_type == GGML_Q4_K:
+            return "q4", q4_k(raw.view(n, k // 256, 144))
         if info.ggml_type == GGML_Q8_0:  # per block: fp16 scale, 32 int8
             b = raw.view(n, k // 32, 34)
             return "q8", {"qweight": b[..., 2:].reshape(n, k).view(torch.int8), "scales": _d(b, 0)}
@@ -136,6 +139,27 @@ class GGUFFile:
             "scales": _d(b, 0),
             "mins": _d(b, 2),
         }
+
+
+def q4_k(blocks) -> dict:
+    """Q4_K super-blocks (N, K/256, 144 bytes: fp16 d and dmin, 12 bytes of 6-bit scales and
+    mins, 128 bytes of 4-bit q) -> q4 parts: w = d * sc * q - dmin * m per sub-block of 32, the
+    qs bytes as they are (64 values a 32-byte run: sub-block 2i's q in the low nibbles, 2i+1's in
+    the high: q4's layout), scale d * sc and min -dmin * m per sub-block in fp16 (the float32
+    products are exact; rounding them to fp16 moves a value by at most 2^-12 of its block's
+    scale or min)."""
+    import torch
+
+    n, s = blocks.shape[:2]
+    d, dmin = _d(blocks, 0).float(), _d(blocks, 2).float()
+    b = blocks[..., 4:16].to(torch.int32)  # llama.cpp's get_scale_min_k4
+    sc = torch.cat((b[..., 0:4] & 63, (b[..., 8:12] & 15) | ((b[..., 0:4] >> 6) << 4)), -1)
+    m = torch.cat((b[..., 4:8] & 63, (b[..., 8:12] >> 4) | ((b[..., 4:8] >> 6) << 4)), -1)
+    return {
+        "qweight": blocks[..., 16:].reshape(n, s * 128).contiguous(),
+        "scales": (d[..., None] * sc).half().reshape(n, s * 8),
+        "mins": (-(dmin[..., None] * m)).half().reshape(n, s * 8),
+    }
 
 
 def _d(blocks, at: int):
@@ -202,7 +226,7 @@ class _Corrupt(Exception):
 
 
 # GGUF's type numbers of the block formats genforge runs as they are
-GGML_Q4_0, GGML_Q4_1, GGML_Q5_0, GGML_Q8_0 = 2, 3, 6, 8
+GGML_Q4_0, GGML_Q4_1, GGML_Q5_0, GGML_Q8_0, GGML_Q4_K = 2, 3, 6, 8, 12
 _last: tuple[tuple, GGUFFile] | None = None  # the last header parsed, by file identity
 
 

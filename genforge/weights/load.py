@@ -18,7 +18,7 @@ from genforge.model.config import ModelConfig
 from genforge.model.quant import adopt_formats
 from genforge.model.transformer import Transformer
 from genforge.weights.configs import config_from_gguf, config_from_hf, unsupported_architecture
-from genforge.weights.gguf import read_gguf
+from genforge.weights.gguf import GGML_Q4_K, read_gguf
 from genforge.weights.names import GGUF_NAMES, GGUF_TRANSFORMS, HF_NAMES, expand, pattern_of
 
 
@@ -99,6 +99,13 @@ def fusing(
         if count[0] < n_sources[fused]:
             return {}
         del pending[key]
+        if 0 < len(parts.get("mins", {})) < len(FUSED[fused]):
+            # a K-quant's q4 beside q8 or q5 (e.g. Q4_K q beside a Q6_K v): q8, as unfused
+            for leaf, mins in parts.pop("mins").items():
+                q8 = kernels.pack_q8(
+                    kernels.unpack_q4(parts["qweight"][leaf], parts["scales"][leaf], mins)
+                )
+                parts["qweight"][leaf], parts["scales"][leaf] = q8["qweight"], q8["scales"]
         if 0 < len(parts.get("qh", {})) < len(FUSED[fused]):
             # q5 beside q8 (e.g. Qwen's Q5_0 q and k beside its Q8_0 v): all as q8
             for leaf, qh in parts.pop("qh").items():
@@ -154,7 +161,8 @@ def load_gguf(
         if own is not None:
             kind, parts = own
             parts = {k: (fns[t](v) if t else v).contiguous() for k, v in parts.items()}
-            state |= put(dst, kernels.Blocks(kind, parts, g.tensors[src].shape))
+            k_quant = "Q4_K" if g.tensors[src].ggml_type == GGML_Q4_K else ""
+            state |= put(dst, kernels.Blocks(kind, parts, g.tensors[src].shape, k_quant))
             continue
         w = g.tensor(src)
         if t is not None:

@@ -45,7 +45,7 @@ def test_qwens_q5_0_matrices_stay_in_their_own_blocks(qwen_path):
     """The default dtype keeps Qwen2.5-Coder's Q5_0 matrices as they are in the file (q5, 5.5 bits
     a weight): the embedding's rows, an attention output and a fused gate/up come back exactly
     as gguf reads them; q/k/v stay q5 where all three are Q5_0 and become q8 where v is Q8_0,
-    exactly too."""
+    exactly too. Its Q4_K down projections keep their own 4-bit values (q4), its Q6_K ones q8."""
     from genforge.weights.gguf import read_gguf
 
     model = genforge.load(str(qwen_path)).model
@@ -64,6 +64,8 @@ def test_qwens_q5_0_matrices_stay_in_their_own_blocks(qwen_path):
         v_q5 = g.tensors[f"blk.{i}.attn_v.weight"].ggml_type == 6  # Q5_0
         assert layer.attn.wqkv.kind == ("q5" if v_q5 else "q8")
         kinds.add(layer.attn.wqkv.kind)
+        down = g.tensors[f"blk.{i}.ffn_down.weight"].ggml_type
+        assert layer.mlp.w_down.kind == {12: "q4", 14: "q8"}[down]  # Q4_K, Q6_K
         if i in (0, len(model.layers) - 1):
             assert torch.equal(layer.attn.wo.dequantize(), file(f"blk.{i}.attn_output.weight"))
             gate_up = torch.cat([file(f"blk.{i}.ffn_{p}.weight") for p in ("gate", "up")])

@@ -132,6 +132,7 @@ class Blocks:
     kind: str
     parts: dict[str, torch.Tensor]  # qweight, scales (, mins for q4, qh for q5)
     shape: tuple[int, int]  # (out_features, in_features)
+    source: str = ""  # the file's type where it is a K-quant ("Q4_K"): held to fp16 scales
 
     def dequantize(self) -> torch.Tensor:
         unpack = {"q4": unpack_q4, "q5": unpack_q5, "q8": unpack_q8}[self.kind]
