@@ -320,18 +320,18 @@ def test_a_long_chunk_multiplies_the_weight_panel_by_panel_as_a_whole(ops, each_
         assert (panels - whole).abs().max() <= tolerance * whole.abs().max()
 
 
-def test_avx2_keeps_a_long_chunk_of_q4_and_q5_in_the_kernel(ops, each_path):
-    """On AVX2 the kernel takes q4, q5 and Q5_0's uint8 values 8 weight rows at a time, faster
-    than the float matmul at any row count, so a long prompt chunk stays in it: each row with
-    the same bits as alone. Signed q8 (the sign trick, a row at a time) still takes the
-    dequantized weight there."""
+def test_avx2_keeps_a_long_chunk_of_q5_in_the_kernel(ops, each_path):
+    """On AVX2 the kernel takes q5 and Q5_0's uint8 values 8 weight rows at a time, faster than
+    the float matmul at any row count, so a long prompt chunk stays in it: each row with the
+    same bits as alone. q4 and signed q8 (a row at a time) still take the dequantized weight
+    there."""
     if "avx2" not in runnable(ops):
         pytest.skip("a CPU without AVX2")
     torch.manual_seed(0)
     x = torch.randn(KERNEL_ROWS + 5, 128)
     for _ in filter(lambda name: name == "avx2", each_path()):
         for layer in kernel_layers():
-            lanes = layer.kind != "q8" or layer.qweight.dtype == torch.uint8
+            lanes = layer.kind == "q5" or layer.qweight.dtype == torch.uint8
             assert layer._kernel_takes_every_row(ops) == lanes
             rows = torch.cat([layer(x[i : i + 1]) for i in range(0, len(x), 37)])
             if lanes:

@@ -118,6 +118,8 @@ void rows_ref(const Activations& a, const void* w, const at::Half* sc, const at:
 // -- AVX2 (+ FMA, F16C) --------------------------------------------------------------------------
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
+// for the small helpers of the inner loops: a call there spills their vectors to memory
+#define AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) inline
 
 AVX2 inline float hsum256(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -132,7 +134,7 @@ AVX2 inline float hmax256(__m256 v) {
   return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
 }
 
-AVX2 inline __m256 dot_u8s8_avx2(__m256i u, __m256i s) {  // 8 int32 sums of 4 products, as float
+AVX2_INLINE __m256 dot_u8s8_avx2(__m256i u, __m256i s) {  // 8 int32 sums of 4 products, as float
   const __m256i pairs = _mm256_maddubs_epi16(u, s);
   return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
 }
@@ -141,11 +143,11 @@ AVX2 inline __m256 dot_u8s8_avx2(__m256i u, __m256i s) {  // 8 int32 sums of 4 p
 // float vector F, and block k of the 8 scales its integer dot product by F's lane k. The
 // q4 mins go into the same accumulator, once per 8 blocks. A single row of x (decode) takes the
 // same path with MB = 1, so a row gives the same bits alone or in a batch.
-AVX2 inline __m256i first_lanes(int nb) {  // the mask of 32-bit lanes 0..nb-1
+AVX2_INLINE __m256i first_lanes(int nb) {  // the mask of 32-bit lanes 0..nb-1
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(nb), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-AVX2 inline __m256 halves8(const at::Half* p, int nb) {  // nb (1..8) fp16 values, the rest 0
+AVX2_INLINE __m256 halves8(const at::Half* p, int nb) {  // nb (1..8) fp16 values, the rest 0
   if (nb == 8) return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   if (nb % 2 == 0)  // pairs of halves as 32-bit lanes
     return _mm256_cvtph_ps(_mm_maskload_epi32(reinterpret_cast<const int*>(p),
@@ -155,7 +157,7 @@ AVX2 inline __m256 halves8(const at::Half* p, int nb) {  // nb (1..8) fp16 value
   return _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(tmp)));
 }
 
-AVX2 inline __m256 floats8(const float* p, int nb) {  // nb (1..8) floats, the rest 0
+AVX2_INLINE __m256 floats8(const float* p, int nb) {  // nb (1..8) floats, the rest 0
   return nb == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, first_lanes(nb));
 }
 
@@ -163,7 +165,7 @@ AVX2 inline __m256 floats8(const float* p, int nb) {  // nb (1..8) floats, the r
 // takes byte j / 8 of the word, all its other bits set; it is all ones where bit j % 8 was set.
 // `from` picks the word's bytes out of a broadcast: 0 for a 32-bit word, 4 for the upper word of a
 // 64-bit broadcast (two blocks' words from one load).
-AVX2 inline __m256i spread_fifth_bits(__m256i words, int64_t from) {
+AVX2_INLINE __m256i spread_fifth_bits(__m256i words, int64_t from) {
   const __m256i spread = _mm256_shuffle_epi8(
       words, _mm256_add_epi8(_mm256_set1_epi8(static_cast<char>(from)),
                              _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202,
@@ -173,24 +175,28 @@ AVX2 inline __m256i spread_fifth_bits(__m256i words, int64_t from) {
   return _mm256_and_si256(set, _mm256_set1_epi8(16));
 }
 
-AVX2 inline __m256i fifth_bits(uint32_t bits) {
+AVX2_INLINE __m256i fifth_bits(uint32_t bits) {
   return spread_fifth_bits(_mm256_set1_epi32(static_cast<int>(bits)), 0);
 }
 
 // Block g of a q4 / q5 row as 32 bytes (q, or u): the low or high nibbles of its pair's 32 bytes,
 // and for q5 the fifth bits.
 template <int FMT>
-AVX2 inline __m256i nibble_block(const uint8_t* row4, const uint32_t* qh_row, int64_t g) {
+AVX2_INLINE __m256i nibble_block(const uint8_t* row4, const uint32_t* qh_row, int64_t g) {
   const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row4 + (g / 2) * QK));
   const __m256i q = _mm256_and_si256(g % 2 ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(15));
   return FMT == kQ5P ? _mm256_or_si256(q, fifth_bits(qh_row[g])) : q;
 }
 
-// q8 (signed): weight row n against rows m0..m0+MB of x; MB a compile-time count so that the
-// accumulators stay in registers (AVX2 has 16).
-template <int MB>
-AVX2 inline void tile_avx2(const Activations& a, const int8_t* row, const at::Half* sc, float* y,
-                           int64_t N, int64_t n, int64_t m0) {
+// q8 (signed) and q4 a weight row at a time: weight row n against rows m0..m0+MB of x; MB a
+// compile-time count so that the accumulators stay in registers (AVX2 has 16). Blocks go 8 at a
+// time: their weight scales (fp16, converted by F16C) times x's scales as one float vector F, and
+// block k of the 8 scales its integer dot product by F's lane k; q4's mins go into the same
+// accumulator, once per 8 blocks. A single row of x (decode) takes the same path with MB = 1, so
+// a row gives the same bits alone or in a batch.
+template <int FMT, int MB>
+AVX2 inline void tile_avx2(const Activations& a, const void* row, const at::Half* sc,
+                           const at::Half* mn, float* y, int64_t N, int64_t n, int64_t m0) {
   const int64_t K = a.K, G = a.G;
   const int8_t* xq = a.q.data() + m0 * K;
   __m256 acc[MB];
@@ -201,13 +207,23 @@ AVX2 inline void tile_avx2(const Activations& a, const int8_t* row, const at::Ha
     const __m256 sw = halves8(sc + n * G + g0, nb);
     for (int i = 0; i < MB; ++i)
       _mm256_store_ps(F[i], _mm256_mul_ps(sw, floats8(a.d.data() + (m0 + i) * G + g0, nb)));
+    if (FMT == kQ4) {
+      const __m256 mw = halves8(mn + n * G + g0, nb);
+      for (int i = 0; i < MB; ++i)
+        acc[i] = _mm256_fmadd_ps(mw, floats8(a.s.data() + (m0 + i) * G + g0, nb), acc[i]);
+    }
     for (int k = 0; k < nb; ++k) {
       const int64_t g = g0 + k;
-      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + g * QK));
-      const __m256i wu = _mm256_sign_epi8(w, w);  // |q|, x taking q's signs
+      __m256i w, wu;  // wu: the unsigned operand (q4's q; q8's |q|, x taking q's signs)
+      if (FMT == kQ4) {
+        wu = nibble_block<kQ4>(static_cast<const uint8_t*>(row), nullptr, g);
+      } else {
+        w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const int8_t*>(row) + g * QK));
+        wu = _mm256_sign_epi8(w, w);
+      }
       for (int i = 0; i < MB; ++i) {
-        const __m256i x = _mm256_sign_epi8(
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + i * K + g * QK)), w);
+        __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + i * K + g * QK));
+        if (FMT == kQ8) x = _mm256_sign_epi8(x, w);
         acc[i] = _mm256_fmadd_ps(dot_u8s8_avx2(wu, x), _mm256_broadcast_ss(&F[i][k]), acc[i]);
       }
     }
@@ -215,21 +231,23 @@ AVX2 inline void tile_avx2(const Activations& a, const int8_t* row, const at::Ha
   for (int i = 0; i < MB; ++i) y[(m0 + i) * N + n] = hsum256(acc[i]);
 }
 
-AVX2 void rows_q8_avx2(const Activations& a, const int8_t* weights, const at::Half* sc, float* y,
-                       int64_t N, int64_t n0, int64_t n1) {
+template <int FMT>
+AVX2 void rows_avx2(const Activations& a, const void* weights, const at::Half* sc,
+                    const at::Half* mn, float* y, int64_t N, int64_t n0, int64_t n1) {
   const int64_t K = a.K;
+  const int64_t row_bytes = FMT == kQ4 ? K / 2 : K;
   // Weight rows in panels that stay in L2 while every 4 rows of x (in L1) pass over them.
-  const int64_t panel = std::max<int64_t>(1, (256 << 10) / K);
+  const int64_t panel = std::max<int64_t>(1, (256 << 10) / row_bytes);
   for (int64_t p0 = n0; p0 < n1; p0 += panel) {
     const int64_t p1 = std::min(n1, p0 + panel);
     for (int64_t m0 = 0; m0 < a.M; m0 += MBLOCK) {
       for (int64_t n = p0; n < p1; ++n) {
-        const int8_t* row = weights + n * K;
+        const void* row = static_cast<const uint8_t*>(weights) + n * row_bytes;
         switch (std::min(MBLOCK, a.M - m0)) {
-          case 4: tile_avx2<4>(a, row, sc, y, N, n, m0); break;
-          case 3: tile_avx2<3>(a, row, sc, y, N, n, m0); break;
-          case 2: tile_avx2<2>(a, row, sc, y, N, n, m0); break;
-          default: tile_avx2<1>(a, row, sc, y, N, n, m0);
+          case 4: tile_avx2<FMT, 4>(a, row, sc, mn, y, N, n, m0); break;
+          case 3: tile_avx2<FMT, 3>(a, row, sc, mn, y, N, n, m0); break;
+          case 2: tile_avx2<FMT, 2>(a, row, sc, mn, y, N, n, m0); break;
+          default: tile_avx2<FMT, 1>(a, row, sc, mn, y, N, n, m0);
         }
       }
     }
@@ -242,23 +260,24 @@ AVX2 inline void unpack_q5_row(const uint8_t* row4, const uint32_t* qh_row, int6
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(u + g * QK), nibble_block<kQ5P>(row4, qh_row, g));
 }
 
-// q4, q5 and uint8 q8 go 8 weight rows (8 of y's columns) at a time, one column per 32-bit lane:
+// q5 and uint8 q8 (Q5_0's values) go 8 weight rows (8 of y's columns) at a time, a column a lane:
 // register j of a block holds bytes 4j..4j+3 of each of the 8 rows, so one `vpmaddubsw` against
 // x's bytes 4j..4j+3 (broadcast) takes 4 products for each of the 8 columns, and a block's 8 of
 // them sum in 16 bits (4 at a time: 4 * 2 * 31 * 127 < 2^15) before widening. Each column's block
 // dot product is then an exact integer (Q5_0's -16 taken off as 16 * sum(x's q)), scaled by
-// weight scale * x scale into its lane (q4's mins: min * d * sum(q) as a second fused step), block
-// after block. Against a row at a time that is a third of the instructions per product (measured
-// 2x on Qwen2.5-0.5B's gate/up at 8 and 32 rows on an AVX2 EPYC).
+// weight scale * x scale into its lane, block after block. Against a row at a time that is a
+// third of the instructions per product (measured 1.5x on Qwen2.5-0.5B's gate/up at 8 rows, 1.9x
+// at 32, 1.7x at 512 on an AVX2 EPYC). q4 and signed q8 stay a row at a time (`tile_avx2`): for
+// q4 the 8 lanes' extra shuffles cost a decode more than the products save (SmolLM2 -15 %).
 //
-// A single row of x (decode) reads the 8 rows as stored and sums each one's block horizontally
-// (the same integers); more rows go through the 8 rows transposed once into a buffer. Both apply
+// More rows of x go through the 8 weight rows transposed once into a buffer (`lanes_tile`); a
+// single row (decode) reads them as stored (`lanes_row`). Both get the same integers and apply
 // the same float steps in the same order, so a row gets the same bits alone or in a batch.
 constexpr int LANES = 8;
 
-// Block g of weight row n as 32 bytes: q4's q, q5's and uint8 q8's u.
+// Block g of weight row n as 32 bytes: q5's and uint8 q8's u.
 template <int FMT>
-AVX2 inline __m256i block_of(const void* w, const uint32_t* qh, int64_t K, int64_t n, int64_t g) {
+AVX2_INLINE __m256i block_of(const void* w, const uint32_t* qh, int64_t K, int64_t n, int64_t g) {
   if (FMT == kQ5)
     return _mm256_loadu_si256(
         reinterpret_cast<const __m256i*>(static_cast<const uint8_t*>(w) + n * K + g * QK));
@@ -266,7 +285,7 @@ AVX2 inline __m256i block_of(const void* w, const uint32_t* qh, int64_t K, int64
                            FMT == kQ5P ? qh + n * (K / QK) : nullptr, g);
 }
 
-AVX2 inline void transpose8(__m256 r[8]) {  // 8 x 8 32-bit lanes: r[j] lane c <- r[c] lane j
+AVX2_INLINE void transpose8(__m256 r[8]) {  // 8 x 8 32-bit lanes: r[j] lane c <- r[c] lane j
   __m256 t[8], u[8];
   for (int i = 0; i < 8; i += 2) {
     t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
@@ -284,7 +303,7 @@ AVX2 inline void transpose8(__m256 r[8]) {  // 8 x 8 32-bit lanes: r[j] lane c <
   }
 }
 
-// The scales (and q4's mins) of rows n0..n0+nc, block by block: out[g * 8 + c] (0 past nc).
+// The scales of rows n0..n0+nc, block by block: out[g * 8 + c] (0 past nc).
 AVX2 void lane_halves(const at::Half* p, int64_t G, int64_t n0, int nc, float* out) {
   for (int64_t g0 = 0; g0 < G; g0 += 8) {
     const int nb = static_cast<int>(std::min<int64_t>(8, G - g0));
@@ -295,19 +314,18 @@ AVX2 void lane_halves(const at::Half* p, int64_t G, int64_t n0, int nc, float* o
   }
 }
 
-// One block's exact integer dot products into the lanes' sums: scale * d (and q4's min * d * sum).
-template <int FMT>
-AVX2 inline __m256 scaled(__m256 acc, __m256i dot, const Activations& a, int64_t m, int64_t g,
-                          const float* sw, const float* mn) {
+// One block's exact integer dot products (less Q5_0's 16 * sum(x's q)) into the lanes' sums, each
+// scaled by its weight scale * x's scale.
+AVX2_INLINE __m256 scaled(__m256 acc, __m256i dot, const Activations& a, int64_t m, int64_t g,
+                          const float* sw) {
   const int64_t b = m * a.G + g;
-  if (FMT != kQ4) dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(Q5_OFFSET * a.sum[b]));
+  dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(Q5_OFFSET * a.sum[b]));
   const __m256 f = _mm256_mul_ps(_mm256_loadu_ps(sw + g * LANES), _mm256_set1_ps(a.d[b]));
   acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), f, acc);
-  if (FMT == kQ4) acc = _mm256_fmadd_ps(_mm256_loadu_ps(mn + g * LANES), _mm256_set1_ps(a.s[b]), acc);
   return acc;
 }
 
-AVX2 inline void store_lanes(__m256 v, float* y, int nc) {
+AVX2_INLINE void store_lanes(__m256 v, float* y, int nc) {
   if (nc == LANES) _mm256_storeu_ps(y, v);
   else _mm256_maskstore_ps(y, first_lanes(nc), v);
 }
@@ -316,15 +334,15 @@ AVX2 inline void store_lanes(__m256 v, float* y, int nc) {
 // 32-bit dot product a lane, by interleaving and adding (one-cycle shuffles, not `vphadd`): two
 // columns' pairs of lanes side by side, then four columns', each lane a sum of at most 4
 // products-pairs (4 * 2 * 31 * 127 < 2^15), then widened and the two halves added.
-AVX2 inline __m256i fold32(__m256i a, __m256i b) {  // 16-bit lanes (a0 a1 b0 b1 ...): 2 columns
+AVX2_INLINE __m256i fold32(__m256i a, __m256i b) {  // 16-bit lanes (a0 a1 b0 b1 ...): 2 columns
   return _mm256_add_epi16(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
 }
 
-AVX2 inline __m256i fold64(__m256i a, __m256i b) {  // (a a b b c c d d) a half: 4 columns
+AVX2_INLINE __m256i fold64(__m256i a, __m256i b) {  // (a a b b c c d d) a half: 4 columns
   return _mm256_add_epi16(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b));
 }
 
-AVX2 inline __m256i sum_columns(const __m256i p[8]) {
+AVX2_INLINE __m256i sum_columns(const __m256i p[8]) {
   const __m256i ones = _mm256_set1_epi16(1);
   const __m256i t0 = _mm256_madd_epi16(fold64(fold32(p[0], p[1]), fold32(p[2], p[3])), ones);
   const __m256i t1 = _mm256_madd_epi16(fold64(fold32(p[4], p[5]), fold32(p[6], p[7])), ones);
@@ -338,8 +356,7 @@ AVX2 inline __m256i sum_columns(const __m256i p[8]) {
 // turned to one lane each (a transpose) and scaled block by block as the tiles scale theirs.
 template <int FMT>
 AVX2 void lanes_row(const Activations& a, int64_t m, const void* w, const uint32_t* qh,
-                    const float* sw, const float* mn, int64_t n0, int nc, float* y,
-                    int32_t* dots) {
+                    const float* sw, int64_t n0, int nc, float* y, int32_t* dots) {
   const int64_t K = a.K, G = a.G, chunks = (G + 7) / 8;
   const int8_t* xq = a.q.data() + m * K;
   for (int c = 0; c < LANES; ++c) {
@@ -355,7 +372,7 @@ AVX2 void lanes_row(const Activations& a, int64_t m, const void* w, const uint32
                               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k * QK)),
                               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + (g0 + k) * QK)))
                         : _mm256_setzero_si256();
-      } else {  // q4, q5: a pair of blocks from each 32 bytes (G even)
+      } else {  // q5: a pair of blocks from each 32 bytes (G even)
         const uint8_t* row4 = static_cast<const uint8_t*>(w) + n * K / 2;
         const __m256i low = _mm256_set1_epi8(15);
         for (int k = 0; k < 8; k += 2) {
@@ -388,7 +405,7 @@ AVX2 void lanes_row(const Activations& a, int64_t m, const void* w, const uint32
       d[c] = _mm256_load_ps(reinterpret_cast<const float*>(dots + (ch * LANES + c) * 8));
     transpose8(d);  // d[k]: block 8 ch + k of the 8 rows
     for (int64_t k = 0; k < std::min<int64_t>(8, G - ch * 8); ++k)
-      acc = scaled<FMT>(acc, _mm256_castps_si256(d[k]), a, m, ch * 8 + k, sw, mn);
+      acc = scaled(acc, _mm256_castps_si256(d[k]), a, m, ch * 8 + k, sw);
   }
   store_lanes(acc, y, nc);
 }
@@ -396,7 +413,7 @@ AVX2 void lanes_row(const Activations& a, int64_t m, const void* w, const uint32
 // Rows m0..m0+MB of x against 8 weight rows transposed (`wt`: per block 8 registers of 32 bytes).
 template <int FMT, int MB>
 AVX2 inline void lanes_tile(const Activations& a, int64_t m0, const uint8_t* wt, const float* sw,
-                            const float* mn, int nc, float* y, int64_t N) {
+                            int nc, float* y, int64_t N) {
   const int64_t K = a.K;
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[MB];
@@ -417,7 +434,7 @@ AVX2 inline void lanes_tile(const Activations& a, int64_t m0, const uint8_t* wt,
         }
         half[h] = _mm256_madd_epi16(s16, ones);
       }
-      acc[i] = scaled<FMT>(acc[i], _mm256_add_epi32(half[0], half[1]), a, m0 + i, g, sw, mn);
+      acc[i] = scaled(acc[i], _mm256_add_epi32(half[0], half[1]), a, m0 + i, g, sw);
     }
   }
   for (int i = 0; i < MB; ++i) store_lanes(acc[i], y + (m0 + i) * N, nc);
@@ -425,10 +442,10 @@ AVX2 inline void lanes_tile(const Activations& a, int64_t m0, const uint8_t* wt,
 
 template <int FMT>
 AVX2 void rows_lanes_avx2(const Activations& a, const void* w, const at::Half* sc,
-                          const at::Half* mn, const uint32_t* qh, float* y, int64_t N, int64_t n0,
-                          int64_t n1) {
+                          const uint32_t* qh, float* y, int64_t N, int64_t n0, int64_t n1) {
   const int64_t K = a.K, G = a.G;
-  std::vector<float> sw(G * LANES), mw(FMT == kQ4 ? G * LANES : 0);
+  static_assert(FMT == kQ5 || FMT == kQ5P, "q5 and uint8 q8 only");
+  std::vector<float> sw(G * LANES);
   // a single row: the 8 rows' block sums (dots, G rounded up to 8 blocks); more: the 8 rows
   // transposed (wt); either 32-byte aligned
   const int64_t bytes = a.M == 1 ? (G + 7) / 8 * LANES * 32 : G * LANES * QK;
@@ -438,9 +455,8 @@ AVX2 void rows_lanes_avx2(const Activations& a, const void* w, const at::Half* s
   for (int64_t c0 = n0; c0 < n1; c0 += LANES) {
     const int nc = static_cast<int>(std::min<int64_t>(LANES, n1 - c0));
     lane_halves(sc, G, c0, nc, sw.data());
-    if (FMT == kQ4) lane_halves(mn, G, c0, nc, mw.data());
     if (a.M == 1) {
-      lanes_row<FMT>(a, 0, w, qh, sw.data(), mw.data(), c0, nc, y + c0, dots);
+      lanes_row<FMT>(a, 0, w, qh, sw.data(), c0, nc, y + c0, dots);
       continue;
     }
     for (int64_t g = 0; g < G; ++g) {
@@ -454,10 +470,10 @@ AVX2 void rows_lanes_avx2(const Activations& a, const void* w, const at::Half* s
       mb = a.M - m0 == 5 ? 3 : std::min(MBLOCK, a.M - m0);  // 5 rows as 3 + 2, not 4 + 1
       float* yc = y + c0;
       switch (mb) {
-        case 4: lanes_tile<FMT, 4>(a, m0, wt, sw.data(), mw.data(), nc, yc, N); break;
-        case 3: lanes_tile<FMT, 3>(a, m0, wt, sw.data(), mw.data(), nc, yc, N); break;
-        case 2: lanes_tile<FMT, 2>(a, m0, wt, sw.data(), mw.data(), nc, yc, N); break;
-        default: lanes_tile<FMT, 1>(a, m0, wt, sw.data(), mw.data(), nc, yc, N);
+        case 4: lanes_tile<FMT, 4>(a, m0, wt, sw.data(), nc, yc, N); break;
+        case 3: lanes_tile<FMT, 3>(a, m0, wt, sw.data(), nc, yc, N); break;
+        case 2: lanes_tile<FMT, 2>(a, m0, wt, sw.data(), nc, yc, N); break;
+        default: lanes_tile<FMT, 1>(a, m0, wt, sw.data(), nc, yc, N);
       }
     }
   }
@@ -775,8 +791,8 @@ void rows(Isa isa, const Activations& a, const QLinear& L, float* y, int64_t n0,
     if (a.M == 1) rows1_avx512<FMT>(a, w, sc, mn, qh, y, L.N, n0, n1);
     else rows_avx512<FMT>(a, w, sc, mn, qh, y, L.N, n0, n1);
   } else if (isa == Isa::avx2) {
-    if (FMT == kQ8) rows_q8_avx2(a, static_cast<const int8_t*>(w), sc, y, L.N, n0, n1);
-    else rows_lanes_avx2<FMT>(a, w, sc, mn, qh, y, L.N, n0, n1);
+    if constexpr (FMT == kQ8 || FMT == kQ4) rows_avx2<FMT>(a, w, sc, mn, y, L.N, n0, n1);
+    else rows_lanes_avx2<FMT>(a, w, sc, qh, y, L.N, n0, n1);
   } else {
     rows_ref<FMT>(a, w, sc, mn, qh, y, L.N, n0, n1);
   }
@@ -787,8 +803,8 @@ void matmul_into(const float* x, int64_t M, const QLinear& L, float* y) {
   const Activations a = quantize(x, M, L.K);
   const int64_t N = L.N;
   const Isa isa = chosen;
-  // AVX2 takes q4, q5 and uint8 q8 in groups of 8 output columns: the threads split at groups.
-  const int64_t unit = isa == Isa::avx2 && L.fmt != kQ8 ? LANES : 1;
+  // AVX2 takes q5 and uint8 q8 in groups of 8 output columns: the threads split at groups.
+  const int64_t unit = isa == Isa::avx2 && (L.fmt == kQ5 || L.fmt == kQ5P) ? LANES : 1;
   at::parallel_for(0, (N + unit - 1) / unit, std::max<int64_t>(1, grain(M) / unit), [&](int64_t u0, int64_t u1) {
     const int64_t n0 = u0 * unit, n1 = std::min(N, u1 * unit);
     switch (L.fmt) {
