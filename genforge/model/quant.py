@@ -244,10 +244,10 @@ class QuantLinear(nn.Module):
         return y.to(x.dtype)
 
     def _kernel_takes_every_row(self, ops) -> bool:
-        # AVX2's kernel takes q5 and Q5_0's uint8 values 8 weight rows at a time and outruns the
-        # float32 matmul on the dequantized weight at any row count (1.5-1.7x at 128 and 512
-        # rows, docs/engine.md); its q4 and signed q8 and AVX-512's kernels do not.
-        return ops.isa() == "avx2" and (self.kind == "q5" or self.qweight.dtype == torch.uint8)
+        # AVX2's kernel takes q5, Q5_0's uint8 values and (from KERNEL_ROWS rows) q4 8 weight rows
+        # at a time and outruns the float32 matmul on the dequantized weight at any row count
+        # (1.5-2x at 128 and 512 rows, docs/engine.md); its signed q8 and AVX-512's kernels do not.
+        return ops.isa() == "avx2" and (self.kind != "q8" or self.qweight.dtype == torch.uint8)
 
     def dequantized(self, bf16: bool = False) -> torch.Tensor:
         """The (out, in) weight this layer holds as float32 (or bf16), by genforge's dequantize

@@ -320,23 +320,27 @@ def test_a_long_chunk_multiplies_the_weight_panel_by_panel_as_a_whole(ops, each_
         assert (panels - whole).abs().max() <= tolerance * whole.abs().max()
 
 
-def test_avx2_keeps_a_long_chunk_of_q5_in_the_kernel(ops, each_path):
+def test_avx2_keeps_a_long_chunk_of_q4_and_q5_in_the_kernel(ops, each_path):
     """On AVX2 the kernel takes q5 and Q5_0's uint8 values 8 weight rows at a time, faster than
     the float matmul at any row count, so a long prompt chunk stays in it: each row with the
-    same bits as alone. q4 and signed q8 (a row at a time) still take the dequantized weight
-    there."""
+    same bits as alone. q4 goes 8 weight rows at a time from KERNEL_ROWS rows on (a row at a time
+    below): a long chunk's rows within float32 rounding of a decode row's, as the float matmul's
+    were. Signed q8 (a row at a time) still takes the dequantized weight there."""
     if "avx2" not in runnable(ops):
         pytest.skip("a CPU without AVX2")
     torch.manual_seed(0)
     x = torch.randn(KERNEL_ROWS + 5, 128)
     for _ in filter(lambda name: name == "avx2", each_path()):
         for layer in kernel_layers():
-            lanes = layer.kind == "q5" or layer.qweight.dtype == torch.uint8
-            assert layer._kernel_takes_every_row(ops) == lanes
+            lanes = layer.kind == "q5" or (
+                layer.kind == "q8" and layer.qweight.dtype == torch.uint8
+            )
+            assert layer._kernel_takes_every_row(ops) == (lanes or layer.kind == "q4")
             rows = torch.cat([layer(x[i : i + 1]) for i in range(0, len(x), 37)])
             if lanes:
                 assert torch.equal(layer(x)[::37], rows)
             close(layer(x)[::37], rows)
+    assert ops.Q4_LANE_ROWS == KERNEL_ROWS
 
 
 def test_rope_store_rotates_q_and_k_in_place_and_fills_the_cache(ops):

@@ -267,15 +267,19 @@ AVX2 inline void unpack_q5_row(const uint8_t* row4, const uint32_t* qh_row, int6
 // dot product is then an exact integer (Q5_0's -16 taken off as 16 * sum(x's q)), scaled by
 // weight scale * x scale into its lane, block after block. Against a row at a time that is a
 // third of the instructions per product (measured 1.5x on Qwen2.5-0.5B's gate/up at 8 rows, 1.9x
-// at 32, 1.7x at 512 on an AVX2 EPYC). q4 and signed q8 stay a row at a time (`tile_avx2`): for
-// q4 the 8 lanes' extra shuffles cost a decode more than the products save (SmolLM2 -15 %).
+// at 32, 1.7x at 512 on an AVX2 EPYC). Signed q8 stays a row at a time (`tile_avx2`), and so does
+// q4 below Q4_LANE_ROWS rows: for q4 the lanes' extra shuffles cost a decode more than the
+// products save (SmolLM2 -15 %). From there on (quant.KERNEL_ROWS: a prompt chunk whose rows
+// already differ from decode rows by float rounding, as the float matmul it replaces did) q4 goes
+// through the lanes too, 1.5-2x the float matmul.
 //
 // More rows of x go through the 8 weight rows transposed once into a buffer (`lanes_tile`); a
 // single row (decode) reads them as stored (`lanes_row`). Both get the same integers and apply
 // the same float steps in the same order, so a row gets the same bits alone or in a batch.
 constexpr int LANES = 8;
+constexpr int64_t Q4_LANE_ROWS = 128;  // = genforge.model.quant.KERNEL_ROWS
 
-// Block g of weight row n as 32 bytes: q5's and uint8 q8's u.
+// Block g of weight row n as 32 bytes: q4's q, q5's and uint8 q8's u.
 template <int FMT>
 AVX2_INLINE __m256i block_of(const void* w, const uint32_t* qh, int64_t K, int64_t n, int64_t g) {
   if (FMT == kQ5)
@@ -315,13 +319,16 @@ AVX2 void lane_halves(const at::Half* p, int64_t G, int64_t n0, int nc, float* o
 }
 
 // One block's exact integer dot products (less Q5_0's 16 * sum(x's q)) into the lanes' sums, each
-// scaled by its weight scale * x's scale.
+// scaled by its weight scale * x's scale (and q4's min term).
+template <int FMT>
 AVX2_INLINE __m256 scaled(__m256 acc, __m256i dot, const Activations& a, int64_t m, int64_t g,
-                          const float* sw) {
+                          const float* sw, const float* mn) {
   const int64_t b = m * a.G + g;
-  dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(Q5_OFFSET * a.sum[b]));
+  if (FMT != kQ4) dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(Q5_OFFSET * a.sum[b]));
   const __m256 f = _mm256_mul_ps(_mm256_loadu_ps(sw + g * LANES), _mm256_set1_ps(a.d[b]));
   acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), f, acc);
+  if (FMT == kQ4)  // q4's mins: min * d * sum(x's q)
+    acc = _mm256_fmadd_ps(_mm256_loadu_ps(mn + g * LANES), _mm256_set1_ps(a.s[b]), acc);
   return acc;
 }
 
@@ -405,7 +412,7 @@ AVX2 void lanes_row(const Activations& a, int64_t m, const void* w, const uint32
       d[c] = _mm256_load_ps(reinterpret_cast<const float*>(dots + (ch * LANES + c) * 8));
     transpose8(d);  // d[k]: block 8 ch + k of the 8 rows
     for (int64_t k = 0; k < std::min<int64_t>(8, G - ch * 8); ++k)
-      acc = scaled(acc, _mm256_castps_si256(d[k]), a, m, ch * 8 + k, sw);
+      acc = scaled<FMT>(acc, _mm256_castps_si256(d[k]), a, m, ch * 8 + k, sw, nullptr);
   }
   store_lanes(acc, y, nc);
 }
@@ -413,7 +420,7 @@ AVX2 void lanes_row(const Activations& a, int64_t m, const void* w, const uint32
 // Rows m0..m0+MB of x against 8 weight rows transposed (`wt`: per block 8 registers of 32 bytes).
 template <int FMT, int MB>
 AVX2 inline void lanes_tile(const Activations& a, int64_t m0, const uint8_t* wt, const float* sw,
-                            int nc, float* y, int64_t N) {
+                            const float* mn, int nc, float* y, int64_t N) {
   const int64_t K = a.K;
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[MB];
@@ -434,7 +441,7 @@ AVX2 inline void lanes_tile(const Activations& a, int64_t m0, const uint8_t* wt,
         }
         half[h] = _mm256_madd_epi16(s16, ones);
       }
-      acc[i] = scaled(acc[i], _mm256_add_epi32(half[0], half[1]), a, m0 + i, g, sw);
+      acc[i] = scaled<FMT>(acc[i], _mm256_add_epi32(half[0], half[1]), a, m0 + i, g, sw, mn);
     }
   }
   for (int i = 0; i < MB; ++i) store_lanes(acc[i], y + (m0 + i) * N, nc);
@@ -442,10 +449,10 @@ AVX2 inline void lanes_tile(const Activations& a, int64_t m0, const uint8_t* wt,
 
 template <int FMT>
 AVX2 void rows_lanes_avx2(const Activations& a, const void* w, const at::Half* sc,
-                          const uint32_t* qh, float* y, int64_t N, int64_t n0, int64_t n1) {
+                          const at::Half* mn, const uint32_t* qh, float* y, int64_t N, int64_t n0,
+                          int64_t n1) {
   const int64_t K = a.K, G = a.G;
-  static_assert(FMT == kQ5 || FMT == kQ5P, "q5 and uint8 q8 only");
-  std::vector<float> sw(G * LANES);
+  std::vector<float> sw(G * LANES), mw(FMT == kQ4 ? G * LANES : 0);
   // a single row: the 8 rows' block sums (dots, G rounded up to 8 blocks); more: the 8 rows
   // transposed (wt); either 32-byte aligned
   const int64_t bytes = a.M == 1 ? (G + 7) / 8 * LANES * 32 : G * LANES * QK;
@@ -455,7 +462,9 @@ AVX2 void rows_lanes_avx2(const Activations& a, const void* w, const at::Half* s
   for (int64_t c0 = n0; c0 < n1; c0 += LANES) {
     const int nc = static_cast<int>(std::min<int64_t>(LANES, n1 - c0));
     lane_halves(sc, G, c0, nc, sw.data());
-    if (a.M == 1) {
+    if constexpr (FMT == kQ4) {
+      lane_halves(mn, G, c0, nc, mw.data());
+    } else if (a.M == 1) {
       lanes_row<FMT>(a, 0, w, qh, sw.data(), c0, nc, y + c0, dots);
       continue;
     }
@@ -470,10 +479,10 @@ AVX2 void rows_lanes_avx2(const Activations& a, const void* w, const at::Half* s
       mb = a.M - m0 == 5 ? 3 : std::min(MBLOCK, a.M - m0);  // 5 rows as 3 + 2, not 4 + 1
       float* yc = y + c0;
       switch (mb) {
-        case 4: lanes_tile<FMT, 4>(a, m0, wt, sw.data(), nc, yc, N); break;
-        case 3: lanes_tile<FMT, 3>(a, m0, wt, sw.data(), nc, yc, N); break;
-        case 2: lanes_tile<FMT, 2>(a, m0, wt, sw.data(), nc, yc, N); break;
-        default: lanes_tile<FMT, 1>(a, m0, wt, sw.data(), nc, yc, N);
+        case 4: lanes_tile<FMT, 4>(a, m0, wt, sw.data(), mw.data(), nc, yc, N); break;
+        case 3: lanes_tile<FMT, 3>(a, m0, wt, sw.data(), mw.data(), nc, yc, N); break;
+        case 2: lanes_tile<FMT, 2>(a, m0, wt, sw.data(), mw.data(), nc, yc, N); break;
+        default: lanes_tile<FMT, 1>(a, m0, wt, sw.data(), mw.data(), nc, yc, N);
       }
     }
   }
@@ -791,8 +800,9 @@ void rows(Isa isa, const Activations& a, const QLinear& L, float* y, int64_t n0,
     if (a.M == 1) rows1_avx512<FMT>(a, w, sc, mn, qh, y, L.N, n0, n1);
     else rows_avx512<FMT>(a, w, sc, mn, qh, y, L.N, n0, n1);
   } else if (isa == Isa::avx2) {
-    if constexpr (FMT == kQ8 || FMT == kQ4) rows_avx2<FMT>(a, w, sc, mn, y, L.N, n0, n1);
-    else rows_lanes_avx2<FMT>(a, w, sc, qh, y, L.N, n0, n1);
+    if constexpr (FMT == kQ8) rows_avx2<FMT>(a, w, sc, mn, y, L.N, n0, n1);
+    else if (FMT == kQ4 && a.M < Q4_LANE_ROWS) rows_avx2<kQ4>(a, w, sc, mn, y, L.N, n0, n1);
+    else rows_lanes_avx2<FMT>(a, w, sc, mn, qh, y, L.N, n0, n1);
   } else {
     rows_ref<FMT>(a, w, sc, mn, qh, y, L.N, n0, n1);
   }
@@ -803,8 +813,10 @@ void matmul_into(const float* x, int64_t M, const QLinear& L, float* y) {
   const Activations a = quantize(x, M, L.K);
   const int64_t N = L.N;
   const Isa isa = chosen;
-  // AVX2 takes q5 and uint8 q8 in groups of 8 output columns: the threads split at groups.
-  const int64_t unit = isa == Isa::avx2 && (L.fmt == kQ5 || L.fmt == kQ5P) ? LANES : 1;
+  // AVX2 takes q5 and uint8 q8 (and long chunks of q4) in groups of 8 output columns: the threads
+  // split at groups.
+  const bool lanes = L.fmt == kQ5 || L.fmt == kQ5P || (L.fmt == kQ4 && M >= Q4_LANE_ROWS);
+  const int64_t unit = isa == Isa::avx2 && lanes ? LANES : 1;
   at::parallel_for(0, (N + unit - 1) / unit, std::max<int64_t>(1, grain(M) / unit), [&](int64_t u0, int64_t u1) {
     const int64_t n0 = u0 * unit, n1 = std::min(N, u1 * unit);
     switch (L.fmt) {
@@ -1504,5 +1516,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fake_quantize", &fake_quantize, "x (M, K) float32 rounded to its int8 blocks, as floats");
   m.def("rms_norm", &rms_norm, "x (..., C) float32 normalized by its RMS, times w (C,)");
   m.def("isa", &isa_name, "the instruction set the kernels use on this CPU");
+  m.attr("Q4_LANE_ROWS") = Q4_LANE_ROWS;  // from there on AVX2 takes q4 8 weight rows at a time
   m.def("set_isa", &set_isa, "use another path (avx512-vnni, avx2, portable) if the CPU can");
 }
