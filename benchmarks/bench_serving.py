@@ -178,7 +178,7 @@ def wait_until_up(proc: subprocess.Popen, url: str, log, timeout_s: float = 180)
             with urllib.request.urlopen(url, timeout=5):
                 return
         except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.5)
+            time.sleep(0.1)  # the time to ready is reported to a tenth of a second
     raise RuntimeError(f"no answer from {url} within {timeout_s:.0f} s")
 
 
