@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genforge import hub
+from genforge import compute, hub
 from genforge.data import sft
 from genforge.errors import GenforgeError
 from genforge.generate.loading import KERNEL_FORMATS, auto_dtype, cpu_kernels
@@ -43,6 +43,7 @@ from genforge.train.loader import StepOrder
 from genforge.train.loop import Loop
 from genforge.weights import peft
 from genforge.weights.export import hf_config
+from genforge.weights.gguf import forget_header
 from genforge.weights.load import build_model, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -353,6 +354,11 @@ class FineTuner(Loop):
             ckpt = load_checkpoint(self.path, convert=lambda c: layer_converter(kind))
             model = build_model(ckpt, prepare=lambda m: quantize_layers(m, kind))
         ckpt.state = {}
+        if ckpt.format == "gguf":
+            forget_header(self.path)  # read_gguf's kept header: the tokenizer holds the vocabulary
+        # the load's freed blocks (each converted tensor's temporaries) back to the system, as
+        # inference's load does (glibc keeps them otherwise; a no-op under mimalloc)
+        compute.release_free_memory()
         self.model_cfg = ckpt.config
         if cfg.method == "full":
             try:
