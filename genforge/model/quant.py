@@ -400,7 +400,7 @@ def state_converter(kind: str, act_dtype: torch.dtype, tied_head: bool):
             return quantized(name.removesuffix(".weight"), w, kind)
         if name == "tok_emb.weight":
             if embed_kind(kind, w.shape[1]):  # q8 blocks, shared with a tied head
-                own = runs_as(w, "q8") and w.kind in ("q8", "q5")
+                own = isinstance(w, Blocks) and w.kind in ("q8", "q5")  # QuantEmbedding's kinds
                 parts = w.parts if own else kernels.pack_q8(_floats(w))
                 out = {f"tok_emb.{k}": v for k, v in parts.items()}
                 return out | ({f"output.{k}": v for k, v in parts.items()} if tied_head else {})

@@ -18,7 +18,8 @@
 // once per block. The code for each instruction set is compiled with a target attribute and chosen
 // at run time from the CPU's flags; a portable loop serves any other CPU. Output rows are split over
 // PyTorch's own threads (at::parallel_for), and each weight row is read once for up to 8 rows of x
-// (4 with AVX2, whose q4, q5 and uint8 q8 go 8 weight rows at a time, one per lane: see `lanes_tile`).
+// (4 with AVX2, whose q5 and uint8 q8, and q4 in long chunks, go 8 weight rows at a time, one per
+// lane: see `by_lanes`).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -139,10 +140,6 @@ AVX2_INLINE __m256 dot_u8s8_avx2(__m256i u, __m256i s) {  // 8 int32 sums of 4 p
   return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
 }
 
-// Blocks go 8 at a time: their weight scales (fp16, converted by F16C) times x's scales as one
-// float vector F, and block k of the 8 scales its integer dot product by F's lane k. The
-// q4 mins go into the same accumulator, once per 8 blocks. A single row of x (decode) takes the
-// same path with MB = 1, so a row gives the same bits alone or in a batch.
 AVX2_INLINE __m256i first_lanes(int nb) {  // the mask of 32-bit lanes 0..nb-1
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(nb), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
@@ -278,6 +275,11 @@ AVX2 inline void unpack_q5_row(const uint8_t* row4, const uint32_t* qh_row, int6
 // the same float steps in the same order, so a row gets the same bits alone or in a batch.
 constexpr int LANES = 8;
 constexpr int64_t Q4_LANE_ROWS = 128;  // = genforge.model.quant.KERNEL_ROWS
+
+// Whether AVX2 takes a layer of format `fmt` against M rows of x 8 weight rows at a time.
+constexpr bool by_lanes(int fmt, int64_t M) {
+  return fmt == kQ5 || fmt == kQ5P || (fmt == kQ4 && M >= Q4_LANE_ROWS);
+}
 
 // Block g of weight row n as 32 bytes: q4's q, q5's and uint8 q8's u.
 template <int FMT>
@@ -800,9 +802,9 @@ void rows(Isa isa, const Activations& a, const QLinear& L, float* y, int64_t n0,
     if (a.M == 1) rows1_avx512<FMT>(a, w, sc, mn, qh, y, L.N, n0, n1);
     else rows_avx512<FMT>(a, w, sc, mn, qh, y, L.N, n0, n1);
   } else if (isa == Isa::avx2) {
-    if constexpr (FMT == kQ8) rows_avx2<FMT>(a, w, sc, mn, y, L.N, n0, n1);
-    else if (FMT == kQ4 && a.M < Q4_LANE_ROWS) rows_avx2<kQ4>(a, w, sc, mn, y, L.N, n0, n1);
-    else rows_lanes_avx2<FMT>(a, w, sc, mn, qh, y, L.N, n0, n1);
+    if constexpr (FMT == kQ8) rows_avx2<kQ8>(a, w, sc, mn, y, L.N, n0, n1);
+    else if (by_lanes(FMT, a.M)) rows_lanes_avx2<FMT>(a, w, sc, mn, qh, y, L.N, n0, n1);
+    else rows_avx2<kQ4>(a, w, sc, mn, y, L.N, n0, n1);  // q4 below Q4_LANE_ROWS
   } else {
     rows_ref<FMT>(a, w, sc, mn, qh, y, L.N, n0, n1);
   }
@@ -813,10 +815,8 @@ void matmul_into(const float* x, int64_t M, const QLinear& L, float* y) {
   const Activations a = quantize(x, M, L.K);
   const int64_t N = L.N;
   const Isa isa = chosen;
-  // AVX2 takes q5 and uint8 q8 (and long chunks of q4) in groups of 8 output columns: the threads
-  // split at groups.
-  const bool lanes = L.fmt == kQ5 || L.fmt == kQ5P || (L.fmt == kQ4 && M >= Q4_LANE_ROWS);
-  const int64_t unit = isa == Isa::avx2 && lanes ? LANES : 1;
+  // where AVX2 goes 8 weight rows (output columns) at a time, the threads split at groups of 8
+  const int64_t unit = isa == Isa::avx2 && by_lanes(L.fmt, M) ? LANES : 1;
   at::parallel_for(0, (N + unit - 1) / unit, std::max<int64_t>(1, grain(M) / unit), [&](int64_t u0, int64_t u1) {
     const int64_t n0 = u0 * unit, n1 = std::min(N, u1 * unit);
     switch (L.fmt) {
