@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -91,6 +92,36 @@ def concat_linears(mods: list[nn.Module]) -> nn.Module | None:
     return fused
 
 
+# Rows of packed sequences are attended one sequence a row, that row padded to a multiple of this.
+PACK_WIDTH_MULTIPLE = 16
+
+
+class Packing(NamedTuple):
+    """Several sequences end to end in the rows of a batch (training), attended one sequence a row:
+    `gather` (S, W) holds the flat token indices (into the batch's B * T tokens) of each of the S
+    sequences, its last token repeated past its end (causal attention never lets a real token see
+    those); `scatter` (B * T,) each token's place in the (S * W) layout. The matmuls run on the
+    tokens as they are; attention costs what a batch padded to the longest sequence would."""
+
+    gather: torch.Tensor
+    scatter: torch.Tensor
+
+
+def packing(positions: torch.Tensor) -> Packing:
+    """The `Packing` of rows (B, T) whose sequences each count positions 0, 1, 2, ... (a position
+    of 0 starts one). A negative position marks padding that belongs to no sequence: it attends to
+    nothing, its output is another token's (no loss may be taken there; none reaches the rest)."""
+    flat = positions.flatten()
+    real = flat >= 0
+    starts = (flat == 0).nonzero().flatten()
+    sequence = (flat == 0).cumsum(0) - 1
+    lengths = torch.bincount(sequence[real], minlength=len(starts))
+    width = -(-int(lengths.max()) // PACK_WIDTH_MULTIPLE) * PACK_WIDTH_MULTIPLE
+    slots = torch.arange(width, device=flat.device)
+    gather = starts[:, None] + torch.minimum(slots[None, :], lengths[:, None] - 1)
+    return Packing(gather, torch.where(real, sequence * width + flat, 0))
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -114,7 +145,9 @@ class Attention(nn.Module):
         if self.wqkv is not None:
             del self.wq, self.wk, self.wv
 
-    def forward(self, x, cos, sin, mask, cache, layer: int, start_pos: int, sliding: bool):
+    def forward(
+        self, x, cos, sin, mask, cache, layer: int, start_pos: int, sliding: bool, packing=None
+    ):
         B, T, _ = x.shape  # (B, T, C)
         if (
             isinstance(cache, PagedBatch)
@@ -146,6 +179,8 @@ class Attention(nn.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             y = cache.attention(layer, q, k, v, self.scale, sliding)
             return self.wo(y.to(x.dtype).reshape(B, T, -1))
+        if packing is not None:
+            return self.wo(self._packed(q, k, v, cos, sin, mask, packing).view(B, T, -1))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
         if cache is not None:
@@ -160,6 +195,26 @@ class Attention(nn.Module):
             enable_gqa=self.n_heads != self.n_kv_heads,
         )
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+    def _packed(self, q, k, v, cos, sin, mask, packing: Packing) -> torch.Tensor:
+        """Attention of packed rows (`Packing`), one sequence a row; (B * T, H * D)."""
+        q, k, v = q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1)  # (N, H, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # cos, sin: (N, 1, D)
+        S, W = packing.gather.shape
+        index = packing.gather.flatten()
+        q, k, v = (
+            t.index_select(0, index).view(S, W, *t.shape[1:]).transpose(1, 2) for t in (q, k, v)
+        )
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=mask is None,
+            scale=self.scale,
+            enable_gqa=self.n_heads != self.n_kv_heads,
+        )  # (S, H, W, D)
+        return y.transpose(1, 2).reshape(S * W, -1).index_select(0, packing.scatter)
 
 
 class GatedMLP(nn.Module):
@@ -206,14 +261,16 @@ class Block(nn.Module):
         self.post_attn_norm = norm() if cfg.sandwich_norm else nn.Identity()
         self.post_mlp_norm = norm() if cfg.sandwich_norm else nn.Identity()
 
-    def forward(self, x, rope, masks, cache, start_pos):
+    def forward(self, x, rope, masks, cache, start_pos, packing=None):
         kind = "sliding" if self.sliding else "full"
         cos, sin = rope[kind]
         mask = masks[kind] if masks else None
         # the layer's index addresses its cache only; read without one, torch.compile would
         # specialise the block's code to each layer (a compile per layer, then eager past 8)
         layer = self.layer if cache is not None else 0
-        h = self.attn(self.attn_norm(x), cos, sin, mask, cache, layer, start_pos, self.sliding)
+        h = self.attn(
+            self.attn_norm(x), cos, sin, mask, cache, layer, start_pos, self.sliding, packing
+        )
         x = x + self.post_attn_norm(h)
         return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
 
@@ -355,17 +412,6 @@ class Transformer(nn.Module):
             return {"full": full, "sliding": (k <= q) & (q - k < window)}
         return {"full": full, "sliding": full}
 
-    def _packed_masks(self, positions: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Masks (B, 1, T, T) for rows of several sequences end to end, each starting at position
-        0: a token attends to the earlier tokens of its own sequence only."""
-        segment = (positions == 0).cumsum(dim=1)  # (B, T): which sequence of its row
-        same = segment[:, :, None] == segment[:, None, :]
-        q, k = positions[:, :, None], positions[:, None, :]
-        full = same & (k <= q)
-        window = self.cfg.sliding_window
-        sliding = full & (q - k < window) if window else full
-        return {"full": full[:, None], "sliding": sliding[:, None]}
-
     def forward(
         self,
         tokens: torch.Tensor,
@@ -390,6 +436,7 @@ class Transformer(nn.Module):
         training examples): a position of 0 starts a sequence, which attends to itself only.
         """
         B, T = tokens.shape
+        pack = None
         x = self.tok_emb(tokens)  # (B, T, C)
         if x.dtype != self.norm.weight.dtype:  # e.g. a quantized model's bf16 embedding
             x = x.to(self.norm.weight.dtype)
@@ -398,7 +445,11 @@ class Transformer(nn.Module):
         if isinstance(cache, PagedBatch):
             rope, masks = self._rope(cache.positions), None
         elif positions is not None:
-            rope, masks = self._rope(positions), self._packed_masks(positions)
+            pack = packing(positions)
+            rope, masks = (
+                self._rope(positions.flatten()),
+                self._masks(pack.gather.shape[1], 0, x.device),
+            )
         else:
             positions = torch.arange(start_pos, start_pos + T, device=tokens.device)
             rope, masks = self._rope(positions), self._masks(T, start_pos, tokens.device)
@@ -439,9 +490,11 @@ class Transformer(nn.Module):
                     if training and self.checkpoint_blocks:
                         from torch.utils.checkpoint import checkpoint
 
-                        x = checkpoint(block, x, rope, masks, cache, start_pos, use_reentrant=False)
+                        x = checkpoint(
+                            block, x, rope, masks, cache, start_pos, pack, use_reentrant=False
+                        )
                     else:
-                        x = block(x, rope, masks, cache, start_pos)
+                        x = block(x, rope, masks, cache, start_pos, pack)
         if last_only:
             x = x[:, cache.last_rows, :] if isinstance(cache, PagedBatch) else x[:, -1:, :]
         x = self.norm(x)

@@ -7,8 +7,9 @@ Design choices:
 - LoRA's frozen base stays in the 8- or 4-bit blocks inference runs (`--base-dtype auto`: the
   file's own Q4_1 / Q8_0 blocks where it has them, as `genforge chat` loads it), so an adapter
   trains on exactly the weights it will be used with, in a fraction of the memory.
-- Examples are padded to the longest of their micro-batch, rounded up to 64 tokens (right
-  padding, so causal attention never sees it) and carry no loss on prompt, padding or other turns.
+- A micro-batch's examples run end to end in one row (packed: the matmuls see no padding), each
+  attending to itself only; with --no-pack they are padded to the longest, rounded up to 64 tokens
+  (right padding, so causal attention never sees it). No loss on prompt, padding or other turns.
 - The data position is the step count, as in pretraining: the global batch of step s is the next
   rows of a seeded permutation per epoch, so a resumed run reads what an uninterrupted one would.
 - DPO's reference is the model before training. Its log-probabilities of every pair are computed
@@ -135,64 +136,51 @@ class FineTuner(Loop):
 
     def _collate(self, examples: list[sft.Example]) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets), each (B, longest - 1): right-padded, IGNORE where nothing is learnt."""
-        x, y, _ = self._rows(examples, [[i] for i in range(len(examples))])
-        return x, y
+        width = self._width(examples)
+        x = torch.zeros(len(examples), width, dtype=torch.long)
+        y = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+        for r, e in enumerate(examples):
+            ids, mask = torch.tensor(e.ids), torch.tensor(e.mask[1:])
+            x[r, : len(ids) - 1] = ids[:-1]
+            y[r, : len(ids) - 1] = torch.where(mask, ids[1:], IGNORE)
+        device = self.world.device
+        return x.to(device), y.to(device)
 
     def _width(self, examples: list[sft.Example]) -> int:
         """The row width of a micro-batch: its longest input, rounded up to PAD_MULTIPLE."""
         longest = max(len(e.ids) for e in examples) - 1
         return min(-(-longest // PAD_MULTIPLE) * PAD_MULTIPLE, self.cfg.seq_len)
 
-    def _rows(self, examples: list[sft.Example], rows: list[list[int]]):
-        """(inputs, targets, positions), each (len(rows), width): row r holds the examples
-        `rows[r]` end to end, each from position 0; padding continues the row's last example."""
-        width = self._width(examples)
-        x = torch.zeros(len(rows), width, dtype=torch.long)
-        y = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-        pos = torch.arange(width).repeat(len(rows), 1)
-        for r, members in enumerate(rows):
-            at = 0
-            for i in members:
-                e = examples[i]
-                n = len(e.ids) - 1
-                ids, mask = torch.tensor(e.ids), torch.tensor(e.mask[1:])
-                x[r, at : at + n] = ids[:-1]
-                y[r, at : at + n] = torch.where(mask, ids[1:], IGNORE)
-                pos[r, at:] = torch.arange(width - at)
-                at += n
+    def _packed(self, examples: list[sft.Example]):
+        """(inputs, targets, positions), each (1, N): the examples end to end in one row, each
+        counting positions from 0 and attending to itself only (`Transformer(positions=)`), N
+        their tokens rounded up to PAD_MULTIPLE by a tail of padding (position -1: no attention,
+        no targets). The matmuls run
+        on the examples' tokens and barely more; attention, one example a row, on the longest
+        example's width. The same tokens, targets and loss as `_collate`'s padded layout."""
+        n = sum(len(e.ids) - 1 for e in examples)
+        width = -(-n // PAD_MULTIPLE) * PAD_MULTIPLE
+        x = torch.zeros(1, width, dtype=torch.long)
+        y = torch.full((1, width), IGNORE, dtype=torch.long)
+        pos = torch.zeros(1, width, dtype=torch.long)
+        at = 0
+        for e in examples:
+            n = len(e.ids) - 1
+            ids, mask = torch.tensor(e.ids), torch.tensor(e.mask[1:])
+            x[0, at : at + n] = ids[:-1]
+            y[0, at : at + n] = torch.where(mask, ids[1:], IGNORE)
+            pos[0, at : at + n] = torch.arange(n)
+            at += n
+        pos[0, at:] = -1
         device = self.world.device
         return x.to(device), y.to(device), pos.to(device)
 
-    def _packed(self, examples: list[sft.Example]):
-        """(inputs, targets, positions), each (rows, width): the examples end to end in as few
-        rows as hold them (first fit, longest first), none wider than the longest example padded,
-        each example attending to itself only (`Transformer(positions=)`); None where every
-        example would still need a row of its own (the padded layout is then as small, and its
-        attention, plainly causal, skips the masked half). The same tokens, targets and loss as
-        `_collate`'s layout, without most of its padding."""
-        lengths = [len(e.ids) - 1 for e in examples]
-        width = self._width(examples)
-        rows: list[list[int]] = []  # example indices per row
-        free: list[int] = []
-        for i in sorted(range(len(examples)), key=lambda i: -lengths[i]):
-            row = next((r for r, room in enumerate(free) if room >= lengths[i]), None)
-            if row is None:
-                rows.append([])
-                free.append(width)
-                row = len(rows) - 1
-            rows[row].append(i)
-            free[row] -= lengths[i]
-        if len(rows) == len(examples):
-            return None
-        return self._rows(examples, rows)
-
     def _lm_loss(self, net, examples: list[sft.Example]) -> torch.Tensor:
-        """Mean loss over the examples' answer tokens, packed into rows where --pack saves some."""
-        packed = self._packed(examples) if self.cfg.pack else None
-        if packed is None:
+        """Mean loss over the examples' answer tokens, packed into one row unless --no-pack."""
+        if not self.cfg.pack:
             x, y = self._collate(examples)
             return net(x, targets=y)
-        x, y, positions = packed
+        x, y, positions = self._packed(examples)
         return net(x, targets=y, positions=positions)
 
     def batch_tokens(self, batch: list) -> int:

@@ -86,3 +86,18 @@ def test_packed_loss_and_gradients_are_the_padded_ones():
     torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-6)
     for name, grad in grads_a.items():
         torch.testing.assert_close(grads_b[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_padding_of_no_sequence_changes_nothing():
+    """Tokens at position -1 (a packed row's tail) belong to no sequence: the others' logits are
+    the same with or without them."""
+    model = random_transformer(LLAMA).eval()
+    seqs, _, packed, positions = layouts()
+    n = sum(LENGTHS)
+    tail = positions.clone()
+    tail[0, n:] = -1
+    with torch.no_grad():
+        want = model(packed[:, :n], positions=positions[:, :n])[0]
+        got = model(packed, positions=tail)[0]
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got[:n], want, rtol=1e-4, atol=1e-4)

@@ -484,8 +484,9 @@ def test_finetune_help_names_the_key_flags():
         assert flag in text, flag
 
 
-def test_a_micro_batch_is_packed_into_fewer_rows_with_the_same_targets():
+def test_a_micro_batch_is_packed_into_one_row_with_the_same_targets():
     from genforge.data.sft import Example
+    from genforge.model.transformer import packing
     from genforge.train.distributed import World
 
     t = FineTuner.__new__(FineTuner)  # the layout only: no model
@@ -499,27 +500,24 @@ def test_a_micro_batch_is_packed_into_fewer_rows_with_the_same_targets():
         examples.append(Example(ids, mask, f"data.jsonl:{i + 1}"))
     px, py, positions = t._packed(examples)
     x, y = t._collate(examples)
-    assert x.shape == (6, 128) and px.shape[1] == 128 and px.shape[0] <= 3  # 361 tokens, 6 rows
-    # every example's inputs and targets appear whole in one row, from a position of 0 up
-    found = 0
+    assert x.shape == (6, 128)  # padded: 6 rows of the longest (119 inputs) rounded up to 64
+    assert px.shape == (1, 384)  # packed: 361 inputs end to end, rounded up to 64
+    # every example's inputs and targets in turn, counting positions from 0; then padding (-1)
+    at = 0
     for e in examples:
         n = len(e.ids) - 1
-        want = torch.tensor(e.ids[:-1])
-        for r in range(px.shape[0]):
-            for at in (positions[r] == 0).nonzero().flatten().tolist():
-                if at + n <= px.shape[1] and torch.equal(px[r, at : at + n], want):
-                    assert torch.equal(positions[r, at : at + n], torch.arange(n))
-                    targets = torch.tensor(e.ids[1:])
-                    learnt = torch.tensor(e.mask[1:])
-                    assert torch.equal(py[r, at : at + n], torch.where(learnt, targets, -100))
-                    found += 1
-                    break
-            else:
-                continue
-            break
-    assert found == len(examples)
+        assert torch.equal(px[0, at : at + n], torch.tensor(e.ids[:-1]))
+        assert torch.equal(positions[0, at : at + n], torch.arange(n))
+        learnt = torch.tensor(e.mask[1:])
+        want = torch.where(learnt, torch.tensor(e.ids[1:]), -100)
+        assert torch.equal(py[0, at : at + n], want)
+        at += n
+    assert (positions[0, at:] == -1).all() and (py[0, at:] == -100).all()
     assert int((py != -100).sum()) == int((y != -100).sum())  # the same targets, no more
-    assert t._packed(examples[:1]) is None  # nothing to pack: the padded layout
+    # attention: one example a row, as wide as the longest rounded up to 16
+    gather, scatter = packing(positions)
+    assert gather.shape == (6, 128)
+    assert torch.equal(px[0, gather[0, :119]], px[0, :119])
 
 
 @pytest.mark.slow
