@@ -9,7 +9,8 @@ Design choices:
 - RoPE in the "rotate half" layout of Hugging Face checkpoints; GGUF llama files are un-permuted into
   it at load time, so there is one rotary code path.
 - Attention is `F.scaled_dot_product_attention` with native grouped-query support; sliding-window
-  layers get an explicit mask. Keys/values go through a `KVCache` when one is given.
+  layers get an explicit mask. Keys/values go through a `KVCache` when one is given. Packed
+  training rows (`positions=`) attend one sequence a row (`genforge.model.attention`).
 - Norms compute in float32 and cast back, as the reference implementations do, so that bf16 runs stay
   close to fp32 ones.
 """
@@ -18,13 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from genforge.model import kernels
+from genforge.model.attention import Packing, flash_attention, keep_attention, packing
 from genforge.model.config import ModelConfig
 from genforge.model.kv_cache import KVCache, PagedBatch
 from genforge.model.quant import BLOCK_KINDS, QuantLinear, cat
@@ -90,36 +91,6 @@ def concat_linears(mods: list[nn.Module]) -> nn.Module | None:
     if has_bias:
         fused.bias = nn.Parameter(cat([m.bias for m in mods]), requires_grad=False)
     return fused
-
-
-# Rows of packed sequences are attended one sequence a row, that row padded to a multiple of this.
-PACK_WIDTH_MULTIPLE = 16
-
-
-class Packing(NamedTuple):
-    """Several sequences end to end in the rows of a batch (training), attended one sequence a row:
-    `gather` (S, W) holds the flat token indices (into the batch's B * T tokens) of each of the S
-    sequences, its last token repeated past its end (causal attention never lets a real token see
-    those); `scatter` (B * T,) each token's place in the (S * W) layout. The matmuls run on the
-    tokens as they are; attention costs what a batch padded to the longest sequence would."""
-
-    gather: torch.Tensor
-    scatter: torch.Tensor
-
-
-def packing(positions: torch.Tensor) -> Packing:
-    """The `Packing` of rows (B, T) whose sequences each count positions 0, 1, 2, ... (a position
-    of 0 starts one). A negative position marks padding that belongs to no sequence: it attends to
-    nothing, its output is another token's (no loss may be taken there; none reaches the rest)."""
-    flat = positions.flatten()
-    real = flat >= 0
-    starts = (flat == 0).nonzero().flatten()
-    sequence = (flat == 0).cumsum(0) - 1
-    lengths = torch.bincount(sequence[real], minlength=len(starts))
-    width = -(-int(lengths.max()) // PACK_WIDTH_MULTIPLE) * PACK_WIDTH_MULTIPLE
-    slots = torch.arange(width, device=flat.device)
-    gather = starts[:, None] + torch.minimum(slots[None, :], lengths[:, None] - 1)
-    return Packing(gather, torch.where(real, sequence * width + flat, 0))
 
 
 class Attention(nn.Module):
@@ -202,9 +173,11 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # cos, sin: (N, 1, D)
         S, W = packing.gather.shape
         index = packing.gather.flatten()
-        q, k, v = (
-            t.index_select(0, index).view(S, W, *t.shape[1:]).transpose(1, 2) for t in (q, k, v)
-        )
+        q, k, v = (t.index_select(0, index).view(S, W, *t.shape[1:]) for t in (q, k, v))
+        if q.is_cpu and torch.is_grad_enabled():
+            y, _ = flash_attention(q, k, v, mask, self.scale)  # (S, W, H, D)
+            return y.view(S * W, -1).index_select(0, packing.scatter)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -325,7 +298,10 @@ class Transformer(nn.Module):
         `activation_memory_budget`); below 1 it recomputes the cheapest ones (norms, activations,
         RoPE) in backward instead: at 0.5, a third less memory at about the same speed."""
         # dynamic: batches differ in rows and width, and one compile covers them all
-        self.train_blocks = [torch.compile(block, dynamic=True) for block in self.layers]
+        options = {"joint_custom_pre_pass": keep_attention()}
+        self.train_blocks = [
+            torch.compile(block, dynamic=True, options=options) for block in self.layers
+        ]
         self.memory_budget = memory_budget
 
     def _decode_step(self):

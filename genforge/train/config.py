@@ -124,9 +124,10 @@ class FinetuneConfig(LoopConfig):
     checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     compile: bool = True  # torch.compile the blocks (10-30 s before the first step, then faster)
     pack: bool = True  # put a micro-batch's short examples end to end in fewer rows (no padding)
-    # LoRA computing in float32 (no bf16 autocast): the activations saved for backward are kept
-    # in bf16, as bf16 autocast would keep them; the matmuls stay float32 (FineTuner._autocast)
-    bf16_saved: bool = True  # LoRA, float32: backward's saved activations in bf16 (half the memory)
+    # LoRA: the float32 activations saved for backward (all of them in float32, the residual
+    # stream and attention under bf16 autocast) are kept in bf16; the matmuls are unchanged
+    # (FineTuner._autocast)
+    bf16_saved: bool = True  # LoRA: backward's saved float32 activations in bf16 (less memory)
     lr: float = 0.0  # peak learning rate; 0 = 2e-4 for LoRA, 2e-5 for full fine-tuning
     weight_decay: float = 0.0  # AdamW decoupled weight decay on matrices
     batch_size: int = 4  # examples per micro-batch in each process (DPO: pairs)

@@ -101,3 +101,39 @@ def test_padding_of_no_sequence_changes_nothing():
         got = model(packed, positions=tail)[0]
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got[:n], want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("masked", [False, True], ids=["causal", "sliding"])
+def test_training_attention_operator_is_sdpa_with_its_gradients(dtype, masked):
+    """`flash_attention` (one operator each way, so the compiler keeps its output for backward)
+    gives PyTorch's attention and gradients, grouped-query and masked alike."""
+    import torch.nn.functional as F
+
+    from genforge.model.attention import flash_attention
+
+    g = torch.Generator().manual_seed(0)
+    S, W, H, Hkv, D = 3, 20, 6, 2, 16
+    q, k, v = (torch.randn(S, W, h, D, generator=g, dtype=dtype) for h in (H, Hkv, Hkv))
+    grad = torch.randn(S, W, H, D, generator=g, dtype=dtype)
+    i, j = torch.arange(W)[:, None], torch.arange(W)[None, :]
+    mask = ((j <= i) & (i - j < 5)) if masked else None
+    got_in = [t.clone().requires_grad_() for t in (q, k, v)]
+    want_in = [t.clone().requires_grad_() for t in (q, k, v)]
+    out, lse = flash_attention(*got_in, mask, 0.25)
+    out.backward(grad)
+    want = F.scaled_dot_product_attention(
+        *(t.transpose(1, 2) for t in want_in),
+        attn_mask=mask,
+        is_causal=mask is None,
+        scale=0.25,
+        enable_gqa=True,
+    ).transpose(1, 2)
+    want.backward(grad)
+    # the same kernels: equal but for the order of float32 sums (bf16: one rounding of 2^-8)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
+    torch.testing.assert_close(out, want, **tol)
+    for a, b in zip(got_in, want_in, strict=True):
+        torch.testing.assert_close(a.grad, b.grad, **tol)
+    assert out.is_contiguous() and lse.shape == (S, H, W) and lse.dtype == torch.float64
+    torch.library.opcheck(flash_attention, (q, k, v, mask, 0.25))

@@ -486,7 +486,7 @@ def test_finetune_help_names_the_key_flags():
 
 def test_a_micro_batch_is_packed_into_one_row_with_the_same_targets():
     from genforge.data.sft import Example
-    from genforge.model.transformer import packing
+    from genforge.model.attention import packing
     from genforge.train.distributed import World
 
     t = FineTuner.__new__(FineTuner)  # the layout only: no model
