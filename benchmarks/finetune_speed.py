@@ -15,7 +15,8 @@ memory is its own. Step times are the median of the steps after two warm-up step
 - transformers + peft: the Hugging Face model (float32, the same weights, exported by genforge),
   `peft.get_peft_model`, a plain PyTorch loop (forward, the model's own loss, backward, step), with
   and without bf16 autocast, each also under torch.compile (the fastest counts as the peer: bf16
-  where the CPU has it natively, float32 where it has not);
+  where the CPU has it natively, float32 where it has not); the compiled ones also on batches
+  padded to a multiple of 8 instead of 64 (`-pad8`: less padding, more distinct shapes);
 - TRL's SFTTrainer over the same model and LoRA config, when trl is installed.
 
 The section "Fine-tuning against transformers + peft" of RESULTS.md is rewritten.
@@ -48,6 +49,7 @@ MIXED_HEADING = (
     "## Fine-tuning on examples of mixed lengths: packing against padding (finetune_speed.py)"
 )
 MODEL = "smollm2-135m-instruct"
+PAD8 = "-pad8"  # a peer variant on batches padded to a multiple of 8 (HF's pad_to_multiple_of=8)
 TARGETS_HF = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 RANK, ALPHA, DROPOUT, LR = 16, 32.0, 0.0, 2e-4  # genforge's and peft's defaults (no dropout)
 VARIANTS = {
@@ -62,6 +64,10 @@ VARIANTS = {
     "hf-peft-compile": "transformers + peft, LoRA (float32, torch.compile)",
     "hf-peft-bf16": "transformers + peft, LoRA (bf16 autocast)",
     "hf-peft-bf16-compile": "transformers + peft, LoRA (bf16 autocast, torch.compile)",
+    "hf-peft-compile-pad8": "transformers + peft, LoRA (float32, torch.compile), padded to 8",
+    "hf-peft-bf16-compile-pad8": (
+        "transformers + peft, LoRA (bf16 autocast, torch.compile), padded to 8"
+    ),
     "hf-full": "transformers, full fine-tuning (float32)",
     "trl": "TRL SFTTrainer + peft, LoRA",
 }
@@ -163,6 +169,11 @@ def child(variant: str, args) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
+    if variant.endswith(PAD8):  # the peer's batches padded to a multiple of 8, not 64
+        from genforge.train import finetune
+
+        finetune.PAD_MULTIPLE = 8
+        variant = variant.removesuffix(PAD8)
     work = Path(args.work)
     t = data_only(work / "data.jsonl", args)  # no weights: the peak memory is the variant's own
     batches = [t._collate(t.micro_batches(s)[0]) for s in range(args.steps + 2)]
@@ -374,7 +385,10 @@ def section(results: dict, args, load0: float) -> list[str]:
     hf = [results.get(v) for v in VARIANTS if v.startswith("hf-peft")]
     peer = min((r["step_s"] for r in hf if r), default=None)
     full = results.get("genforge-full")
+    tokens = next((r["tokens_per_step"] for r in results.values() if r), None)
     lengths = f"~{args.seq} tokens"
+    if tokens:  # the chat template and tokenizer make them shorter than the text's sizing
+        lengths = f"~{tokens / args.batch:.0f} tokens (sized for {args.seq})"
     if args.mixed:
         lengths = f"mixed lengths ({args.seq // 8} to {args.seq} tokens)"
     lines = [
@@ -385,7 +399,8 @@ def section(results: dict, args, load0: float) -> list[str]:
         ),
         "",
         f"SmolLM2-135M-Instruct, {args.batch} chat examples of {lengths} per step "
-        "(padded to a multiple of 64; genforge packs them into fewer rows unless --no-pack), "
+        "(padded to a multiple of 64, or of 8 in the rows that say so; genforge packs a "
+        "micro-batch into one row unless --no-pack), "
         f"LoRA r={RANK} alpha={int(ALPHA)} on all linear layers, "
         f"AdamW lr {LR}, {args.threads} threads; median of {args.steps} steps after 2 warm-up "
         "steps; peak = the process's peak resident memory. The genforge rows run under "

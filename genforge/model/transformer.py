@@ -409,7 +409,8 @@ class Transformer(nn.Module):
         new token, for those that sample this step).
 
         With `positions` (B, T) (no cache), each row holds several sequences end to end (packed
-        training examples): a position of 0 starts a sequence, which attends to itself only.
+        training examples): a position of 0 starts a sequence, which attends to itself only; a
+        negative position marks padding that belongs to none (`genforge.model.attention.packing`).
         """
         B, T = tokens.shape
         pack = None
