@@ -117,7 +117,7 @@ class Attention(nn.Module):
             del self.wq, self.wk, self.wv
 
     def forward(
-        self, x, cos, sin, mask, cache, layer: int, start_pos: int, sliding: bool, packing=None
+        self, x, cos, sin, mask, cache, layer: int, start_pos: int, sliding: bool, pack=None
     ):
         B, T, _ = x.shape  # (B, T, C)
         if (
@@ -150,44 +150,40 @@ class Attention(nn.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             y = cache.attention(layer, q, k, v, self.scale, sliding)
             return self.wo(y.to(x.dtype).reshape(B, T, -1))
-        if packing is not None:
-            return self.wo(self._packed(q, k, v, cos, sin, mask, packing).view(B, T, -1))
+        if pack is not None:
+            return self.wo(self._packed(q, k, v, cos, sin, mask, pack).view(B, T, -1))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
         if cache is not None:
             k, v = cache.update(layer, start_pos, k, v)  # (B, Hkv, start_pos + T, D)
-        y = F.scaled_dot_product_attention(
+        causal = mask is None and (cache is None or T > 1)  # no SymBool when compiled
+        y = self._sdpa(q, k, v, mask, causal)
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+    def _sdpa(self, q, k, v, mask, causal: bool) -> torch.Tensor:
+        """PyTorch's attention of q (B, H, T, D) on k, v (B, Hkv, S, D), grouped-query natively."""
+        return F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=mask,
-            is_causal=mask is None and (cache is None or T > 1),  # no SymBool when compiled
+            is_causal=causal,
             scale=self.scale,
             enable_gqa=self.n_heads != self.n_kv_heads,
         )
-        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
-    def _packed(self, q, k, v, cos, sin, mask, packing: Packing) -> torch.Tensor:
+    def _packed(self, q, k, v, cos, sin, mask, pack: Packing) -> torch.Tensor:
         """Attention of packed rows (`Packing`), one sequence a row; (B * T, H * D)."""
         q, k, v = q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1)  # (N, H, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # cos, sin: (N, 1, D)
-        S, W = packing.gather.shape
-        index = packing.gather.flatten()
+        S, W = pack.gather.shape
+        index = pack.gather.flatten()
         q, k, v = (t.index_select(0, index).view(S, W, *t.shape[1:]) for t in (q, k, v))
         if q.is_cpu and torch.is_grad_enabled():
             y, _ = flash_attention(q, k, v, mask, self.scale)  # (S, W, H, D)
-            return y.view(S * W, -1).index_select(0, packing.scatter)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=mask is None,
-            scale=self.scale,
-            enable_gqa=self.n_heads != self.n_kv_heads,
-        )  # (S, H, W, D)
-        return y.transpose(1, 2).reshape(S * W, -1).index_select(0, packing.scatter)
+            return y.view(S * W, -1).index_select(0, pack.scatter)
+        y = self._sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, mask is None)
+        return y.transpose(1, 2).reshape(S * W, -1).index_select(0, pack.scatter)
 
 
 class GatedMLP(nn.Module):
@@ -234,7 +230,7 @@ class Block(nn.Module):
         self.post_attn_norm = norm() if cfg.sandwich_norm else nn.Identity()
         self.post_mlp_norm = norm() if cfg.sandwich_norm else nn.Identity()
 
-    def forward(self, x, rope, masks, cache, start_pos, packing=None):
+    def forward(self, x, rope, masks, cache, start_pos, pack=None):
         kind = "sliding" if self.sliding else "full"
         cos, sin = rope[kind]
         mask = masks[kind] if masks else None
@@ -242,7 +238,7 @@ class Block(nn.Module):
         # specialise the block's code to each layer (a compile per layer, then eager past 8)
         layer = self.layer if cache is not None else 0
         h = self.attn(
-            self.attn_norm(x), cos, sin, mask, cache, layer, start_pos, self.sliding, packing
+            self.attn_norm(x), cos, sin, mask, cache, layer, start_pos, self.sliding, pack
         )
         x = x + self.post_attn_norm(h)
         return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))

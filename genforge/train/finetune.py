@@ -141,9 +141,8 @@ class FineTuner(Loop):
         x = torch.zeros(len(examples), width, dtype=torch.long)
         y = torch.full((len(examples), width), IGNORE, dtype=torch.long)
         for r, e in enumerate(examples):
-            ids, mask = torch.tensor(e.ids), torch.tensor(e.mask[1:])
-            x[r, : len(ids) - 1] = ids[:-1]
-            y[r, : len(ids) - 1] = torch.where(mask, ids[1:], IGNORE)
+            inputs, targets = _inputs_targets(e)
+            x[r, : len(inputs)], y[r, : len(inputs)] = inputs, targets
         device = self.world.device
         return x.to(device), y.to(device)
 
@@ -156,23 +155,21 @@ class FineTuner(Loop):
         """(inputs, targets, positions), each (1, N): the examples end to end in one row, each
         counting positions from 0 and attending to itself only (`Transformer(positions=)`), N
         their tokens rounded up to PAD_MULTIPLE by a tail of padding (position -1: no attention,
-        no targets). The matmuls run
-        on the examples' tokens and barely more; attention, one example a row, on the longest
-        example's width. The same tokens, targets and loss as `_collate`'s padded layout."""
-        n = sum(len(e.ids) - 1 for e in examples)
-        width = -(-n // PAD_MULTIPLE) * PAD_MULTIPLE
+        no targets). The matmuls run on the examples' tokens and barely more; attention, one
+        example a row, on the longest example's width. The same tokens, targets and loss as
+        `_collate`'s padded layout."""
+        total = sum(len(e.ids) - 1 for e in examples)
+        width = -(-total // PAD_MULTIPLE) * PAD_MULTIPLE
         x = torch.zeros(1, width, dtype=torch.long)
         y = torch.full((1, width), IGNORE, dtype=torch.long)
-        pos = torch.zeros(1, width, dtype=torch.long)
+        pos = torch.full((1, width), -1, dtype=torch.long)
         at = 0
         for e in examples:
-            n = len(e.ids) - 1
-            ids, mask = torch.tensor(e.ids), torch.tensor(e.mask[1:])
-            x[0, at : at + n] = ids[:-1]
-            y[0, at : at + n] = torch.where(mask, ids[1:], IGNORE)
+            inputs, targets = _inputs_targets(e)
+            n = len(inputs)
+            x[0, at : at + n], y[0, at : at + n] = inputs, targets
             pos[0, at : at + n] = torch.arange(n)
             at += n
-        pos[0, at:] = -1
         device = self.world.device
         return x.to(device), y.to(device), pos.to(device)
 
@@ -421,6 +418,13 @@ class FineTuner(Loop):
             model.load_state_dict(weights, strict=True)
         if self.dpo:
             self.reference = torch.load(folder / REFERENCE, weights_only=True)
+
+
+def _inputs_targets(e: sft.Example) -> tuple[torch.Tensor, torch.Tensor]:
+    """An example's inputs (its tokens but the last) and targets (the next tokens, IGNORE where
+    nothing is learnt)."""
+    ids, mask = torch.tensor(e.ids), torch.tensor(e.mask[1:])
+    return ids[:-1], torch.where(mask, ids[1:], IGNORE)
 
 
 def _examples(pairs: list[sft.Pair]) -> list[sft.Example]:
