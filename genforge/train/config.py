@@ -123,7 +123,7 @@ class FinetuneConfig(LoopConfig):
     skip_bad: bool = False  # skip (and count) bad lines instead of stopping at the first
     checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     compile: bool = True  # torch.compile the blocks (10-30 s before the first step, then faster)
-    pack: bool = True  # put a micro-batch's short examples end to end in fewer rows (no padding)
+    pack: bool = True  # put a micro-batch's examples end to end in one row (no padding)
     # LoRA: the float32 activations saved for backward (all of them in float32, the residual
     # stream and attention under bf16 autocast) are kept in bf16; the matmuls are unchanged
     # (FineTuner._autocast)
