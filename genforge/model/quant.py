@@ -255,7 +255,9 @@ class QuantLinear(nn.Module):
         return dequantize_blocks(*self.block_parts(), bf16)
 
     def dequantize(self) -> torch.Tensor:
-        """The float32 (out, in) weight this layer holds (q8, q5 and q4)."""
+        """The float32 (out, in) weight this layer holds (int8, q8, q5 and q4)."""
+        if self.kind == "int8":
+            return self.qweight.float() * self.scales.float()[:, None]
         if self.kind == "q4":
             return kernels.unpack_q4(self.qweight, self.scales, self.mins)
         if self.kind == "q5":
@@ -414,7 +416,7 @@ def state_converter(kind: str, act_dtype: torch.dtype, tied_head: bool):
 
 
 def quantize_layers(model: nn.Module, kind: str) -> nn.Module:
-    """Swap the blocks' linear layers for (empty) q8 / q4 `QuantLinear`s with float32 activations,
+    """Swap the blocks' linear layers for (empty) `QuantLinear`s of `kind` with float32 activations,
     in place, keeping embedding and head as they are: the frozen base of QLoRA-style training.
     A layer whose width the kind cannot hold stays float. Fill it from `layer_converter`."""
     for block in model.layers:
@@ -429,7 +431,7 @@ def quantize_layers(model: nn.Module, kind: str) -> nn.Module:
 
 
 def layer_converter(kind: str):
-    """The weight loader's converter for `quantize_layers`: the blocks' matrices as q8 / q4 blocks
+    """The weight loader's converter for `quantize_layers`: the blocks' matrices as `kind`
     (the file's own where they are of that kind), everything else float32."""
 
     def convert(name: str, w) -> dict[str, torch.Tensor]:

@@ -96,6 +96,7 @@ class TrainConfig(LoopConfig):
 METHODS = ("lora", "full")
 OBJECTIVES = ("sft", "dpo")
 BASE_DTYPES = ("auto", "fp32", "int8", "int4")
+BASE_MATMULS = ("auto", "int8", "float")
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -111,9 +112,13 @@ class FinetuneConfig(LoopConfig):
     alpha: float = 32.0  # LoRA alpha: adapters add (alpha / rank) x B A x
     dropout: float = 0.0  # LoRA dropout on the adapters' inputs (peft's default: none)
     targets: tuple[str, ...] = ALL_TARGETS  # the layers LoRA adapts (Hugging Face names)
-    base_dtype: str = (
-        "auto"  # LoRA's frozen base: auto (the 8/4-bit blocks inference runs), int8, int4, fp32
-    )
+    # LoRA's frozen base: auto = int8 (per channel) where its matmuls run in int8, else the blocks
+    # inference runs (a GGUF file's own Q4_1 / Q8_0); int8 / int4 / fp32 ask for one.
+    base_dtype: str = "auto"  # LoRA's frozen base: auto, int8, int4 or fp32
+    # LoRA's base matmuls: int8 (activations and gradients rounded to int8 per row, twice bf16's
+    # rate with integer dot products), float (the base dequantized to bf16 / float32), auto (int8
+    # where the CPU has VNNI or AMX, unless --base-dtype int4 or fp32)
+    base_matmul: str = "auto"  # LoRA's base matmuls: auto (int8 with VNNI/AMX), int8 or float
     epochs: int = 1  # passes over the training data when --steps is 0
     steps: int = 0  # optimizer steps; 0 = --epochs passes over the training data
     seq_len: int = 1024  # the longest example in tokens; longer ones are an error (or --skip-bad)
@@ -140,6 +145,7 @@ class FinetuneConfig(LoopConfig):
         "dropout",
         "targets",
         "base_dtype",
+        "base_matmul",
         "epochs",
         "seq_len",
         "val_fraction",
@@ -154,6 +160,7 @@ class FinetuneConfig(LoopConfig):
             ("method", METHODS),
             ("objective", OBJECTIVES),
             ("base_dtype", BASE_DTYPES),
+            ("base_matmul", BASE_MATMULS),
         ):
             if getattr(self, name) not in allowed:
                 choices = ", ".join(allowed)

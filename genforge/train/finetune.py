@@ -42,7 +42,7 @@ from genforge.tokenizer import Tokenizer
 from genforge.train import checkpoint, distributed
 from genforge.train.config import FinetuneConfig
 from genforge.train.loader import StepOrder
-from genforge.train.loop import Loop
+from genforge.train.loop import Loop, native_int8
 from genforge.weights import peft
 from genforge.weights.export import hf_config
 from genforge.weights.gguf import forget_header
@@ -58,6 +58,8 @@ PAD_MULTIPLE = 64
 # The share of activations compiled blocks keep for backward (the rest is recomputed: norms,
 # activations, RoPE): a third less memory at the same step time (benchmarks/finetune_speed.py).
 MEMORY_BUDGET = 0.5
+# What the log calls each kind of LoRA base.
+BASE_LABELS = {None: "fp32", "int8": "int8, int8 matmuls", "q8": "int8", "q4": "int4"}
 # bf16_saved: saved tensors smaller than this stay float32 (scalars, LoRA's rank-wide products).
 BF16_SAVED_MIN = 1 << 16
 
@@ -327,21 +329,11 @@ class FineTuner(Loop):
     # Model and checkpoints.
     def _load_model(self):
         cfg = self.cfg
-        quant = None
-        if cfg.method == "lora" and cfg.base_dtype != "fp32":
-            quant = auto_dtype(self.path) if cfg.base_dtype == "auto" else cfg.base_dtype
-            if cpu_kernels() is None or self.world.device.type != "cpu":
-                if cfg.base_dtype != "auto":
-                    raise GenforgeError(
-                        f"--base-dtype {cfg.base_dtype} needs genforge's CPU kernels (a C++ "
-                        "compiler at set-up) and the CPU; use --base-dtype fp32."
-                    )
-                quant = None
-        if quant is None:
+        kind = self._base_kind()
+        if kind is None:
             ckpt = load_checkpoint(self.path, torch.float32)
             model = build_model(ckpt)
         else:
-            kind = KERNEL_FORMATS[quant]
             ckpt = load_checkpoint(self.path, convert=lambda c: layer_converter(kind))
             model = build_model(ckpt, prepare=lambda m: quantize_layers(m, kind))
         ckpt.state = {}
@@ -361,7 +353,32 @@ class FineTuner(Loop):
         else:
             leaves = [_leaf(t, self.model_cfg) for t in cfg.targets]
             lora.add_lora(model, tuple(leaves), cfg.rank, cfg.alpha, cfg.dropout)
-        return model, quant or "fp32"
+        return model, BASE_LABELS[kind]
+
+    def _base_kind(self) -> str | None:
+        """The `QuantLinear` kind LoRA's frozen base is held in (None: float32): per-channel int8
+        where its matmuls run in int8 (`lora._FrozenInt8`), else the blocks inference runs."""
+        cfg, device = self.cfg, self.world.device
+        if cfg.method != "lora" or cfg.base_dtype == "fp32":
+            return None
+        if cfg.base_matmul == "int8" or (
+            cfg.base_matmul == "auto" and cfg.base_dtype != "int4" and native_int8(device)
+        ):
+            if cfg.base_dtype == "int4" or device.type != "cpu":
+                raise GenforgeError(
+                    "--base-matmul int8 multiplies an int8 base on the CPU; use --base-dtype "
+                    "auto or int8 on the CPU, or --base-matmul float."
+                )
+            return "int8"
+        quant = auto_dtype(self.path) if cfg.base_dtype == "auto" else cfg.base_dtype
+        if cpu_kernels() is None or device.type != "cpu":
+            if cfg.base_dtype != "auto":
+                raise GenforgeError(
+                    f"--base-dtype {cfg.base_dtype} needs genforge's CPU kernels (a C++ "
+                    "compiler at set-up) and the CPU; use --base-dtype fp32."
+                )
+            return None
+        return KERNEL_FORMATS[quant]
 
     def compile(self) -> None:
         """Compile the blocks (traced once for all layers) where a compiler can build them."""

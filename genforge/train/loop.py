@@ -78,6 +78,18 @@ def native_bf16(device: torch.device) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def native_int8(device: torch.device) -> bool:
+    """Whether the CPU `device` has integer dot products (VNNI, AMX): int8 matmuls at twice the
+    rate of bf16's (`torch._int_mm`; benchmarks/finetune_speed.py)."""
+    if device.type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 def autocast_dtype(choice: str, device: torch.device) -> torch.dtype | None:
     if choice == "auto":
         return torch.bfloat16 if native_bf16(device) else None

@@ -312,10 +312,47 @@ def test_gradients_through_a_q8_base_are_those_of_its_dequantized_weight():
     assert all(p.grad is None for p in quant.parameters())
 
 
-@pytest.mark.parametrize("kind", ["q8", "q4"])
+def test_int8_matmuls_through_an_int8_base_stay_within_their_rounding():
+    """`_FrozenInt8`: x and dy are rounded to int8 per row (a step s of max|row| / 127, each value
+    off by s / 2 at most) and multiplied exactly in int32, so each output is off its float value
+    by at most s / 2 times the sum of |W| it meets: a bound, not a tolerance."""
+    torch.manual_seed(0)
+    quant = QuantLinear.from_linear(torch.nn.Linear(96, 40, bias=True), "int8", torch.float32)
+    w = quant.dequantize()  # the int8 weight exactly, in float32
+    layer = lora.LoRALinear(quant)
+    layer.add("default", RANK, ALPHA)
+    with torch.no_grad():
+        layer.lora_b["default"].normal_(0, 0.3, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(3, 7, 96) * torch.linspace(0.1, 4, 96)  # uneven channels, as activations are
+    x.requires_grad_(True)
+    dy = torch.randn(3, 7, 40)
+    base = lora.frozen_forward(quant, x)
+    y = layer(x)
+    y.backward(dy)
+    eps = 1e-5  # float32 sums of ~100 products of size ~10
+    want = x.detach() @ w.t() + quant.bias
+    step = x.detach().abs().amax(-1, keepdim=True) / 127
+    assert ((base - want).abs() <= step / 2 * w.abs().sum(1) + eps).all()
+    assert (base - want).abs().max() > 1e-4  # rounded: not the float32 product
+    # dx = dy W + the adapter's part (exact float32, the same in both); W's scales go into dy's
+    # columns before rounding, so dy's step is that of dy * scales, met by |qweight|
+    a, b = layer.lora_a["default"].detach(), layer.lora_b["default"].detach()
+    dx_want = dy @ w + layer.scaling["default"] * (dy @ b) @ a
+    g = dy * quant.scales
+    g_step = g.abs().amax(-1, keepdim=True) / 127
+    bound = g_step / 2 * quant.qweight.float().abs().sum(0)
+    assert ((x.grad - dx_want).abs() <= bound + eps).all()
+    assert all(p.grad is None for p in quant.parameters())
+    # no gradients: the layer's own inference path (torch's int8 kernel)
+    with torch.no_grad():
+        torch.testing.assert_close(lora.frozen_forward(quant, x), quant(x))
+
+
+@pytest.mark.parametrize("kind", ["q8", "q4", "int8"])
 def test_compiled_blocks_give_the_eager_loss_and_gradients_on_a_quantized_base(kind):
     """What `genforge finetune` runs by default: the blocks compiled (the dequantize kernel as an
-    operator of its own, cheap activations recomputed in backward), next to the eager blocks."""
+    operator of its own, cheap activations recomputed in backward; int8: the int8 matmuls), next
+    to the eager blocks."""
     if cpu_kernels() is None:
         pytest.skip("genforge's kernels are not built here (no compiler, or GENFORGE_KERNELS=0)")
     runs = []

@@ -26,6 +26,7 @@ import genforge
 from genforge import hub
 from genforge.cli import main
 from genforge.errors import GenforgeError
+from genforge.generate.loading import cpu_kernels
 from genforge.train import checkpoint
 from genforge.train.config import ALL_TARGETS, FinetuneConfig
 from genforge.train.finetune import REFERENCE, FineTuner, finetune
@@ -479,9 +480,51 @@ def test_finetune_help_names_the_key_flags():
     text = " ".join(r.stdout.split())  # argparse wraps lines
     assert "usage: genforge finetune" in text and "--adapter" in text
     flags = ("--model", "--data", "--method", "--objective", "--rank", "--targets")
-    flags += ("--base-dtype", "--seq-len", "--val", "--skip-bad", "--resume", "--out", "--beta")
+    flags += (
+        "--base-dtype",
+        "--base-matmul",
+        "--seq-len",
+        "--val",
+        "--skip-bad",
+        "--resume",
+        "--out",
+        "--beta",
+    )
     for flag in flags:
         assert flag in text, flag
+
+
+@pytest.mark.parametrize(
+    ("base_dtype", "base_matmul", "vnni", "want"),
+    [
+        ("auto", "auto", True, "int8"),  # integer dot products: an int8 base multiplied in int8
+        ("int8", "auto", True, "int8"),
+        ("int8", "int8", False, "int8"),  # asked for: runs without VNNI too (slower)
+        ("int8", "float", True, "q8"),  # the blocks inference runs, dequantized to bf16 / float32
+        ("int4", "auto", True, "q4"),  # 4 bits asked for: int8 matmuls would need 8
+        ("fp32", "auto", True, None),
+        ("int4", "int8", True, "error"),
+    ],
+)
+def test_the_lora_base_is_int8_where_its_matmuls_run_in_int8(
+    monkeypatch, base_dtype, base_matmul, vnni, want
+):
+    from genforge.train import finetune as ft
+    from genforge.train.distributed import World
+
+    if want in ("q8", "q4") and cpu_kernels() is None:
+        pytest.skip("genforge's kernels are not built here (no compiler, or GENFORGE_KERNELS=0)")
+    monkeypatch.setattr(ft, "native_int8", lambda device: vnni)  # the CPU's flags, as if
+    t = FineTuner.__new__(FineTuner)  # the choice only: no model
+    t.cfg = FinetuneConfig(
+        model=MODEL, data="unused", out="unused", base_dtype=base_dtype, base_matmul=base_matmul
+    )
+    t.world = World()
+    if want == "error":
+        with pytest.raises(GenforgeError, match="--base-matmul int8 multiplies an int8 base"):
+            t._base_kind()
+    else:
+        assert t._base_kind() == want
 
 
 def test_a_micro_batch_is_packed_into_one_row_with_the_same_targets():
