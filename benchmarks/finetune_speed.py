@@ -10,8 +10,10 @@ memory is its own. Step times are the median of the steps after two warm-up step
 
 - genforge: its own `FineTuner.train_step` (what `genforge finetune` runs: blocks compiled, under
   mimalloc where it is installed, GENFORGE_MALLOC=system for the system's malloc), LoRA on
-  the base in the file's own 4-bit blocks (auto; also with --no-compile), on int8 blocks (also with
-  --checkpointing), on float32, and full fine-tuning;
+  the default base (auto: int8 multiplied in int8 where the CPU has VNNI or AMX, else the file's
+  own 4-bit blocks; also with --no-compile and --no-pack), on an int8 base (also with
+  --checkpointing, and with --base-matmul float), on the 4-bit blocks, on float32, and full
+  fine-tuning; each row says the base it ran;
 - transformers + peft: the Hugging Face model (float32, the same weights, exported by genforge),
   `peft.get_peft_model`, a plain PyTorch loop (forward, the model's own loss, backward, step), with
   and without bf16 autocast, each also under torch.compile (the fastest counts as the peer: bf16
@@ -53,11 +55,13 @@ PAD8 = "-pad8"  # a peer variant on batches padded to a multiple of 8 (HF's pad_
 TARGETS_HF = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 RANK, ALPHA, DROPOUT, LR = 16, 32.0, 0.0, 2e-4  # genforge's and peft's defaults (no dropout)
 VARIANTS = {
-    "genforge-lora-auto": "genforge, LoRA on the 4-bit base (auto)",
-    "genforge-lora-auto-eager": "genforge, LoRA on the 4-bit base (auto), --no-compile",
-    "genforge-lora-auto-padded": "genforge, LoRA on the 4-bit base (auto), --no-pack",
+    "genforge-lora-auto": "genforge, LoRA, default",
+    "genforge-lora-auto-eager": "genforge, LoRA, default, --no-compile",
+    "genforge-lora-auto-padded": "genforge, LoRA, default, --no-pack",
     "genforge-lora-int8": "genforge, LoRA on an int8 base",
     "genforge-lora-int8-ckpt": "genforge, LoRA on an int8 base, --checkpointing",
+    "genforge-lora-int8-float": "genforge, LoRA on an int8 base, --base-matmul float",
+    "genforge-lora-int4": "genforge, LoRA on the 4-bit base",
     "genforge-lora-fp32": "genforge, LoRA on a float32 base",
     "genforge-full": "genforge, full fine-tuning",
     "hf-peft": "transformers + peft, LoRA (float32)",
@@ -124,13 +128,14 @@ def tuner_config(variant: str, data: Path, out: Path, args):
     from genforge.train.config import FinetuneConfig
 
     method = "full" if variant == "genforge-full" else "lora"
-    base = "auto" if "auto" in variant else "int8" if "int8" in variant else "fp32"
+    base = next((b for b in ("auto", "int8", "int4") if b in variant), "fp32")
     return FinetuneConfig(
         model=MODEL,
         data=str(data),
         out=str(out),
         method=method,
         base_dtype=base,
+        base_matmul="float" if variant.endswith("-float") else "auto",
         rank=RANK,
         alpha=ALPHA,
         dropout=DROPOUT,
@@ -178,9 +183,10 @@ def child(variant: str, args) -> dict:
     t = data_only(work / "data.jsonl", args)  # no weights: the peak memory is the variant's own
     batches = [t._collate(t.micro_batches(s)[0]) for s in range(args.steps + 2)]
     tokens = sum(len(e.ids) - 1 for s in range(args.steps + 2) for e in t.micro_batches(s)[0])
+    base = None
     if variant.startswith("genforge"):
         t = tuner(variant, work / "data.jsonl", work / f"run-{variant}", args)
-        step = t.train_step
+        step, base = t.train_step, t.base_dtype
     elif variant == "trl":
         return trl_child(batches, args)
     else:
@@ -196,6 +202,7 @@ def child(variant: str, args) -> dict:
         "first_s": times[0],
         "peak_mb": peak,
         "tokens_per_step": tokens / (args.steps + 2),
+        "base": base,
     }
 
 
@@ -418,6 +425,8 @@ def section(results: dict, args, load0: float) -> list[str]:
         if r is None:
             lines.append(f"| {label} | failed | | | | | |")
             continue
+        if r.get("base") and variant != "genforge-full":
+            label = f"{label} (base: {r['base']})"
         speed = f"{peer / r['step_s']:.2f}x" if peer else "—"
         mem = f"{r['peak_mb'] / full['peak_mb']:.2f}" if full else "—"
         lines.append(

@@ -196,8 +196,9 @@ class QuantLinear(nn.Module):
             # faster than the int8 kernel on CPUs without native bf16 (see RESULTS.md).
             w = self.qweight.float() * self.scales.float()[:, None]
             y = F.linear(x2.float(), w).to(x.dtype)
-        elif self.kind == "int8":
-            y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scales)
+        elif self.kind == "int8":  # scales in the activations' dtype (a training base's are
+            # float32, and its activations bf16 under autocast)
+            y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scales.to(x2.dtype))
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x2, self.qweight, INT4_GROUP, self.scales

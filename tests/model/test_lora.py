@@ -343,9 +343,12 @@ def test_int8_matmuls_through_an_int8_base_stay_within_their_rounding():
     bound = g_step / 2 * quant.qweight.float().abs().sum(0)
     assert ((x.grad - dx_want).abs() <= bound + eps).all()
     assert all(p.grad is None for p in quant.parameters())
-    # no gradients: the layer's own inference path (torch's int8 kernel)
+    # no gradients: the layer's own inference path (torch's int8 kernel), also with bf16
+    # activations (sampling under autocast) into the float32 scales of a training base
     with torch.no_grad():
         torch.testing.assert_close(lora.frozen_forward(quant, x), quant(x))
+        y16 = lora.frozen_forward(quant, x.bfloat16()).float()
+        torch.testing.assert_close(y16, want, rtol=0.02, atol=0.02)  # bf16's 2^-9 of ~10 sums
 
 
 @pytest.mark.parametrize("kind", ["q8", "q4", "int8"])
