@@ -27,12 +27,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_x = torch.empty_like(x) if need_grad else None
         grad_w = None
         total = torch.zeros((), dtype=torch.float32, device=x.device)
+        # The weight in the matmuls' dtype once (autocast's, bf16), not once a block each way: a
+        # frozen head (LoRA's) is outside autocast's cache of casts.
+        device = x.device.type
+        mm_dtype = (
+            torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        )
+        w = weight.to(mm_dtype)
         for start in range(0, x.shape[0], chunk):
             xs, t = x[start : start + chunk], targets[start : start + chunk]
             ok = valid[start : start + chunk]
             t = torch.where(ok, t, 0)
             rows = torch.arange(len(t), device=t.device)
-            logits = (xs @ weight.t()).float()  # (c, V)
+            logits = (xs.to(mm_dtype) @ w.t()).float()  # (c, V)
             picked = logits[rows, t]
             # Softmax by hand, in place: amax, subtract, exp, sum, divide. PyTorch's fused CPU
             # softmax (and max with indices, or logsumexp) ran 3-5x slower than these passes.
@@ -46,12 +53,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 probs[rows, t] -= 1.0 / count
                 if not bool(ok.all()):
                     probs.mul_(ok[:, None])  # ignored targets add no gradient
-                g = probs.to(x.dtype)
-                grad_x[start : start + chunk] = g @ weight.to(x.dtype)
+                g = probs.to(mm_dtype)
+                grad_x[start : start + chunk] = g @ w
                 if weight_grad:
                     if grad_w is None:
                         grad_w = torch.zeros_like(weight, dtype=torch.float32)
-                    grad_w.addmm_(g.t().float(), xs.float())
+                    grad_w.addmm_(probs.t(), xs.float())  # float32 both
         # The gradients made here, not activations: kept on ctx, out of reach of saved-tensor
         # hooks (fine-tuning's bf16 packing of activations must not round them).
         ctx.grads = (grad_x, grad_w) if need_grad else (None, None)

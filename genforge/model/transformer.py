@@ -393,11 +393,13 @@ class Transformer(nn.Module):
         targets: torch.Tensor | None = None,
         hidden: bool = False,
         positions: torch.Tensor | None = None,
+        loss_rows: int = 0,
     ) -> torch.Tensor:
         """Logits (B, T, vocab) for tokens (B, T) at positions start_pos.. (or (B, 1, vocab)).
 
         With `targets` (B, T), the mean cross-entropy loss instead (targets of -100 are ignored),
-        computed without materialising the logits (`linear_cross_entropy`). With `hidden`, the
+        computed without materialising the logits (`linear_cross_entropy`, in blocks of
+        `loss_rows` rows; 0 = its default). With `hidden`, the
         final normed hidden states (B, T, C) that the head (`head_weight`) turns into logits.
 
         With a `PagedBatch`, tokens are (1, N): several sequences' new tokens end to end, positions
@@ -479,6 +481,6 @@ class Transformer(nn.Module):
             from genforge.model.loss import linear_cross_entropy
 
             weight = self.tok_emb.weight if self.output is None else self.output.weight
-            return linear_cross_entropy(x.flatten(0, 1), weight, targets.flatten())
+            return linear_cross_entropy(x.flatten(0, 1), weight, targets.flatten(), loss_rows)
         logits = F.linear(x, self.tok_emb.weight) if self.output is None else self.output(x)
         return logits.float()
