@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from genforge.errors import GenforgeError
 from genforge.model.config import ModelConfig
@@ -55,6 +56,8 @@ class LoopConfig:
         "seed",
         "fsdp",
     )
+    # What an identity field was in checkpoints written before it existed.
+    BEFORE: ClassVar[dict[str, object]] = {}
     POSITIVE = ("batch_size", "grad_accum", "log_every")  # flags that must be at least 1
 
     def check(self) -> None:
@@ -152,6 +155,7 @@ class FinetuneConfig(LoopConfig):
         "beta",
         *LoopConfig.IDENTITY,
     )
+    BEFORE: ClassVar[dict[str, object]] = {"base_matmul": "float"}
     POSITIVE = ("rank", "epochs", "seq_len", *LoopConfig.POSITIVE)
 
     def check(self) -> None:

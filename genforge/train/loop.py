@@ -250,7 +250,7 @@ class Loop:
         return state
 
     def _check_compatible(self, path: Path, state: dict) -> None:
-        saved = {**state["train"], "world_size": state["world_size"]}
+        saved = {**type(self.cfg).BEFORE, **state["train"], "world_size": state["world_size"]}
         ours = {**asdict(self.cfg), "world_size": self.world.size}
         keys = [*type(self.cfg).IDENTITY, "world_size"]
         diff = [k for k in keys if saved.get(k) != ours.get(k)]

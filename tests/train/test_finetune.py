@@ -322,6 +322,16 @@ def test_a_run_folder_is_not_overwritten_and_resumes_only_as_itself(small_run, t
         FineTuner(replace(small_run, resume=True, rank=8))
     with pytest.raises(GenforgeError, match=r"incompatible run \(targets=.*now targets="):
         FineTuner(replace(small_run, resume=True, targets=("q_proj", "v_proj")))
+    # a checkpoint written before --base-matmul existed was trained with float matmuls
+    old = tmp_path / "old"
+    shutil.copytree(small_run.out, old)
+    state_file = checkpoint.latest(old) / checkpoint.STATE
+    state = torch.load(state_file, weights_only=False)
+    del state["train"]["base_matmul"]
+    torch.save(state, state_file)
+    with pytest.raises(GenforgeError, match=r"\(base_matmul=float; now base_matmul=auto\)"):
+        FineTuner(replace(small_run, out=str(old), resume=True))
+    FineTuner(replace(small_run, out=str(old), resume=True, base_matmul="float"))
     empty = tmp_path / "empty"
     empty.mkdir()
     args = ["finetune", "--model", MODEL, "--data", small_run.data, "--out", str(empty)]
