@@ -374,16 +374,19 @@ class FineTuner(Loop):
         """The `QuantLinear` kind LoRA's frozen base is held in (None: float32): per-channel int8
         where its matmuls run in int8 (`lora._FrozenInt8`), else the blocks inference runs."""
         cfg, device = self.cfg, self.world.device
+        int8_base = cfg.method == "lora" and cfg.base_dtype in ("auto", "int8")
+        if cfg.base_matmul == "int8" and not (int8_base and device.type == "cpu"):
+            raise GenforgeError(
+                "--base-matmul int8 multiplies LoRA's int8 base on the CPU; use it with --method "
+                "lora and --base-dtype auto or int8 on the CPU, or use --base-matmul float."
+            )
         if cfg.method != "lora" or cfg.base_dtype == "fp32":
             return None
-        if cfg.base_matmul == "int8" or (
-            cfg.base_matmul == "auto" and cfg.base_dtype != "int4" and native_int8(device)
-        ):
-            if cfg.base_dtype == "int4" or device.type != "cpu":
-                raise GenforgeError(
-                    "--base-matmul int8 multiplies an int8 base on the CPU; use --base-dtype "
-                    "auto or int8 on the CPU, or --base-matmul float."
-                )
+        # int8 matmuls are torch's kernels (genforge's need not be built)
+        wants_int8 = cfg.base_matmul == "int8" or (
+            cfg.base_matmul == "auto" and native_int8(device)
+        )
+        if int8_base and wants_int8:
             return "int8"
         quant = auto_dtype(self.path) if cfg.base_dtype == "auto" else cfg.base_dtype
         if cpu_kernels() is None or device.type != "cpu":

@@ -514,6 +514,7 @@ def test_finetune_help_names_the_key_flags():
         ("int4", "auto", True, "q4"),  # 4 bits asked for: int8 matmuls would need 8
         ("fp32", "auto", True, None),
         ("int4", "int8", True, "error"),
+        ("fp32", "int8", True, "error"),
     ],
 )
 def test_the_lora_base_is_int8_where_its_matmuls_run_in_int8(
@@ -531,7 +532,7 @@ def test_the_lora_base_is_int8_where_its_matmuls_run_in_int8(
     )
     t.world = World()
     if want == "error":
-        with pytest.raises(GenforgeError, match="--base-matmul int8 multiplies an int8 base"):
+        with pytest.raises(GenforgeError, match="--base-matmul int8 multiplies LoRA's int8 base"):
             t._base_kind()
     else:
         assert t._base_kind() == want
