@@ -108,6 +108,17 @@ def finetune(run: Path, data: Path, val: Path, *flags: str) -> float:
     return (time.perf_counter() - t0) / 60
 
 
+def base_description() -> str:
+    """What `--base-dtype auto` holds LoRA's base in on this CPU (genforge.train.finetune)."""
+    import torch
+
+    from genforge.train.loop import native_int8
+
+    if native_int8(torch.device("cpu")):
+        return "the default base: int8, multiplied in int8 on this CPU's integer dot products"
+    return "the default base: the file's own 4-bit blocks"
+
+
 def hellaswag_sft(work: Path) -> list[str]:
     data, val = hellaswag_data(work, dpo=False)
     before = evaluate(work, "base", None)
@@ -118,9 +129,9 @@ def hellaswag_sft(work: Path) -> list[str]:
     lines = [
         "## hellaswag-sft",
         "",
-        f"A real skill gain: SmolLM2-135M-Instruct, LoRA (rank 16, all linear layers, on its own "
-        f"4-bit base) fine-tuned for one epoch on {N_TRAIN:,} HellaSwag items (the gold ending "
-        f"as the completion of the evaluation's own prompt), then `genforge eval hellaswag "
+        f"A real skill gain: SmolLM2-135M-Instruct, LoRA (rank 16, all linear layers, on "
+        f"{base_description()}) fine-tuned for one epoch on {N_TRAIN:,} HellaSwag items (the gold "
+        f"ending as the completion of the evaluation's own prompt), then `genforge eval hellaswag "
         f"--limit {N_EVAL}` on the {N_EVAL:,} items before them, never trained on. "
         f"`python recipes/finetune.py hellaswag-sft` on {time.strftime('%Y-%m-%d')}, "
         f"{cpu_name()}: training {minutes:.1f} minutes. Validation loss on answer tokens "
