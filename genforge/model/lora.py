@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genforge.model.quant import BLOCK_KINDS, QuantLinear, dequantize_blocks
+from genforge.model.quant import BLOCK_KINDS, QuantLinear, dequantize_blocks, quantize_rows
 
 # The projections LoRA can adapt, by genforge name (peft's names are genforge.weights.peft's job).
 TARGETS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
@@ -72,13 +72,6 @@ class _FrozenQuant(torch.autograd.Function):
         qweight, scales, extra = ctx.saved_tensors
         w = _dequantize(qweight, scales, extra, ctx.cols, ctx.bf16)  # (out, in)
         return (dy.to(w.dtype) @ w).to(ctx.x_dtype), None, None, None, None, None, None
-
-
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, K) floats -> int8 (N, K) and float32 scales (N, 1), symmetric per row: x ≈ q * s."""
-    x = x.float()
-    s = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-30) / 127.0
-    return torch.round(x / s).clamp(-127, 127).to(torch.int8), s
 
 
 class _FrozenInt8(torch.autograd.Function):

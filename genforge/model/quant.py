@@ -35,15 +35,21 @@ PANEL_BYTES = 4 << 20  # from there on, the float weight goes through in panels 
 ROWS_PER_CHUNK = 4096  # quantize big matrices (embeddings, heads) in slices: small temporaries
 
 
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) floats -> int8 (N, K) and float32 scales (N, 1), symmetric per row: x ≈ q * s (a
+    weight's rows, or a training step's activations and gradients, `lora._FrozenInt8`)."""
+    x = x.float()
+    s = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-30) / 127.0
+    return torch.round(x / s).clamp(-127, 127).to(torch.int8), s
+
+
 def quantize_int8(w: torch.Tensor) -> dict[str, torch.Tensor]:
     """Symmetric per-output-channel int8: w ≈ q * scale."""
     q = torch.empty(w.shape, dtype=torch.int8)
     scale = torch.empty(w.shape[0])
     for a in range(0, w.shape[0], ROWS_PER_CHUNK):
-        rows = w[a : a + ROWS_PER_CHUNK].float()
-        s = rows.abs().amax(dim=1).clamp(min=1e-10) / 127.0  # (rows,)
-        q[a : a + ROWS_PER_CHUNK] = torch.round(rows / s[:, None]).clamp(-127, 127)
-        scale[a : a + ROWS_PER_CHUNK] = s
+        q[a : a + ROWS_PER_CHUNK], s = quantize_rows(w[a : a + ROWS_PER_CHUNK])
+        scale[a : a + ROWS_PER_CHUNK] = s[:, 0]
     return {"qweight": q, "scales": scale}
 
 
@@ -194,8 +200,7 @@ class QuantLinear(nn.Module):
         elif self.kind == "int8" and x2.shape[0] >= DEQUANT_ROWS:
             # Many rows (a prompt chunk): dequantizing to float32 and using the float matmul is
             # faster than the int8 kernel on CPUs without native bf16 (see RESULTS.md).
-            w = self.qweight.float() * self.scales.float()[:, None]
-            y = F.linear(x2.float(), w).to(x.dtype)
+            y = F.linear(x2.float(), self.dequantize()).to(x.dtype)
         elif self.kind == "int8":  # scales in the activations' dtype (a training base's are
             # float32, and its activations bf16 under autocast)
             y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scales.to(x2.dtype))

@@ -33,6 +33,7 @@ from genforge import allocator
 from genforge.data.shards import load_manifest
 from genforge.errors import GenforgeError
 from genforge.generate.sampling import SamplingParams, sample
+from genforge.model import kernels
 from genforge.model.config import ModelConfig
 from genforge.model.kv_cache import KVCache
 from genforge.model.transformer import Transformer
@@ -71,23 +72,14 @@ def native_bf16(device: torch.device) -> bool:
     """Whether bf16 matmuls run natively (faster than fp32) on `device`."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return not kernels.cpu_flags().isdisjoint({"avx512_bf16", "amx_bf16"})
 
 
 def native_int8(device: torch.device) -> bool:
     """Whether the CPU `device` has integer dot products (VNNI, AMX): int8 matmuls at twice the
     rate of bf16's (`torch._int_mm`; benchmarks/finetune_speed.py)."""
-    if device.type != "cpu":
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    flags = {"avx512_vnni", "avx_vnni", "amx_int8"}
+    return device.type == "cpu" and not kernels.cpu_flags().isdisjoint(flags)
 
 
 def autocast_dtype(choice: str, device: torch.device) -> torch.dtype | None:

@@ -246,14 +246,21 @@ def unpack_q8(qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (/proc/cpuinfo; none where it cannot be read), read once."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    return frozenset(
+        flag for line in text.splitlines() if line.startswith("flags") for flag in line.split()
+    )
+
+
 def native_bf16() -> bool:
     """Whether the CPU multiplies bf16 matrices natively (AMX tiles): oneDNN's bf16 matmul is then
     ~6x the float32 one; elsewhere it converts in software and is slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " amx_bf16" in flags
+    return "amx_bf16" in cpu_flags()
 
 
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
