@@ -26,12 +26,21 @@ openai = pytest.importorskip("openai")
 
 SPEECH, TRANSCRIPTIONS = "/v1/audio/speech", "/v1/audio/transcriptions"
 AUTH = {"authorization": f"Bearer {API_KEY}"}
-# Plain words that Whisper base hears exactly in Joe's voice (tests/speech/conftest.py)
+# Plain words that Whisper base hears in Joe's voice (tests/speech/conftest.py)
 TEXT = "The weather is nice today. Please open the window before you leave the room."
 
 
 def words(text: str) -> list[str]:
     return re.findall(r"[a-z']+", text.lower())
+
+
+def assert_heard(text: str) -> None:
+    """TEXT's words in their places, one of them misheard at most: Piper draws each phoneme's length
+    and pitch with fresh noise, so the server speaks TEXT a little differently each time, and now
+    and then Whisper base hears one word of it wrong ("water" for "weather")."""
+    heard, said = words(text), words(TEXT)
+    assert len(heard) == len(said), text
+    assert sum(a != b for a, b in zip(heard, said, strict=True)) <= 1, text
 
 
 @pytest.fixture(scope="module")
@@ -126,13 +135,13 @@ def test_the_openai_client_transcribes_what_the_server_said(client, spoken):
         timestamp_granularities=["word", "segment"],
         language="en",
     )
-    assert words(answer.text) == words(TEXT)
+    assert_heard(answer.text)
     assert answer.language == "en"
     assert answer.duration == pytest.approx(
         (len(spoken) - 44) / 2 / 22_050, abs=0.1
     )  # the WAV's own length
     heard = [w.word.strip() for w in answer.words]
-    assert words(" ".join(heard)) == words(TEXT)
+    assert_heard(" ".join(heard))
     starts = [w.start for w in answer.words]
     assert starts == sorted(starts) and answer.words[-1].end <= answer.duration + 0.1
     assert answer.segments and answer.segments[0].start == pytest.approx(0, abs=1)
@@ -142,9 +151,9 @@ def test_each_response_format(speech_server, client, spoken):
     plain = client.audio.transcriptions.create(
         model="whisper-base", file=("s.wav", spoken), response_format="text"
     )
-    assert words(plain) == words(TEXT)
+    assert_heard(plain)
     body = _transcribe(speech_server, spoken).json()  # json, the default
-    assert words(body["text"]) == words(TEXT)
+    assert_heard(body["text"])
     assert body["usage"]["type"] == "duration" and body["usage"]["seconds"] >= 3
     srt = _transcribe(speech_server, spoken, response_format="srt").text
     assert re.match(r"1\n00:00:\d\d,\d{3} --> 00:00:\d\d,\d{3}\n\S", srt)
@@ -170,7 +179,7 @@ def test_pcm_is_streamed_at_24_khz(client, spoken):
     heard = client.audio.transcriptions.create(
         model="whisper-1", file=("pcm.wav", as_wav.getvalue()), response_format="text"
     )
-    assert words(heard) == words(TEXT)
+    assert_heard(heard)
 
 
 def test_the_resampler_keeps_pitch_and_length():
