@@ -5,17 +5,23 @@ Design choices:
 - `Packing` maps the batch's tokens to an (S, W) layout, one sequence a row, and back: gathers
   and scatters of a few MB a layer, where padding every sequence for the whole block would make
   the matmuls, most of a step, run on the padding too.
-- On the CPU, attention in training is PyTorch's flash attention kernels wrapped as one operator
-  each way (`flash_attention`), and `keep_attention` marks the forward's outputs as saved in the
+- On the CPU, attention in training is one operator each way (`flash_attention`): genforge's own
+  kernels (kernels/attention.cpp) for causal bf16 attention where the CPU has AVX512-BF16 and no
+  AMX (3.6x PyTorch's forward and 2.7x its backward at SmolLM2's shapes, benchmarks/
+  finetune_speed.py), PyTorch's flash attention kernels elsewhere (float32, a mask, AMX, whose
+  tiles oneDNN's kernels use). `keep_attention` marks the forward's outputs as saved in the
   compiler's joint graph, so that a block compiled under an activation memory budget does not run
   the kernel a second time in backward.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
+
+from genforge.model import kernels
 
 # Rows of packed sequences are attended one sequence a row, that row padded to a multiple of this.
 PACK_WIDTH_MULTIPLE = 16
@@ -60,6 +66,10 @@ def flash_attention(
     so that rounding the saved float32 activations to bf16 (fine-tuning's `bf16_saved`) passes it
     by: backward's probabilities are exp(score - lse), and bf16's 2^-9 of an lse near 10 would
     move them by 2 %."""
+    if _own_kernels(q, mask):
+        return tuple(
+            kernels.ops.flash_forward(q.contiguous(), k.contiguous(), v.contiguous(), scale)
+        )
     mask = _additive(mask, q.dtype)
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         q.transpose(1, 2),
@@ -92,6 +102,9 @@ def flash_attention_backward(
     mask: torch.Tensor | None,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if _own_kernels(q, mask):
+        args = (t.contiguous() for t in (grad, q, k, v, out, lse))
+        return tuple(kernels.ops.flash_backward(*args, scale))
     mask = _additive(mask, q.dtype)
     grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
         grad.transpose(1, 2),
@@ -112,6 +125,30 @@ def flash_attention_backward(
 @flash_attention_backward.register_fake
 def _(grad, q, k, v, out, lse, mask, scale):
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+
+
+def _own_kernels(q: torch.Tensor, mask: torch.Tensor | None) -> bool:
+    """Whether genforge's attention kernels take this call: causal, bf16, a head size they tile."""
+    return (
+        mask is None
+        and q.dtype == torch.bfloat16
+        and q.shape[-1] % 16 == 0
+        and q.shape[-1] <= 512
+        and _own_kernels_here()
+    )
+
+
+@functools.cache
+def _own_kernels_here() -> bool:
+    """genforge's attention kernels are built and this CPU runs them faster than PyTorch's: it has
+    AVX512-BF16 (their instructions) and no AMX (where PyTorch's bf16 kernels run on the tiles)."""
+    ops = kernels.ops
+    return (
+        ops is not None
+        and hasattr(ops, "flash_forward")
+        and ops.flash_supported()
+        and "amx_bf16" not in kernels.cpu_flags()
+    )
 
 
 def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:

@@ -9,8 +9,9 @@ Design choices:
 - RoPE in the "rotate half" layout of Hugging Face checkpoints; GGUF llama files are un-permuted into
   it at load time, so there is one rotary code path.
 - Attention is `F.scaled_dot_product_attention` with native grouped-query support; sliding-window
-  layers get an explicit mask. Keys/values go through a `KVCache` when one is given. Packed
-  training rows (`positions=`) attend one sequence a row (`genforge.model.attention`).
+  layers get an explicit mask. Keys/values go through a `KVCache` when one is given. Training on
+  the CPU takes `genforge.model.attention.flash_attention` instead (genforge's own kernels where
+  they run), and packed training rows (`positions=`) attend one sequence a row there.
 - Norms compute in float32 and cast back, as the reference implementations do, so that bf16 runs stay
   close to fp32 ones.
 """
@@ -153,6 +154,15 @@ class Attention(nn.Module):
         if pack is not None:
             return self.wo(self._packed(q, k, v, cos, sin, mask, pack).view(B, T, -1))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if (  # training in bf16 on the CPU: genforge's kernels where they run (rows as they are)
+            cache is None
+            and mask is None
+            and q.is_cpu
+            and torch.is_grad_enabled()
+            and torch.is_autocast_enabled("cpu")
+        ):
+            y, _ = flash_attention(*_autocast(q, k, v), None, self.scale)
+            return self.wo(y.view(B, T, -1))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
         if cache is not None:
             k, v = cache.update(layer, start_pos, k, v)  # (B, Hkv, start_pos + T, D)
@@ -176,6 +186,7 @@ class Attention(nn.Module):
         """Attention of packed rows (`Packing`), one sequence a row; (B * T, H * D)."""
         q, k, v = q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1)  # (N, H, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # cos, sin: (N, 1, D)
+        q, k, v = _autocast(q, k, v)  # before the gather: half the bytes
         S, W = pack.gather.shape
         index = pack.gather.flatten()
         q, k, v = (t.index_select(0, index).view(S, W, *t.shape[1:]) for t in (q, k, v))
@@ -184,6 +195,16 @@ class Attention(nn.Module):
             return y.view(S * W, -1).index_select(0, pack.scatter)
         y = self._sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, mask is None)
         return y.transpose(1, 2).reshape(S * W, -1).index_select(0, pack.scatter)
+
+
+def _autocast(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors in autocast's dtype where it is on, as autocast gives PyTorch's attention
+    (`flash_attention`, a custom operator, is outside its lists)."""
+    device = tensors[0].device.type
+    if not torch.is_autocast_enabled(device):
+        return tensors
+    low = torch.get_autocast_dtype(device)
+    return tuple(t.to(low) for t in tensors)
 
 
 class GatedMLP(nn.Module):

@@ -32,6 +32,7 @@ from torch import nn
 from genforge import allocator
 from genforge.data.shards import load_manifest
 from genforge.errors import GenforgeError
+from genforge.generate.loading import cpu_kernels
 from genforge.generate.sampling import SamplingParams, sample
 from genforge.model import kernels
 from genforge.model.config import ModelConfig
@@ -137,6 +138,8 @@ class Loop:
             self._refuse_existing()  # before any data or model is read
         torch.manual_seed(cfg.seed)
         self.autocast = autocast_dtype(cfg.dtype, self.world.device)  # setup() may run the model
+        if self.world.device.type == "cpu" and self.autocast == torch.bfloat16:
+            cpu_kernels()  # attention's (genforge.model.attention), built at set-up
         self.setup()
         self.check_memory()
         self.metrics = MetricsLog(self.run, enabled=self.world.main)

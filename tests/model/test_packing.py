@@ -105,12 +105,16 @@ def test_padding_of_no_sequence_changes_nothing():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("masked", [False, True], ids=["causal", "sliding"])
-def test_training_attention_operator_is_sdpa_with_its_gradients(dtype, masked):
+def test_training_attention_operator_is_sdpa_with_its_gradients(monkeypatch, dtype, masked):
     """`flash_attention` (one operator each way, so the compiler keeps its output for backward)
-    gives PyTorch's attention and gradients, grouped-query and masked alike."""
+    gives PyTorch's attention and gradients, grouped-query and masked alike, on PyTorch's kernels
+    (genforge's own: tests/model/test_attention.py)."""
     import torch.nn.functional as F
 
+    from genforge.model import attention
     from genforge.model.attention import flash_attention
+
+    monkeypatch.setattr(attention, "_own_kernels_here", lambda: False)
 
     g = torch.Generator().manual_seed(0)
     S, W, H, Hkv, D = 3, 20, 6, 2, 16

@@ -29,7 +29,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("gemv.cpp")
+HERE = Path(__file__).parent
+SOURCES = [HERE / "gemv.cpp", HERE / "attention.cpp"]  # and the header they share
+HEADERS = [HERE / "simd.h"]
 BLOCK = 32  # inputs per quantization block
 
 
@@ -41,7 +43,10 @@ LDFLAGS = ["-fopenmp"]
 
 def _name() -> str:
     """The extension's name: changes with its source, its flags and PyTorch's version."""
-    key = SOURCE.read_bytes() + " ".join([torch.__version__, *CFLAGS, *LDFLAGS]).encode()
+    key = (
+        b"".join(p.read_bytes() for p in SOURCES + HEADERS)
+        + " ".join([torch.__version__, *CFLAGS, *LDFLAGS]).encode()
+    )
     return f"genforge_gemv_{hashlib.sha256(key).hexdigest()[:12]}"
 
 
@@ -106,7 +111,7 @@ def _build(name: str, folder: Path) -> ModuleType | None:
     try:
         return cpp_extension.load(
             name,
-            [str(SOURCE)],
+            [str(p) for p in SOURCES],
             build_directory=str(folder),
             extra_cflags=CFLAGS,
             extra_ldflags=LDFLAGS,

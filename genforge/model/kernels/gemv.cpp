@@ -30,6 +30,8 @@
 #include <cstring>
 #include <vector>
 
+#include "simd.h"
+
 namespace {
 
 constexpr int64_t QK = 32;     // inputs per block
@@ -118,9 +120,6 @@ void rows_ref(const Activations& a, const void* w, const at::Half* sc, const at:
 
 // -- AVX2 (+ FMA, F16C) --------------------------------------------------------------------------
 
-#define AVX2 __attribute__((target("avx2,fma,f16c")))
-// for the small helpers of the inner loops: a call there spills their vectors to memory
-#define AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) inline
 
 AVX2 inline float hsum256(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -492,7 +491,6 @@ AVX2 void rows_lanes_avx2(const Activations& a, const void* w, const at::Half* s
 
 // -- AVX-512 with VNNI ---------------------------------------------------------------------------
 
-#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 
 // Blocks go 16 at a time (8 pairs): their weight scales (fp16) times x's scales as one float vector
 // F; pair k of them uses F's lanes 2k (for dot lanes 0-7) and 2k+1 (lanes 8-15).
@@ -882,42 +880,6 @@ void attend_ref(const float* q, const T* kpool, const T* vpool, const int64_t* s
     const float p = scores[t] / sum;
     for (int64_t d = 0; d < D; ++d) out[d] += p * static_cast<float>(v[d]);
   }
-}
-
-// exp(x) for -87 <= x <= 88 (clamped there): 2^(x log2 e) = 2^n * 2^f, f in [-1/2, 1/2], 2^f by
-// its Taylor series to the 6th power (relative error below 2e-7, about a float32 rounding step).
-// exp512 and exp256 share the polynomial; they differ in how 2^n is applied (AVX-512's scalef,
-// AVX2's exponent bits), which is why their bodies look alike.
-#define EXP_POLY(FMA, SET1, p, f)                                      \
-  p = SET1(1.5403530393381606e-4f);                                 \
-  p = FMA(p, f, SET1(1.3333558146428443e-3f));                      \
-  p = FMA(p, f, SET1(9.6181291076284772e-3f));                      \
-  p = FMA(p, f, SET1(5.5504108664821580e-2f));                      \
-  p = FMA(p, f, SET1(2.4022650695910071e-1f));                      \
-  p = FMA(p, f, SET1(6.9314718055994531e-1f));                      \
-  p = FMA(p, f, SET1(1.0f));
-
-AVX512 inline __m512 exp512(__m512 x) {
-  const __m512 t = _mm512_mul_ps(
-      _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.f)), _mm512_set1_ps(88.f)),
-      _mm512_set1_ps(1.44269504f));
-  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(t, n);
-  __m512 p;
-  EXP_POLY(_mm512_fmadd_ps, _mm512_set1_ps, p, f)
-  return _mm512_scalef_ps(p, n);
-}
-
-AVX2 inline __m256 exp256(__m256 x) {
-  const __m256 t = _mm256_mul_ps(
-      _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.f)), _mm256_set1_ps(88.f)),
-      _mm256_set1_ps(1.44269504f));
-  const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 f = _mm256_sub_ps(t, n);
-  __m256 p;
-  EXP_POLY(_mm256_fmadd_ps, _mm256_set1_ps, p, f)
-  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
 }
 
 // The vector body, written once for both instruction sets (a template would be compiled without
@@ -1491,6 +1453,15 @@ class DecodeStep {
 
 }  // namespace
 
+namespace genforge_attention {  // attention.cpp
+std::vector<torch::Tensor> flash_forward(torch::Tensor q, torch::Tensor k, torch::Tensor v,
+                                         double scale);
+std::vector<torch::Tensor> flash_backward(torch::Tensor grad, torch::Tensor q, torch::Tensor k,
+                                          torch::Tensor v, torch::Tensor out, torch::Tensor lse,
+                                          double scale);
+bool supported();
+}  // namespace genforge_attention
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("q4_matmul", &q4_matmul, "x (M, K) float32 @ q4 weight (N, K) -> (M, N) float32");
   m.def("q8_matmul", &q8_matmul, "x (M, K) float32 @ q8 weight (N, K) -> (M, N) float32");
@@ -1515,6 +1486,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("n_layers", &DecodeStep::n_layers);
   m.def("fake_quantize", &fake_quantize, "x (M, K) float32 rounded to its int8 blocks, as floats");
   m.def("rms_norm", &rms_norm, "x (..., C) float32 normalized by its RMS, times w (C,)");
+  m.def("flash_forward", &genforge_attention::flash_forward,
+        "causal attention of bf16 q (S, W, H, D) on k, v (S, W, Hkv, D), one sequence a row -> "
+        "out (S, W, H, D), the log-sum-exp of each query's scores (S, H, W) float64",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("flash_backward", &genforge_attention::flash_backward,
+        "flash_forward's gradients: (grad, q, k, v, out, lse, scale) -> dq, dk, dv",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("flash_supported", &genforge_attention::supported,
+        "whether this CPU runs flash_forward / flash_backward (AVX512-BF16)");
   m.def("isa", &isa_name, "the instruction set the kernels use on this CPU");
   m.attr("Q4_LANE_ROWS") = Q4_LANE_ROWS;  // from there on AVX2 takes q4 8 weight rows at a time
   m.def("set_isa", &set_isa, "use another path (avx512-vnni, avx2, portable) if the CPU can");
