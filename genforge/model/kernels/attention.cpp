@@ -285,6 +285,27 @@ struct Scratch {
         sc(R * d.Wp), dp(R * d.Wp), dk(d.Wp * d.D), dv(d.Wp * d.D), dqt(R * d.D) {}
 };
 
+// 4 rows of 16 bf16 values (one per key) into out[key * ld + row]: each key's 4 values as one
+// 64-bit store (AVX2's unpacks work within 128-bit halves: keys 0-3 and 8-11 in the low ones).
+BF16_INLINE void store_transposed(const __m256i rows[R], uint16_t* out, int64_t ld) {
+  const __m256i lo01 = _mm256_unpacklo_epi16(rows[0], rows[1]);  // keys 0-3, 8-11
+  const __m256i hi01 = _mm256_unpackhi_epi16(rows[0], rows[1]);  // keys 4-7, 12-15
+  const __m256i lo23 = _mm256_unpacklo_epi16(rows[2], rows[3]);
+  const __m256i hi23 = _mm256_unpackhi_epi16(rows[2], rows[3]);
+  const __m256i q[4] = {_mm256_unpacklo_epi32(lo01, lo23), _mm256_unpackhi_epi32(lo01, lo23),
+                        _mm256_unpacklo_epi32(hi01, hi23), _mm256_unpackhi_epi32(hi01, hi23)};
+  // q[0]: keys 0, 1, 8, 9; q[1]: 2, 3, 10, 11; q[2]: 4, 5, 12, 13; q[3]: 6, 7, 14, 15
+  for (int k = 0; k < 4; ++k) {
+    const int64_t key = 2 * k;
+    const uint64_t v0 = _mm256_extract_epi64(q[k], 0), v1 = _mm256_extract_epi64(q[k], 1);
+    const uint64_t v2 = _mm256_extract_epi64(q[k], 2), v3 = _mm256_extract_epi64(q[k], 3);
+    std::memcpy(out + key * ld, &v0, 8);
+    std::memcpy(out + (key + 1) * ld, &v1, 8);
+    std::memcpy(out + (key + 8) * ld, &v2, 8);
+    std::memcpy(out + (key + 9) * ld, &v3, 8);
+  }
+}
+
 BF16 void backward_unit(const Dims& d, int64_t s, int64_t g, const uint16_t* dO, const uint16_t* q,
                         const uint16_t* k, const uint16_t* v, const uint16_t* o,
                         const double* lse, float scale, uint16_t* dq, uint16_t* dk,
@@ -312,42 +333,40 @@ BF16 void backward_unit(const Dims& d, int64_t s, int64_t g, const uint16_t* dO,
         const int64_t nk = round_up(i0 + t0 + R, L);
         scores(x.qb.data() + t0 * D, D, x.kp.data(), P, nk / L, x.sc.data(), Wp);
         scores(x.dob.data() + t0 * D, D, x.vp.data(), P, nk / L, x.dp.data(), Wp);
+        // P = exp(scale * S - lse) and dS = scale * P (dP - rowsum(dO O)) (0 past the causal edge
+        // and for padding rows), row-major for dQ and transposed (keys' rows) for dK and dV
+        float rowsum[R], rowlse[R];
+        int64_t last[R];
         for (int64_t r = 0; r < R; ++r) {
           const int64_t i = i0 + t0 + r;
-          float* sr = x.sc.data() + r * Wp;
-          float* dpr = x.dp.data() + r * Wp;
-          uint16_t* dsr = x.dsb.data() + r * Wp;
-          if (i >= W) {  // padding past the row's end: nothing flows from it
-            std::memset(dsr, 0, nk * 2);
-            for (int64_t j = 0; j < nkb; ++j) x.pt[j * BQ + t0 + r] = x.dst[j * BQ + t0 + r] = 0;
-            continue;
-          }
-          float rowsum = 0.f;  // rowsum(dO * O), as the bf16 output was saved
+          rowsum[r] = 0.f, rowlse[r] = 0.f, last[r] = i < W ? i : -1;  // padding: no key
+          if (i >= W) continue;
           const uint16_t* orow = o + head + i * qstride;
           const uint16_t* dorow = x.dob.data() + (t0 + r) * D;
-          for (int64_t c = 0; c < D; ++c) rowsum += as_float(orow[c]) * as_float(dorow[c]);
-          const __m512 vl = _mm512_set1_ps(static_cast<float>(lse[(s * d.H + h) * W + i]));
-          const __m512 vrs = _mm512_set1_ps(rowsum);
-          for (int64_t j = 0; j < nk; j += L) {
+          for (int64_t c = 0; c < D; ++c) rowsum[r] += as_float(orow[c]) * as_float(dorow[c]);
+          rowlse[r] = static_cast<float>(lse[(s * d.H + h) * W + i]);
+        }
+        for (int64_t j = 0; j < nk; j += L) {
+          __m256i pr[R], dsr[R];
+          for (int64_t r = 0; r < R; ++r) {
             const __mmask16 ok =
                 _mm512_cmple_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(j)),
-                                        _mm512_set1_epi32(static_cast<int>(i)));
+                                        _mm512_set1_epi32(static_cast<int>(last[r])));
             const __m512 p = _mm512_maskz_mov_ps(
-                ok, exp512(_mm512_fmsub_ps(_mm512_loadu_ps(sr + j), vscale, vl)));
-            const __m512 ds =
-                _mm512_mul_ps(_mm512_mul_ps(p, _mm512_sub_ps(_mm512_loadu_ps(dpr + j), vrs)),
-                              vscale);
-            alignas(64) uint16_t pbits[L], dsbits[L];
-            _mm256_store_si256(reinterpret_cast<__m256i*>(pbits), to_bf16(p));
-            const __m256i dsv = to_bf16(ds);
-            _mm256_store_si256(reinterpret_cast<__m256i*>(dsbits), dsv);
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dsr + j), dsv);
-            for (int64_t e = 0; e < L; ++e) {
-              x.pt[(j + e) * BQ + t0 + r] = pbits[e];
-              x.dst[(j + e) * BQ + t0 + r] = dsbits[e];
-            }
+                ok, exp512(_mm512_fmsub_ps(_mm512_loadu_ps(x.sc.data() + r * Wp + j), vscale,
+                                           _mm512_set1_ps(rowlse[r]))));
+            const __m512 dp = _mm512_sub_ps(_mm512_loadu_ps(x.dp.data() + r * Wp + j),
+                                            _mm512_set1_ps(rowsum[r]));
+            pr[r] = to_bf16(p);
+            dsr[r] = to_bf16(_mm512_mul_ps(_mm512_mul_ps(p, dp), vscale));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(x.dsb.data() + r * Wp + j), dsr[r]);
           }
-          for (int64_t j = nk; j < nkb; ++j) x.pt[j * BQ + t0 + r] = x.dst[j * BQ + t0 + r] = 0;
+          store_transposed(pr, x.pt.data() + j * BQ + t0, BQ);
+          store_transposed(dsr, x.dst.data() + j * BQ + t0, BQ);
+        }
+        for (int64_t j = nk; j < nkb; ++j) {
+          std::memset(x.pt.data() + j * BQ + t0, 0, R * 2);
+          std::memset(x.dst.data() + j * BQ + t0, 0, R * 2);
         }
         // dQ = dS K (dS already times the scale) for these 4 queries
         pairs(x.dsb.data(), Wp, x.kj.data(), D, nk / 2, x.dqt.data(), D, false);
