@@ -16,7 +16,6 @@ Design choices:
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import torch
@@ -138,17 +137,10 @@ def _own_kernels(q: torch.Tensor, mask: torch.Tensor | None) -> bool:
     )
 
 
-@functools.cache
 def _own_kernels_here() -> bool:
-    """genforge's attention kernels are built and this CPU runs them faster than PyTorch's: it has
+    """genforge's attention kernels are loaded and this CPU runs them faster than PyTorch's: it has
     AVX512-BF16 (their instructions) and no AMX (where PyTorch's bf16 kernels run on the tiles)."""
-    ops = kernels.ops
-    return (
-        ops is not None
-        and hasattr(ops, "flash_forward")
-        and ops.flash_supported()
-        and "amx_bf16" not in kernels.cpu_flags()
-    )
+    return kernels.training_kernels() and "amx_bf16" not in kernels.cpu_flags()
 
 
 def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:

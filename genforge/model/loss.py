@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from genforge.model import kernels
+
 IGNORE = -100  # target id that contributes no loss (e.g. prompt tokens in fine-tuning)
 CHUNK_BYTES = 1 << 29  # float32 logits per block
 
@@ -34,11 +36,26 @@ class _LinearCrossEntropy(torch.autograd.Function):
             torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         )
         w = weight.to(mm_dtype)
+        # A frozen head's bf16 blocks on genforge's kernel (loss.cpp): one float32 copy and five
+        # passes over each block of logits fewer
+        fused = (
+            need_grad
+            and not weight_grad
+            and mm_dtype == torch.bfloat16
+            and x.is_cpu
+            and kernels.training_kernels()
+        )
         for start in range(0, x.shape[0], chunk):
             xs, t = x[start : start + chunk], targets[start : start + chunk]
             ok = valid[start : start + chunk]
             t = torch.where(ok, t, 0)
             rows = torch.arange(len(t), device=t.device)
+            if fused:  # genforge's kernel: the bf16 logits become their gradient in place
+                logits = xs.to(mm_dtype) @ w.t()  # (c, V)
+                scale = 1.0 / float(count)
+                total += kernels.ops.softmax_xent_(logits, torch.where(ok, t, -1), scale).sum()
+                grad_x[start : start + chunk] = logits @ w
+                continue
             logits = (xs.to(mm_dtype) @ w.t()).float()  # (c, V)
             picked = logits[rows, t]
             # Softmax by hand, in place: amax, subtract, exp, sum, divide. PyTorch's fused CPU

@@ -30,7 +30,11 @@ import torch
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
-SOURCES = [HERE / "gemv.cpp", HERE / "attention.cpp"]  # and the header they share
+SOURCES = [
+    HERE / "gemv.cpp",
+    HERE / "attention.cpp",
+    HERE / "loss.cpp",
+]  # and the header they share
 HEADERS = [HERE / "simd.h"]
 BLOCK = 32  # inputs per quantization block
 
@@ -260,6 +264,17 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(
         flag for line in text.splitlines() if line.startswith("flags") for flag in line.split()
     )
+
+
+def training_kernels() -> bool:
+    """Whether genforge's training kernels (attention.cpp, loss.cpp: AVX512-BF16) are loaded and
+    this CPU runs them."""
+    return ops is not None and _runs_bf16(ops)
+
+
+@functools.cache
+def _runs_bf16(module: ModuleType) -> bool:
+    return hasattr(module, "flash_supported") and module.flash_supported()
 
 
 def native_bf16() -> bool:

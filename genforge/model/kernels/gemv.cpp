@@ -1462,6 +1462,10 @@ std::vector<torch::Tensor> flash_backward(torch::Tensor grad, torch::Tensor q, t
 bool supported();
 }  // namespace genforge_attention
 
+namespace genforge_loss {  // loss.cpp
+torch::Tensor softmax_xent_(torch::Tensor logits, torch::Tensor targets, double scale);
+}  // namespace genforge_loss
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("q4_matmul", &q4_matmul, "x (M, K) float32 @ q4 weight (N, K) -> (M, N) float32");
   m.def("q8_matmul", &q8_matmul, "x (M, K) float32 @ q8 weight (N, K) -> (M, N) float32");
@@ -1492,6 +1496,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::call_guard<py::gil_scoped_release>());
   m.def("flash_backward", &genforge_attention::flash_backward,
         "flash_forward's gradients: (grad, q, k, v, out, lse, scale) -> dq, dk, dv",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("softmax_xent_", &genforge_loss::softmax_xent_,
+        "bf16 logits (N, V) in place -> (softmax - one-hot(targets)) * scale; returns each row's "
+        "log-sum-exp minus its target's logit (float32; a target < 0: 0 and a zero row)",
         py::call_guard<py::gil_scoped_release>());
   m.def("flash_supported", &genforge_attention::supported,
         "whether this CPU runs flash_forward / flash_backward (AVX512-BF16)");
