@@ -29,6 +29,7 @@ from genforge.model import kernels
 from genforge.model.attention import Packing, flash_attention, keep_attention, packing
 from genforge.model.config import ModelConfig
 from genforge.model.kv_cache import KVCache, PagedBatch
+from genforge.model.lora import shared_input
 from genforge.model.quant import BLOCK_KINDS, QuantLinear, cat
 
 
@@ -138,7 +139,7 @@ class Attention(nn.Module):
         if self.wqkv is not None:
             q, k, v = self.wqkv(x).split(self.qkv_sizes, dim=-1)
         else:
-            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+            q, k, v = shared_input(x, (self.wq, self.wk, self.wv))
         q = q.view(B, T, self.n_heads, self.head_dim)
         k = k.view(B, T, self.n_kv_heads, self.head_dim)
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
@@ -238,7 +239,8 @@ class GatedMLP(nn.Module):
         if self.w_gate_up is not None:
             gate, up = self.w_gate_up(x).chunk(2, dim=-1)
             return self.w_down(self.act(gate) * up)
-        return self.w_down(self.act(self.w_gate(x)) * self.w_up(x))
+        gate, up = shared_input(x, (self.w_gate, self.w_up))
+        return self.w_down(self.act(gate) * up)
 
 
 class Block(nn.Module):

@@ -480,3 +480,51 @@ def test_we_load_an_adapter_peft_wrote(tmp_path, rslora):
     with torch.no_grad():
         want = theirs.eval()(TOKENS).logits
     torch.testing.assert_close(logits(ours, TOKENS), want, rtol=1e-4, atol=1e-4)
+
+
+def test_siblings_share_one_matmul_by_their_stacked_a_with_the_same_results(monkeypatch):
+    """q/k/v and gate/up read the same input: `shared_input` multiplies it by their A matrices
+    stacked, once, and gives the loss and gradients of each layer on its own (float32)."""
+    model = random_transformer(CFG, 0)
+    lora.add_lora(model, lora.TARGETS, 4, 8.0)
+    for name, p in model.named_parameters():
+        if p.requires_grad and "lora_b" in name:
+            torch.nn.init.normal_(p, std=0.3)
+    model.train()
+    tokens = torch.randint(0, CFG.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+    given = []  # calls of plus_delta with x A^T made already (by shared_input)
+    plus_delta = lora.LoRALinear.plus_delta
+
+    def watch(self, name, y, x, xa=None):
+        given.append(xa is not None)
+        return plus_delta(self, name, y, x, xa)
+
+    monkeypatch.setattr(lora.LoRALinear, "plus_delta", watch)
+    runs = []
+    for shared in (True, False):
+        if not shared:
+            monkeypatch.setattr(lora.LoRALinear, "trains_alone", lambda self: None)
+        given.clear()
+        model.zero_grad(set_to_none=True)
+        loss = model(tokens, targets=torch.roll(tokens, -1, 1))
+        loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        runs.append((loss.detach(), grads, sum(given)))
+    assert [shared for _, _, shared in runs] == [5 * CFG.n_layers, 0]  # q/k/v and gate/up
+    (loss, grads, _), (want_loss, want, _) = runs
+    torch.testing.assert_close(loss, want_loss, rtol=1e-6, atol=1e-6)
+    assert grads.keys() == want.keys() and len(want) == 2 * 7 * CFG.n_layers
+    for name, g in want.items():  # float32 sums in another order: within 1e-5 of the largest
+        assert (grads[name] - g).abs().max() <= 1e-5 * g.abs().max(), name
+
+
+def test_siblings_with_dropout_or_routed_rows_go_one_by_one():
+    layers = [lora.LoRALinear(torch.nn.Linear(8, 6, bias=False)) for _ in range(2)]
+    for layer in layers:
+        layer.add("a", 2, 4.0, dropout=0.1)
+        layer.train()
+    assert layers[0].trains_alone() is None  # dropout draws a mask per layer
+    layers[0].eval()
+    assert layers[0].trains_alone() == "a"
+    layers[0].rows = []
+    assert layers[0].trains_alone() is None
