@@ -12,6 +12,8 @@ Design choices:
   its own, as SwitchBack (Wortsman et al., 2023) and int8 mixed-precision training do; with no
   weight gradient to keep in 16 bits, every matmul of the base is an integer one. CPUs with
   integer dot products (VNNI, AMX) run them at twice bf16's rate.
+- Layers that read one input (q/k/v, gate/up) multiply it by their A matrices stacked
+  (`shared_input`): rank-16 matmuls run far below a CPU's matmul rate, a 48-wide one much less so.
 - Several named adapters live in one module (`adapters`); a step picks one per row
   (`LoRALinear.route`), the way multi-LoRA servers batch requests for different adapters.
 - Names are genforge's (`layers.3.attn.wq`); the weights layer maps them to peft's files.

@@ -5,7 +5,9 @@ and read the weights at about half of what memory gives (docs/engine.md). These 
 the file's own blocks (Q4_1: scale and min per 32; Q8_0: scale per 32; Q5_0: scale per 32 and a
 fifth bit per weight), quantize the activations to
 int8 per block as llama.cpp does, and use integer dot products: AVX512-VNNI or AVX2, chosen at run
-time from the CPU's flags, with a portable loop for any other CPU.
+time from the CPU's flags, with a portable loop for any other CPU. For training under bf16 on CPUs
+with AVX512-BF16, attention.cpp holds causal attention forward and backward and loss.cpp the
+softmax of a frozen head's logits (`training_kernels`; genforge/model/attention.py, loss.py).
 
 The extension is compiled once with the machine's C++ compiler through `torch.utils.cpp_extension`
 (about 30 s) into a cache folder the caller names, and afterwards imported from there directly.
