@@ -7,7 +7,7 @@ DEFAULT_MODEL := smollm2-135m-instruct
 # Set-up output goes to stderr so that `echo "question" | make run` prints only the answer.
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run rag-setup serve test test-models test-slow lint format setup setup-dev model browser pydocs mnist bench bench-engine bench-llama-cpp bench-serve bench-train bench-finetune recipe-finetune recipe-agents recipe-images bench-images image-setup speech-setup bench-eval bench-rag bench-speech eval recipe clean help
+.PHONY: run rag-setup serve test test-models test-slow lint format setup setup-dev model browser pydocs mnist bench bench-engine bench-llama-cpp bench-serve bench-train bench-training-kernels bench-finetune recipe-finetune recipe-agents recipe-images bench-images image-setup speech-setup bench-eval bench-rag bench-speech eval recipe clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -162,6 +162,9 @@ bench-speech: $(VENV)/.installed-dev pydocs  ## speech round trip (WER), transcr
 # e.g. make bench-train BENCH_TRAIN_ARGS="--rounds 5 --no-compile"
 bench-train: $(VENV)/.installed-dev  ## genforge's training step vs a nanoGPT-style reference loop, into RESULTS.md
 	$(PY) benchmarks/train_speed.py $(BENCH_TRAIN_ARGS)
+
+bench-training-kernels: $(VENV)/.installed-dev  ## genforge's attention and loss kernels for training vs PyTorch's, into RESULTS.md
+	$(PY) benchmarks/training_kernels.py
 
 # e.g. make bench-finetune BENCH_FINETUNE_ARGS="--batch 4 --seq 512"
 bench-finetune: $(VENV)/.installed-bench model  ## genforge's fine-tuning step and memory vs transformers + peft (+ TRL), into RESULTS.md

@@ -7,9 +7,9 @@ Design choices:
   the matmuls, most of a step, run on the padding too.
 - On the CPU, attention in training is one operator each way (`flash_attention`): genforge's own
   kernels (kernels/attention.cpp) for causal bf16 attention where the CPU has AVX512-BF16 and no
-  AMX (3.6x PyTorch's forward and 2.7x its backward at SmolLM2's shapes, benchmarks/
-  finetune_speed.py), PyTorch's flash attention kernels elsewhere (float32, a mask, AMX, whose
-  tiles oneDNN's kernels use). `keep_attention` marks the forward's outputs as saved in the
+  AMX (3.9x PyTorch's forward and 3.3x its backward at SmolLM2's shapes,
+  benchmarks/training_kernels.py), PyTorch's flash attention kernels elsewhere (float32, a mask,
+  AMX, whose tiles oneDNN's kernels use). `keep_attention` marks the forward's outputs as saved in the
   compiler's joint graph, so that a block compiled under an activation memory budget does not run
   the kernel a second time in backward.
 """
