@@ -45,17 +45,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
             and x.is_cpu
             and kernels.training_kernels()
         )
+        scale = 1.0 / float(count) if fused else None
         for start in range(0, x.shape[0], chunk):
             xs, t = x[start : start + chunk], targets[start : start + chunk]
             ok = valid[start : start + chunk]
-            t = torch.where(ok, t, 0)
-            rows = torch.arange(len(t), device=t.device)
             if fused:  # genforge's kernel: the bf16 logits become their gradient in place
                 logits = xs.to(mm_dtype) @ w.t()  # (c, V)
-                scale = 1.0 / float(count)
                 total += kernels.ops.softmax_xent_(logits, torch.where(ok, t, -1), scale).sum()
                 grad_x[start : start + chunk] = logits @ w
                 continue
+            t = torch.where(ok, t, 0)
+            rows = torch.arange(len(t), device=t.device)
             logits = (xs.to(mm_dtype) @ w.t()).float()  # (c, V)
             picked = logits[rows, t]
             # Softmax by hand, in place: amax, subtract, exp, sum, divide. PyTorch's fused CPU

@@ -32,12 +32,6 @@
 
 #include "simd.h"
 
-#define BF16 \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512bf16,avx2,fma,f16c")))
-#define BF16_INLINE                                                                              \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512bf16,avx2,fma,f16c"), \
-                 always_inline)) inline
-
 namespace genforge_attention {
 
 constexpr int64_t R = 4;    // queries (or keys) per register tile
@@ -145,20 +139,11 @@ BF16 void pairs(const uint16_t* a, int64_t lda, const uint16_t* xp, int64_t D, i
   }
 }
 
-BF16_INLINE __m256i to_bf16(__m512 x) { return (__m256i)_mm512_cvtneps_pbh(x); }
-
 BF16 void store_bf16(const float* x, int64_t n, uint16_t* y) {
   int64_t i = 0;
   for (; i + L <= n; i += L)
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), to_bf16(_mm512_loadu_ps(x + i)));
   for (; i < n; ++i) y[i] = c10::BFloat16(x[i]).x;
-}
-
-inline float as_float(uint16_t b) {
-  uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
 }
 
 // Copies rows i0 .. i0 + n of x (row stride `stride`) into `rows` x D, zeros past n.
@@ -198,14 +183,19 @@ const uint16_t* bits(const torch::Tensor& t) {
 
 uint16_t* bits_out(torch::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); }
 
+// The lanes of keys j .. j + 15 that a query at position `last` sees (keys up to it).
+BF16_INLINE __mmask16 seen(int64_t j, int64_t last) {
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  return _mm512_cmple_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(static_cast<int>(j))),
+                                 _mm512_set1_epi32(static_cast<int>(last)));
+}
+
 // Softmax of one query's scores s[0 .. nk) (keys past `last` masked): p as bf16, its lse.
 BF16 double softmax_row(float* s, int64_t nk, int64_t last, float scale, uint16_t* p) {
   const __m512 vscale = _mm512_set1_ps(scale);
-  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   __m512 mx = _mm512_set1_ps(-INFINITY);
   for (int64_t j = 0; j < nk; j += L) {
-    const __mmask16 ok = _mm512_cmple_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(j)),
-                                                 _mm512_set1_epi32(static_cast<int>(last)));
+    const __mmask16 ok = seen(j, last);
     const __m512 x = _mm512_mul_ps(_mm512_loadu_ps(s + j), vscale);
     _mm512_storeu_ps(s + j, x);
     mx = _mm512_mask_max_ps(mx, ok, mx, x);
@@ -214,8 +204,7 @@ BF16 double softmax_row(float* s, int64_t nk, int64_t last, float scale, uint16_
   const __m512 vm = _mm512_set1_ps(m);
   __m512 sum = _mm512_setzero_ps();
   for (int64_t j = 0; j < nk; j += L) {
-    const __mmask16 ok = _mm512_cmple_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(j)),
-                                                 _mm512_set1_epi32(static_cast<int>(last)));
+    const __mmask16 ok = seen(j, last);
     const __m512 e = _mm512_maskz_mov_ps(ok, exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), vm)));
     _mm512_storeu_ps(s + j, e);
     sum = _mm512_add_ps(sum, e);
@@ -228,14 +217,21 @@ BF16 double softmax_row(float* s, int64_t nk, int64_t last, float scale, uint16_
   return static_cast<double>(m) + std::log(static_cast<double>(total));
 }
 
+// A thread's working memory for forward units (one row's keys and values rearranged, 4 queries'
+// scores, probabilities, padded queries and outputs).
+struct ForwardScratch {
+  std::vector<uint16_t> kp, vp, pb, qt;
+  std::vector<float> sc, ot;
+  explicit ForwardScratch(const Dims& d)
+      : kp(d.Wp * d.D), vp(d.Wp * d.D), pb(R * d.Wp), qt(R * d.D), sc(R * d.Wp), ot(R * d.D) {}
+};
+
 BF16 void forward_unit(const Dims& d, int64_t s, int64_t g, const uint16_t* q, const uint16_t* k,
                        const uint16_t* v, float scale, uint16_t* out, double* lse,
-                       std::vector<uint16_t>& kp, std::vector<uint16_t>& vp,
-                       std::vector<float>& sc, std::vector<uint16_t>& pb,
-                       std::vector<uint16_t>& qt, std::vector<float>& ot) {
+                       ForwardScratch& x) {
   const int64_t W = d.W, D = d.D, Wp = d.Wp, qstride = d.H * D, kstride = d.Hkv * D;
-  pack_lanes(k + (s * W * d.Hkv + g) * D, kstride, W, Wp, D, kp.data());
-  pack_pairs(v + (s * W * d.Hkv + g) * D, kstride, W, Wp, D, vp.data());
+  pack_lanes(k + (s * W * d.Hkv + g) * D, kstride, W, Wp, D, x.kp.data());
+  pack_pairs(v + (s * W * d.Hkv + g) * D, kstride, W, Wp, D, x.vp.data());
   for (int64_t h = g * d.G; h < (g + 1) * d.G; ++h) {
     const uint16_t* qh = q + (s * W * d.H + h) * D;
     for (int64_t i0 = 0; i0 < W; i0 += R) {
@@ -243,17 +239,17 @@ BF16 void forward_unit(const Dims& d, int64_t s, int64_t g, const uint16_t* q, c
       const uint16_t* qr = qh + i0 * qstride;
       int64_t ldq = qstride;
       if (n < R) {
-        copy_rows(qr, qstride, n, R, D, qt.data());
-        qr = qt.data(), ldq = D;
+        copy_rows(qr, qstride, n, R, D, x.qt.data());
+        qr = x.qt.data(), ldq = D;
       }
-      scores(qr, ldq, kp.data(), D / 2, nk / L, sc.data(), Wp);
+      scores(qr, ldq, x.kp.data(), D / 2, nk / L, x.sc.data(), Wp);
       for (int64_t r = 0; r < R; ++r) {
-        const double l = softmax_row(sc.data() + r * Wp, nk, i0 + r, scale, pb.data() + r * Wp);
+        const double l = softmax_row(x.sc.data() + r * Wp, nk, i0 + r, scale, x.pb.data() + r * Wp);
         if (r < n) lse[(s * d.H + h) * W + i0 + r] = l;
       }
-      pairs(pb.data(), Wp, vp.data(), D, nk / 2, ot.data(), D, false);
+      pairs(x.pb.data(), Wp, x.vp.data(), D, nk / 2, x.ot.data(), D, false);
       for (int64_t r = 0; r < n; ++r)
-        store_bf16(ot.data() + r * D, D, out + ((s * W + i0 + r) * d.H + h) * D);
+        store_bf16(x.ot.data() + r * D, D, out + ((s * W + i0 + r) * d.H + h) * D);
     }
   }
 }
@@ -267,15 +263,14 @@ std::vector<torch::Tensor> flash_forward(torch::Tensor q, torch::Tensor k, torch
   uint16_t* ob = bits_out(out);
   double* lb = lse.data_ptr<double>();
   at::parallel_for(0, d.S * d.Hkv, 1, [&](int64_t u0, int64_t u1) {
-    std::vector<uint16_t> kp(d.Wp * d.D), vp(d.Wp * d.D), pb(R * d.Wp), qt(R * d.D);
-    std::vector<float> sc(R * d.Wp), ot(R * d.D);
+    ForwardScratch x(d);
     for (int64_t u = u0; u < u1; ++u)
-      forward_unit(d, u / d.Hkv, u % d.Hkv, qb, kb, vb, static_cast<float>(scale), ob, lb, kp, vp,
-                   sc, pb, qt, ot);
+      forward_unit(d, u / d.Hkv, u % d.Hkv, qb, kb, vb, static_cast<float>(scale), ob, lb, x);
   });
   return {out, lse};
 }
 
+// The same for backward units.
 struct Scratch {
   std::vector<uint16_t> kp, vp, kj, qb, dob, qpair, dopair, dsb, pt, dst;
   std::vector<float> sc, dp, dk, dv, dqt;
@@ -319,7 +314,6 @@ BF16 void backward_unit(const Dims& d, int64_t s, int64_t g, const uint16_t* dO,
   pack_pairs(kg, kstride, W, Wp, D, x.kj.data());
   std::fill(x.dk.begin(), x.dk.end(), 0.f);
   std::fill(x.dv.begin(), x.dv.end(), 0.f);
-  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512 vscale = _mm512_set1_ps(scale);
   for (int64_t h = g * d.G; h < (g + 1) * d.G; ++h) {
     const int64_t head = (s * W * d.H + h) * D;
@@ -343,15 +337,13 @@ BF16 void backward_unit(const Dims& d, int64_t s, int64_t g, const uint16_t* dO,
           if (i >= W) continue;
           const uint16_t* orow = o + head + i * qstride;
           const uint16_t* dorow = x.dob.data() + (t0 + r) * D;
-          for (int64_t c = 0; c < D; ++c) rowsum[r] += as_float(orow[c]) * as_float(dorow[c]);
+          for (int64_t c = 0; c < D; ++c) rowsum[r] += bf16_bits_to_float(orow[c]) * bf16_bits_to_float(dorow[c]);
           rowlse[r] = static_cast<float>(lse[(s * d.H + h) * W + i]);
         }
         for (int64_t j = 0; j < nk; j += L) {
           __m256i pr[R], dsr[R];
           for (int64_t r = 0; r < R; ++r) {
-            const __mmask16 ok =
-                _mm512_cmple_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(j)),
-                                        _mm512_set1_epi32(static_cast<int>(last[r])));
+            const __mmask16 ok = seen(j, last[r]);
             const __m512 p = _mm512_maskz_mov_ps(
                 ok, exp512(_mm512_fmsub_ps(_mm512_loadu_ps(x.sc.data() + r * Wp + j), vscale,
                                            _mm512_set1_ps(rowlse[r]))));

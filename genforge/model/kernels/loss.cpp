@@ -17,36 +17,26 @@
 
 #include "simd.h"
 
-#define BF16_LOSS \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512bf16,avx2,fma,f16c")))
-
 namespace genforge_loss {
 
 constexpr int64_t L = 16;
 
-BF16_LOSS inline __m512 load_bf16(const uint16_t* p) {
+BF16 inline __m512 load_bf16(const uint16_t* p) {
   const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-BF16_LOSS inline __m512 load_bf16_tail(const uint16_t* p, __mmask16 k) {
+BF16 inline __m512 load_bf16_tail(const uint16_t* p, __mmask16 k) {
   const __m256i h = _mm256_maskz_loadu_epi16(k, p);
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-inline float as_float(uint16_t b) {
-  uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-BF16_LOSS float row(uint16_t* x, int64_t V, int64_t target, float scale, float* e) {
+BF16 float row(uint16_t* x, int64_t V, int64_t target, float scale, float* e) {
   if (target < 0) {  // an ignored row: no loss, no gradient
     std::memset(x, 0, V * 2);
     return 0.f;
   }
-  const float picked = as_float(x[target]);
+  const float picked = bf16_bits_to_float(x[target]);
   const int64_t full = V / L * L;
   const __mmask16 tail = static_cast<__mmask16>((1u << (V - full)) - 1);
   __m512 mx = _mm512_set1_ps(-INFINITY);
@@ -70,10 +60,10 @@ BF16_LOSS float row(uint16_t* x, int64_t V, int64_t target, float scale, float* 
   e[target] -= total;  // softmax - one-hot, before the scale: (e - total) * scale / total
   for (int64_t j = 0; j < full; j += L)
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(x + j),
-                        (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(e + j), f)));
+                        to_bf16(_mm512_mul_ps(_mm512_loadu_ps(e + j), f)));
   if (tail)
     _mm256_mask_storeu_epi16(x + full, tail,
-                             (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(
+                             to_bf16(_mm512_mul_ps(
                                  _mm512_maskz_loadu_ps(tail, e + full), f)));
   return m + std::log(total) - picked;
 }

@@ -4,10 +4,17 @@
 
 #include <immintrin.h>
 
+#include <cstdint>
+#include <cstring>
+
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 // for the small helpers of the inner loops: a call there spills their vectors to memory
 #define AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) inline
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+// AVX-512 with AVX512-BF16: the training kernels (attention.cpp, loss.cpp)
+#define BF16_TARGET "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512bf16,avx2,fma,f16c"
+#define BF16 __attribute__((target(BF16_TARGET)))
+#define BF16_INLINE __attribute__((target(BF16_TARGET), always_inline)) inline
 
 // exp(x) for -87 <= x <= 88 (clamped there): 2^(x log2 e) = 2^n * 2^f, f in [-1/2, 1/2], 2^f by
 // its Taylor series to the 6th power (relative error below 2e-7, about a float32 rounding step).
@@ -45,3 +52,14 @@ AVX2 inline __m256 exp256(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
 }
 
+
+// A bf16 value (its bits) as a float: the high half of a float32.
+inline float bf16_bits_to_float(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// 16 floats rounded to bf16 (nearest, ties to even), as their bits.
+BF16_INLINE __m256i to_bf16(__m512 x) { return (__m256i)_mm512_cvtneps_pbh(x); }
